@@ -1,0 +1,353 @@
+"""The one config schema: every knob, its default and a one-line description.
+
+A YAML file plus dotted overrides (``train.epochs=3``) resolve into a
+`PodiumConfig`. Unknown keys and bad values fail here, before any work starts,
+naming the dotted key, the value found, what is allowed and close matches.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import PodiumError, closest
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    format: Literal["folder", "csv", "mask_competition"] = Field(
+        "folder", description="Layout of `train`: an ImageFolder (one sub-folder per class), a CSV, or the mask-competition layout.")
+    train: str | None = Field(None, description="Training data: a folder of class sub-folders, or a CSV file.")
+    val: str | None = Field(None, description="Explicit validation folder/CSV; when empty a stratified holdout of `train` is used.")
+    root: str | None = Field(None, description="Folder that CSV image paths are relative to (default: the CSV's folder).")
+    path_column: str = Field("path", description="CSV column holding image paths.")
+    label_column: str = Field("label", description="CSV column holding class labels.")
+    id_column: str | None = Field(None, description="CSV column holding image ids (default: the path relative to the root).")
+    group_column: str | None = Field(None, description="CSV column of group ids (e.g. person): a group never straddles train and validation.")
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Fraction of `train` held out for validation when `val` is empty.")
+    split_seed: int = Field(42, description="Seed of the holdout split (fixed so runs are comparable).")
+    image_size: Union[int, tuple[int, int]] = Field(224, description="Network input size: an int (square) or [height, width].")
+    num_workers: int | None = Field(None, ge=0, description="DataLoader worker processes (default: chosen from the CPU count).")
+    on_bad_image: Literal["error", "skip"] = Field("error", description="Unreadable images: stop naming the file, or skip them and report the count.")
+    draft_decode: bool = Field(True, description="Decode JPEGs at reduced size when the target is much smaller (never changes the result size).")
+    cache: Literal["none", "memory", "disk"] = Field("none", description="Cache decoded, resized images in memory or a memory-mapped file, shared across epochs and runs.")
+    cache_dir: str | None = Field(None, description="Folder of the disk cache (default: ~/.cache/podium/images or $PODIUM_CACHE_DIR).")
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive_size(cls, v):
+        sizes = (v, v) if isinstance(v, int) else v
+        if min(sizes) < 8:
+            raise ValueError("image sides must be at least 8 pixels")
+        return v
+
+    @property
+    def size_hw(self) -> tuple[int, int]:
+        s = self.image_size
+        return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
+
+
+class ModelConfig(Section):
+    name: str = Field("tv/mobilenet_v2", description="A timm model name (e.g. resnet18, efficientnet_b0) or a torchvision one prefixed `tv/` (e.g. tv/resnet18).")
+    pretrained: bool = Field(True, description="Start from ImageNet weights downloaded the usual timm/torchvision way.")
+    pretrained_path: str | None = Field(None, description="Local weights file (timm or torchvision state dict) instead of downloading; implies pretrained.")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before the new classifier head.")
+    freeze_backbone_epochs: int = Field(0, ge=0, description="Train only the head for the first N epochs.")
+
+
+class AugmentConfig(Section):
+    backend: Literal["albumentations", "torchvision"] = Field("albumentations", description="Library that runs the augmentation ops.")
+    preset: Literal["none", "light", "default", "strong"] = Field("light", description="Named train augmentation recipe; `light` is best on short fine-tunes.")
+    train_ops: list[dict[str, Any]] | None = Field(None, description="Explicit train ops replacing the preset: [{name: HorizontalFlip, p: 0.5}, ...].")
+    eval_ops: list[dict[str, Any]] | None = Field(None, description="Extra deterministic ops applied at eval/predict time, after resizing.")
+    normalize: Literal["imagenet", "dataset", "none"] = Field("imagenet", description="Normalization statistics: ImageNet's, the training set's own, or none.")
+    mean: tuple[float, float, float] | None = Field(None, description="Explicit per-channel mean in [0,1] (overrides `normalize`).")
+    std: tuple[float, float, float] | None = Field(None, description="Explicit per-channel std in [0,1] (overrides `normalize`).")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1, description="Number of training epochs.")
+    batch_size: int = Field(32, ge=1, description="Images per batch (per device).")
+    loss: Literal["ce", "focal", "label_smoothing", "f1"] = Field("label_smoothing", description="Loss: cross-entropy, focal, label-smoothed cross-entropy, or soft macro F1.")
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="Smoothing of the `label_smoothing` loss.")
+    focal_gamma: float = Field(2.0, ge=0.0, description="Focusing parameter of the focal loss.")
+    class_weights: Union[Literal["none", "auto", "sqrt"], list[float]] = Field(
+        "sqrt", description="Loss class weights: none, auto (inverse frequency), sqrt (its square root, milder) or an explicit list.")
+    sampler: Literal["random", "balanced"] = Field("random", description="`balanced` draws classes equally often (WeightedRandomSampler).")
+    optimizer: Literal["sgd", "adam", "adamw"] = Field("sgd", description="Optimizer (timm factory; sgd is Nesterov momentum).")
+    lr: float = Field(0.01, gt=0.0, description="Peak learning rate.")
+    weight_decay: float = Field(1e-4, ge=0.0, description="Weight decay (not applied to biases and norm layers).")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
+    scheduler: Literal["none", "step", "multistep", "cosine", "plateau", "onecycle"] = Field("cosine", description="Learning-rate schedule.")
+    warmup_epochs: float = Field(0.0, ge=0.0, description="Linear warmup length in epochs (fractions allowed).")
+    min_lr: float = Field(1e-6, ge=0.0, description="Floor of the cosine and plateau schedules.")
+    step_epochs: int = Field(3, ge=1, description="`step`: decay the learning rate every N epochs.")
+    milestones: list[int] = Field([5, 8], description="`multistep`: epochs at which the learning rate decays.")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="Decay factor of step, multistep and plateau schedules.")
+    plateau_patience: int = Field(2, ge=0, description="`plateau`: epochs without improvement before decaying.")
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = Field("auto", description="Numeric precision; `auto` uses bf16 on GPUs that support it, else 32.")
+    accumulate_grad_batches: int = Field(1, ge=1, description="Accumulate gradients over N batches before each optimizer step.")
+    gradient_clip_val: float | None = Field(None, gt=0.0, description="Clip the gradient norm to this value.")
+    early_stopping_patience: int | None = Field(None, ge=1, description="Stop after N epochs without improvement of `monitor`.")
+    ema: bool = Field(False, description="Keep an exponential moving average of the weights and validate/save it.")
+    ema_decay: float = Field(0.999, gt=0.0, lt=1.0, description="EMA decay per optimizer step.")
+    seed: int = Field(42, description="Global seed (Python, NumPy, torch, workers).")
+    monitor: Literal["val_f1", "val_acc", "val_loss", "val_auroc", "val_precision", "val_recall"] = Field(
+        "val_f1", description="Metric that selects the best checkpoint (macro F1 by default).")
+    accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu, mps, ...")
+    devices: Union[int, str, list[int]] = Field("auto", description="Lightning devices: a count, a list of ids, or auto.")
+    strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ddp_spawn, fsdp, ...")
+    num_nodes: int = Field(1, ge=1, description="Number of nodes for multi-node DDP.")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, v):
+        return str(v) if isinstance(v, int) else v  # YAML reads `32` as a number
+
+    @field_validator("class_weights")
+    @classmethod
+    def _positive_weights(cls, v):
+        if isinstance(v, list) and any(w < 0 for w in v):
+            raise ValueError("class weights must be >= 0")
+        return v
+
+    @property
+    def monitor_mode(self) -> str:
+        return "min" if self.monitor == "val_loss" else "max"
+
+
+class SubmissionConfig(Section):
+    id_column: str = Field("id", description="Header of the image-id column of the submission CSV.")
+    label_column: str = Field("label", description="Header of the label column of the submission CSV.")
+    label_format: Literal["name", "index"] = Field("name", description="Write labels as class names or class indices.")
+    id_format: Literal["id", "name", "stem"] = Field("id", description="Image id as given (relative path), file name, or file name without extension.")
+
+
+class OutputConfig(Section):
+    dir: str = Field("runs", description="Parent folder of run folders.")
+    name: str = Field("exp", description="Run name; an existing runs/<name> gets a numbered sibling (exp-2), never overwritten.")
+    submission: SubmissionConfig = Field(default_factory=SubmissionConfig, description="Submission CSV format.")
+    tensorboard: bool = Field(True, description="Write TensorBoard logs under the run folder.")
+
+
+class TaskConfig(Section):
+    preset: Literal["none", "mask"] = Field("none", description="`mask`: the mask-status competition (mask x gender x age, 18 classes).")
+    attributes: dict[str, list[str]] | None = Field(None, description="Classes composed of attributes: {attribute: [ordered class names]} read from CSV columns of those names.")
+    mode: Literal["single", "multihead", "per_attribute"] = Field("single", description="One composite head, one shared backbone with a head per attribute, or one model per attribute (`target`).")
+    target: str | None = Field(None, description="`per_attribute` mode: the attribute this model predicts.")
+    head_weights: dict[str, float] | None = Field(None, description="`multihead` mode: loss weight per attribute (default 1 each).")
+    age_thresholds: tuple[int, int] = Field((30, 60), description="`mask` preset: age-bin boundaries (young < a <= middle < b <= old).")
+    drop_ambiguous_ages: list[tuple[int, int]] | None = Field(None, description="`mask` preset: drop TRAINING images whose age is in these inclusive bands, e.g. [[28, 29], [57, 59]].")
+    label_fixes: str | None = Field(None, description="CSV (id, attribute, new_value) of label corrections applied at load time.")
+
+
+class CropConfig(Section):
+    detector: Literal["none", "fixed", "center", "csv", "yunet"] = Field("none", description="Face/box crop applied before training and prediction (cached).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Detector options, e.g. {model_path: yunet.onnx} or {box: [0.1, 0.1, 0.9, 0.9]}.")
+    margin: float = Field(0.4, ge=0.0, description="Grow the detected box by this fraction of its size.")
+    chin_share: float = Field(0.6, ge=0.0, le=1.0, description="Share of the extra height added below the face (keeps masks in view).")
+    aspect: str | None = Field("3:4", description="Width:height of the crop box, or null to keep the box's own.")
+    fallback_box: tuple[float, float, float, float] | None = Field(None, description="Box (fractions or pixels) used when no face is found; null = whole image.")
+    group_reuse: bool = Field(False, description="Detect on each group's `normal` photo and reuse that box for its other photos.")
+    cache_dir: str | None = Field(None, description="Where cropped copies are written (default: .podium-cache/crops beside the data).")
+
+
+class CVConfig(Section):
+    folds: int = Field(5, ge=2, description="Number of folds (stratified; grouped when the data has groups).")
+    seed: int = Field(42, description="Seed of the fold assignment.")
+
+
+class PredictConfig(Section):
+    tta: list[str] = Field(default_factory=list, description="Test-time views, e.g. [hflip, scale_0.9]; empty = none.")
+    tta_merge: Literal["mean", "gmean"] = Field("mean", description="How TTA views are merged.")
+
+
+class PodiumConfig(Section):
+    data: DataConfig = Field(default_factory=DataConfig, description="Where the images are and how they are read.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Backbone and head.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Augmentation and normalization.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Loss, optimizer, schedule and hardware.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Run folders and submission format.")
+    task: TaskConfig = Field(default_factory=TaskConfig, description="Multi-attribute tasks.")
+    crop: CropConfig = Field(default_factory=CropConfig, description="Face/box crop preprocessing.")
+    cv: CVConfig = Field(default_factory=CVConfig, description="Cross-validation.")
+    predict: PredictConfig = Field(default_factory=PredictConfig, description="Inference options.")
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self):
+        if self.train.warmup_epochs >= self.train.epochs:
+            raise ValueError(
+                f"train.warmup_epochs ({self.train.warmup_epochs}) must be below train.epochs ({self.train.epochs})")
+        if self.data.format != "folder" and self.data.train and not self.data.train.lower().endswith(".csv") \
+                and self.data.format == "csv":
+            raise ValueError(f"data.format is csv but data.train {self.data.train!r} is not a .csv file")
+        return self
+
+
+# ---------------------------------------------------------------- loading
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["train.epochs=3", "model.name=resnet18"]`` -> nested dict (values parsed as YAML)."""
+    tree: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise PodiumError(
+                f"bad override {item!r}: expected dotted.key=value, e.g. train.epochs=3 or model.name=resnet18")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise PodiumError(f"bad override {item!r}: {part!r} was already set to a value")
+            node = child
+        node[parts[-1]] = value
+    return tree
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise PodiumError(f"config file not found: {path}. Pass an existing YAML file, or none to use the defaults.")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise PodiumError(f"config file {path} is not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise PodiumError(f"config file {path} must hold a mapping of sections (data:, model:, ...), found {type(loaded).__name__}")
+    return loaded
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict | None = None) -> PodiumConfig:
+    """Resolve defaults <- ``base`` <- YAML file <- overrides into a validated config."""
+    raw = dict(base or {})
+    if path is not None:
+        raw = deep_merge(raw, read_yaml(path))
+    if overrides:
+        raw = deep_merge(raw, parse_overrides(overrides))
+    return validate_config(raw)
+
+
+def validate_config(raw: dict) -> PodiumConfig:
+    try:
+        return PodiumConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise PodiumError(format_validation_error(exc)) from None
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at ``loc[:-1]``."""
+    model: Any = PodiumConfig
+    for part in loc[:-1]:
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            return None
+        model = fields[part].annotation
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = ["invalid config:"]
+    seen: set[str] = set()
+    for err in exc.errors():
+        # pydantic reports each member of a union as its own error, with the member type
+        # ("int", "tuple[...]") or an item index in the loc: one message per field is enough.
+        names = [p for p in err["loc"] if isinstance(p, str) and not p.startswith(
+            ("int", "tuple", "list", "literal", "str", "function", "float"))]
+        dotted = ".".join(names) or "config"
+        found = err.get("input")
+        if dotted in seen:
+            continue
+        seen.add(dotted)
+        if not names:
+            lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
+            continue
+        if err["type"] == "extra_forbidden":
+            owner = _model_at(tuple(names))
+            allowed = sorted(owner.model_fields) if owner else []
+            hint = closest(names[-1], allowed) if allowed else []
+            msg = f"  {dotted}: unknown key (value {found!r})"
+            if allowed:
+                msg += f"; allowed keys here: {', '.join(allowed)}"
+            if hint:
+                msg += f". Did you mean {'.'.join(names[:-1] + [hint[0]])!r}?"
+            lines.append(msg)
+            continue
+        msg = f"  {dotted}: {err['msg']} (found {found!r})"
+        allowed = _literal_choices(tuple(names))
+        if allowed and isinstance(found, str):
+            hint = closest(found, allowed)
+            msg += f"; allowed: {', '.join(allowed)}"
+            if hint:
+                msg += f". Did you mean {hint[0]!r}?"
+        lines.append(msg)
+    lines.append("Fix the YAML file or the override (see `podium config reference`).")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def _literal_choices(loc: tuple) -> list[str]:
+    owner = _model_at(loc)
+    if owner is None or loc[-1] not in owner.model_fields:
+        return []
+    return [str(a) for a in _literal_args(owner.model_fields[loc[-1]].annotation)]
+
+
+def _literal_args(annotation) -> list:
+    origin = getattr(annotation, "__origin__", None)
+    if origin is Literal:
+        return list(annotation.__args__)
+    out = []
+    for arg in getattr(annotation, "__args__", ()) or ():
+        out.extend(_literal_args(arg))
+    return out
+
+
+# ---------------------------------------------------------------- writing
+
+def config_to_dict(cfg: PodiumConfig) -> dict:
+    return cfg.model_dump(mode="json")
+
+
+def config_to_yaml(cfg: PodiumConfig) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def config_reference() -> str:
+    """Markdown reference of every field, generated from the schema (used in the README)."""
+    lines = ["| key | default | description |", "|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            default = field.get_default(call_default_factory=True)
+            choices = _literal_args(ann)
+            desc = field.description or ""
+            if choices and len(choices) <= 8:
+                desc += f" One of: {', '.join(str(c) for c in choices)}."
+            lines.append(f"| `{prefix}{name}` | `{yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}` | {desc} |")
+
+    walk(PodiumConfig, "")
+    return "\n".join(lines)

@@ -1,0 +1,206 @@
+"""Inference: probabilities per image, the submission CSV, and evaluation.
+
+Inference reuses the run's own class map, image size, normalization and eval
+pipeline, so predictions match what validation measured.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import PodiumConfig, SubmissionConfig
+from .data import ImageDataset, encode_labels, load_samples, make_loader, resolve_num_workers
+from .errors import PodiumError
+from .fileio import write_csv, write_parquet
+from .runs import RunInfo, load_run, next_free_dir
+from .transforms import build_eval_pipeline
+from .train import maybe_crop
+
+
+def load_module(ckpt_path: str | Path, classes: list[str] | None = None):
+    """Rebuild the Classifier from a checkpoint without downloading pretrained weights."""
+    from .engine import Classifier
+
+    ckpt_path = Path(ckpt_path)
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise PodiumError(f"cannot read checkpoint {ckpt_path}: {exc}") from None
+    hparams = checkpoint.get("hyper_parameters")
+    if not hparams or "state_dict" not in checkpoint:
+        raise PodiumError(f"{ckpt_path} is not a podium checkpoint (no hyper-parameters or state_dict)")
+    if classes is not None and list(hparams["classes"]) != list(classes):
+        raise PodiumError(
+            f"checkpoint {ckpt_path} was trained on {len(hparams['classes'])} classes "
+            f"{hparams['classes'][:10]}, but the run's class map has {len(classes)}: {classes[:10]}")
+    hparams = {**hparams, "load_pretrained": False}
+    module = Classifier(**hparams)
+    try:
+        module.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise PodiumError(
+            f"checkpoint {ckpt_path} does not fit model {hparams['model_cfg']['name']} with "
+            f"{len(hparams['classes'])} classes (architecture or class count mismatch): {str(exc)[:300]}") from None
+    return module.eval()
+
+
+@torch.inference_mode()
+def predict_frame(module, frame: pd.DataFrame, cfg: PodiumConfig, *, batch_size: int | None = None,
+                  tta: list[str] | None = None, tta_merge: str = "mean", device: str | None = None,
+                  progress: bool = True) -> np.ndarray:
+    """(N, C) probabilities for the images in ``frame``, in batches, eval mode."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    module = module.to(device).eval()
+    size = cfg.data.size_hw
+    dataset = ImageDataset(frame["path"], None, build_eval_pipeline(cfg.augment, size), size,
+                           draft=cfg.data.draft_decode, on_bad_image="error")
+    loader = make_loader(dataset, batch_size or cfg.train.batch_size,
+                         num_workers=min(resolve_num_workers(cfg.data.num_workers), 4))
+    views = None
+    if tta:
+        from .tta import parse_views
+
+        views = parse_views(tta)
+    chunks = []
+    bar = _progress(progress, len(loader), "predicting")
+    for images, _, _ in loader:
+        images = images.to(device, non_blocking=True)
+        if views:
+            from .tta import predict_with_tta
+
+            probs = predict_with_tta(module, images, views, merge=tta_merge)
+        else:
+            probs = module(images).float().softmax(1)
+        chunks.append(probs.cpu().numpy())
+        bar.advance()
+    bar.close()
+    return np.concatenate(chunks) if chunks else np.zeros((0, len(module.classes)), dtype=np.float32)
+
+
+class _progress:
+    """A rich progress bar with ETA, or nothing when quiet."""
+
+    def __init__(self, enabled: bool, total: int, desc: str):
+        self._bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(TextColumn(desc), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            self._bar.start()
+            self._task = self._bar.add_task(desc, total=total)
+
+    def advance(self) -> None:
+        if self._bar:
+            self._bar.advance(self._task)
+
+    def close(self) -> None:
+        if self._bar:
+            self._bar.stop()
+
+
+def save_probabilities(frame: pd.DataFrame, path: str | Path) -> Path:
+    return write_parquet(path, frame)
+
+
+def format_ids(ids: pd.Series, id_format: str) -> pd.Series:
+    if id_format == "name":
+        return ids.map(lambda s: Path(s).name)
+    if id_format == "stem":
+        return ids.map(lambda s: Path(s).stem)
+    return ids
+
+
+def submission_frame(ids: pd.Series, probs: np.ndarray, classes: list[str], sub: SubmissionConfig) -> pd.DataFrame:
+    pred = probs.argmax(1)
+    labels = pred if sub.label_format == "index" else np.asarray(classes, dtype=object)[pred]
+    if sub.id_column == sub.label_column:
+        raise PodiumError("output.submission.id_column and label_column must differ")
+    return pd.DataFrame({sub.id_column: format_ids(ids, sub.id_format).to_numpy(), sub.label_column: labels})
+
+
+def _is_competition_eval(cfg: PodiumConfig, data: str | Path) -> bool:
+    """The mask-competition eval layout: predict in info.csv order, submit `ImageID,ans`."""
+    data = Path(data)
+    return cfg.data.format == "mask_competition" and cfg.task.mode != "per_attribute" and data.is_dir() and (
+        (data / "info.csv").is_file() or (data / "eval" / "info.csv").is_file())
+
+
+def write_competition_submission(root: str | Path, ids, probs: np.ndarray, out_path: Path) -> Path:
+    from .competition import _eval_dir, check_submission, write_mask_submission
+
+    info_csv = _eval_dir(Path(root)) / "info.csv"
+    path = write_mask_submission(info_csv, list(ids), probs.argmax(1), out_path, n_classes=probs.shape[1])
+    problems = check_submission(path, info_csv, n_classes=probs.shape[1])
+    if problems:  # a bug, not a user error: the writer should never produce an invalid file
+        raise RuntimeError("invalid submission written: " + "; ".join(problems))
+    return path
+
+
+def _output_dir(info: RunInfo, data: str | Path, out: str | Path | None, kind: str) -> Path:
+    if out is not None:
+        out = Path(out)
+        if out.exists() and any(out.iterdir()):
+            raise PodiumError(f"output folder {out} exists and is not empty; choose a new --out (nothing is overwritten)")
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    name = Path(data).stem or "data"
+    return next_free_dir(info.dir / kind, name)
+
+
+def predict_run(run_dir: str | Path, data: str | Path, *, out: str | Path | None = None, checkpoint: str = "best",
+                batch_size: int | None = None, tta: list[str] | None = None, tta_merge: str = "mean",
+                progress: bool = True) -> dict:
+    """Probabilities parquet + submission CSV for an unlabeled folder or CSV."""
+    info = load_run(run_dir)
+    module = load_module(info.checkpoint(checkpoint), info.classes)
+    competition = _is_competition_eval(info.config, data)
+    if competition:
+        from .competition import read_mask_eval
+
+        frame = read_mask_eval(data)
+    else:
+        frame = load_samples(data, info.config.data.model_copy(update={"format": "folder"}), labeled=False)
+    frame = maybe_crop(frame, info.config)
+    tta = tta if tta is not None else (info.config.predict.tta or None)
+    probs = predict_frame(module, frame, info.config, batch_size=batch_size, tta=tta, tta_merge=tta_merge,
+                          progress=progress)
+    out_dir = _output_dir(info, data, out, "predictions")
+    table = pd.concat([pd.DataFrame({"id": frame["id"].to_numpy()}), pd.DataFrame(probs, columns=info.classes)], axis=1)
+    probs_path = save_probabilities(table, out_dir / "probabilities.parquet")
+    if competition:
+        sub_path = write_competition_submission(data, frame["id"], probs, out_dir / "submission.csv")
+    else:
+        sub_path = write_csv(out_dir / "submission.csv",
+                             submission_frame(frame["id"], probs, info.classes, info.config.output.submission))
+    counts = pd.Series(np.asarray(info.classes)[probs.argmax(1)]).value_counts().to_dict()
+    return {"out_dir": out_dir, "probabilities": probs_path, "submission": sub_path, "n_images": len(frame),
+            "predicted_counts": counts}
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path, *, out: str | Path | None = None, checkpoint: str = "best",
+                 batch_size: int | None = None, tta: list[str] | None = None, tta_merge: str = "mean",
+                 progress: bool = True) -> dict:
+    """Metrics, per-class table and confusion matrix of a run on a labelled folder or CSV."""
+    from .metrics import save_classification_report
+
+    info = load_run(run_dir)
+    from .tasks import resolve_task
+    from .train import load_labeled
+
+    frame = load_labeled(data, info.config, resolve_task(info.config.task))
+    y_true = encode_labels(frame["label"], info.classes, f"evaluation data {data}")
+    module = load_module(info.checkpoint(checkpoint), info.classes)
+    probs = predict_frame(module, frame, info.config, batch_size=batch_size, tta=tta, tta_merge=tta_merge,
+                          progress=progress)
+    out_dir = _output_dir(info, data, out, "evaluations")
+    table = pd.concat([
+        pd.DataFrame({"id": frame["id"].to_numpy(), "path": frame["path"].to_numpy(),
+                      "target": frame["label"].to_numpy(), "prediction": np.asarray(info.classes)[probs.argmax(1)]}),
+        pd.DataFrame(probs, columns=info.classes)], axis=1)
+    save_probabilities(table, out_dir / "predictions.parquet")
+    metrics = save_classification_report(out_dir, y_true, probs, info.classes,
+                                         extra={"data": str(data), "checkpoint": checkpoint, "tta": tta or []})
+    return {"out_dir": out_dir, "metrics": metrics, "n_images": len(frame)}

@@ -1,0 +1,249 @@
+"""`podium train`: data -> split -> pipelines -> model -> Lightning fit -> final report.
+
+Everything that can fail on bad input (data, config, weights) is built
+before the run folder is created, so a mistake never leaves an empty run.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import PodiumConfig
+from .data import (
+    PodiumDataModule,
+    build_class_map,
+    check_images,
+    check_no_leakage,
+    class_counts,
+    describe_split,
+    encode_labels,
+    holdout_split,
+    load_samples,
+)
+from .errors import PodiumError
+from .tasks import TaskSpec, attribute_metrics, drop_training_ages, label_samples, resolve_task
+from .fileio import write_csv, write_json
+from .images import load_resized
+from .losses import compute_class_weights
+from .runs import RUN_DIR_ENV, create_run_dir, git_commit, library_versions, load_run, save_run_files
+from .transforms import build_eval_pipeline, build_train_pipeline, channel_stats, resolve_normalization
+
+
+@dataclass
+class PreparedData:
+    train: pd.DataFrame
+    val: pd.DataFrame
+    classes: list[str]
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    summary: dict
+    val_metrics: dict
+
+
+def load_labeled(spec: str | Path, cfg: PodiumConfig, task: TaskSpec, log=print, crop: bool = True) -> pd.DataFrame:
+    """Samples with the label the model trains on (composite, one attribute, or plain),
+    pointing at cached crops when ``crop.detector`` is set."""
+    labeled = None if task.attributes is not None else True
+    frame = load_samples(spec, cfg.data, labeled, age_thresholds=cfg.task.age_thresholds, log=log)
+    frame = label_samples(frame, cfg, task, log)
+    return maybe_crop(frame, cfg, log) if crop else frame
+
+
+def maybe_crop(frame: pd.DataFrame, cfg: PodiumConfig, log=print) -> pd.DataFrame:
+    """Swap image paths for cached face/box crops when ``crop.detector`` is set."""
+    if cfg.crop.detector == "none":
+        return frame
+    from .preprocess import crop_samples
+
+    cropped, report = crop_samples(frame, cfg, log)
+    log(f"crop ({cfg.crop.detector}): {report['n_images']} image(s), {report['fallback']} fallback, "
+        f"cache {report['cache_dir']}")
+    return cropped
+
+
+def prepare_data(cfg: PodiumConfig, classes: list[str] | None = None, log=print) -> PreparedData:
+    """Load, check and split the samples named by ``cfg.data``."""
+    d = cfg.data
+    if not d.train:
+        raise PodiumError("data.train is not set: pass the training folder or CSV, e.g. data.train=path/to/train")
+    task = resolve_task(cfg.task)
+    frame = load_labeled(d.train, cfg, task, log)
+    frame, bad = check_images(frame, d.on_bad_image)
+    if d.val:
+        val = load_labeled(d.val, cfg, task, log)
+        val, bad_val = check_images(val, d.on_bad_image)
+        bad += bad_val
+        check_no_leakage(frame, val)
+        train = frame
+    else:
+        train, val = holdout_split(frame, d.val_fraction, d.split_seed)
+    train = drop_training_ages(train, cfg.task, log)
+    classes = classes or task.classes or build_class_map(train["label"])
+    encode_labels(val["label"], classes, f"validation data ({d.val or 'holdout'})")
+    return PreparedData(train, val, classes, bad)
+
+
+def load_split(run_dir: Path, classes: list[str]) -> PreparedData:
+    """The exact train/validation split a run was started with (saved as split.csv)."""
+    path = Path(run_dir) / "split.csv"
+    if not path.is_file():
+        raise PodiumError(f"{path} is missing: cannot resume without the run's split")
+    table = pd.read_csv(path, dtype={"id": str, "label": str, "group": str}, keep_default_na=False)
+    train = table[table["split"] == "train"].drop(columns="split").reset_index(drop=True)
+    val = table[table["split"] == "val"].drop(columns="split").reset_index(drop=True)
+    return PreparedData(train, val, classes)
+
+
+def _dataset_stats(train: pd.DataFrame, size: tuple[int, int], limit: int = 256, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(train), size=min(limit, len(train)), replace=False)
+    return lambda: channel_stats([load_resized(train["path"].iloc[i], size) for i in idx])
+
+
+def build_module(cfg: PodiumConfig, prepared: PreparedData, mean, std):
+    from .engine import Classifier
+
+    counts = class_counts(encode_labels(prepared.train["label"], prepared.classes, "training data"),
+                          len(prepared.classes))
+    weights = compute_class_weights(counts, cfg.train.class_weights)
+    task = resolve_task(cfg.task)
+    head_weights = None
+    if task.heads:
+        head_weights = [float((cfg.task.head_weights or {}).get(name, 1.0)) for name in task.attributes.names]
+        if cfg.train.class_weights != "none" and not isinstance(cfg.train.class_weights, list):
+            per_attr = task.attributes.decode_array(encode_labels(prepared.train["label"], prepared.classes, "training data"))
+            weights = [compute_class_weights(np.bincount(per_attr[n], minlength=k), cfg.train.class_weights).tolist()
+                       for n, k in zip(task.attributes.names, task.heads)]
+            weights = [w for ws in weights for w in ws]  # concatenated per head
+        elif weights is not None:
+            weights = None  # an explicit composite list cannot weight per-attribute heads
+    return Classifier(cfg.model.model_dump(), cfg.train.model_dump(), prepared.classes, mean, std,
+                      class_weights=None if weights is None else [float(w) for w in np.asarray(weights, dtype=float)],
+                      heads=task.heads, head_weights=head_weights)
+
+
+def train(cfg: PodiumConfig, *, resume: str | Path | None = None, dry_run: bool = False,
+          callbacks: list | None = None, progress: bool = True, log=print,
+          prepared: PreparedData | None = None) -> TrainResult:
+    """Train one run; ``resume`` continues a run folder from its last.ckpt.
+
+    ``prepared`` supplies already-split data (cross-validation folds) instead of ``cfg.data``.
+    """
+    started = time.time()
+    ckpt_path = None
+    if resume is not None:
+        info = load_run(resume)
+        cfg, run_dir = info.config, info.dir
+        ckpt_path = str(info.checkpoint("last"))
+        prepared = prepared or load_split(info.dir, info.classes)
+        mean, std = info.mean, info.std
+    else:
+        prepared = prepared or prepare_data(cfg, log=log)
+        mean, std = resolve_normalization(cfg.augment, _dataset_stats(prepared.train, cfg.data.size_hw))
+    if prepared.skipped:
+        log(f"skipped {len(prepared.skipped)} unreadable image(s) (data.on_bad_image=skip)")
+    pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    size = cfg.data.size_hw
+    datamodule = PodiumDataModule(prepared.train, prepared.val, prepared.classes, cfg.data,
+                                  build_train_pipeline(cfg.augment, size), build_eval_pipeline(cfg.augment, size),
+                                  cfg.train.batch_size, cfg.train.sampler, seed=cfg.train.seed)
+    module = build_module(cfg, prepared, mean, std)
+
+    if dry_run:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="podium-dry-run-") as tmp:
+            from .engine import build_trainer
+
+            trainer = build_trainer(cfg, Path(tmp), callbacks=callbacks, dry_run=True, progress=progress)
+            trainer.fit(module, datamodule=datamodule)
+        return TrainResult(Path(tmp), {"dry_run": True, "classes": prepared.classes,
+                                       "train_images": len(prepared.train), "val_images": len(prepared.val)}, {})
+
+    ddp_worker = bool(os.environ.get(RUN_DIR_ENV))  # a process launched by rank 0 for DDP
+    if resume is None:
+        run_dir = create_run_dir(cfg.output.dir, cfg.output.name)
+        if not ddp_worker:
+            os.environ[RUN_DIR_ENV] = str(run_dir.resolve())  # DDP workers re-run this command: same folder
+            save_run_files(run_dir, cfg, prepared.classes, mean, std, {"seed": cfg.train.seed})
+            split = pd.concat([prepared.train.assign(split="train"), prepared.val.assign(split="val")])
+            write_csv(run_dir / "split.csv", split)
+    log(f"run folder: {run_dir}")
+    log(describe_split(prepared.train, prepared.val).to_string())
+
+    from .engine import build_callbacks, build_trainer
+
+    trainer = build_trainer(cfg, run_dir, callbacks=build_callbacks(cfg, run_dir, callbacks), progress=progress)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    finally:
+        if resume is None and not ddp_worker:
+            os.environ.pop(RUN_DIR_ENV, None)
+    if not trainer.is_global_zero:
+        return TrainResult(run_dir, {}, {})
+    val_metrics = finish_run(cfg, run_dir, prepared, module, trainer, started)
+    summary = _read_json(run_dir / "summary.json")
+    return TrainResult(run_dir, summary, val_metrics)
+
+
+def finish_run(cfg: PodiumConfig, run_dir: Path, prepared: PreparedData, module, trainer, started: float) -> dict:
+    """Evaluate the best checkpoint on validation; write predictions, tables and summary.json."""
+    from .predict import load_module, predict_frame, save_probabilities
+
+    ckpt = trainer.checkpoint_callback
+    best_path = Path(ckpt.best_model_path) if ckpt and ckpt.best_model_path else run_dir / "last.ckpt"
+    best_module = load_module(best_path, prepared.classes)
+    probs = predict_frame(best_module, prepared.val, cfg, progress=False)
+    y_true = encode_labels(prepared.val["label"], prepared.classes, "validation data")
+    from .metrics import save_classification_report
+
+    frame = pd.DataFrame({"id": prepared.val["id"].to_numpy(), "path": prepared.val["path"].to_numpy(),
+                          "target": prepared.val["label"].to_numpy(),
+                          "prediction": np.array(prepared.classes)[probs.argmax(1)]})
+    save_probabilities(pd.concat([frame, pd.DataFrame(probs, columns=prepared.classes)], axis=1),
+                       run_dir / "val_predictions.parquet")
+    val_metrics = save_classification_report(run_dir, y_true, probs, prepared.classes)
+    per_attribute = attribute_metrics(resolve_task(cfg.task), y_true, probs)
+    if per_attribute:
+        val_metrics["attributes"] = per_attribute
+    best_score = float(ckpt.best_model_score) if ckpt and ckpt.best_model_score is not None else None
+    best_epoch = _best_epoch(run_dir / "metrics.csv", cfg.train.monitor, cfg.train.monitor_mode)
+    summary = {
+        "run_dir": str(run_dir), "monitor": cfg.train.monitor, "best_metric": best_score,
+        "best_epoch": best_epoch, "epochs_trained": int(trainer.current_epoch),
+        "best_checkpoint": best_path.name, "val_metrics": val_metrics,
+        "skipped_images": int(module.skipped_images) + len(prepared.skipped), "train_images": len(prepared.train),
+        "val_images": len(prepared.val), "classes": prepared.classes,
+        "wall_time_s": round(time.time() - started, 2), "seed": cfg.train.seed,
+        "git_commit": git_commit(), "versions": library_versions(),
+        "device": "cuda" if torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda") else "cpu",
+    }
+    write_json(run_dir / "summary.json", summary)
+    return val_metrics
+
+
+def _best_epoch(metrics_csv: Path, monitor: str, mode: str) -> int | None:
+    if not metrics_csv.exists():
+        return None
+    table = pd.read_csv(metrics_csv)
+    if monitor not in table or table[monitor].isna().all():
+        return None
+    idx = table[monitor].idxmin() if mode == "min" else table[monitor].idxmax()
+    return int(table.loc[idx, "epoch"])
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text()) if path.exists() else {}

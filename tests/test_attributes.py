@@ -1,0 +1,172 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from podium.attributes import (
+    MASK_TASK,
+    AttributeTask,
+    age_bin,
+    ambiguous_age_mask,
+    apply_label_fixes,
+    drop_ambiguous_ages,
+    mask_task,
+)
+from podium.errors import PodiumError
+
+
+def test_mask_task_shape_and_names():
+    assert MASK_TASK.names == ("mask", "gender", "age")
+    assert MASK_TASK.radices == (3, 2, 3)
+    assert MASK_TASK.n_classes == 18
+    names = MASK_TASK.composite_names()
+    assert len(names) == 18 == len(set(names))
+    assert names[0] == "wear/male/young"
+    assert names[4] == "wear/female/middle"
+    assert names[17] == "not_wear/female/old"
+
+
+def test_encode_decode_round_trip_all_18_classes():
+    for code in range(18):
+        digits = MASK_TASK.decode(code)
+        assert MASK_TASK.encode(digits) == code
+        assert code == digits["mask"] * 6 + digits["gender"] * 3 + digits["age"]
+        name = MASK_TASK.composite_name(code)
+        assert MASK_TASK.code_of(name) == code
+        for attr, index in digits.items():
+            assert MASK_TASK.attribute_of(code, attr) == index
+    assert MASK_TASK.encode({"mask": "incorrect", "gender": "female", "age": "old"}) == 6 + 3 + 2
+
+
+def test_vectorised_encode_decode():
+    codes = np.arange(18)
+    digits = MASK_TASK.decode_array(codes)
+    np.testing.assert_array_equal(digits["mask"], np.repeat([0, 1, 2], 6))
+    np.testing.assert_array_equal(MASK_TASK.encode_array(digits), codes)
+    by_name = MASK_TASK.encode_array({"mask": ["not_wear", "wear"], "gender": ["female", "male"], "age": [1, 0]})
+    np.testing.assert_array_equal(by_name, [12 + 3 + 1, 0])
+    np.testing.assert_array_equal(MASK_TASK.attribute_of(codes, "gender"), np.tile(np.repeat([0, 1], 3), 3))
+
+
+def test_encode_rejects_bad_values():
+    with pytest.raises(PodiumError, match="allowed: male, female"):
+        MASK_TASK.encode({"mask": "wear", "gender": "femal", "age": 0})
+    with pytest.raises(PodiumError, match="out of range"):
+        MASK_TASK.decode(18)
+    with pytest.raises(PodiumError, match="missing"):
+        MASK_TASK.encode({"mask": "wear", "gender": "male"})
+    with pytest.raises(PodiumError, match="out of range"):
+        MASK_TASK.encode_array({"mask": [0, 3], "gender": [0, 0], "age": [0, 0]})
+
+
+def test_task_validation():
+    with pytest.raises(PodiumError, match="thresholds"):
+        AttributeTask({"a": ("x", "y")}, bins={"a": (1, 2)})
+    with pytest.raises(PodiumError, match="duplicated"):
+        AttributeTask({"a": ("x", "x")})
+    assert hash(mask_task()) == hash(MASK_TASK) and mask_task() == MASK_TASK
+
+
+def test_general_task_mixed_radix():
+    task = AttributeTask({"a": ("p", "q"), "b": ("r", "s", "t", "u")})
+    assert task.n_classes == 8
+    assert task.encode({"a": "q", "b": "t"}) == 4 + 2
+    assert task.composite_names()[6] == "q/t"
+
+
+def test_marginal_and_joint_probs_are_consistent():
+    rng = np.random.default_rng(0)
+    heads = {n: rng.dirichlet(np.ones(k), size=5) for n, k in zip(MASK_TASK.names, MASK_TASK.radices)}
+    joint = MASK_TASK.joint_probs(heads)
+    assert joint.shape == (5, 18)
+    np.testing.assert_allclose(joint.sum(axis=1), 1.0)
+    for name, p in heads.items():
+        np.testing.assert_allclose(MASK_TASK.marginal_probs(joint, name), p)
+    expected = MASK_TASK.encode_array({n: p.argmax(1) for n, p in heads.items()})
+    np.testing.assert_array_equal(joint.argmax(1), expected)
+
+
+def test_age_bin_default_and_custom_thresholds():
+    np.testing.assert_array_equal(age_bin([0, 29, 30, 59, 60, 90]), [0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(age_bin([29, 30, 57, 58], thresholds=(30, 58)), [0, 1, 1, 2])
+    assert age_bin(45) == 1 and isinstance(age_bin(45), int)
+    with pytest.raises(PodiumError, match="increasing"):
+        age_bin(40, thresholds=(60, 30))
+
+
+def test_ambiguous_age_drop():
+    mask = ambiguous_age_mask([27, 28, 29, 30, 56, 57, 59, 60])
+    np.testing.assert_array_equal(mask, [False, True, True, False, False, True, True, False])
+    df = pd.DataFrame({"age": [20, 28, 45, 58, 60], "id": list("abcde")})
+    kept, dropped = drop_ambiguous_ages(df)
+    assert dropped == 2 and kept["id"].tolist() == ["a", "c", "e"]
+    kept, dropped = drop_ambiguous_ages(df, bands=[(44, 46)])
+    assert dropped == 1 and kept.index.tolist() == [0, 1, 2, 3]
+
+
+def _samples():
+    rows = []
+    for person, gender, age in (("000001", "female", 45), ("000002", "male", 25)):
+        folder = f"{person}_{gender}_Asian_{age}"
+        for stem, mask in (("mask1", "wear"), ("incorrect_mask", "incorrect"), ("normal", "not_wear")):
+            rows.append({"id": f"{folder}/{stem}.jpg", "group": person, "mask": mask, "gender": gender,
+                         "age": age, "age_bin": age_bin(age)})
+    return MASK_TASK.with_labels(pd.DataFrame(rows))
+
+
+def test_label_fixes_apply_by_person_and_image(tmp_path):
+    df = _samples()
+    fixes = tmp_path / "fixes.csv"
+    fixes.write_text(
+        "id,attribute,new_value\n"
+        "000001,gender,male\n"                          # person: 3 photos change
+        "000002_male_Asian_25/normal.jpg,mask,incorrect\n"  # image: swapped mask photo
+        "000002_male_Asian_25/incorrect_mask.jpg,mask,not_wear\n"
+        "000002,age,27\n"                               # same bin: no label change
+        "000001_female_Asian_45/mask1.jpg,age,old\n"    # image fix wins over person fix
+    )
+    fixed, changed = apply_label_fixes(df, fixes, MASK_TASK)
+    assert changed == 3 + 2
+    by_id = fixed.set_index("id")
+    assert (fixed.loc[fixed.group == "000001", "gender"] == "male").all()
+    assert by_id.loc["000001_female_Asian_45/mask1.jpg", "label"] == "wear/male/old"
+    assert by_id.loc["000001_female_Asian_45/normal.jpg", "label"] == "not_wear/male/middle"
+    assert by_id.loc["000002_male_Asian_25/normal.jpg", "label_index"] == 6 + 0 + 0
+    assert (fixed.loc[fixed.group == "000002", "age"] == 27).all()
+    assert df["gender"].tolist().count("female") == 3  # input untouched
+
+
+def test_label_fixes_number_moves_age_bin(tmp_path):
+    fixes = tmp_path / "fixes.csv"
+    fixes.write_text("id,attribute,new_value\n000001,age,61\n")
+    fixed, changed = apply_label_fixes(_samples(), fixes)
+    assert changed == 3
+    assert set(fixed.loc[fixed.group == "000001", "label"].str.split("/").str[2]) == {"old"}
+
+
+def test_label_fixes_validation_lists_problems(tmp_path):
+    fixes = tmp_path / "fixes.csv"
+    fixes.write_text(
+        "id,attribute,new_value\n"
+        "009999,gender,male\n"
+        "000001,gendr,male\n"
+        "000001,gender,femal\n"
+        "000002,age,elderly\n"
+        "000001,mask,wear\n"
+        "000001,mask,not_wear\n"
+    )
+    with pytest.raises(PodiumError) as info:
+        apply_label_fixes(_samples(), fixes)
+    msg = str(info.value)
+    assert "5 invalid" in msg
+    assert "line 2: unknown id '009999'" in msg
+    assert "line 3: unknown attribute 'gendr'" in msg and "did you mean 'gender'" in msg
+    assert "line 4: value 'femal' is not allowed for gender; allowed: male, female" in msg
+    assert "line 5: value 'elderly'" in msg and "young, middle, old or a number" in msg
+    assert "line 7:" in msg and "conflicts with line 6" in msg
+
+
+def test_label_fixes_missing_columns(tmp_path):
+    fixes = tmp_path / "fixes.csv"
+    fixes.write_text("id,value\n000001,male\n")
+    with pytest.raises(PodiumError, match="missing columns"):
+        apply_label_fixes(_samples(), fixes)

@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from podium.errors import PodiumError
+from podium.optim import create_optimizer, create_scheduler, end_epoch, step_scheduler
+
+
+def _model():
+    return torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+
+
+@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+def test_optimizers_and_no_decay_on_bias_and_norm(name, cls):
+    opt = create_optimizer(name, _model(), lr=0.1, weight_decay=0.01)
+    assert isinstance(opt, cls)
+    decays = sorted(g["weight_decay"] for g in opt.param_groups)
+    assert decays == [0.0, 0.01]
+    if name == "sgd":
+        assert opt.param_groups[0]["nesterov"] is True
+    with pytest.raises(PodiumError, match="Did you mean 'adamw'"):
+        create_optimizer("adamww", _model(), lr=0.1)
+
+
+def _run(name, epochs=4, steps=5, **kw):
+    opt = create_optimizer("sgd", _model(), lr=0.1)
+    cfg = create_scheduler(name, opt, epochs=epochs, steps_per_epoch=steps, **kw)
+    lrs, step = [], 0
+    for epoch in range(epochs):
+        for _ in range(steps):
+            opt.step()
+            step += 1
+            if cfg:
+                step_scheduler(cfg["scheduler"], global_step=step)
+            lrs.append(opt.param_groups[0]["lr"])
+        if cfg:
+            end_epoch(cfg["scheduler"], 0.5)
+    return lrs
+
+
+def test_cosine_decays_smoothly_with_warmup():
+    lrs = _run("cosine", warmup_epochs=1, min_lr=1e-4)
+    assert lrs[0] < lrs[4]  # warmup rises
+    assert max(lrs) > 0.08  # warmup overlaps the first part of the cosine (timm's warmup_prefix=False)
+    assert lrs[-1] < 0.01 and all(a >= b for a, b in zip(lrs[5:], lrs[6:]))
+
+
+def test_step_and_multistep_drop_by_gamma():
+    lrs = _run("step", step_epochs=2, gamma=0.1)
+    assert lrs[0] == pytest.approx(0.1) and lrs[-2] == pytest.approx(0.01)  # lrs[-1] is the next epoch's
+    lrs = _run("multistep", milestones=[1, 3], gamma=0.5)
+    assert lrs[0] == pytest.approx(0.1) and lrs[-1] == pytest.approx(0.025)
+
+
+def test_plateau_decays_when_metric_stalls_and_resumes_exactly():
+    lrs = _run("plateau", epochs=6, plateau_patience=1, gamma=0.5, warmup_epochs=1)
+    assert lrs[0] < lrs[4] == pytest.approx(0.1)  # warmup
+    assert lrs[-1] == pytest.approx(0.025)  # constant metric: patience 1 -> halve every 2 epochs after the first
+    opt = create_optimizer("sgd", _model(), lr=0.1)
+    sched = create_scheduler("plateau", opt, epochs=4, steps_per_epoch=2, plateau_patience=0)["scheduler"]
+    sched.end_epoch(0.5)
+    sched.end_epoch(0.4)
+    state = sched.state_dict()
+    opt2 = create_optimizer("sgd", _model(), lr=0.1)
+    sched2 = create_scheduler("plateau", opt2, epochs=4, steps_per_epoch=2, plateau_patience=0)["scheduler"]
+    sched2.load_state_dict(state)
+    sched2.optimizer = opt2
+    sched2.step_update(3)
+    assert sched2.best == 0.5 and opt2.param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+def test_onecycle_and_none():
+    lrs = _run("onecycle", warmup_epochs=1)
+    assert lrs[0] < max(lrs) and lrs[-1] < max(lrs) / 10
+    assert create_scheduler("none", create_optimizer("sgd", _model(), lr=0.1), epochs=2, steps_per_epoch=2) is None
+    with pytest.raises(PodiumError, match="Did you mean 'cosine'"):
+        create_scheduler("cosin", create_optimizer("sgd", _model(), lr=0.1), epochs=2, steps_per_epoch=2)

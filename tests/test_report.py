@@ -1,0 +1,236 @@
+"""Run report on a planted run folder; Grad-CAM on tiny CNNs; headless rendering of both pages."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from podium.errors import PodiumError
+from podium.report import GradCamSource, build_run_report, gradcam, overlay_heatmap
+
+CLASSES = ["bird", "cat", "dog"]
+SECTIONS = ["Summary", "Training curves", "Confusion matrix", "Per-class metrics", "ROC curves",
+            "Most confused pairs", "Confidently wrong"]
+
+
+def smooth_image(seed: int, size: int = 40) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return cv2.resize(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8), (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+def planted_predictions(image_dir: Path) -> pd.DataFrame:
+    """18 validation rows: mostly right, a few wrong, one wrong with 0.97 confidence ('planted')."""
+    image_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    spec = ([("cat", "cat")] * 5 + [("dog", "dog")] * 4 + [("bird", "bird")] * 3
+            + [("cat", "dog")] * 2 + [("dog", "cat")] + [("bird", "cat")] + [("cat", "bird")])
+    rows = []
+    for k, (target, prediction) in enumerate(spec):
+        probs = rng.dirichlet(np.ones(3)) * 0.3
+        probs[CLASSES.index(prediction)] += 0.6 + 0.05 * rng.random()  # confidence ~0.6-0.85
+        rows.append({"id": f"img{k}", "target": target, "prediction": prediction, **dict(zip(CLASSES, probs))})
+    rows.append({"id": "planted", "target": "bird", "prediction": "dog", "bird": 0.01, "cat": 0.02, "dog": 0.97})
+    frame = pd.DataFrame(rows)
+    paths = []
+    for k, row in frame.iterrows():
+        path = image_dir / f"{row['id']}.png"
+        cv2.imwrite(str(path), smooth_image(k))
+        paths.append(str(path))
+    frame.insert(1, "path", paths)
+    frame["site"] = ["a", "b"] * (len(frame) // 2) + ["a"] * (len(frame) % 2)
+    return frame
+
+
+def write_run(run: Path, preds: pd.DataFrame, cv: bool = False) -> Path:
+    run.mkdir(parents=True)
+    (run / "classes.json").write_text(json.dumps({"classes": CLASSES}))
+    (run / "summary.json").write_text(json.dumps({"best_metric": 0.71, "best_epoch": 2, "monitor": "val_f1"}))
+    (run / "config.yaml").write_text("model:\n  name: tiny\n")
+    metrics = pd.DataFrame({"epoch": [0, 1, 2], "train_loss": [1.1, 0.8, 0.6], "val_loss": [1.0, 0.9, 0.85],
+                            "val_acc": [0.5, 0.6, 0.7], "val_f1": [0.4, 0.6, 0.71], "lr": [1e-3, 5e-4, 1e-4]})
+    if cv:
+        for fold in ("fold0", "fold1"):
+            (run / fold).mkdir()
+            metrics.to_csv(run / fold / "metrics.csv", index=False)
+        preds.to_parquet(run / "oof_predictions.parquet", index=False)
+    else:
+        metrics.to_csv(run / "metrics.csv", index=False)
+        preds.to_parquet(run / "val_predictions.parquet", index=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    preds = planted_predictions(tmp / "images")
+    run = write_run(tmp / "run", preds)
+    return preds, run, build_run_report(run, max_gallery=8)
+
+
+def test_report_sections_and_files(report):
+    _, run, path = report
+    assert path == run / "report.html"
+    page = path.read_text()
+    for title in [*SECTIONS, "Per-attribute metrics"]:
+        assert f"<h2>{title}</h2>" in page, title
+    assert "Grad-CAM" not in page  # no model given
+    for name in ("curves", "confusion_counts", "confusion_normalized", "per_class", "roc", "confidently_wrong"):
+        assert (run / "report" / f"{name}.png").stat().st_size > 1000, name
+    assert "<script" not in page
+
+
+def test_confusion_matrix_matches_planted(report):
+    preds, run, _ = report
+    counts = pd.read_csv(run / "report" / "confusion_counts.csv").set_index("true")
+    assert list(counts.index) == CLASSES and list(counts.columns) == CLASSES
+    for t in CLASSES:
+        for p in CLASSES:
+            assert counts.loc[t, p] == ((preds["target"] == t) & (preds["prediction"] == p)).sum(), (t, p)
+    assert counts.loc["cat", "dog"] == 2 and counts.loc["bird", "dog"] == 1
+    normalised = pd.read_csv(run / "report" / "confusion_normalized.csv").set_index("true")
+    assert normalised.loc["cat", "cat"] == pytest.approx(5 / 8, abs=1e-4)
+
+
+def test_suspect_labels_planted_first(report):
+    preds, run, _ = report
+    suspects = pd.read_csv(run / "suspect_labels.csv")
+    assert list(suspects.columns) == ["id", "path", "label", "predicted", "confidence"]
+    assert len(suspects) == int((preds["target"] != preds["prediction"]).sum()) == 6
+    first = suspects.iloc[0]
+    assert (first["id"], first["label"], first["predicted"]) == ("planted", "bird", "dog")
+    assert first["confidence"] == pytest.approx(0.97)
+    assert suspects["confidence"].is_monotonic_decreasing
+
+
+def test_confused_pairs_and_per_class_in_page(report):
+    _, run, path = report
+    page = path.read_text()
+    section = page[page.index("<h2>Most confused pairs</h2>"):]
+    first_row = re.search(r"<tbody><tr>(.*?)</tr>", section).group(1)
+    assert '<td class="text">cat</td><td class="text">dog</td><td>2</td>' in first_row
+
+
+def test_cv_run_uses_oof(tmp_path):
+    preds = planted_predictions(tmp_path / "images")
+    run = write_run(tmp_path / "cv", preds, cv=True)
+    page = build_run_report(run).read_text()
+    assert "oof_predictions.parquet" in page
+    assert '<td class="text">fold0</td>' in page and '<td class="text">fold1</td>' in page  # per-fold last epoch
+    counts = pd.read_csv(run / "report" / "confusion_counts.csv").set_index("true")
+    assert counts.to_numpy().sum() == len(preds)
+    assert (run / "report" / "curves.png").exists()
+
+
+def test_missing_predictions_is_a_user_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PodiumError, match="val_predictions.parquet"):
+        build_run_report(tmp_path / "empty")
+
+
+# --------------------------------------------------------------------------- Grad-CAM
+
+
+def tiny_cnn(n_classes: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 6, 3, padding=1),
+                         nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, n_classes))
+
+
+def test_gradcam_shape_range_and_no_side_effects():
+    model = tiny_cnn().train()
+    x = torch.randn(1, 3, 20, 28)
+    heat = gradcam(model, x, target_class=1)
+    assert heat.shape == (20, 28) and heat.dtype == np.float32
+    assert heat.min() >= 0 and heat.max() <= 1 and np.isfinite(heat).all()
+    assert model.training  # mode restored
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(ValueError, match="target_class"):
+        gradcam(model, x, target_class=3)
+
+
+def test_gradcam_localises_the_evidence():
+    # class 0 score = mean red intensity, so its evidence is exactly where the red square is
+    conv = nn.Conv2d(3, 1, 1, bias=False)
+    head = nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1))
+        head.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+    model = nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
+    x = torch.zeros(1, 3, 16, 16)
+    x[0, 0, 2:6, 9:13] = 1.0
+    heat = gradcam(model, x, target_class=0)
+    assert heat[2:6, 9:13].min() == pytest.approx(1.0) and heat[10:, :6].max() == 0
+    assert gradcam(model, x, target_class=1).max() == 0  # negative evidence only: empty map
+
+
+def test_overlay_heatmap():
+    rgb = np.full((10, 12, 3), 128, np.uint8)
+    heat = np.zeros((5, 6), np.float32)
+    heat[:, 3:] = 1.0
+    out = overlay_heatmap(rgb, heat)
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    assert out[5, 10, 0] > out[5, 10, 2] and out[5, 1, 2] > out[5, 1, 0]  # hot = red, cold = blue
+
+
+@dataclass
+class TinySource:
+    model: nn.Module
+
+    def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(cv2.resize(rgb, (32, 32))).permute(2, 0, 1).float() / 255.0
+        return ((x - 0.5) / 0.25).unsqueeze(0)
+
+
+def test_report_with_gradcam(tmp_path):
+    preds = planted_predictions(tmp_path / "images")
+    run = write_run(tmp_path / "run", preds)
+    source = TinySource(tiny_cnn())
+    assert isinstance(source, GradCamSource)
+    page = build_run_report(run, model_forward=lambda: source, max_gallery=4).read_text()
+    assert "<h2>Grad-CAM</h2>" in page
+    assert (run / "report" / "gradcam.png").stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------- headless rendering
+
+
+def _chromium() -> str | None:
+    found = shutil.which("chromium")
+    return found or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium not installed (apt-get install -y chromium)")
+def test_pages_render_headless(report, tmp_path):
+    from podium.eda import run_eda
+
+    _, run, report_html = report
+    samples = pd.DataFrame({"path": sorted(str(p) for p in (run.parent / "images").glob("*.png"))})
+    samples["label"] = ["a", "b", "c"] * (len(samples) // 3) + ["a"] * (len(samples) % 3)
+    run_eda(samples, tmp_path / "eda", sample_per_class=3)
+    for page in (tmp_path / "eda" / "eda.html", report_html):
+        text = page.read_text()
+        refs = re.findall(r'(?:src|href)="([^"]*)"', text)
+        assert refs and all(r.startswith(("data:", "#")) for r in refs), "external resource in page"
+        shot = tmp_path / f"{page.stem}.png"
+        proc = subprocess.run(
+            [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+             "--enable-logging=stderr", "--v=0", f"--screenshot={shot}", "--window-size=1280,900", page.as_uri()],
+            capture_output=True, text=True, timeout=120,
+        )
+        console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+        assert not console, console
+        image = cv2.imread(str(shot))
+        assert image is not None, proc.stderr[-2000:]
+        assert image.shape[:2] == (900, 1280) and image.std() > 10
