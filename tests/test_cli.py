@@ -117,7 +117,10 @@ def test_bad_images_skip_is_reported(tmp_path):
 
 
 @pytest.mark.parametrize("extra", [
-    ["train.loss=focal", "train.optimizer=adamw", "train.scheduler=onecycle", "train.sampler=balanced"],
+    ["train.loss=focal", "train.optimizer=adamw", "train.scheduler=onecycle", "train.sampler=balanced",
+     "train.channels_last=true"],
+    ["train.scheduler=multistep", "train.milestones=[1]"],
+    ["train.scheduler=none", "train.warmup_epochs=1"],
     ["train.loss=f1", "train.optimizer=adam", "train.scheduler=plateau", "train.warmup_epochs=0.5", "train.ema=true",
      "model.freeze_backbone_epochs=1", "train.class_weights=auto", "augment.backend=torchvision", "augment.preset=strong"],
     ["train.loss=ce", "train.scheduler=step", "train.accumulate_grad_batches=2", "train.gradient_clip_val=1.0",
@@ -176,3 +179,25 @@ def test_truncated_image_fails_naming_it_or_is_skipped(tmp_path):
     assert main(["train", *common, "data.on_bad_image=skip"]) == 0
     summary = json.loads((tmp_path / "runs dir" / "exp" / "summary.json").read_text())
     assert summary["train_images"] + summary["val_images"] == 24 and summary["skipped_images"] == 1
+
+
+def test_train_writes_report_and_report_command(trained_run, capsys):
+    html = (trained_run / "report.html").read_text()
+    for heading in ("Confusion matrix", "Per-class", "Training curves"):
+        assert heading in html, heading
+    assert (trained_run / "suspect_labels.csv").exists()
+    assert main(["report", str(trained_run), "--gradcam"]) == 0
+    assert "suspect labels" in capsys.readouterr().out
+    wrong = pd.read_csv(trained_run / "suspect_labels.csv")
+    assert ("Grad-CAM" in (trained_run / "report.html").read_text()) == (len(wrong) > 0)
+
+
+def test_predict_applies_logit_biases(trained_run, tmp_path, val_folder, capsys):
+    biases = tmp_path / "logit_biases.json"
+    biases.write_text(json.dumps({"classes": ["cat", "dog", "fox"], "biases": [0.0, 0.0, 50.0]}))
+    assert main(["predict", str(trained_run), "--data", str(val_folder), "--biases", str(biases),
+                 "--out", str(tmp_path / "biased"), "--quiet"]) == 0
+    assert set(pd.read_csv(tmp_path / "biased" / "submission.csv")["label"]) == {"fox"}
+    biases.write_text(json.dumps({"classes": ["a", "b", "c"], "biases": [0.0, 0.0, 0.0]}))
+    assert main(["predict", str(trained_run), "--data", str(val_folder), "--biases", str(biases), "--quiet"]) == 2
+    assert "not the run's" in capsys.readouterr().err

@@ -91,3 +91,16 @@ def test_task_config_errors():
         resolve_task(load_config(None, ["task.preset=mask", "task.mode=per_attribute", "task.target=hair"]).task)
     with pytest.raises(PodiumError, match="needs attributes"):
         resolve_task(load_config(None, ["task.mode=multihead"]).task)
+
+
+def test_per_attribute_runs_compose_into_a_submission(tmp_path, mask_root):
+    for target in ("mask", "gender", "age"):
+        assert main(["train", *_mask_overrides(tmp_path, mask_root, "task.mode=per_attribute", f"task.target={target}",
+                                              f"output.name={target}", "output.report=false"), "--quiet"]) == 0
+    runs = [str(tmp_path / "runs dir" / t) for t in ("age", "mask", "gender")]  # any order
+    assert main(["compose", *runs, "--data", str(mask_root), "--out", str(tmp_path / "composed"), "--quiet"]) == 0
+    info = mask_root / "eval" / "info.csv"
+    assert check_submission(tmp_path / "composed" / "submission.csv", info) == []
+    probs = pd.read_parquet(tmp_path / "composed" / "probabilities.parquet")
+    assert probs.shape[1] == 19 and np.allclose(probs.iloc[:, 1:].sum(axis=1), 1.0)
+    assert main(["compose", *runs[:2], "--data", str(mask_root), "--quiet"]) == 2

@@ -261,7 +261,7 @@ def _decode_into(
                 errors[i] = str(exc)
         return len(chunk)
 
-    threads = workers if workers is not None else _available_cpus()
+    threads = workers if workers is not None else available_cpus()
     threads = max(1, min(int(threads), max(len(chunks), 1)))
     done = 0
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="podium-decode") as pool:
@@ -432,7 +432,7 @@ def _cgroup_cpu_limit(cpu_max: str | None = None) -> float | None:
     return quota / period if period > 0 else None
 
 
-def _available_cpus() -> int:
+def available_cpus() -> int:
     """CPUs this process may really use: affinity mask, capped by a cgroup quota.
 
     os.cpu_count() reports the whole host, which oversubscribes containers
@@ -457,7 +457,7 @@ def default_num_workers(cpus: int | None = None) -> int:
     each worker still costs RAM and start-up time. On a single core, a worker
     would only add inter-process copies, so loading stays in the main process.
     """
-    cores = _available_cpus() if cpus is None else max(1, int(cpus))
+    cores = available_cpus() if cpus is None else max(1, int(cpus))
     return max(0, min(8, cores - 1))
 
 

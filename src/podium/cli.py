@@ -88,10 +88,21 @@ def cmd_predict(args) -> int:
     from .predict import predict_run
 
     result = predict_run(args.run, args.data, out=args.out, checkpoint=args.checkpoint, batch_size=args.batch_size,
-                         tta=_tta_list(args.tta), tta_merge=args.tta_merge, progress=not args.quiet)
+                         tta=_tta_list(args.tta), tta_merge=args.tta_merge, progress=not args.quiet,
+                         biases=args.biases)
     _table("predictions", {"images": result["n_images"], "probabilities": result["probabilities"],
                            "submission": result["submission"],
                            "predicted classes": result["predicted_counts"]})
+    return 0
+
+
+def cmd_compose(args) -> int:
+    from .predict import compose_runs
+
+    result = compose_runs(args.runs, args.data, out=args.out, checkpoint=args.checkpoint, batch_size=args.batch_size,
+                          tta=_tta_list(args.tta), tta_merge=args.tta_merge, progress=not args.quiet)
+    _table("composed predictions", {"images": result["n_images"], "probabilities": result["probabilities"],
+                                    "submission": result["submission"]})
     return 0
 
 
@@ -99,7 +110,8 @@ def cmd_evaluate(args) -> int:
     from .predict import evaluate_run
 
     result = evaluate_run(args.run, args.data, out=args.out, checkpoint=args.checkpoint, batch_size=args.batch_size,
-                          tta=_tta_list(args.tta), tta_merge=args.tta_merge, progress=not args.quiet)
+                          tta=_tta_list(args.tta), tta_merge=args.tta_merge, progress=not args.quiet,
+                          biases=args.biases)
     m = result["metrics"]
     _table(f"evaluation on {args.data}", {
         "images": result["n_images"], "accuracy": m["acc"], "macro F1": m["f1"], "macro precision": m["precision"],
@@ -137,6 +149,7 @@ EXAMPLES = {
              "  podium train --resume runs/exp",
     "predict": "podium predict runs/exp --data data/test --tta hflip",
     "evaluate": "podium evaluate runs/exp --data data/val",
+    "compose": "podium compose runs/mask runs/gender runs/age --data data/mask",
     "config show": "podium config show cfg.yaml train.lr=0.003",
     "config reference": "podium config reference > CONFIG.md",
     "demo": "podium demo --workdir demo_data",
@@ -153,15 +166,20 @@ def _add(sub, name: str, help_text: str, func, example_key: str | None = None):
     return p
 
 
-def _add_inference_args(p) -> None:
-    p.add_argument("run", help="run folder, e.g. runs/exp")
-    p.add_argument("--data", required=True, help="folder of images or CSV (path column as in the run's config)")
-    p.add_argument("--out", help="output folder (default: a new folder inside the run)")
+def _add_prediction_options(p) -> None:
+    p.add_argument("--out", help="output folder (default: a new folder beside the run's other outputs)")
     p.add_argument("--checkpoint", default="best", help="best, last, or a .ckpt path (default: best)")
     p.add_argument("--batch-size", type=int, help="inference batch size (default: the run's)")
     p.add_argument("--tta", help="comma-separated test-time views, e.g. hflip,scale_0.9")
     p.add_argument("--tta-merge", default="mean", choices=["mean", "gmean"], help="how TTA views are merged")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_inference_args(p) -> None:
+    p.add_argument("run", help="run folder, e.g. runs/exp")
+    p.add_argument("--data", required=True, help="folder of images or CSV (path column as in the run's config)")
+    p.add_argument("--biases", help="logit_biases.json from `podium cv-biases` (per-class macro-F1 biases)")
+    _add_prediction_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_args(p)
     p = _add(sub, "evaluate", "Measure a trained run on a labelled folder or CSV.", cmd_evaluate)
     _add_inference_args(p)
+    p = _add(sub, "compose", "Combine one-model-per-attribute runs into composite predictions and a submission.",
+             cmd_compose)
+    p.add_argument("runs", nargs="+", help="one run folder per attribute (task.mode=per_attribute)")
+    p.add_argument("--data", required=True, help="folder of images, CSV, or the competition root")
+    _add_prediction_options(p)
 
     config = sub.add_parser("config", help="Show the resolved config or the config reference.")
     config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND")

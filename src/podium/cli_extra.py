@@ -44,32 +44,20 @@ def cmd_eda(args) -> int:
     return 0
 
 
-class _CheckpointGradCam:
-    """Grad-CAM source built from a run's best checkpoint (loaded on first use)."""
+def _gradcam_source(run: Path):
+    from .predict import ModuleGradCam, load_module
+    from .runs import load_run
 
-    def __init__(self, run_dir: Path):
-        from .predict import load_module
-        from .runs import load_run
-
-        info = load_run(run_dir)
-        self._module = load_module(info.checkpoint("best"), info.classes)
-        self.model = self._module.model
-        self.size = info.config.data.size_hw
-
-    def preprocess(self, rgb):
-        import torch
-
-        from .images import resize_rgb
-
-        x = torch.from_numpy(resize_rgb(rgb, self.size)).permute(2, 0, 1).unsqueeze(0)
-        return self._module.normalize(x)
+    info = load_run(run)
+    module = load_module(info.checkpoint("best"), info.classes)
+    return None if module.heads else ModuleGradCam(module, info.config.data.size_hw)
 
 
 def cmd_report(args) -> int:
     from .report import build_run_report
 
     run = Path(args.run)
-    source = (lambda: _CheckpointGradCam(run)) if args.gradcam and (run / "best.ckpt").exists() else None
+    source = _gradcam_source(run) if args.gradcam else None
     path = build_run_report(run, model_forward=source, max_gallery=args.gallery)
     print(f"report: {path}\nsuspect labels (review, then feed to task.label_fixes): {run / 'suspect_labels.csv'}")
     return 0
@@ -166,11 +154,8 @@ def register_extra_commands(sub, add) -> None:
     p.add_argument("--info", required=True, help="the competition's eval/info.csv")
     p.add_argument("--classes", type=int, default=18, help="number of classes (default 18)")
 
-    for module in ("cli_cv", "cli_bench"):
-        try:
-            registered = __import__(f"podium.{module}", fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"podium.{module}":
-                raise
-            continue
-        registered.register(sub, add)
+    from .cli_bench import register as register_bench
+    from .cli_cv import register as register_cv
+
+    register_bench(sub, add)
+    register_cv(sub, add)

@@ -94,15 +94,23 @@ class TrainConfig(Section):
     accumulate_grad_batches: int = Field(1, ge=1, description="Accumulate gradients over N batches before each optimizer step.")
     gradient_clip_val: float | None = Field(None, gt=0.0, description="Clip the gradient norm to this value.")
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after N epochs without improvement of `monitor`.")
+    save_epoch_checkpoints: bool = Field(False, description="Also keep every epoch's weights in epochs/ (for `podium average-checkpoints`).")
     ema: bool = Field(False, description="Keep an exponential moving average of the weights and validate/save it.")
     ema_decay: float = Field(0.999, gt=0.0, lt=1.0, description="EMA decay per optimizer step.")
     seed: int = Field(42, description="Global seed (Python, NumPy, torch, workers).")
+    channels_last: bool = Field(True, description="Run convolutions in channels-last memory layout (same results; 1.7x faster steps measured on this CPU, standard on GPUs).")
+    compile: Literal["off", "auto", "on"] = Field("off", description="torch.compile the model; `auto` compiles only on a CUDA GPU.")
     monitor: Literal["val_f1", "val_acc", "val_loss", "val_auroc", "val_precision", "val_recall"] = Field(
         "val_f1", description="Metric that selects the best checkpoint (macro F1 by default).")
     accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu, mps, ...")
     devices: Union[int, str, list[int]] = Field("auto", description="Lightning devices: a count, a list of ids, or auto.")
     strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ddp_spawn, fsdp, ...")
     num_nodes: int = Field(1, ge=1, description="Number of nodes for multi-node DDP.")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_from_bool(cls, v):
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v  # YAML reads on/off as booleans
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -133,6 +141,8 @@ class OutputConfig(Section):
     name: str = Field("exp", description="Run name; an existing runs/<name> gets a numbered sibling (exp-2), never overwritten.")
     submission: SubmissionConfig = Field(default_factory=SubmissionConfig, description="Submission CSV format.")
     tensorboard: bool = Field(True, description="Write TensorBoard logs under the run folder.")
+    report: bool = Field(True, description="Write the HTML training report (report.html) at the end of each run.")
+    gradcam: bool = Field(False, description="Add Grad-CAM overlays to that report (slower; `podium report RUN --gradcam` adds them later).")
 
 
 class TaskConfig(Section):
@@ -165,6 +175,7 @@ class CVConfig(Section):
 class PredictConfig(Section):
     tta: list[str] = Field(default_factory=list, description="Test-time views, e.g. [hflip, scale_0.9]; empty = none.")
     tta_merge: Literal["mean", "gmean"] = Field("mean", description="How TTA views are merged.")
+    logit_biases: str | None = Field(None, description="JSON of per-class logit biases fitted for macro F1 (`podium cv-biases`), applied to predictions.")
 
 
 class PodiumConfig(Section):

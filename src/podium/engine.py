@@ -58,6 +58,11 @@ class Classifier(pl.LightningModule):
             self.criterion = create_loss(train_cfg["loss"], n, class_weights=weights, **loss_kw)
         self.val_metrics = create_metrics(n)
         self.skipped_images = 0
+        self.channels_last = bool(train_cfg.get("channels_last", True))
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # Compiled callable kept off the module tree, so checkpoints keep plain parameter names.
+        object.__setattr__(self, "_run_model", _maybe_compile(self.model, train_cfg.get("compile", "off")))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.mean) / self.std
@@ -65,13 +70,17 @@ class Classifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits; with attribute heads, the composite log-probabilities
         (the product of the heads' probabilities), so softmax gives them back."""
-        out = self.model(self.normalize(x))
+        out = self._run_model(self._prepare(x))
         return compose_log_probs(out, self.heads) if self.heads else out
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(x)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if not self.heads:
             return self.criterion(self(images), targets)
-        raw = self.model(self.normalize(images))
+        raw = self._run_model(self._prepare(images))
         total = raw.new_zeros(())
         for (logits, digit), loss_fn, w in zip(split_heads(raw, targets, self.heads), self.head_losses, self.head_weights):
             total = total + w * loss_fn(logits, digit)
@@ -130,6 +139,13 @@ class Classifier(pl.LightningModule):
 
     def lr_scheduler_step(self, scheduler, metric):
         step_scheduler(scheduler, global_step=self.global_step)
+
+
+def _maybe_compile(model: torch.nn.Module, mode: str):
+    """torch.compile when asked (`on`) or when a CUDA GPU makes it worth the compile time (`auto`)."""
+    if mode == "on" or (mode == "auto" and torch.cuda.is_available()):
+        return torch.compile(model)
+    return model
 
 
 def _split(weights: list[float] | None, heads: list[int]) -> list[torch.Tensor | None]:
@@ -277,6 +293,20 @@ def resolve_precision(requested: str, accelerator: str) -> str:
     return requested
 
 
+EPOCHS_DIR = "epochs"
+
+
+def epoch_checkpoint_callback(run_dir: Path) -> ModelCheckpoint:
+    """Every epoch's weights in ``<run>/epochs/epoch003.ckpt``: what checkpoint averaging needs.
+
+    Monitoring ``epoch`` (always logged) gives this callback a state key distinct
+    from the run's best/last ModelCheckpoints, so they live in one Trainer.
+    """
+    return ModelCheckpoint(dirpath=Path(run_dir) / EPOCHS_DIR, filename="epoch{epoch:03d}", monitor="epoch", mode="max",
+                           save_top_k=-1, every_n_epochs=1, save_last=False, auto_insert_metric_name=False,
+                           enable_version_counter=False)
+
+
 def build_callbacks(cfg: PodiumConfig, run_dir: Path, extra: list[Callback] | None = None) -> list[Callback]:
     t = cfg.train
     callbacks: list[Callback] = [
@@ -288,6 +318,8 @@ def build_callbacks(cfg: PodiumConfig, run_dir: Path, extra: list[Callback] | No
         EpochCSVLogger(run_dir / "metrics.csv"),
         RNGStateCallback(),
     ]
+    if t.save_epoch_checkpoints:
+        callbacks.append(epoch_checkpoint_callback(run_dir))
     if t.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping_patience))
     if cfg.model.freeze_backbone_epochs:

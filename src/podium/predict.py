@@ -20,6 +20,19 @@ from .transforms import build_eval_pipeline
 from .train import maybe_crop
 
 
+class ModuleGradCam:
+    """What the report's Grad-CAM needs: the bare model and eval preprocessing (resize + normalize)."""
+
+    def __init__(self, module, size: tuple[int, int]):
+        self.module, self.model, self.size = module, module.model, size
+
+    def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
+        from .images import resize_rgb
+
+        x = torch.from_numpy(resize_rgb(rgb, self.size)).permute(2, 0, 1).unsqueeze(0)
+        return self.module.normalize(x.to(self.module.mean.device))
+
+
 def load_module(ckpt_path: str | Path, classes: list[str] | None = None):
     """Rebuild the Classifier from a checkpoint without downloading pretrained weights."""
     from .engine import Classifier
@@ -105,6 +118,23 @@ def save_probabilities(frame: pd.DataFrame, path: str | Path) -> Path:
     return write_parquet(path, frame)
 
 
+def apply_biases(probs: np.ndarray, path: str | Path | None, classes: list[str]) -> np.ndarray:
+    """Per-class logit biases fitted for macro F1 on out-of-fold predictions (`podium cv-biases`)."""
+    if not path:
+        return probs
+    import json
+
+    from .ensemble import apply_logit_biases
+
+    path = Path(path)
+    if not path.is_file():
+        raise PodiumError(f"logit biases file not found: {path}")
+    saved = json.loads(path.read_text())
+    if list(saved.get("classes", [])) != list(classes):
+        raise PodiumError(f"logit biases in {path} are for classes {saved.get('classes')}, not the run's {classes}")
+    return apply_logit_biases(probs, np.asarray(saved["biases"], dtype=np.float64))
+
+
 def format_ids(ids: pd.Series, id_format: str) -> pd.Series:
     if id_format == "name":
         return ids.map(lambda s: Path(s).name)
@@ -152,7 +182,7 @@ def _output_dir(info: RunInfo, data: str | Path, out: str | Path | None, kind: s
 
 def predict_run(run_dir: str | Path, data: str | Path, *, out: str | Path | None = None, checkpoint: str = "best",
                 batch_size: int | None = None, tta: list[str] | None = None, tta_merge: str = "mean",
-                progress: bool = True) -> dict:
+                progress: bool = True, biases: str | Path | None = None) -> dict:
     """Probabilities parquet + submission CSV for an unlabeled folder or CSV."""
     info = load_run(run_dir)
     module = load_module(info.checkpoint(checkpoint), info.classes)
@@ -167,6 +197,7 @@ def predict_run(run_dir: str | Path, data: str | Path, *, out: str | Path | None
     tta = tta if tta is not None else (info.config.predict.tta or None)
     probs = predict_frame(module, frame, info.config, batch_size=batch_size, tta=tta, tta_merge=tta_merge,
                           progress=progress)
+    probs = apply_biases(probs, biases or info.config.predict.logit_biases, info.classes)
     out_dir = _output_dir(info, data, out, "predictions")
     table = pd.concat([pd.DataFrame({"id": frame["id"].to_numpy()}), pd.DataFrame(probs, columns=info.classes)], axis=1)
     probs_path = save_probabilities(table, out_dir / "probabilities.parquet")
@@ -182,7 +213,7 @@ def predict_run(run_dir: str | Path, data: str | Path, *, out: str | Path | None
 
 def evaluate_run(run_dir: str | Path, data: str | Path, *, out: str | Path | None = None, checkpoint: str = "best",
                  batch_size: int | None = None, tta: list[str] | None = None, tta_merge: str = "mean",
-                 progress: bool = True) -> dict:
+                 progress: bool = True, biases: str | Path | None = None) -> dict:
     """Metrics, per-class table and confusion matrix of a run on a labelled folder or CSV."""
     from .metrics import save_classification_report
 
@@ -195,6 +226,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, out: str | Path | Non
     module = load_module(info.checkpoint(checkpoint), info.classes)
     probs = predict_frame(module, frame, info.config, batch_size=batch_size, tta=tta, tta_merge=tta_merge,
                           progress=progress)
+    probs = apply_biases(probs, biases or info.config.predict.logit_biases, info.classes)
     out_dir = _output_dir(info, data, out, "evaluations")
     table = pd.concat([
         pd.DataFrame({"id": frame["id"].to_numpy(), "path": frame["path"].to_numpy(),
@@ -204,3 +236,53 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, out: str | Path | Non
     metrics = save_classification_report(out_dir, y_true, probs, info.classes,
                                          extra={"data": str(data), "checkpoint": checkpoint, "tta": tta or []})
     return {"out_dir": out_dir, "metrics": metrics, "n_images": len(frame)}
+
+
+def compose_runs(runs: list[str | Path], data: str | Path, *, out: str | Path | None = None, checkpoint: str = "best",
+                 batch_size: int | None = None, tta: list[str] | None = None, tta_merge: str = "mean",
+                 progress: bool = True) -> dict:
+    """One model per attribute (task.mode=per_attribute) -> composite probabilities and a submission.
+
+    Each run predicts its attribute; the composite probability is the product of
+    the attributes' (the same rule as the multi-head model), in mixed-radix order.
+    """
+    from .tasks import resolve_task
+
+    infos = [load_run(r) for r in runs]
+    specs = [resolve_task(i.config.task) for i in infos]
+    not_per_attr = [str(i.dir) for i, s in zip(infos, specs) if s.mode != "per_attribute"]
+    if not_per_attr:
+        raise PodiumError(f"compose needs runs trained with task.mode=per_attribute; these are not: {not_per_attr}")
+    task = specs[0].attributes
+    if any(s.attributes != task for s in specs):
+        raise PodiumError("the runs were trained on different attribute tasks (names, classes or age thresholds differ)")
+    targets = [s.target for s in specs]
+    if sorted(targets) != sorted(task.names):
+        raise PodiumError(f"compose needs exactly one run per attribute {list(task.names)}; got runs for {targets}")
+    first = infos[0].config
+    competition = first.data.format == "mask_competition" and _is_competition_eval(
+        first.model_copy(update={"task": first.task.model_copy(update={"mode": "single"})}), data)
+    if competition:
+        from .competition import read_mask_eval
+
+        frame = read_mask_eval(data)
+    else:
+        frame = load_samples(data, first.data.model_copy(update={"format": "folder"}), labeled=False)
+    attribute_probs = {}
+    for info, spec in zip(infos, specs):
+        module = load_module(info.checkpoint(checkpoint), info.classes)
+        attribute_probs[spec.target] = predict_frame(module, maybe_crop(frame, info.config), info.config,
+                                                     batch_size=batch_size, tta=tta, tta_merge=tta_merge,
+                                                     progress=progress)
+    probs = task.joint_probs(attribute_probs)
+    classes = task.composite_names()
+    out_dir = Path(out) if out else next_free_dir(Path(runs[0]).resolve().parent / "composed", Path(data).stem or "data")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = pd.concat([pd.DataFrame({"id": frame["id"].to_numpy()}), pd.DataFrame(probs, columns=classes)], axis=1)
+    probs_path = save_probabilities(table, out_dir / "probabilities.parquet")
+    if competition:
+        sub_path = write_competition_submission(data, frame["id"], probs, out_dir / "submission.csv")
+    else:
+        sub_path = write_csv(out_dir / "submission.csv", submission_frame(frame["id"], probs, classes,
+                                                                          first.output.submission))
+    return {"out_dir": out_dir, "probabilities": probs_path, "submission": sub_path, "n_images": len(frame)}
