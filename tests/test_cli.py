@@ -12,6 +12,7 @@ import torch
 
 from conftest import fast_overrides, make_folder
 from podium.cli import main
+from podium.config import load_config
 
 
 def _train(tmp_path, image_folder, *extra, name="exp"):
@@ -201,3 +202,15 @@ def test_predict_applies_logit_biases(trained_run, tmp_path, val_folder, capsys)
     biases.write_text(json.dumps({"classes": ["a", "b", "c"], "biases": [0.0, 0.0, 0.0]}))
     assert main(["predict", str(trained_run), "--data", str(val_folder), "--biases", str(biases), "--quiet"]) == 2
     assert "not the run's" in capsys.readouterr().err
+
+
+def test_tta_auto_adds_hflip_only_when_training_flipped():
+    from podium.predict import resolve_tta
+
+    flipped = load_config(None, ["augment.preset=light"])
+    assert resolve_tta(None, flipped) == ["identity", "hflip"]
+    assert resolve_tta(None, load_config(None, ["augment.preset=none"])) is None
+    assert resolve_tta(["none"], flipped) is None
+    assert resolve_tta(["scale_0.9"], flipped) == ["identity", "scale_0.9"]
+    ops = load_config(None, ["augment.train_ops=[{name: Affine, rotate: [-5, 5]}]"])
+    assert resolve_tta(None, ops) is None

@@ -59,3 +59,8 @@ def test_cli_config_show_and_errors(capsys, tmp_path):
     assert main(["config", "show", "train.epoch=4"]) == 2
     err = capsys.readouterr().err
     assert "train.epoch" in err and "Did you mean 'train.epochs'" in err and "Traceback" not in err
+
+
+def test_folder_given_as_config_explains(tmp_path):
+    with pytest.raises(PodiumError, match=r"is a folder, not a config file; to train on it, pass data.train="):
+        load_config(tmp_path)

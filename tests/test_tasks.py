@@ -104,3 +104,9 @@ def test_per_attribute_runs_compose_into_a_submission(tmp_path, mask_root):
     probs = pd.read_parquet(tmp_path / "composed" / "probabilities.parquet")
     assert probs.shape[1] == 19 and np.allclose(probs.iloc[:, 1:].sum(axis=1), 1.0)
     assert main(["compose", *runs[:2], "--data", str(mask_root), "--quiet"]) == 2
+
+
+def test_report_has_per_attribute_section(tmp_path, mask_root):
+    assert main(["train", *_mask_overrides(tmp_path, mask_root), "--quiet"]) == 0
+    html = (tmp_path / "runs dir" / "exp" / "report.html").read_text()
+    assert "Per attribute (composite classes)" in html and "wear/incorrect/not_wear" in html

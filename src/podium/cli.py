@@ -170,7 +170,8 @@ def _add_prediction_options(p) -> None:
     p.add_argument("--out", help="output folder (default: a new folder beside the run's other outputs)")
     p.add_argument("--checkpoint", default="best", help="best, last, or a .ckpt path (default: best)")
     p.add_argument("--batch-size", type=int, help="inference batch size (default: the run's)")
-    p.add_argument("--tta", help="comma-separated test-time views, e.g. hflip,scale_0.9")
+    p.add_argument("--tta", help="test-time views added to the plain image, e.g. hflip,scale_0.9; `none` for "
+                                 "none (default: the run's predict.tta; auto = hflip when training flipped)")
     p.add_argument("--tta-merge", default="mean", choices=["mean", "gmean"], help="how TTA views are merged")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

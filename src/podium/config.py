@@ -173,7 +173,8 @@ class CVConfig(Section):
 
 
 class PredictConfig(Section):
-    tta: list[str] = Field(default_factory=list, description="Test-time views, e.g. [hflip, scale_0.9]; empty = none.")
+    tta: Union[Literal["auto"], list[str]] = Field(
+        "auto", description="Test-time views added to the plain image, e.g. [hflip, scale_0.9]; [] = none; `auto` = hflip when training flipped images.")
     tta_merge: Literal["mean", "gmean"] = Field("mean", description="How TTA views are merged.")
     logit_biases: str | None = Field(None, description="JSON of per-class logit biases fitted for macro F1 (`podium cv-biases`), applied to predictions.")
 
@@ -235,6 +236,8 @@ def deep_merge(base: dict, extra: dict) -> dict:
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise PodiumError(f"{path} is a folder, not a config file; to train on it, pass data.train={path}")
     if not path.is_file():
         raise PodiumError(f"config file not found: {path}. Pass an existing YAML file, or none to use the defaults.")
     try:

@@ -165,13 +165,13 @@ def train_fold(cfg: PodiumConfig, run_dir: Path, frame: pd.DataFrame, classes: l
 
 
 def predict_fold_test(fold_dir: Path, test_frame: pd.DataFrame, cfg: PodiumConfig, progress: bool = False) -> Path:
-    """The fold's best checkpoint on the test images (with ``predict.tta`` when set)."""
-    from .predict import load_module, predict_frame
+    """The fold's best checkpoint on the test images (with the run's ``predict.tta``)."""
+    from .predict import load_module, predict_frame, resolve_tta
 
     summary = _read_json(fold_dir / "summary.json")
     classes = summary["classes"]
     module = load_module(fold_dir / summary.get("best_checkpoint", "best.ckpt"), classes)
-    probs = predict_frame(module, test_frame, cfg, tta=cfg.predict.tta or None, tta_merge=cfg.predict.tta_merge,
+    probs = predict_frame(module, test_frame, cfg, tta=resolve_tta(None, cfg), tta_merge=cfg.predict.tta_merge,
                           progress=progress)
     table = pd.concat([pd.DataFrame({"id": test_frame["id"].to_numpy()}), pd.DataFrame(probs, columns=classes)], axis=1)
     return write_parquet(fold_dir / TEST_FILE, table)
@@ -435,6 +435,7 @@ def oof_tta(run_dir: str | Path, views: list[str], merge: str = "mean", *, batch
     from .tta import parse_views
 
     run_dir = Path(run_dir)
+    views = ["identity", *[v for v in views if v != "identity"]]  # as predict does: the plain image plus views
     parse_views(views)  # fail on a bad name before any work
     oof = load_oof(run_dir)
     classes = _read_meta(run_dir)["classes"]

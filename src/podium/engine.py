@@ -260,12 +260,15 @@ class FreezeBackbone(Callback):
         backbone, _ = split_parameters(pl_module.model)
         for p in backbone:
             p.requires_grad_(not frozen)
-        if frozen:
-            head = pl_module.model.get_submodule(pl_module.model.podium_head)
-            for module in pl_module.model.modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-            head.train()
+        if not frozen:
+            # Lightning keeps the per-module train/eval flags across epochs: put the
+            # backbone's BatchNorm back in train mode, or fine-tuning runs on frozen
+            # ImageNet statistics and diverges (seen: loss 16 on the first unfrozen step).
+            pl_module.model.train()
+            return
+        for module in pl_module.model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 class StopAfterEpochs(Callback):

@@ -39,7 +39,9 @@ def summary_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
 
     n = probs.shape[1]
     y_pred = probs.argmax(1)
-    labels = list(range(n))
+    # Macro averages over the classes that occur (true or predicted), as torchmetrics does in
+    # training: a class absent from a small validation set must not count as F1 = 0.
+    labels = np.union1d(y_true, y_pred).tolist()
     out = {
         "acc": float(accuracy_score(y_true, y_pred)),
         "f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),

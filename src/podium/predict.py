@@ -118,6 +118,25 @@ def save_probabilities(frame: pd.DataFrame, path: str | Path) -> Path:
     return write_parquet(path, frame)
 
 
+FLIP_OPS = {"HorizontalFlip", "RandomHorizontalFlip"}
+
+
+def resolve_tta(requested: list[str] | None, cfg: PodiumConfig) -> list[str] | None:
+    """The TTA views to run: the plain image plus the requested views.
+
+    ``requested`` None means the run's ``predict.tta``; `auto` there means a
+    horizontal flip exactly when training augmented with flips, so the flipped
+    view is one the model has learnt; ``["none"]`` or [] means no TTA.
+    """
+    views = cfg.predict.tta if requested is None else requested
+    if views == "auto":
+        a = cfg.augment
+        flips = any(op.get("name") in FLIP_OPS for op in a.train_ops) if a.train_ops is not None else a.preset != "none"
+        views = ["hflip"] if flips else []
+    views = [v for v in views if v not in ("none", "identity")]
+    return ["identity", *views] if views else None
+
+
 def apply_biases(probs: np.ndarray, path: str | Path | None, classes: list[str]) -> np.ndarray:
     """Per-class logit biases fitted for macro F1 on out-of-fold predictions (`podium cv-biases`)."""
     if not path:
@@ -194,7 +213,7 @@ def predict_run(run_dir: str | Path, data: str | Path, *, out: str | Path | None
     else:
         frame = load_samples(data, info.config.data.model_copy(update={"format": "folder"}), labeled=False)
     frame = maybe_crop(frame, info.config)
-    tta = tta if tta is not None else (info.config.predict.tta or None)
+    tta = resolve_tta(tta, info.config)
     probs = predict_frame(module, frame, info.config, batch_size=batch_size, tta=tta, tta_merge=tta_merge,
                           progress=progress)
     probs = apply_biases(probs, biases or info.config.predict.logit_biases, info.classes)
@@ -224,6 +243,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, out: str | Path | Non
     frame = load_labeled(data, info.config, resolve_task(info.config.task))
     y_true = encode_labels(frame["label"], info.classes, f"evaluation data {data}")
     module = load_module(info.checkpoint(checkpoint), info.classes)
+    tta = resolve_tta(tta, info.config)
     probs = predict_frame(module, frame, info.config, batch_size=batch_size, tta=tta, tta_merge=tta_merge,
                           progress=progress)
     probs = apply_biases(probs, biases or info.config.predict.logit_biases, info.classes)
@@ -272,7 +292,8 @@ def compose_runs(runs: list[str | Path], data: str | Path, *, out: str | Path | 
     for info, spec in zip(infos, specs):
         module = load_module(info.checkpoint(checkpoint), info.classes)
         attribute_probs[spec.target] = predict_frame(module, maybe_crop(frame, info.config), info.config,
-                                                     batch_size=batch_size, tta=tta, tta_merge=tta_merge,
+                                                     batch_size=batch_size, tta=resolve_tta(tta, info.config),
+                                                     tta_merge=tta_merge,
                                                      progress=progress)
     probs = task.joint_probs(attribute_probs)
     classes = task.composite_names()

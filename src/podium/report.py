@@ -443,6 +443,33 @@ def _attribute_section(page: Page, preds: pd.DataFrame, classes: list[str]) -> N
         sec.table(pd.DataFrame(rows))
 
 
+def _composite_section(page: Page, preds: pd.DataFrame, classes: list[str]) -> None:
+    """Composite classes (``mask/gender/age``): where are the errors - in which attribute?"""
+    from sklearn.metrics import f1_score
+
+    from .attributes import SEPARATOR
+
+    parts = [c.split(SEPARATOR) for c in classes]
+    n = len(parts[0])
+    if n < 2 or any(len(p) != n for p in parts):
+        return
+    sec = page.section("Per attribute (composite classes)")
+    sec.text("Each composite class split into its attributes: accuracy, macro F1 and confusion counts per attribute.")
+    true = preds["target"].astype(str).str.split(SEPARATOR, expand=True)
+    pred = preds["prediction"].astype(str).str.split(SEPARATOR, expand=True)
+    rows = []
+    for i in range(n):
+        values = list(dict.fromkeys(p[i] for p in parts))
+        t, p = true[i], pred[i]
+        rows.append({"attribute": f"#{i + 1} ({'/'.join(values)})", "accuracy": float((t == p).mean()),
+                     "macro F1": float(f1_score(t, p, labels=values, average="macro", zero_division=0))})
+        counts = pd.crosstab(pd.Categorical(t, values), pd.Categorical(p, values), dropna=False)
+        counts.index.name, counts.columns.name = "true", "predicted"
+        sec.heading(f"attribute #{i + 1} confusion")
+        sec.table(counts.reset_index(), caption="rows: true, columns: predicted")
+    sec.table(pd.DataFrame(rows))
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -485,4 +512,5 @@ def build_run_report(
     if model_forward is not None:
         _gradcam_section(page, out, suspects, classes, _resolve_source(model_forward), gradcam_fn or gradcam)
     _attribute_section(page, preds, classes)
+    _composite_section(page, preds, classes)
     return page.write(run_dir / "report.html")

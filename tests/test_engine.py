@@ -1,0 +1,30 @@
+import lightning.pytorch as pl
+import torch
+
+from conftest import fast_overrides
+from podium.config import load_config
+from podium.train import train
+
+
+class _Probe(pl.Callback):
+    def __init__(self):
+        self.rows = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        bns = [m for m in module.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        backbone = [p for n, p in module.model.named_parameters() if not n.startswith(module.model.podium_head + ".")]
+        self.rows.append((trainer.current_epoch, all(b.training for b in bns), any(b.training for b in bns),
+                          all(p.requires_grad for p in backbone), backbone[0].detach().clone()))
+
+
+def test_freeze_backbone_then_fine_tune_everything(tmp_path, image_folder):
+    probe = _Probe()
+    cfg = load_config(None, fast_overrides(tmp_path, **{"train.epochs": 2, "model.freeze_backbone_epochs": 1,
+                                                        "output.report": "false"}) + [f"data.train={image_folder}"])
+    train(cfg, progress=False, callbacks=[probe])
+    frozen = [r for r in probe.rows if r[0] == 0]
+    thawed = [r for r in probe.rows if r[0] == 1]
+    assert all(not r[2] and not r[3] for r in frozen)  # BN in eval, backbone not trainable
+    assert all(torch.equal(frozen[0][4], r[4]) for r in frozen)  # backbone weights did not move
+    assert all(r[1] and r[3] for r in thawed)  # BN back in train mode, backbone trainable
+    assert not torch.equal(frozen[-1][4], thawed[-1][4])
