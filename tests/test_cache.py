@@ -454,3 +454,63 @@ def test_draft_on_real_portraits(tmp_path, capsys):
         lines.append(f"{size}: plain {timings[False]:.2f} ms/img, draft {timings[True]:.2f} ms/img")
     with capsys.disabled():
         print("\nload_resized on 20 portraits: " + "; ".join(lines))
+
+
+# ---------------------------------------------------------------- filling during the first epoch
+
+class _Rows:
+    """Map-style dataset over a cache (a plain class: DataLoader only needs len/getitem)."""
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def __len__(self):
+        return len(self.cache)
+
+    def __getitem__(self, i):
+        return self.cache.get(i), i
+
+
+def test_lazy_cache_fills_on_read_then_publishes(image_paths, tmp_path):
+    from podium.cache import FillingCache
+
+    cache = ImageCache.build(image_paths, (24, 20), cache_dir=tmp_path, lazy=True)
+    assert isinstance(cache, FillingCache) and not cache.complete
+    assert not list(tmp_path.glob("*.json"))  # nothing decoded, nothing published yet
+    for i in range(len(image_paths) - 1):
+        np.testing.assert_array_equal(cache.get(i), load_resized(image_paths[i], (24, 20)))
+    assert cache.finalize() is None  # one row is still missing
+    again = ImageCache.build(image_paths, (24, 20), cache_dir=tmp_path, lazy=True)  # resumes the same fill
+    assert isinstance(again, FillingCache)
+    again.get(len(image_paths) - 1)
+    published = again.finalize()
+    assert published is not None and not isinstance(published, FillingCache)
+    reused = ImageCache.build(image_paths, (24, 20), cache_dir=tmp_path)  # eager build: reuses, decodes nothing
+    for i, path in enumerate(image_paths):
+        np.testing.assert_array_equal(reused.get(i), load_resized(path, (24, 20)))
+    assert not list(tmp_path.glob("*.partial.npy")) and not list(tmp_path.glob("*.flags.npy"))
+
+
+def test_lazy_cache_filled_by_dataloader_workers(image_paths, tmp_path):
+    from torch.utils.data import DataLoader
+
+    cache = ImageCache.build(image_paths, (16, 16), cache_dir=tmp_path, lazy=True)
+    loader = DataLoader(_Rows(cache), batch_size=2, num_workers=2, worker_init_fn=worker_init)
+    seen = {int(i): img.numpy() for images, idx in loader for img, i in zip(images, idx)}
+    assert cache.complete  # rows written by the workers are visible here
+    published = cache.finalize()
+    for i, path in enumerate(image_paths):
+        np.testing.assert_array_equal(seen[i], load_resized(path, (16, 16)))
+        np.testing.assert_array_equal(published.get(i), seen[i])
+
+
+def test_lazy_cache_marks_bad_images(image_paths, tmp_path):
+    bad = Path(image_paths[0]).with_name("broken.jpg")
+    bad.write_bytes(b"not a jpeg")
+    paths = image_paths + [str(bad)]
+    cache = ImageCache.build(paths, (16, 16), cache_dir=tmp_path, lazy=True)
+    with pytest.raises(BadImageError, match="broken.jpg"):
+        cache.get(len(paths) - 1)
+    for i in range(len(image_paths)):
+        cache.get(i)
+    assert cache.finalize().bad_indices == [len(paths) - 1]

@@ -1,10 +1,6 @@
 """End to end through the CLI, in-process: train -> predict -> evaluate, and the error paths."""
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -214,3 +210,14 @@ def test_tta_auto_adds_hflip_only_when_training_flipped():
     assert resolve_tta(["scale_0.9"], flipped) == ["identity", "scale_0.9"]
     ops = load_config(None, ["augment.train_ops=[{name: Affine, rotate: [-5, 5]}]"])
     assert resolve_tta(None, ops) is None
+
+
+def test_disk_cache_fills_during_training_and_is_published(tmp_path, image_folder):
+    cache_dir = tmp_path / "cache"
+    _train(tmp_path, image_folder, "data.cache=disk", f"data.cache_dir={cache_dir}", "train.epochs=2",
+           "train.batch_size=9")  # 27 training images: every row is read in each epoch
+    published = sorted(p.name for p in cache_dir.glob("*.json"))
+    assert len(published) == 2  # train and validation caches, ready for the next run
+    assert not list(cache_dir.glob("*.partial.npy"))
+    _train(tmp_path, image_folder, "data.cache=disk", f"data.cache_dir={cache_dir}", name="again")
+    assert sorted(p.name for p in cache_dir.glob("*.json")) == published  # reused, not rebuilt

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from podium import cv
+from podium import cv, ensemble_runs
 from podium.config import load_config
 from podium.ensemble import macro_f1
 from podium.errors import PodiumError
@@ -185,7 +185,7 @@ def test_bias_tuning_reports_a_nested_gain(cv_run):
 @pytest.mark.parametrize("method", ["soft", "weighted", "hard"])
 def test_ensemble_of_identical_members_equals_the_member(cv_run, tmp_path, method):
     run = cv_run.run_dir
-    result = cv.ensemble_members([str(run), str(run)], method, out=tmp_path / "ens")
+    result = ensemble_runs.ensemble_members([str(run), str(run)], method, out=tmp_path / "ens")
     classes = sorted(COLORS)
     member = pd.read_parquet(run / cv.OOF_FILE).set_index("id")
     ens = pd.read_parquet(tmp_path / "ens" / cv.OOF_FILE).set_index("id").loc[member.index]
@@ -204,24 +204,24 @@ def test_ensemble_of_identical_members_equals_the_member(cv_run, tmp_path, metho
 def test_ensemble_refuses_members_over_different_images(cv_run, tmp_path):
     run = cv_run.run_dir
     with pytest.raises(PodiumError, match="covers different images"):
-        cv.ensemble_members([str(run), str(run / "fold0")], "soft", out=tmp_path / "ens")
+        ensemble_runs.ensemble_members([str(run), str(run / "fold0")], "soft", out=tmp_path / "ens")
     assert not (tmp_path / "ens").exists()  # nothing written on refusal
     with pytest.raises(PodiumError, match="unknown voting method"):
-        cv.ensemble_members([str(run)], "median")
+        ensemble_runs.ensemble_members([str(run)], "median")
 
 
 def test_average_checkpoints_of_the_last_epochs(cv_run, tmp_path):
     from podium.predict import load_module
 
     fold = cv_run.run_dir / "fold0"
-    result = cv.average_run_checkpoints(fold, last=2, out=tmp_path / "avg.ckpt")
+    result = ensemble_runs.average_run_checkpoints(fold, last=2, out=tmp_path / "avg.ckpt")
     assert result["averaged"] == ["epoch000.ckpt", "epoch001.ckpt"]
     assert 0.0 <= result["val_macro_f1_averaged"] <= 1.0
     load_module(tmp_path / "avg.ckpt", sorted(COLORS))  # a loadable checkpoint
-    assert len(cv.select_epochs(fold, best=1)) == 1
+    assert len(ensemble_runs.select_epochs(fold, best=1)) == 1
     with pytest.raises(PodiumError, match="cannot average 3"):
-        cv.select_epochs(fold, last=3)
+        ensemble_runs.select_epochs(fold, last=3)
     bare = tmp_path / "bare"
     shutil.copytree(fold, bare, ignore=shutil.ignore_patterns("epochs"))
     with pytest.raises(PodiumError, match="no per-epoch checkpoints"):
-        cv.select_epochs(bare, last=2)
+        ensemble_runs.select_epochs(bare, last=2)

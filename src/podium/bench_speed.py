@@ -151,10 +151,11 @@ def _podium_dataset(paths, targets, size: int, *, cache=None, train: bool = Fals
                         train=train, draft=draft, cache=cache)
 
 
-def _build_cache(paths, size: int, cache_dir: Path):
+def _build_cache(paths, size: int, cache_dir: Path, lazy: bool = True):
+    """podium's disk cache as training uses it: filled while the first epoch reads it."""
     from .cache import ImageCache
 
-    return ImageCache.build(paths, (size, size), mode="disk", cache_dir=cache_dir)
+    return ImageCache.build(paths, (size, size), mode="disk", cache_dir=cache_dir, lazy=lazy)
 
 
 def _normalizer(device: str = "cpu"):
@@ -237,7 +238,8 @@ def bench_loader(ctx: Context) -> Result:
         "usual": "PIL open -> Resize((s, s)) -> ToTensor -> Normalize, DataLoader(shuffle, workers), float32 batches",
         "podium": "ImageDataset (draft decode, eval pipeline) + make_loader (persistent workers), uint8 batches "
                   "normalised by the consumer like engine.Classifier.normalize",
-        "cache": "disk ImageCache built in a fresh folder each repeat; its build time counts in the first epoch",
+        "cache": "disk ImageCache in a fresh folder each repeat, filled while the first epoch reads it "
+                 "(as podium trains with data.cache=disk); the filling counts in the first epoch",
     })
     pin = torch.cuda.is_available()
     usual = _usual_dataset(ctx.paths, ctx.targets, s.image_size)
@@ -294,7 +296,7 @@ def bench_epoch_vs_compute(ctx: Context) -> Result:
     module = _classifier(s.model).to(ctx.device).train()
     optimizer = _sgd(module)
     in_memory = _uint8_batches(s.steps, s.batch, s.image_size)
-    cache = _build_cache(paths, s.image_size, Path(tempfile.mkdtemp(prefix="cache-", dir=ctx.workdir)))
+    cache = _build_cache(paths, s.image_size, Path(tempfile.mkdtemp(prefix="cache-", dir=ctx.workdir)), lazy=False)
     loaders = {
         "cache": make_loader(_podium_dataset(paths, targets, s.image_size, cache=cache, train=True), s.batch,
                              shuffle=True, num_workers=ctx.workers, drop_last=True),
@@ -538,7 +540,7 @@ def bench_techniques(ctx: Context) -> Result:
                   meds[f"decode {sz}px, draft off"],
                   "libjpeg only skips work when the image is >= 2x the target on both sides")
 
-    cache = _build_cache(ctx.paths, s.image_size, Path(tempfile.mkdtemp(prefix="cache-", dir=ctx.workdir)))
+    cache = _build_cache(ctx.paths, s.image_size, Path(tempfile.mkdtemp(prefix="cache-", dir=ctx.workdir)), lazy=False)
     cached = _podium_dataset(ctx.paths, ctx.targets, s.image_size, cache=cache)
     normalize = _normalizer(ctx.device)
     as_float = _FloatDataset(cached, _normalizer("cpu"))

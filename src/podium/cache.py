@@ -167,8 +167,14 @@ class ImageCache:
         progress: Progress | None = None,
         on_bad_image: OnBadImage = "error",
         draft: bool = True,
+        lazy: bool = False,
     ) -> ImageCache:
         """Return the cache for ``paths`` at ``size`` = (h, w), decoding only if needed.
+
+        ``lazy=True`` (disk mode) decodes nothing up front: rows are filled the
+        first time they are read (the first epoch), so the first epoch costs no
+        more than uncached loading; the finished file is published for later
+        runs by `FillingCache.finalize` (or by the next `build`).
 
         ``mode="disk"`` reuses a matching cache file written by any earlier
         run or concurrent process; ``"memory"`` always decodes into RAM (for
@@ -189,6 +195,8 @@ class ImageCache:
             return cls(abs_paths, size, key, draft=draft, array=array,
                        bad_indices=sorted(errors))
         directory = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        if lazy:
+            return _open_filling(directory, abs_paths, size, key, draft, on_bad_image)
         return _build_on_disk(cls, directory, abs_paths, size, key, draft, workers, progress,
                               on_bad_image)
 
@@ -227,6 +235,97 @@ class ImageCache:
     def __repr__(self) -> str:
         where = str(self.path) if self.path is not None else "memory"
         return f"ImageCache(n={len(self)}, size={self.size}, at={where})"
+
+
+class FillingCache(ImageCache):
+    """A disk cache that fills itself while the first epoch reads it.
+
+    Row i is decoded on its first read and written into a shared memory map;
+    a one-byte flag per row (0 = empty, 1 = filled, 2 = undecodable) tells
+    every process, DataLoader workers included, what is already there.
+    Concurrent fillers write identical pixels, so no row lock is needed.
+    """
+
+    def __init__(self, paths, size, key, *, draft, path, flags_path, manifest, on_bad_image):
+        super().__init__(paths, size, key, draft=draft, path=path)
+        self.flags_path, self.manifest, self.on_bad_image = flags_path, manifest, on_bad_image
+        self._flags = None
+
+    def _data(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r+")
+        return self._array
+
+    def _flag_array(self) -> np.ndarray:
+        if self._flags is None:
+            self._flags = np.load(self.flags_path, mmap_mode="r+")
+        return self._flags
+
+    def get(self, index: int) -> np.ndarray:
+        flags = self._flag_array()
+        if flags[index] == 1:
+            return np.array(self._data()[index], dtype=np.uint8, copy=True)
+        try:
+            image = load_resized(self.paths[index], self.size, draft=self.draft)
+        except BadImageError:
+            flags[index] = 2
+            raise
+        self._data()[index] = image
+        flags[index] = 1
+        return image
+
+    __getitem__ = get
+
+    @property
+    def complete(self) -> bool:
+        return bool((self._flag_array() != 0).all())
+
+    def finalize(self) -> ImageCache | None:
+        """Publish the filled file as a regular cache; None while rows are missing."""
+        if not self.complete:
+            return None
+        with _exclusive_lock(self.manifest.with_suffix(".lock")):
+            final = self.manifest.with_suffix(".npy")
+            shape = (len(self.paths), *self.size, 3)
+            if _read_valid(final, self.manifest, self.key, shape) is None:
+                self._data().flush()
+                bad = np.flatnonzero(self._flag_array() == 2).tolist()
+                os.replace(self.path, final)
+                _write_manifest(self.manifest, self.paths, self.size, self.key, self.draft,
+                                {i: f"cannot decode image {self.paths[i]}" for i in bad})
+            self.flags_path.unlink(missing_ok=True)
+        found = _read_valid(final, self.manifest, self.key, shape)
+        return ImageCache(self.paths, self.size, self.key, draft=self.draft, path=final,
+                          bad_indices=found["bad_indices"])
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_array"], state["_flags"] = None, None
+        return state
+
+
+def _open_filling(directory: Path, paths: list[str], size: tuple[int, int], key: str, draft: bool,
+                  on_bad_image: str) -> ImageCache:
+    """The finished cache if there is one, else a `FillingCache` (created or resumed)."""
+    npy, manifest = directory / f"{key}.npy", directory / f"{key}.json"
+    partial, flags = directory / f"{key}.partial.npy", directory / f"{key}.flags.npy"
+    shape = (len(paths), *size, 3)
+    directory.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(directory / f"{key}.lock"):
+        found = _read_valid(npy, manifest, key, shape)
+        if found is None and not (partial.exists() and flags.exists()):
+            _check_free_space(directory, int(np.prod(shape)))
+            with fileio.atomic_path(partial) as tmp:  # sparse until rows are written
+                np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).flush()
+            with fileio.atomic_path(flags) as tmp, open(tmp, "wb") as handle:
+                np.save(handle, np.zeros(len(paths), dtype=np.uint8))
+    if found is not None:
+        errors = {int(i): msg for i, msg in found["bad_images"].items()}
+        _raise_if_bad(errors, paths, on_bad_image)
+        return ImageCache(paths, size, key, draft=draft, path=npy, bad_indices=sorted(errors))
+    filling = FillingCache(paths, size, key, draft=draft, path=partial, flags_path=flags, manifest=manifest,
+                           on_bad_image=on_bad_image)
+    return filling.finalize() or filling
 
 
 # ----------------------------------------------------------------------------
@@ -364,10 +463,15 @@ def _write_cache(
             out.flush()
         finally:
             del out
+    return _write_manifest(manifest, paths, size, key, draft, errors)
+
+
+def _write_manifest(manifest: Path, paths: list[str], size: tuple[int, int], key: str, draft: bool,
+                    errors: dict[int, str]) -> dict:
     meta = {
         "version": FORMAT_VERSION,
         "key": key,
-        "shape": list(shape),
+        "shape": [len(paths), *size, 3],
         "size": list(size),
         "draft": draft,
         "bad_indices": sorted(errors),

@@ -154,7 +154,7 @@ def cmd_cv_biases(args) -> int:
 
 
 def cmd_ensemble(args) -> int:
-    from .cv import ensemble_members
+    from .ensemble_runs import ensemble_members
 
     r = ensemble_members(args.members, args.method, out=args.out, test_probs=args.test_probs)
     console = _cli()._console()
@@ -173,7 +173,7 @@ def cmd_ensemble(args) -> int:
 
 
 def cmd_average_checkpoints(args) -> int:
-    from .cv import average_run_checkpoints
+    from .ensemble_runs import average_run_checkpoints
 
     r = average_run_checkpoints(args.run, last=args.last, best=args.best, out=args.out, evaluate=not args.no_eval)
     _cli()._table("checkpoint average", {k.replace("_", " "): v for k, v in r.items()})

@@ -5,7 +5,6 @@ examples double as documentation (`podium <command> --help`).
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from .errors import PodiumError

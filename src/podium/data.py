@@ -370,8 +370,9 @@ def build_cache(paths: Sequence[str], cfg: DataConfig, desc: str):
         return None
     from .cache import ImageCache
 
+    # Disk caches fill during the first epoch instead of decoding everything up front.
     return ImageCache.build(list(paths), cfg.size_hw, mode=cfg.cache, cache_dir=cfg.cache_dir,
-                            draft=cfg.draft_decode, on_bad_image=cfg.on_bad_image)
+                            draft=cfg.draft_decode, on_bad_image=cfg.on_bad_image, lazy=cfg.cache == "disk")
 
 
 class PodiumDataModule(pl.LightningDataModule):
@@ -406,6 +407,14 @@ class PodiumDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return make_loader(self.val_set, self.batch_size, num_workers=self.num_workers)
+
+    def publish_caches(self) -> None:
+        """Publish caches the epochs have filled, so later runs, folds and trials reuse them."""
+        for dataset in (self.train_set, self.val_set):
+            finalize = getattr(dataset.cache, "finalize", None)
+            published = finalize() if finalize is not None else None
+            if published is not None:
+                dataset.cache = published
 
 
 def describe_split(train: pd.DataFrame, val: pd.DataFrame) -> pd.DataFrame:

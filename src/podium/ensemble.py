@@ -489,8 +489,6 @@ def average_checkpoints(paths: Sequence[str | Path]) -> dict:
     as BatchNorm's ``num_batches_tracked`` are counters, not weights, so the
     last checkpoint's value is kept. Checkpoints are loaded one at a time.
     """
-    import torch
-
     if len(paths) == 0:
         raise PodiumError("average_checkpoints needs at least one checkpoint path")
     _, first = _load_state_dict(paths[0])

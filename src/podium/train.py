@@ -193,6 +193,7 @@ def train(cfg: PodiumConfig, *, resume: str | Path | None = None, dry_run: bool 
             os.environ.pop(RUN_DIR_ENV, None)
     if not trainer.is_global_zero:
         return TrainResult(run_dir, {}, {})
+    datamodule.publish_caches()
     val_metrics = finish_run(cfg, run_dir, prepared, module, trainer, started)
     summary = _read_json(run_dir / "summary.json")
     return TrainResult(run_dir, summary, val_metrics)
