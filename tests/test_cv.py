@@ -225,3 +225,28 @@ def test_average_checkpoints_of_the_last_epochs(cv_run, tmp_path):
     shutil.copytree(fold, bare, ignore=shutil.ignore_patterns("epochs"))
     with pytest.raises(PodiumError, match="no per-epoch checkpoints"):
         ensemble_runs.select_epochs(bare, last=2)
+
+
+def test_multi_attribute_members_vote_per_attribute(tmp_path):
+    from podium.attributes import MASK_TASK
+    from podium.ensemble import vote_per_attribute
+
+    rng = np.random.default_rng(0)
+    classes = MASK_TASK.composite_names()
+    ids = [f"img{i}" for i in range(40)]
+    target = rng.integers(0, 18, 40)
+    frames, arrays = [], []
+    for m in range(3):
+        probs = rng.dirichlet(np.ones(18), 40)
+        arrays.append(probs)
+        frame = pd.DataFrame(probs, columns=classes)
+        frame.insert(0, "target", np.asarray(classes)[target])
+        frame.insert(0, "id", ids)
+        path = tmp_path / f"m{m}.parquet"
+        frame.to_parquet(path)
+        frames.append(str(path))
+    result = ensemble_runs.ensemble_members(frames, "hard", out=tmp_path / "ens")
+    assert result["voting"] == "per attribute, then composed"
+    expected = vote_per_attribute([[MASK_TASK.marginal_probs(a, n) for n in MASK_TASK.names] for a in arrays], "hard")
+    oof = pd.read_parquet(tmp_path / "ens" / "oof_predictions.parquet")
+    np.testing.assert_allclose(oof[classes].to_numpy(), expected, atol=1e-9)

@@ -25,7 +25,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bench_speed import BENCHMARKS, TARGETS, Context, Result, Sizes
+from .bench_speed import (
+    TARGETS,
+    Context,
+    Result,
+    Sizes,
+    bench_epoch_vs_compute,
+    bench_kfold,
+    bench_loader,
+    bench_loop_overhead,
+    bench_tta,
+)
+from .bench_techniques import bench_techniques
+
+BENCHMARKS: dict[str, Callable[[Context], Result]] = {
+    "B1": bench_loader, "B2": bench_epoch_vs_compute, "B3": bench_loop_overhead,
+    "B4": bench_tta, "B5": bench_kfold, "B6": bench_techniques,
+}
 from .errors import PodiumError
 
 __all__ = ["BENCHMARKS", "TARGETS", "Context", "Result", "Sizes", "machine_info", "benchmark_images",

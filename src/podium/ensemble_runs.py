@@ -17,6 +17,7 @@ from .cv import CV_FILE, OOF_FILE, TEST_AVG_FILE, _read_json, _read_meta, _submi
 from .engine import EPOCHS_DIR
 from .errors import PodiumError, summarize_list
 from .fileio import write_csv, write_json, write_parquet
+from .tasks import composite_task
 
 
 # ---------------------------------------------------------------- checkpoint averaging
@@ -169,7 +170,12 @@ def ensemble_members(specs: list[str], method: str = "soft", *, out: str | Path 
         raise PodiumError(f"--test-probs gives {len(test_probs)} file(s) for {len(specs)} members; give one per member")
     members = [load_member(s, t) for s, t in zip(specs, test_probs or [None] * len(specs))]
     names, classes = [m.name for m in members], members[0].classes
-    result: dict = {"method": method, "members": names, "classes": classes, "weights": None}
+    result: dict = {"method": method, "members": names, "classes": classes, "weights": None,
+                    "voting": "on the classes"}
+    attributes = composite_task(classes)
+    if attributes is not None:  # multi-attribute classes: vote each attribute, then compose
+        vote = _per_attribute(vote, attributes)
+        result["voting"] = "per attribute, then composed"
     oof_table, weights = None, None
     if _all_or_none(members, "oof", "OOF/validation predictions"):
         arrays = align_members([m.oof for m in members], names, classes)
@@ -213,6 +219,16 @@ def ensemble_members(specs: list[str], method: str = "soft", *, out: str | Path 
 
         result["report"] = str(build_run_report(out_dir))
     return result
+
+
+def _per_attribute(vote, task):
+    from .ensemble import vote_per_attribute
+
+    def voter(arrays, weights=None):
+        marginals = [[task.marginal_probs(a, name) for name in task.names] for a in arrays]
+        return vote_per_attribute(marginals, vote, weights)
+
+    return voter
 
 
 def _all_or_none(members: list[Member], attr: str, what: str) -> bool:

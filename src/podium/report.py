@@ -448,18 +448,18 @@ def _composite_section(page: Page, preds: pd.DataFrame, classes: list[str]) -> N
     from sklearn.metrics import f1_score
 
     from .attributes import SEPARATOR
+    from .tasks import composite_task
 
-    parts = [c.split(SEPARATOR) for c in classes]
-    n = len(parts[0])
-    if n < 2 or any(len(p) != n for p in parts):
+    task = composite_task(classes)
+    if task is None:
         return
     sec = page.section("Per attribute (composite classes)")
     sec.text("Each composite class split into its attributes: accuracy, macro F1 and confusion counts per attribute.")
     true = preds["target"].astype(str).str.split(SEPARATOR, expand=True)
     pred = preds["prediction"].astype(str).str.split(SEPARATOR, expand=True)
     rows = []
-    for i in range(n):
-        values = list(dict.fromkeys(p[i] for p in parts))
+    for i, name in enumerate(task.names):
+        values = list(task.classes(name))
         t, p = true[i], pred[i]
         rows.append({"attribute": f"#{i + 1} ({'/'.join(values)})", "accuracy": float((t == p).mean()),
                      "macro F1": float(f1_score(t, p, labels=values, average="macro", zero_division=0))})

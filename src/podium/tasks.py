@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .attributes import AttributeTask, apply_label_fixes, drop_ambiguous_ages, mask_task
+from .attributes import SEPARATOR, AttributeTask, apply_label_fixes, drop_ambiguous_ages, mask_task
 from .config import PodiumConfig, TaskConfig
 from .errors import PodiumError
 
@@ -98,3 +98,20 @@ def attribute_metrics(spec: TaskSpec, y_true: np.ndarray, probs: np.ndarray) -> 
         out[name] = {"acc": float(accuracy_score(true_parts[name], pred)),
                      "f1": float(f1_score(true_parts[name], pred, labels=list(range(k)), average="macro", zero_division=0))}
     return out
+
+
+def composite_task(classes: list[str]) -> AttributeTask | None:
+    """The attribute structure behind composite class names (``wear/male/young``), if any.
+
+    Lets tools that only see a class list (ensembles, reports) vote or score
+    per attribute: None unless the names are exactly a mixed-radix product.
+    """
+    parts = [str(c).split(SEPARATOR) for c in classes]
+    n = len(parts[0]) if parts else 0
+    if n < 2 or any(len(p) != n for p in parts):
+        return None
+    values = [list(dict.fromkeys(p[i] for p in parts)) for i in range(n)]
+    if any(len(v) < 2 for v in values):
+        return None
+    task = AttributeTask({f"attribute{i + 1}": v for i, v in enumerate(values)})
+    return task if task.composite_names() == [str(c) for c in classes] else None
