@@ -221,3 +221,11 @@ def test_disk_cache_fills_during_training_and_is_published(tmp_path, image_folde
     assert not list(cache_dir.glob("*.partial.npy"))
     _train(tmp_path, image_folder, "data.cache=disk", f"data.cache_dir={cache_dir}", name="again")
     assert sorted(p.name for p in cache_dir.glob("*.json")) == published  # reused, not rebuilt
+
+
+def test_epoch_checkpoints_can_be_averaged(tmp_path, image_folder):
+    _train(tmp_path, image_folder, "train.epochs=2", "train.save_epoch_checkpoints=true", "output.report=false")
+    run = tmp_path / "runs dir" / "exp"
+    assert len(list((run / "epochs").glob("*.ckpt"))) == 2
+    assert main(["average-checkpoints", str(run), "--last", "2", "--out", str(tmp_path / "avg.ckpt")]) == 0
+    assert (tmp_path / "avg.ckpt").is_file()

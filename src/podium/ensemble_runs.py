@@ -52,7 +52,8 @@ def select_epochs(run_dir: str | Path, *, last: int | None = None, best: int | N
         have = sorted(p.name for p in run_dir.glob("*.ckpt"))
         raise PodiumError(
             f"{run_dir} has no per-epoch checkpoints ({EPOCHS_DIR}/epochNNN.ckpt), only {have or 'none'}: averaging "
-            "needs the weights of several epochs. Train with per-epoch checkpoints (`podium cv ... --save-epochs`)")
+            "needs the weights of several epochs. Train with per-epoch checkpoints: "
+            "`podium train ... train.save_epoch_checkpoints=true` or `podium cv ... --save-epochs`")
     if len(available) < k:
         raise PodiumError(f"{run_dir} has {len(available)} per-epoch checkpoint(s) (epochs {list(available)}); "
                           f"cannot average {k}. Use a smaller K")
