@@ -197,24 +197,16 @@ def _load_pool(cfg: PodiumConfig, log) -> tuple[pd.DataFrame, list[str]]:
 
 
 def _is_competition(cfg: PodiumConfig, test_data) -> bool:
-    from . import predict
+    from .predict import is_competition_layout
 
-    check = getattr(predict, "_is_competition_eval", None)
-    return bool(test_data) and check is not None and check(cfg, test_data)
+    return bool(test_data) and cfg.task.mode != "per_attribute" and is_competition_layout(cfg, test_data)
 
 
 def _load_test(cfg: PodiumConfig, test_data) -> pd.DataFrame:
     """Unlabelled test images, read the way `podium predict` reads them."""
-    from .data import load_samples
-    from .train import maybe_crop
+    from .predict import prediction_samples
 
-    if _is_competition(cfg, test_data):
-        from .competition import read_mask_eval
-
-        frame = read_mask_eval(test_data)
-    else:
-        frame = load_samples(test_data, cfg.data.model_copy(update={"format": "folder"}), labeled=False)
-    return maybe_crop(frame, cfg, log=lambda *a: None)
+    return prediction_samples(cfg, test_data, _is_competition(cfg, test_data), log=lambda *a: None)
 
 
 def _folds_table(frame: pd.DataFrame, folds: np.ndarray) -> pd.DataFrame:
@@ -351,15 +343,10 @@ def write_test_outputs(out_dir: Path, ids: pd.Series, probs: np.ndarray, classes
                        stem: str = "", competition_root: str | None = None) -> dict:
     """``test_probabilities.parquet`` (id + class columns) and ``submission.csv``
     (the competition's own format when ``competition_root`` is its eval folder)."""
-    from .predict import submission_frame, write_competition_submission
+    from .predict import write_outputs
 
-    table = pd.concat([pd.DataFrame({"id": ids.to_numpy()}), pd.DataFrame(probs, columns=classes)], axis=1)
-    probs_path = write_parquet(Path(out_dir) / f"test_probabilities{stem}.parquet", table)
-    sub_path = Path(out_dir) / f"submission{stem}.csv"
-    if competition_root:
-        write_competition_submission(competition_root, ids, probs, sub_path)
-    else:
-        write_csv(sub_path, submission_frame(ids, probs, classes, sub_cfg))
+    probs_path, sub_path = write_outputs(Path(out_dir), ids, probs, classes, sub_cfg, competition_root=competition_root,
+                                         probs_name=f"test_probabilities{stem}.parquet", sub_name=f"submission{stem}.csv")
     return {"test_probabilities": str(probs_path), "submission": str(sub_path), "n_test_images": len(ids)}
 
 

@@ -284,9 +284,14 @@ class StopAfterEpochs(Callback):
 
 # ---------------------------------------------------------------- trainer
 
+def uses_cuda(accelerator: str) -> bool:
+    """Whether Lightning will train on a CUDA GPU with this ``train.accelerator``."""
+    return torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+
+
 def resolve_precision(requested: str, accelerator: str) -> str:
     """`auto` -> bf16-mixed on GPUs that support it, else 32; fp16 refuses devices without it."""
-    has_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    has_cuda = uses_cuda(accelerator)
     if requested == "auto":
         return "bf16-mixed" if has_cuda and torch.cuda.is_bf16_supported() else "32"
     if requested == "16-mixed" and not has_cuda:

@@ -170,11 +170,38 @@ def submission_frame(ids: pd.Series, probs: np.ndarray, classes: list[str], sub:
     return pd.DataFrame({sub.id_column: format_ids(ids, sub.id_format).to_numpy(), sub.label_column: labels})
 
 
-def _is_competition_eval(cfg: PodiumConfig, data: str | Path) -> bool:
+def is_competition_layout(cfg: PodiumConfig, data: str | Path) -> bool:
     """The mask-competition eval layout: predict in info.csv order, submit `ImageID,ans`."""
     data = Path(data)
-    return cfg.data.format == "mask_competition" and cfg.task.mode != "per_attribute" and data.is_dir() and (
+    return cfg.data.format == "mask_competition" and data.is_dir() and (
         (data / "info.csv").is_file() or (data / "eval" / "info.csv").is_file())
+
+
+def prediction_samples(cfg: PodiumConfig, data: str | Path, competition: bool, log=print,
+                       crop: bool = True) -> pd.DataFrame:
+    """Unlabelled images to predict, read as the run was trained (competition order, crops)."""
+    if competition:
+        from .competition import read_mask_eval
+
+        frame = read_mask_eval(data)
+    else:
+        frame = load_samples(data, cfg.data.model_copy(update={"format": "folder"}), labeled=False)
+    return maybe_crop(frame, cfg, log) if crop else frame
+
+
+def write_outputs(out_dir: Path, ids: pd.Series, probs: np.ndarray, classes: list[str], sub_cfg: SubmissionConfig, *,
+                  competition_root: str | Path | None = None, probs_name: str = "probabilities.parquet",
+                  sub_name: str = "submission.csv") -> tuple[Path, Path]:
+    """Probabilities (id + one column per class) and the submission, in the competition's
+    own format when ``competition_root`` holds its eval/info.csv."""
+    table = pd.concat([pd.DataFrame({"id": ids.to_numpy()}), pd.DataFrame(probs, columns=classes)], axis=1)
+    probs_path = save_probabilities(table, Path(out_dir) / probs_name)
+    sub_path = Path(out_dir) / sub_name
+    if competition_root:
+        write_competition_submission(competition_root, ids, probs, sub_path)
+    else:
+        write_csv(sub_path, submission_frame(ids, probs, classes, sub_cfg))
+    return probs_path, sub_path
 
 
 def write_competition_submission(root: str | Path, ids, probs: np.ndarray, out_path: Path) -> Path:
@@ -205,26 +232,15 @@ def predict_run(run_dir: str | Path, data: str | Path, *, out: str | Path | None
     """Probabilities parquet + submission CSV for an unlabeled folder or CSV."""
     info = load_run(run_dir)
     module = load_module(info.checkpoint(checkpoint), info.classes)
-    competition = _is_competition_eval(info.config, data)
-    if competition:
-        from .competition import read_mask_eval
-
-        frame = read_mask_eval(data)
-    else:
-        frame = load_samples(data, info.config.data.model_copy(update={"format": "folder"}), labeled=False)
-    frame = maybe_crop(frame, info.config)
+    competition = is_competition_layout(info.config, data) and info.config.task.mode != "per_attribute"
+    frame = prediction_samples(info.config, data, competition)
     tta = resolve_tta(tta, info.config)
     probs = predict_frame(module, frame, info.config, batch_size=batch_size, tta=tta, tta_merge=tta_merge,
                           progress=progress)
     probs = apply_biases(probs, biases or info.config.predict.logit_biases, info.classes)
     out_dir = _output_dir(info, data, out, "predictions")
-    table = pd.concat([pd.DataFrame({"id": frame["id"].to_numpy()}), pd.DataFrame(probs, columns=info.classes)], axis=1)
-    probs_path = save_probabilities(table, out_dir / "probabilities.parquet")
-    if competition:
-        sub_path = write_competition_submission(data, frame["id"], probs, out_dir / "submission.csv")
-    else:
-        sub_path = write_csv(out_dir / "submission.csv",
-                             submission_frame(frame["id"], probs, info.classes, info.config.output.submission))
+    probs_path, sub_path = write_outputs(out_dir, frame["id"], probs, info.classes, info.config.output.submission,
+                                         competition_root=data if competition else None)
     counts = pd.Series(np.asarray(info.classes)[probs.argmax(1)]).value_counts().to_dict()
     return {"out_dir": out_dir, "probabilities": probs_path, "submission": sub_path, "n_images": len(frame),
             "predicted_counts": counts}
@@ -280,16 +296,10 @@ def compose_runs(runs: list[str | Path], data: str | Path, *, out: str | Path | 
     if sorted(targets) != sorted(task.names):
         raise PodiumError(f"compose needs exactly one run per attribute {list(task.names)}; got runs for {targets}")
     first = infos[0].config
-    competition = first.data.format == "mask_competition" and _is_competition_eval(
-        first.model_copy(update={"task": first.task.model_copy(update={"mode": "single"})}), data)
-    if competition:
-        from .competition import read_mask_eval
-
-        frame = read_mask_eval(data)
-    else:
-        frame = load_samples(data, first.data.model_copy(update={"format": "folder"}), labeled=False)
+    competition = is_competition_layout(first, data)  # composed probabilities cover all 18 classes
+    frame = prediction_samples(first, data, competition, crop=False)
     attribute_probs = {}
-    for info, spec in zip(infos, specs):
+    for info, spec in zip(infos, specs):  # each run crops as it was trained
         module = load_module(info.checkpoint(checkpoint), info.classes)
         attribute_probs[spec.target] = predict_frame(module, maybe_crop(frame, info.config), info.config,
                                                      batch_size=batch_size, tta=resolve_tta(tta, info.config),
@@ -299,11 +309,6 @@ def compose_runs(runs: list[str | Path], data: str | Path, *, out: str | Path | 
     classes = task.composite_names()
     out_dir = Path(out) if out else next_free_dir(Path(runs[0]).resolve().parent / "composed", Path(data).stem or "data")
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = pd.concat([pd.DataFrame({"id": frame["id"].to_numpy()}), pd.DataFrame(probs, columns=classes)], axis=1)
-    probs_path = save_probabilities(table, out_dir / "probabilities.parquet")
-    if competition:
-        sub_path = write_competition_submission(data, frame["id"], probs, out_dir / "submission.csv")
-    else:
-        sub_path = write_csv(out_dir / "submission.csv", submission_frame(frame["id"], probs, classes,
-                                                                          first.output.submission))
+    probs_path, sub_path = write_outputs(out_dir, frame["id"], probs, classes, first.output.submission,
+                                         competition_root=data if competition else None)
     return {"out_dir": out_dir, "probabilities": probs_path, "submission": sub_path, "n_images": len(frame)}

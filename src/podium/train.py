@@ -202,15 +202,18 @@ def train(cfg: PodiumConfig, *, resume: str | Path | None = None, dry_run: bool 
 def share_cpu_cores(cfg: PodiumConfig, loader_workers: int) -> None:
     """On CPU, leave the loader workers their cores: one torch thread per core on top of
     them oversubscribes the machine (4-5x slower steps measured on 2 cores)."""
-    if torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda"):
-        return
     from .cache import available_cpus
+    from .engine import uses_cuda
+
+    if uses_cuda(cfg.train.accelerator):
+        return
 
     torch.set_num_threads(max(1, available_cpus() - loader_workers))
 
 
 def finish_run(cfg: PodiumConfig, run_dir: Path, prepared: PreparedData, module, trainer, started: float) -> dict:
     """Evaluate the best checkpoint on validation; write predictions, tables and summary.json."""
+    from .engine import uses_cuda
     from .predict import load_module, predict_frame, save_probabilities
 
     ckpt = trainer.checkpoint_callback
@@ -239,7 +242,7 @@ def finish_run(cfg: PodiumConfig, run_dir: Path, prepared: PreparedData, module,
         "val_images": len(prepared.val), "classes": prepared.classes,
         "wall_time_s": round(time.time() - started, 2), "seed": cfg.train.seed,
         "git_commit": git_commit(), "versions": library_versions(),
-        "device": "cuda" if torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda") else "cpu",
+        "device": "cuda" if uses_cuda(cfg.train.accelerator) else "cpu",
     }
     write_json(run_dir / "summary.json", summary)
     if cfg.output.report:
