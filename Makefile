@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/podium bench
+	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) demo_data .pytest_cache

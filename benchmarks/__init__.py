@@ -1,8 +1,9 @@
-"""podium's benchmark suite, runnable from a clean clone: ``python -m benchmarks [--quick]``.
+"""podium's benchmarks, outside the installed package: ``python -m benchmarks [--quick]``.
 
-The implementation lives in the installed package (`podium.bench`, also behind
-``podium bench``) so both entry points run the same code; this package only
-makes ``src/`` importable when podium is not installed.
+`runner` holds the registry and the runner of the speed benchmarks B1-B6
+(`speed`: B1-B5, `techniques`: B6); `defaults/`, `recipes/` and the other
+folders are studies with their own RESULTS.md. Running from a clean clone
+puts the repository's ``src`` on sys.path when podium is not installed.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``python -m benchmarks [--quick] [--only B1,B3] [--out DIR]``"""
 import sys
 
-from .speed import main
+from benchmarks.runner import main
 
 sys.exit(main())

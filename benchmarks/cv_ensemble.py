@@ -44,7 +44,7 @@ def overrides(data: Path, runs: Path, name: str, size: int, epochs: int, seed: i
 
 
 def test_f1(ids: pd.Series, probs: np.ndarray, classes: list[str]) -> float:
-    from podium.ensemble import macro_f1
+    from podium.evaluation.ensemble import macro_f1
 
     y = np.array([classes.index(i.split("/")[0]) for i in ids])
     return macro_f1(y, probs.argmax(1), len(classes))
@@ -62,9 +62,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from podium.config import load_config
-    from podium.cv import ensemble_members, oof_tta, run_cv
-    from podium.data import load_samples
-    from podium.predict import evaluate_run, load_module, predict_frame
+    from podium.evaluation.cv import ensemble_members, oof_tta, run_cv
+    from podium.data.dataset import load_samples
+    from podium.evaluation.predict import evaluate_run, predict_frame
+    from podium.model.checkpoints import load_module
 
     work = Path(args.workdir)
     data = extract(work)
@@ -72,7 +73,7 @@ def main() -> None:
     quiet = dict(progress=False, log=lambda *a: None)
     rows, times = {}, {}
 
-    from podium.train import train
+    from podium.model.training import train
 
     cfg = load_config(None, overrides(data, runs, "single", args.size, args.epochs))
     t = time.perf_counter()

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from podium.attributes import (
+from podium.tasks.attributes import (
     MASK_TASK,
     AttributeTask,
     age_bin,

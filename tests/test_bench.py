@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from podium import bench
+from benchmarks import runner as bench
 from podium.errors import PodiumError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,23 +91,3 @@ def test_data_that_is_not_images_fails_with_a_clear_message(tmp_path):
     bogus.write_text("not a tar")
     with pytest.raises(PodiumError, match="not a tar archive"):
         bench.benchmark_images(False, 4, data=bogus, data_root=tmp_path / "cache")
-
-
-def test_podium_bench_command_parses_the_same_options():
-    from podium import cli, cli_bench
-
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    cli_bench.register(sub, cli._add)
-    args = parser.parse_args(["bench", "--quick", "--only", "B1,B3", "--out", "x"])
-    assert (args.quick, args.only, args.out, args.func) == (True, "B1,B3", "x", cli_bench.cmd_bench)
-
-
-def test_benchmarks_package_wraps_the_same_code():
-    sys.path.insert(0, str(REPO))
-    try:
-        from benchmarks import speed
-    finally:
-        sys.path.remove(str(REPO))
-    assert speed.run_benchmarks is bench.run_benchmarks
-    assert speed.BENCHMARKS is bench.BENCHMARKS

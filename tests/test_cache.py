@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from podium import cache as cache_mod
-from podium.cache import ImageCache, cache_key, default_num_workers, worker_init
+from podium.data import cache as cache_mod
+from podium.data.cache import ImageCache, cache_key, default_num_workers, worker_init
 from podium.errors import PodiumError
-from podium.images import BadImageError, load_resized, load_rgb
+from podium.data.images import BadImageError, load_resized, load_rgb
 
 SHARED_PORTRAITS = (
     Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "portraits_mask2.tar"
@@ -472,7 +472,7 @@ class _Rows:
 
 
 def test_lazy_cache_fills_on_read_then_publishes(image_paths, tmp_path):
-    from podium.cache import FillingCache
+    from podium.data.cache import FillingCache
 
     cache = ImageCache.build(image_paths, (24, 20), cache_dir=tmp_path, lazy=True)
     assert isinstance(cache, FillingCache) and not cache.complete

@@ -201,7 +201,7 @@ def test_predict_applies_logit_biases(trained_run, tmp_path, val_folder, capsys)
 
 
 def test_tta_auto_adds_hflip_only_when_training_flipped():
-    from podium.predict import resolve_tta
+    from podium.evaluation.predict import resolve_tta
 
     flipped = load_config(None, ["augment.preset=light"])
     assert resolve_tta(None, flipped) == ["identity", "hflip"]

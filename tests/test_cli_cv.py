@@ -2,23 +2,9 @@
 import pandas as pd
 import pytest
 
-from podium import cli, cli_extra
-from podium.cli_cv import register
+from podium import cli
 
 from test_cv import make_images, skip_html_report, tiny_overrides
-
-
-@pytest.fixture(autouse=True)
-def cv_commands(monkeypatch):
-    """The commands as cli_extra registers them (`register(sub, add)`), added here only if it does not yet."""
-    original = cli_extra.register_extra_commands
-
-    def register_all(sub, add):
-        original(sub, add)
-        if "cv" not in sub.choices:
-            register(sub, add)
-
-    monkeypatch.setattr(cli_extra, "register_extra_commands", register_all)
 
 
 def test_cv_one_fold_per_call_then_gather_and_ensemble(tmp_path, capsys, monkeypatch):

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from podium.competition import (
+from podium.data.competition import (
     PHOTO_STEMS,
     TRAIN_COLUMNS,
     check_submission,

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from podium import cv, ensemble_runs
+from podium.evaluation import cv, ensemble_runs
 from podium.config import load_config
-from podium.ensemble import macro_f1
+from podium.evaluation.ensemble import macro_f1
 from podium.errors import PodiumError
 
 COLORS = {"blue": (220, 0, 0), "green": (0, 200, 0), "red": (0, 0, 220)}  # BGR for cv2
@@ -41,10 +41,10 @@ def tiny_overrides(data: Path, runs: Path, name: str = "cv", epochs: int = 2) ->
 def skip_html_report(monkeypatch) -> None:
     """Each fold is a normal run, which ends with an HTML report + Grad-CAM (tested elsewhere); skipping
     it keeps these tests fast. Only the report is skipped: every file CV reads is still written."""
-    import podium.train
+    import podium.model.training
 
-    if hasattr(podium.train, "write_report"):
-        monkeypatch.setattr(podium.train, "write_report", lambda *a, **k: None)
+    if hasattr(podium.model.training, "write_report"):
+        monkeypatch.setattr(podium.model.training, "write_report", lambda *a, **k: None)
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +211,7 @@ def test_ensemble_refuses_members_over_different_images(cv_run, tmp_path):
 
 
 def test_average_checkpoints_of_the_last_epochs(cv_run, tmp_path):
-    from podium.predict import load_module
+    from podium.model.checkpoints import load_module
 
     fold = cv_run.run_dir / "fold0"
     result = ensemble_runs.average_run_checkpoints(fold, last=2, out=tmp_path / "avg.ckpt")
@@ -228,8 +228,8 @@ def test_average_checkpoints_of_the_last_epochs(cv_run, tmp_path):
 
 
 def test_multi_attribute_members_vote_per_attribute(tmp_path):
-    from podium.attributes import MASK_TASK
-    from podium.ensemble import vote_per_attribute
+    from podium.tasks.attributes import MASK_TASK
+    from podium.evaluation.ensemble import vote_per_attribute
 
     rng = np.random.default_rng(0)
     classes = MASK_TASK.composite_names()

@@ -3,7 +3,7 @@ import pytest
 
 from conftest import make_folder
 from podium.config import DataConfig
-from podium.data import (
+from podium.data.dataset import (
     build_class_map,
     check_images,
     encode_labels,

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from podium.eda import class_weights, dhash, hamming, phash, run_eda
+from podium.reports.eda import class_weights, dhash, hamming, phash, run_eda
 from podium.errors import PodiumError
 
 SECTIONS = ["Overview", "Class balance", "Attributes", "Image sizes", "Channel statistics", "Sample images",

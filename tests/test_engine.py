@@ -3,7 +3,7 @@ import torch
 
 from conftest import fast_overrides
 from podium.config import load_config
-from podium.train import train
+from podium.model.training import train
 
 
 class _Probe(pl.Callback):

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from podium import ensemble as ens
+from podium.evaluation import ensemble as ens
 from podium.errors import PodiumError
 
 

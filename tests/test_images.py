@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from podium.images import BadImageError, load_resized, load_rgb
+from podium.data.images import BadImageError, load_resized, load_rgb
 
 
 def _save(img: Image.Image, path, **kw):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from podium.errors import PodiumError
-from podium.losses import LOSSES, compute_class_weights, create_loss
+from podium.model.losses import LOSSES, compute_class_weights, create_loss
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))

@@ -3,7 +3,7 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from podium.metrics import create_metrics, per_class_table, save_classification_report, summary_metrics
+from podium.evaluation.metrics import create_metrics, per_class_table, save_classification_report, summary_metrics
 
 
 def test_summary_matches_sklearn_and_torchmetrics():

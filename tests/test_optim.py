@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from podium.errors import PodiumError
-from podium.optim import create_optimizer, create_scheduler, end_epoch, step_scheduler
+from podium.model.optim import create_optimizer, create_scheduler, end_epoch, step_scheduler
 
 
 def _model():

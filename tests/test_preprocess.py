@@ -1,4 +1,4 @@
-"""Tests for podium.preprocess: crop geometry, detectors, the crop cache, group reuse."""
+"""Tests for podium.data.crops: crop geometry, detectors, the crop cache, group reuse."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from podium import preprocess as pp
+from podium.data import crops as pp
 from podium.errors import PodiumError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from podium.errors import PodiumError
-from podium.report import GradCamSource, build_run_report, gradcam, overlay_heatmap
+from podium.reports.report import GradCamSource, build_run_report, gradcam, overlay_heatmap
 
 CLASSES = ["bird", "cat", "dog"]
 SECTIONS = ["Summary", "Training curves", "Confusion matrix", "Per-class metrics", "ROC curves",
@@ -212,7 +212,7 @@ def _chromium() -> str | None:
 
 @pytest.mark.skipif(_chromium() is None, reason="chromium not installed (apt-get install -y chromium)")
 def test_pages_render_headless(report, tmp_path):
-    from podium.eda import run_eda
+    from podium.reports.eda import run_eda
 
     _, run, report_html = report
     samples = pd.DataFrame({"path": sorted(str(p) for p in (run.parent / "images").glob("*.png"))})

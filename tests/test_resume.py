@@ -6,8 +6,8 @@ import torch
 from conftest import fast_overrides
 from podium.cli import main
 from podium.config import load_config
-from podium.engine import StopAfterEpochs
-from podium.train import train
+from podium.model.engine import StopAfterEpochs
+from podium.model.training import train
 
 
 @pytest.mark.parametrize("scheduler", ["cosine", "plateau"])

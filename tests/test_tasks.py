@@ -8,12 +8,12 @@ import torch
 
 from conftest import fast_overrides
 from podium.cli import main
-from podium.competition import check_submission
+from podium.data.competition import check_submission
 from podium.config import load_config
-from podium.engine import compose_log_probs, split_heads
+from podium.model.engine import compose_log_probs, split_heads
 from podium.errors import PodiumError
-from podium.synth import synth_mask_dataset
-from podium.tasks import resolve_task
+from podium.data.synth import synth_mask_dataset
+from podium.tasks.spec import resolve_task
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_per_attribute_mode(tmp_path, mask_root):
 
 
 def test_label_fixes_and_ambiguous_ages_only_in_training(tmp_path, mask_root, capsys):
-    from podium.competition import read_mask_train
+    from podium.data.competition import read_mask_train
 
     frame, _ = read_mask_train(mask_root)
     person = frame["group"].iloc[0]

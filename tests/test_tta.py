@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from podium.errors import PodiumError
-from podium.tta import VIEWS, apply_views, merge_view_logits, parse_views, predict_with_tta, scale, shift
+from podium.evaluation.tta import VIEWS, apply_views, merge_view_logits, parse_views, predict_with_tta, scale, shift
 
 ALL_NAMES = [*VIEWS, "scale_0.9", "scale_1.1"]
 

@@ -12,7 +12,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import PodiumError, closest
+from podium.errors import PodiumError, closest
 
 
 class Section(BaseModel):

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .config import load_config
-from .errors import PodiumError
+from podium.config import load_config
+from podium.errors import PodiumError
 
 DEMO_OVERRIDES = [
     "model.name=resnet10t", "model.pretrained=false", "model.dropout=0.1",
@@ -51,8 +51,8 @@ def write_digits_folder(root: Path, test_fraction: float = 0.2, seed: int = 0) -
 
 
 def run_demo(workdir: Path, epochs: int = 6, progress: bool = True, console=None) -> dict:
-    from .predict import evaluate_run, predict_run
-    from .train import train
+    from podium.evaluation.predict import evaluate_run, predict_run
+    from podium.model.training import train
 
     log = console.print if console else print
     workdir = Path(workdir)

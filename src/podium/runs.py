@@ -14,9 +14,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PodiumConfig, config_to_yaml, load_config
-from .errors import PodiumError
-from .fileio import write_json, write_text
+from podium.config import PodiumConfig, config_to_yaml, load_config
+from podium.errors import PodiumError
+from podium.fileio import write_json, write_text
 
 RUN_DIR_ENV = "PODIUM_RUN_DIR"  # lets DDP worker processes reuse rank 0's run folder
 

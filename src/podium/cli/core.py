@@ -1,0 +1,139 @@
+"""The core loop: train, predict, evaluate, compose, config, demo."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from podium.cli.common import (add_command, add_config_items, add_group, add_prediction_options, console,
+                               positive_int, split_config_and_overrides, table, tta_list)
+from podium.errors import PodiumError
+
+
+def cmd_train(args) -> int:
+    import podium
+
+    out = console()
+    if args.resume:
+        if args.items:
+            raise PodiumError("--resume continues a run with its saved config: drop the config file and overrides")
+        run = podium.train(None, resume=args.resume, progress=not args.quiet, log=out.print)
+    else:
+        config, overrides = split_config_and_overrides(args.items)
+        cfg = podium.load_config(config, overrides)
+        run = podium.train(cfg, dry_run=args.dry_run, progress=not args.quiet, log=out.print)
+    s = run.summary
+    if args.dry_run:
+        table("dry run: one batch of train and validation ran", {
+            "classes": len(s["classes"]), "train images": s["train_images"], "val images": s["val_images"]}, out)
+        return 0
+    if not s:  # a non-zero DDP rank: rank 0 reports
+        return 0
+    m = s["val_metrics"]
+    table(f"trained {s['run_dir']}", {
+        f"best {s['monitor']} (epoch {s['best_epoch']})": s["best_metric"],
+        "val accuracy": m["acc"], "val macro F1": m["f1"], "val macro precision": m["precision"],
+        "val macro recall": m["recall"], "val macro ROC-AUC": m["auroc"], "wall time (s)": s["wall_time_s"],
+        "skipped images": s["skipped_images"], "run folder": s["run_dir"],
+    }, out)
+    return 0
+
+
+def _prediction_kwargs(args) -> dict:
+    return dict(out=args.out, checkpoint=args.checkpoint, batch_size=args.batch_size, tta=tta_list(args.tta),
+                tta_merge=args.tta_merge, progress=not args.quiet)
+
+
+def cmd_predict(args) -> int:
+    from podium.evaluation.predict import predict_run
+
+    result = predict_run(args.run, args.data, biases=args.biases, **_prediction_kwargs(args))
+    table("predictions", {"images": result["n_images"], "probabilities": result["probabilities"],
+                          "submission": result["submission"], "predicted classes": result["predicted_counts"]})
+    return 0
+
+
+def cmd_compose(args) -> int:
+    from podium.evaluation.predict import compose_runs
+
+    result = compose_runs(args.runs, args.data, **_prediction_kwargs(args))
+    table("composed predictions", {"images": result["n_images"], "probabilities": result["probabilities"],
+                                   "submission": result["submission"]})
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from podium.evaluation.predict import evaluate_run
+
+    result = evaluate_run(args.run, args.data, biases=args.biases, **_prediction_kwargs(args))
+    m = result["metrics"]
+    table(f"evaluation on {args.data}", {
+        "images": result["n_images"], "accuracy": m["acc"], "macro F1": m["f1"], "macro precision": m["precision"],
+        "macro recall": m["recall"], "macro ROC-AUC": m["auroc"], "files": result["out_dir"]})
+    return 0
+
+
+def cmd_config_show(args) -> int:
+    from podium.config import config_to_yaml, load_config
+
+    config, overrides = split_config_and_overrides(args.items)
+    print(config_to_yaml(load_config(config, overrides)), end="")
+    return 0
+
+
+def cmd_config_reference(args) -> int:
+    from podium.config import config_reference
+
+    print(config_reference())
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from podium.demo import run_demo
+
+    run_demo(Path(args.workdir), epochs=args.epochs, progress=not args.quiet, console=console())
+    return 0
+
+
+TRAIN_EXAMPLE = ("podium train cfg.yaml model.name=resnet18 train.epochs=3\n"
+                 "  podium train data.train=data/train model.pretrained_path=weights.pth\n"
+                 "  podium train --resume runs/exp")
+PREDICT_EXAMPLE = "podium predict runs/exp --data data/test --tta hflip"
+
+
+def _add_inference_args(p) -> None:
+    p.add_argument("run", help="run folder, e.g. runs/exp")
+    p.add_argument("--data", required=True, help="folder of images or CSV (path column as in the run's config)")
+    p.add_argument("--biases", help="logit_biases.json from `podium cv-biases` (per-class macro-F1 biases)")
+    add_prediction_options(p)
+
+
+def register(sub) -> None:
+    p = add_command(sub, "train", "Train a model from a config file and dotted overrides.", cmd_train, TRAIN_EXAMPLE)
+    add_config_items(p)
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder from its last.ckpt")
+    p.add_argument("--dry-run", action="store_true", help="build everything and run one batch; writes no run")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = add_command(sub, "predict", "Predict probabilities and a submission CSV with a trained run.", cmd_predict,
+                    PREDICT_EXAMPLE)
+    _add_inference_args(p)
+    p = add_command(sub, "evaluate", "Measure a trained run on a labelled folder or CSV.", cmd_evaluate,
+                    "podium evaluate runs/exp --data data/val")
+    _add_inference_args(p)
+    p = add_command(sub, "compose", "Combine one-model-per-attribute runs into composite predictions and a submission.",
+                    cmd_compose, "podium compose runs/mask runs/gender runs/age --data data/mask")
+    p.add_argument("runs", nargs="+", help="one run folder per attribute (task.mode=per_attribute)")
+    p.add_argument("--data", required=True, help="folder of images, CSV, or the competition root")
+    add_prediction_options(p)
+
+    config = add_group(sub, "config", "Show the resolved config or the config reference.")
+    p = add_command(config, "show", "Print the resolved config (defaults + file + overrides).", cmd_config_show,
+                    "podium config show cfg.yaml train.lr=0.003")
+    p.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE")
+    add_command(config, "reference", "Print every config key with its default and description.",
+                cmd_config_reference, "podium config reference > CONFIG.md")
+
+    p = add_command(sub, "demo", "Train, predict and evaluate on scikit-learn's handwritten digits (CPU, minutes).",
+                    cmd_demo, "podium demo --workdir demo_data")
+    p.add_argument("--workdir", default="demo_data", help="folder for the demo images and runs (default: demo_data)")
+    p.add_argument("--epochs", type=positive_int, default=6, help="training epochs (default: 6)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -1,0 +1,137 @@
+"""Commands beyond the core train/predict/evaluate loop: data tools, reports, crops.
+
+Each command parses its arguments and calls one library function; the
+examples double as documentation (`podium <command> --help`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from podium.cli.common import add_command, add_group, positive_int, split_config_and_overrides
+from podium.errors import PodiumError
+
+
+def _samples_for_eda(target: str, overrides: list[str]):
+    """A data folder/CSV, or a config file whose data.train (and data.val) are used."""
+    from podium.config import load_config
+    from podium.data.samples import load_labeled
+    from podium.tasks.spec import resolve_task
+
+    path = Path(target)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        cfg = load_config(path, overrides)
+    else:
+        cfg = load_config(None, [f"data.train={path}"] + overrides)
+    task = resolve_task(cfg.task)
+    samples = load_labeled(cfg.data.train, cfg, task)
+    test = None
+    if cfg.data.val:
+        test = load_labeled(cfg.data.val, cfg, task)
+    attributes = list(task.attributes.names) if task.attributes is not None else None
+    return cfg, samples, test, attributes
+
+
+def cmd_eda(args) -> int:
+    from podium.reports.eda import run_eda
+    from podium.runs import next_free_dir
+
+    cfg, samples, test, attributes = _samples_for_eda(args.data, args.items)
+    out = Path(args.out) if args.out else next_free_dir(Path(cfg.output.dir) / "eda", Path(args.data).stem or "data")
+    result = run_eda(samples, out, attributes=attributes, test_samples=test, seed=cfg.train.seed)
+    print(f"EDA report: {out / 'eda.html'}")
+    if result.get("yaml"):
+        print("paste into your config:\n" + result["yaml"])
+    return 0
+
+
+def _gradcam_source(run: Path):
+    from podium.model.checkpoints import load_module
+    from podium.reports.gradcam import gradcam_source
+    from podium.runs import load_run
+
+    info = load_run(run)
+    module = load_module(info.checkpoint("best"), info.classes)
+    return gradcam_source(module, info.config.data.size_hw)
+
+
+def cmd_report(args) -> int:
+    from podium.reports.report import build_run_report
+
+    run = Path(args.run)
+    source = _gradcam_source(run) if args.gradcam else None
+    path = build_run_report(run, model_forward=source, max_gallery=args.gallery)
+    print(f"report: {path}\nsuspect labels (review, then feed to task.label_fixes): {run / 'suspect_labels.csv'}")
+    return 0
+
+
+def cmd_crop(args) -> int:
+    from podium.config import load_config
+    from podium.data.crops import crop_samples
+    from podium.data.samples import load_labeled
+    from podium.tasks.spec import resolve_task
+
+    cfg = load_config(*split_config_and_overrides(args.items))
+    if cfg.crop.detector == "none":
+        raise PodiumError("crop.detector is none: set it, e.g. crop.detector=yunet crop.options.model_path=yunet.onnx")
+    if not cfg.data.train:
+        raise PodiumError("data.train is not set: the images to crop")
+    samples = load_labeled(cfg.data.train, cfg, resolve_task(cfg.task), crop=False)
+    _, report = crop_samples(samples, cfg)
+    print(f"cropped {report['n_images']} image(s) into {report['cache_dir']}: detected {report['detected']}, "
+          f"reused {report['reused']}, fallback {report['fallback']}, from cache: {report['cached']}")
+    return 0
+
+
+def cmd_synth_mask(args) -> int:
+    from podium.data.synth import synth_mask_dataset
+
+    summary = synth_mask_dataset(args.out, people=args.people, seed=args.seed,
+                                 image_size=(args.width, args.height))
+    print(f"wrote a synthetic mask-competition dataset to {args.out}: "
+          f"{summary.get('train_images', '?')} train / {summary.get('eval_images', '?')} eval images")
+    return 0
+
+
+def cmd_submission_check(args) -> int:
+    from podium.data.competition import check_submission
+
+    problems = check_submission(args.file, args.info, n_classes=args.classes)
+    if problems:
+        raise PodiumError(f"{args.file} is not a valid submission:\n  " + "\n  ".join(problems))
+    print(f"{args.file}: valid ({args.info} order, labels 0..{args.classes - 1})")
+    return 0
+
+
+def register(sub) -> None:
+    p = add_command(sub, "eda", "Explore a dataset: an offline HTML report of counts, sizes, duplicates, samples.",
+                cmd_eda, "podium eda data/train\n  podium eda cfg.yaml --out eda_report")
+    p.add_argument("data", help="a data folder, CSV, or config file")
+    p.add_argument("items", nargs="*", metavar="KEY=VALUE", help="dotted.key=value overrides")
+    p.add_argument("--out", help="output folder (default: a new folder under runs/eda)")
+
+    p = add_command(sub, "report", "Write the HTML training report of a run (curves, confusions, worst errors).",
+                cmd_report, "podium report runs/exp --gradcam")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--gradcam", action="store_true", help="add Grad-CAM overlays of the worst errors")
+    p.add_argument("--gallery", type=positive_int, default=16, help="confidently wrong images to show (default 16)")
+
+    preprocess = add_group(sub, "preprocess", "Preprocessing that runs once and is cached (face/box crops).")
+    p = add_command(preprocess, "crop", "Crop faces/boxes once (cached) with the config's crop.* settings.",
+                cmd_crop, "podium preprocess crop cfg.yaml crop.detector=yunet crop.options.model_path=yunet.onnx")
+    p.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE", help="a YAML config, then dotted.key=value overrides")
+
+    data = add_group(sub, "data", "Dataset tools.")
+    p = add_command(data, "synth-mask", "Write a small synthetic dataset in the mask-competition layout.",
+                cmd_synth_mask, "podium data synth-mask data/mask --people 30")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--people", type=positive_int, default=30, help="training people (7 photos each)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=positive_int, default=384)
+    p.add_argument("--height", type=positive_int, default=512)
+
+    submission = add_group(sub, "submission", "Submission tools.")
+    p = add_command(submission, "check", "Validate a mask-competition submission against info.csv.",
+                cmd_submission_check, "podium submission check submission.csv --info eval/info.csv")
+    p.add_argument("file", help="submission CSV")
+    p.add_argument("--info", required=True, help="the competition's eval/info.csv")
+    p.add_argument("--classes", type=positive_int, default=18, help="number of classes (default 18)")

@@ -1,0 +1,423 @@
+"""From files on disk to batches: sources, class map, splits, Dataset, DataModule.
+
+One image's path: `load_samples` finds it (folder or CSV) and puts it in a
+samples table (path, id, label[, group]); `holdout_split` decides train or
+validation; `ImageDataset` decodes and resizes it (`images.load_resized`, or
+the decoded-image cache), augments it (`transforms.Pipeline`) and hands a
+uint8 tensor to the DataLoader; the model wrapper normalizes it on the device.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from podium.config import DataConfig
+from podium.errors import PodiumError, summarize_list
+from podium.data.images import BadImageError, image_size, is_image_file, load_resized, load_rgb
+from podium.data.transforms import Pipeline
+
+SAMPLE_COLUMNS = ("path", "id", "label")
+
+
+# ------------------------------------------------------------------ sources
+
+def scan_image_folder(root: str | Path, labeled: bool = True) -> pd.DataFrame:
+    """ImageFolder layout: ``root/<class>/**/<image>``; unlabeled: every image below root."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise PodiumError(f"data folder not found: {root}. Check the path (data.train / --data).")
+    if not root.is_dir():
+        raise PodiumError(f"{root} is not a folder; pass a folder of images or a .csv file")
+    if not labeled:
+        paths = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
+        if not paths:
+            raise PodiumError(f"no images ({', '.join(_exts())}) found under {root}")
+        return pd.DataFrame({"path": [str(p.resolve()) for p in paths],
+                             "id": [p.relative_to(root).as_posix() for p in paths], "label": None})
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        loose = [p.name for p in root.iterdir() if p.is_file() and is_image_file(p)]
+        hint = " It holds images directly: put them in one sub-folder per class." if loose else ""
+        raise PodiumError(f"data folder {root} has no class sub-folders (expected {root}/<class>/<image>).{hint}")
+    rows, empty = [], []
+    for class_dir in class_dirs:
+        images = sorted(p for p in class_dir.rglob("*") if p.is_file() and is_image_file(p))
+        if not images:
+            empty.append(class_dir.name)
+        rows += [(str(p.resolve()), p.relative_to(root).as_posix(), class_dir.name) for p in images]
+    if empty:
+        raise PodiumError(
+            f"class folder(s) without images in {root}: {summarize_list(empty)}. "
+            f"Add images ({', '.join(_exts())}) or remove the folder(s).")
+    return pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS))
+
+
+def _exts() -> list[str]:
+    from podium.data.images import IMAGE_EXTENSIONS
+
+    return list(IMAGE_EXTENSIONS)
+
+
+def read_csv_samples(csv_path: str | Path, cfg: DataConfig, labeled: bool = True,
+                     root: str | Path | None = None) -> pd.DataFrame:
+    """A CSV with a path column (relative to ``root``, default the CSV's folder) and a label column.
+
+    Other columns (e.g. attributes of a multi-attribute task) are kept as they are.
+    ``labeled=None`` keeps a label column when present without requiring it.
+    """
+    csv_path = Path(csv_path).expanduser()
+    if not csv_path.is_file():
+        raise PodiumError(f"CSV file not found: {csv_path}")
+    try:
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise PodiumError(f"cannot read CSV {csv_path}: {exc}") from None
+    if labeled is None:
+        labeled = cfg.label_column in table.columns
+    need = [cfg.path_column] + ([cfg.label_column] if labeled else [])
+    need += [c for c in (cfg.id_column, cfg.group_column) if c]
+    missing = [c for c in need if c not in table.columns]
+    if missing:
+        raise PodiumError(
+            f"CSV {csv_path} lacks column(s) {missing}; it has {list(table.columns)}. "
+            f"Set data.path_column / data.label_column / data.id_column / data.group_column to the right names.")
+    if table.empty:
+        raise PodiumError(f"CSV {csv_path} has a header but no rows")
+    base = Path(root or cfg.root or csv_path.parent).expanduser()
+    paths = [Path(p) if Path(p).is_absolute() else base / p for p in table[cfg.path_column]]
+    absent = [raw for raw, p in zip(table[cfg.path_column], paths) if not p.is_file()]
+    if absent:
+        raise PodiumError(
+            f"{len(absent)} of {len(paths)} image paths in {csv_path} do not exist (relative to {base}): "
+            f"{summarize_list(absent, 3)}. Fix the paths or set data.root to the folder they are relative to.")
+    frame = pd.DataFrame({
+        "path": [str(p.resolve()) for p in paths],
+        "id": table[cfg.id_column] if cfg.id_column else table[cfg.path_column],
+        "label": table[cfg.label_column] if labeled else None,
+    })
+    if labeled and (frame["label"] == "").any():
+        rows = (np.flatnonzero(frame["label"] == "") + 2).tolist()
+        raise PodiumError(f"CSV {csv_path}: empty label in row(s) {summarize_list(rows)}")
+    if cfg.group_column:
+        frame["group"] = table[cfg.group_column].to_numpy()
+    used = {cfg.path_column, cfg.label_column, cfg.id_column, cfg.group_column}
+    for column in table.columns:
+        if column not in used and column not in frame.columns:
+            frame[column] = table[column].to_numpy()
+    return frame
+
+
+def load_samples(spec: str | Path, cfg: DataConfig, labeled: bool | None = True,
+                 age_thresholds: tuple[int, int] = (30, 60), log=print) -> pd.DataFrame:
+    """Dispatch on what ``spec`` is: a CSV file, the mask-competition layout, or a folder.
+
+    ``labeled=None``: labels where the source has them (CSV attribute columns).
+    """
+    spec = Path(spec).expanduser()
+    if spec.suffix.lower() == ".csv":
+        frame = read_csv_samples(spec, cfg, labeled)
+    elif cfg.format == "mask_competition" and labeled is not False:
+        frame = _read_competition(spec, age_thresholds, log)
+    elif cfg.format == "mask_competition":
+        from podium.data.competition import read_mask_eval
+
+        frame = read_mask_eval(spec)
+    else:
+        frame = scan_image_folder(spec, labeled is not False)
+    if frame.empty:
+        raise PodiumError(f"no images found in {spec}")
+    duplicated = frame["id"][frame["id"].duplicated()].tolist()
+    if duplicated:
+        raise PodiumError(f"duplicate image ids in {spec}: {summarize_list(duplicated)}; ids must be unique")
+    return frame.reset_index(drop=True)
+
+
+def _read_competition(root: Path, age_thresholds, log) -> pd.DataFrame:
+    from podium.data.competition import format_problems, read_mask_train
+
+    if not root.is_dir():
+        raise PodiumError(f"data folder not found: {root}")
+    frame, problems = read_mask_train(root, age_thresholds)
+    if problems:
+        log(format_problems(problems))
+    return frame
+
+
+# ------------------------------------------------------------------ checks
+
+def check_images(frame: pd.DataFrame, on_bad_image: str = "error", workers: int = 8) -> tuple[pd.DataFrame, list[str]]:
+    """Find unreadable images before training.
+
+    ``error``: read every header (fast), so missing or non-image files stop the run at once;
+    a truncated file passes and stops the run, naming it, when first decoded.
+    ``skip``: decode every image (at reduced size where the format allows), so truncated
+    files are left out too and the count is exact.
+    """
+    def probe(path: str) -> str | None:
+        try:
+            if on_bad_image == "skip":
+                load_rgb(path, draft_size=(64, 64))
+            else:
+                image_size(path)
+            return None
+        except BadImageError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        errors = list(pool.map(probe, frame["path"]))
+    bad = [e for e in errors if e]
+    if bad and on_bad_image == "error":
+        raise PodiumError(
+            f"{len(bad)} unreadable image(s): {summarize_list(bad, 3)}. "
+            f"Remove or replace them, or set data.on_bad_image=skip to leave them out.")
+    keep = np.array([e is None for e in errors], dtype=bool)
+    return frame[keep].reset_index(drop=True), bad
+
+
+# ------------------------------------------------------------------ classes & splits
+
+def build_class_map(labels: Sequence[str]) -> list[str]:
+    classes = sorted({str(label) for label in labels})
+    if len(classes) < 2:
+        raise PodiumError(f"need at least 2 classes to train a classifier, found {classes}")
+    return classes
+
+
+def encode_labels(labels: Sequence[str], classes: list[str], where: str) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({str(label) for label in labels} - set(index))
+    if unknown:
+        raise PodiumError(
+            f"{where} has label(s) the run never saw: {summarize_list(unknown)}; the run knows "
+            f"{summarize_list(classes, 20)}. Use data with the same classes or train a new run.")
+    return np.array([index[str(label)] for label in labels], dtype=np.int64)
+
+
+def holdout_split(frame: pd.DataFrame, fraction: float, seed: int, group_column: str | None = None
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stratified holdout; with groups, no group straddles train and validation."""
+    labels = frame["label"].astype(str).to_numpy()
+    if "group" in frame.columns and frame["group"].notna().all():
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        n_splits = max(2, round(1 / fraction))
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        _, val_idx = next(splitter.split(np.zeros(len(frame)), labels, frame["group"].astype(str)))
+        is_val = np.zeros(len(frame), dtype=bool)
+        is_val[val_idx] = True
+    else:
+        from sklearn.model_selection import train_test_split
+
+        counts = pd.Series(labels).value_counts()
+        splittable = np.isin(labels, counts[counts >= 2].index)
+        idx = np.flatnonzero(splittable)
+        n_val = max(int(round(fraction * len(idx))), len(set(labels[idx])))
+        if n_val >= len(idx):
+            raise PodiumError(f"too few images ({len(frame)}) for a validation split of {fraction}; add data or set data.val")
+        _, val_idx = train_test_split(idx, test_size=n_val, stratify=labels[idx], random_state=seed)
+        is_val = np.zeros(len(frame), dtype=bool)
+        is_val[val_idx] = True
+    train, val = frame[~is_val].reset_index(drop=True), frame[is_val].reset_index(drop=True)
+    check_no_leakage(train, val)
+    return train, val
+
+
+def check_no_leakage(train: pd.DataFrame, val: pd.DataFrame) -> None:
+    """Stop when a group (e.g. a person) or an image appears on both sides."""
+    if "group" in train.columns and "group" in val.columns:
+        shared = sorted(set(train["group"].astype(str)) & set(val["group"].astype(str)))
+        if shared:
+            raise PodiumError(
+                f"leakage: {len(shared)} group(s) appear in both train and validation: {summarize_list(shared)}. "
+                f"Split by group (data.group_column) or fix the validation set.")
+    shared_paths = sorted(set(train["path"]) & set(val["path"]))
+    if shared_paths:
+        raise PodiumError(f"leakage: {len(shared_paths)} image(s) are in both train and validation: "
+                          f"{summarize_list(shared_paths, 3)}")
+
+
+def class_counts(targets: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.bincount(targets, minlength=num_classes)
+
+
+# ------------------------------------------------------------------ dataset
+
+class SeededSampler(Sampler):
+    """Shuffled (or class-balanced) order plus one augmentation seed per sample,
+    both drawn from (seed, epoch) alone.
+
+    Because neither the order nor the augmentation depends on global RNG state
+    or on which worker process decodes an image, a resumed run sees exactly
+    the batches an uninterrupted one would, and workers never repeat each
+    other's augmentations.
+    """
+
+    def __init__(self, n: int, seed: int, weights: np.ndarray | None = None):
+        self.n, self.seed, self.weights = n, seed, weights
+        self.epoch = 0
+        self._epoch_set = False
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
+        self.epoch, self._epoch_set = epoch, True
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if not self._epoch_set:  # wrapped (e.g. by DDP): advance on our own
+            self.epoch += 1
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.multinomial(torch.as_tensor(self.weights, dtype=torch.double), self.n, True, generator=g)
+        seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=g)
+        return iter(list(zip(order.tolist(), seeds.tolist())))
+
+
+class ImageDataset(Dataset):
+    """Decoded, resized, augmented images as uint8 CHW tensors.
+
+    Training indices arrive as (index, seed) pairs from `SeededSampler`; the
+    seed drives the augmentation, so it is reproducible and resumable.
+    """
+
+    def __init__(self, paths: Sequence[str], targets: Sequence[int] | None, pipeline: Pipeline,
+                 size: tuple[int, int], *, train: bool = False, draft: bool = True,
+                 on_bad_image: str = "error", cache=None):
+        self.paths = list(paths)
+        self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
+        self.pipeline = pipeline
+        self.size = tuple(size)
+        self.train = train
+        self.draft = draft
+        self.on_bad_image = on_bad_image
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, index: int) -> np.ndarray:
+        if self.cache is not None:
+            return self.cache.get(index)
+        return load_resized(self.paths[index], self.size, draft=self.draft)
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        try:
+            image = self.load(index)
+        except BadImageError:
+            if self.on_bad_image == "skip":
+                return None
+            raise
+        tensor = self.pipeline(image, seed=seed)
+        target = -1 if self.targets is None else int(self.targets[index])
+        return tensor, target
+
+
+def collate_skipping_bad(batch: list):
+    """Default collate that drops samples whose image failed to decode and counts them."""
+    kept = [b for b in batch if b is not None]
+    skipped = len(batch) - len(kept)
+    if not kept:
+        return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), skipped
+    images = torch.stack([b[0] for b in kept])
+    targets = torch.tensor([b[1] for b in kept], dtype=torch.long)
+    return images, targets, skipped
+
+
+def resolve_num_workers(requested: int | None) -> int:
+    if requested is not None:
+        return requested
+    from podium.data.cache import default_num_workers
+
+    return default_num_workers()
+
+
+def make_loader(dataset: ImageDataset, batch_size: int, *, shuffle: bool = False, sampler=None,
+                num_workers: int = 0, drop_last: bool = False, seed: int = 0) -> DataLoader:
+    from podium.data.cache import worker_init
+    from podium.data.images import cv2_module
+
+    cv2_module()  # single-threaded OpenCV before any worker is forked
+    if shuffle and sampler is None:
+        sampler = SeededSampler(len(dataset), seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        collate_fn=collate_skipping_bad, drop_last=drop_last,
+        persistent_workers=num_workers > 0, worker_init_fn=worker_init if num_workers > 0 else None,
+        pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(seed),  # worker seeds stay off the global RNG
+    )
+
+
+def balanced_weights(targets: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-sample weights that make every class equally likely to be drawn."""
+    counts = class_counts(targets, num_classes).astype(np.float64)
+    return 1.0 / np.maximum(counts[targets], 1.0)
+
+
+def build_cache(paths: Sequence[str], cfg: DataConfig, desc: str):
+    """The decoded-and-resized uint8 cache for ``paths``, or None when disabled."""
+    if cfg.cache == "none":
+        return None
+    from podium.data.cache import ImageCache
+
+    # Disk caches fill during the first epoch instead of decoding everything up front.
+    return ImageCache.build(list(paths), cfg.size_hw, mode=cfg.cache, cache_dir=cfg.cache_dir,
+                            draft=cfg.draft_decode, on_bad_image=cfg.on_bad_image, lazy=cfg.cache == "disk")
+
+
+class PodiumDataModule(pl.LightningDataModule):
+    """Train/val loaders built from already-split sample tables."""
+
+    def __init__(self, train: pd.DataFrame, val: pd.DataFrame, classes: list[str], cfg: DataConfig,
+                 train_pipeline: Pipeline, eval_pipeline: Pipeline, batch_size: int,
+                 sampler: str = "random", seed: int = 0):
+        super().__init__()
+        self.seed = seed
+        self.train_frame, self.val_frame = train, val
+        self.classes = classes
+        self.cfg = cfg
+        self.batch_size = batch_size
+        self.sampler = sampler
+        self.num_workers = resolve_num_workers(cfg.num_workers)
+        self.train_targets = encode_labels(train["label"], classes, "training data")
+        self.val_targets = encode_labels(val["label"], classes, "validation data")
+        size = cfg.size_hw
+        common = dict(size=size, draft=cfg.draft_decode, on_bad_image=cfg.on_bad_image)
+        self.train_set = ImageDataset(train["path"], self.train_targets, train_pipeline, train=True,
+                                      cache=build_cache(train["path"], cfg, "train"), **common)
+        self.val_set = ImageDataset(val["path"], self.val_targets, eval_pipeline, train=False,
+                                    cache=build_cache(val["path"], cfg, "val"), **common)
+
+    def train_dataloader(self) -> DataLoader:
+        weights = balanced_weights(self.train_targets, len(self.classes)) if self.sampler == "balanced" else None
+        sampler = SeededSampler(len(self.train_set), self.seed, weights)
+        drop_last = len(self.train_set) > self.batch_size
+        return make_loader(self.train_set, self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                           drop_last=drop_last, seed=self.seed)
+
+    def val_dataloader(self) -> DataLoader:
+        return make_loader(self.val_set, self.batch_size, num_workers=self.num_workers)
+
+    def publish_caches(self) -> None:
+        """Publish caches the epochs have filled, so later runs, folds and trials reuse them."""
+        for dataset in (self.train_set, self.val_set):
+            finalize = getattr(dataset.cache, "finalize", None)
+            published = finalize() if finalize is not None else None
+            if published is not None:
+                dataset.cache = published
+
+
+def describe_split(train: pd.DataFrame, val: pd.DataFrame) -> pd.DataFrame:
+    """Per-class image counts of train and validation (shown to the user, saved with the run)."""
+    return (pd.DataFrame({"train": train["label"].value_counts(), "val": val["label"].value_counts()})
+            .fillna(0).astype(int).sort_index())

@@ -1,0 +1,120 @@
+"""Reading images from disk into RGB uint8 arrays.
+
+Every image that enters podium passes through `load_rgb`, so EXIF rotation,
+odd modes (grayscale, palette, RGBA, CMYK, 16-bit) and reduced-size JPEG
+decoding are handled once, the same way at train and predict time.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from podium.errors import PodiumError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+class BadImageError(PodiumError):
+    """An image file that cannot be decoded."""
+
+
+def is_image_file(path: str | Path) -> bool:
+    name = Path(path).name
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: scale the full range to 8 bits instead of clipping.
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        # Transparent pixels become white, as an image viewer shows them.
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def load_rgb(path: str | Path, draft_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode ``path`` to an HxWx3 uint8 RGB array with EXIF orientation applied.
+
+    ``draft_size`` (w, h) lets libjpeg decode at 1/2, 1/4 or 1/8 scale when the
+    result stays at least that large on both sides: the caller resizes
+    afterwards, so this only saves work, never changes the output size.
+    """
+    try:
+        with Image.open(path) as im:
+            if draft_size is not None and im.format == "JPEG":
+                _safe_draft(im, draft_size)
+            im = ImageOps.exif_transpose(im)
+            return np.asarray(_to_rgb(im), dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise BadImageError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(f"cannot decode image {path}: {exc}") from None
+
+
+def _safe_draft(im: Image.Image, size: tuple[int, int]) -> None:
+    """Draft-decode only when both sides stay >= ``size`` after EXIF rotation."""
+    w, h = size
+    orientation = im.getexif().get(0x0112, 1)
+    if orientation in (5, 6, 7, 8):  # rotated 90 degrees: the stored sides swap
+        w, h = h, w
+    im.draft("RGB", (w, h))
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the header alone, after EXIF rotation."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                w, h = h, w
+            return w, h
+    except FileNotFoundError:
+        raise BadImageError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(f"cannot read image {path}: {exc}") from None
+
+
+@functools.cache
+def cv2_module():
+    """OpenCV, single-threaded: podium parallelises across images (DataLoader workers,
+    thread pools), and OpenCV's own pool deadlocks in forked DataLoader workers."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    return cv2
+
+
+def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an HxWx3 uint8 array to ``size`` = (height, width).
+
+    Area interpolation when shrinking (no aliasing), bilinear when growing.
+    """
+    cv2 = cv2_module()
+
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image
+    shrink = h * w < image.shape[0] * image.shape[1]
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(image, (w, h), interpolation=interp)
+
+
+def load_resized(path: str | Path, size: tuple[int, int], draft: bool = True) -> np.ndarray:
+    """Decode and resize to ``size`` = (height, width): the deterministic first
+    step of every pipeline, and exactly what the decoded-image cache stores."""
+    h, w = size
+    image = load_rgb(path, draft_size=(w, h) if draft else None)
+    return resize_rgb(image, size)

@@ -1,0 +1,483 @@
+"""Cross-validation: k normal runs under one folder, their out-of-fold (OOF) predictions
+and everything measured on them (CV score, TTA gain, macro-F1 biases, ensembles).
+
+Layout of a CV folder ``runs/<name>/``::
+
+    cv.json                 k, seed, classes, data source, grouped or not
+    folds.csv               id, path, label, [group], fold   (the fold of every image)
+    config.yaml             the resolved config the folds were trained with
+    fold0/ ... fold<k-1>/   normal run folders (train.train), val = that fold
+    fold<k>/test_predictions.parquet   the fold's probabilities on --test images
+    oof_predictions.parquet  every image exactly once, predicted by the fold that never trained on it
+    cv_summary.json          CV score (macro F1 over all OOF rows), per-fold mean +- std, accuracy
+    test_probabilities.parquet, submission.csv   fold-averaged test predictions
+
+The fold assignment is written before any training and re-read by later
+``--fold k`` calls, so separate processes or machines train disjoint folds of
+the same split. The class map is built once from all images so every fold's
+probability columns line up.
+"""
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from podium.config import PodiumConfig, config_to_yaml, load_config
+from podium.model.engine import epoch_checkpoint_callback
+from podium.errors import PodiumError, summarize_list
+from podium.fileio import write_csv, write_json, write_parquet, write_text
+
+CV_FILE = "cv.json"
+FOLDS_FILE = "folds.csv"
+OOF_FILE = "oof_predictions.parquet"
+SUMMARY_FILE = "cv_summary.json"
+TEST_FILE = "test_predictions.parquet"
+TEST_AVG_FILE = "test_probabilities.parquet"
+BIASES_FILE = "logit_biases.json"
+
+
+# ---------------------------------------------------------------- folds
+
+
+def has_groups(frame: pd.DataFrame) -> bool:
+    return "group" in frame.columns and frame["group"].notna().all() and (frame["group"].astype(str) != "").all()
+
+
+def make_folds(frame: pd.DataFrame, k: int, seed: int) -> np.ndarray:
+    """Fold index (0..k-1) of every row: stratified on ``label``, grouped when ``group`` exists.
+
+    Grouping keeps every image of a person (or any group) in one fold, otherwise
+    the CV score measures recognising people instead of the task.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    if k < 2:
+        raise PodiumError(f"cross-validation needs at least 2 folds; got {k}")
+    labels = frame["label"].astype(str).to_numpy()
+    grouped = has_groups(frame)
+    units = frame["group"].astype(str).nunique() if grouped else len(frame)
+    if units < k:
+        what = "groups" if grouped else "images"
+        raise PodiumError(f"cannot make {k} folds from {units} {what}; use --folds {max(2, units)} or fewer, or add data")
+    folds = np.full(len(frame), -1, dtype=np.int64)
+    with warnings.catch_warnings():
+        # a class rarer than k only means some folds validate without it
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        if grouped:
+            splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+            splits = splitter.split(np.zeros(len(frame)), labels, frame["group"].astype(str).to_numpy())
+        else:
+            splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+            splits = splitter.split(np.zeros(len(frame)), labels)
+        for fold, (_, val_idx) in enumerate(splits):
+            folds[val_idx] = fold
+    empty = sorted(set(range(k)) - set(folds.tolist()))
+    if (folds < 0).any() or empty:
+        raise PodiumError(f"fold assignment left fold(s) {empty} empty; use fewer folds")
+    if grouped:
+        spread = pd.Series(folds).groupby(frame["group"].astype(str).to_numpy()).nunique()
+        assert (spread == 1).all(), f"groups split across folds: {spread[spread > 1].index.tolist()[:5]}"
+    return folds
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclass
+class CVResult:
+    run_dir: Path
+    trained_folds: list[int]
+    summary: dict | None  # cv_summary.json content once every fold is done
+
+
+def run_cv(cfg: PodiumConfig, *, folds: int | None = None, only_fold: int | None = None,
+           test_data: str | Path | None = None, save_epochs: bool = False, progress: bool = True,
+           log=print) -> CVResult:
+    """Train k folds (or just ``only_fold``) as normal runs inside one CV folder.
+
+    A full run gets a fresh numbered folder (``cv``, ``cv-2``...). ``only_fold``
+    writes into ``output.dir/output.name`` exactly, creating it or reusing its
+    folds.csv, so that ``--fold 0`` .. ``--fold k-1`` launched separately fill
+    the same folder. When every fold is done the OOF tables are gathered.
+    """
+    existing = Path(cfg.output.dir) / cfg.output.name / CV_FILE
+    if folds is None and only_fold is not None and existing.is_file():
+        folds = _read_json(existing)["k"]  # later --fold calls follow the folder's fold count
+    k = folds or cfg.cv.folds
+    if only_fold is not None and not 0 <= only_fold < k:
+        raise PodiumError(f"--fold {only_fold} is out of range: folds are numbered 0..{k - 1}")
+    frame, classes = _load_pool(cfg, log)
+    test_frame = _load_test(cfg, test_data) if test_data else None  # fails before any folder is made
+    if only_fold is None:
+        from podium.runs import next_free_dir
+
+        # next_free_dir, not create_run_dir: the latter follows PODIUM_RUN_DIR (a DDP fold run's folder)
+        run_dir = next_free_dir(Path(cfg.output.dir), cfg.output.name)
+        frame = _write_cv_files(run_dir, cfg, frame, classes, k, test_data)
+    else:
+        run_dir = Path(cfg.output.dir) / cfg.output.name
+        frame = _reuse_or_write_cv_files(run_dir, cfg, frame, classes, k, test_data)
+    log(f"cross-validation folder: {run_dir} ({k} folds, {'grouped' if has_groups(frame) else 'stratified'})")
+    todo = range(k) if only_fold is None else [only_fold]
+    for fold in todo:
+        _check_fold_free(run_dir, fold)
+        train_fold(cfg, run_dir, frame, classes, fold, test_frame=test_frame, save_epochs=save_epochs,
+                   progress=progress, log=log)
+    done = [f for f in range(k) if fold_status(run_dir / f"fold{f}") == "done"]
+    summary = None
+    if len(done) == k:
+        summary = gather_cv(run_dir)
+    else:
+        missing = [f for f in range(k) if f not in done]
+        log(f"{len(done)} of {k} folds done; train fold(s) {summarize_list(missing)} with --fold, "
+            f"then run `podium cv-gather {run_dir}`")
+    return CVResult(run_dir, list(todo), summary)
+
+
+def train_fold(cfg: PodiumConfig, run_dir: Path, frame: pd.DataFrame, classes: list[str], fold: int, *,
+               test_frame: pd.DataFrame | None = None, save_epochs: bool = False, progress: bool = True, log=print):
+    """One fold = one normal run named ``fold<k>`` whose validation set is that fold."""
+    from podium.data.samples import PreparedData
+    from podium.model.training import train
+
+    fold_cfg = cfg.model_copy(deep=True)
+    fold_cfg.output.dir = str(run_dir)
+    fold_cfg.output.name = f"fold{fold}"
+    is_val = frame["fold"].to_numpy() == fold
+    columns = [c for c in frame.columns if c != "fold"]
+    from podium.tasks.spec import drop_training_ages
+
+    train_part = drop_training_ages(frame.loc[~is_val, columns].reset_index(drop=True), cfg.task, log)
+    prepared = PreparedData(train_part, frame.loc[is_val, columns].reset_index(drop=True), list(classes))
+    callbacks = [epoch_checkpoint_callback(run_dir / f"fold{fold}")] if save_epochs else None
+    log(f"fold {fold}: {len(prepared.train)} train / {len(prepared.val)} validation images")
+    result = train(fold_cfg, prepared=prepared, callbacks=callbacks, progress=progress, log=log)
+    if result.run_dir != run_dir / f"fold{fold}":
+        raise PodiumError(f"fold {fold} was written to {result.run_dir}, expected {run_dir / f'fold{fold}'}")
+    if test_frame is not None:
+        predict_fold_test(result.run_dir, test_frame, fold_cfg, progress=progress)
+    return result
+
+
+def predict_fold_test(fold_dir: Path, test_frame: pd.DataFrame, cfg: PodiumConfig, progress: bool = False) -> Path:
+    """The fold's best checkpoint on the test images (with the run's ``predict.tta``)."""
+    from podium.evaluation.predict import predict_frame, resolve_tta
+    from podium.model.checkpoints import load_module
+
+    summary = _read_json(fold_dir / "summary.json")
+    classes = summary["classes"]
+    module = load_module(fold_dir / summary.get("best_checkpoint", "best.ckpt"), classes)
+    probs = predict_frame(module, test_frame, cfg, tta=resolve_tta(None, cfg), tta_merge=cfg.predict.tta_merge,
+                          progress=progress)
+    table = pd.concat([pd.DataFrame({"id": test_frame["id"].to_numpy()}), pd.DataFrame(probs, columns=classes)], axis=1)
+    return write_parquet(fold_dir / TEST_FILE, table)
+
+
+def _load_pool(cfg: PodiumConfig, log) -> tuple[pd.DataFrame, list[str]]:
+    """All labelled images of data.train, read as `podium train` reads them (task labels, crops)."""
+    from podium.data.samples import load_pool
+
+    if cfg.data.val:
+        log(f"note: data.val ({cfg.data.val}) is not used: cross-validation draws every fold from data.train")
+    frame, classes, bad = load_pool(cfg, log)
+    if bad:
+        log(f"skipped {len(bad)} unreadable image(s) (data.on_bad_image=skip)")
+    return frame, classes
+
+
+def _is_competition(cfg: PodiumConfig, test_data) -> bool:
+    from podium.data.samples import is_competition_layout
+
+    return bool(test_data) and cfg.task.mode != "per_attribute" and is_competition_layout(cfg, test_data)
+
+
+def _load_test(cfg: PodiumConfig, test_data) -> pd.DataFrame:
+    """Unlabelled test images, read the way `podium predict` reads them."""
+    from podium.data.samples import prediction_samples
+
+    return prediction_samples(cfg, test_data, _is_competition(cfg, test_data), log=lambda *a: None)
+
+
+def _folds_table(frame: pd.DataFrame, folds: np.ndarray) -> pd.DataFrame:
+    columns = ["id", "path", "label"] + (["group"] if has_groups(frame) else [])
+    return frame[columns].assign(fold=folds).reset_index(drop=True)
+
+
+def _write_cv_files(run_dir: Path, cfg: PodiumConfig, frame: pd.DataFrame, classes: list[str], k: int,
+                    test_data) -> pd.DataFrame:
+    folds = make_folds(frame, k, cfg.cv.seed)
+    table = _folds_table(frame, folds)
+    write_csv(run_dir / FOLDS_FILE, table)
+    write_text(run_dir / "config.yaml", config_to_yaml(cfg))
+    write_json(run_dir / CV_FILE, {
+        "k": k, "seed": cfg.cv.seed, "classes": classes, "grouped": has_groups(frame),
+        "n_images": len(table), "data": cfg.data.train, "test_data": str(test_data) if test_data else None,
+        "fold_sizes": table["fold"].value_counts().sort_index().tolist(),
+    })
+    return frame.assign(fold=folds)
+
+
+def _reuse_or_write_cv_files(run_dir: Path, cfg: PodiumConfig, frame: pd.DataFrame, classes: list[str], k: int,
+                             test_data) -> pd.DataFrame:
+    if not (run_dir / CV_FILE).is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return _write_cv_files(run_dir, cfg, frame, classes, k, test_data)
+    meta = _read_json(run_dir / CV_FILE)
+    if meta["k"] != k or meta["classes"] != classes:
+        raise PodiumError(
+            f"{run_dir} holds a {meta['k']}-fold CV over classes {summarize_list(meta['classes'])}; this call asks "
+            f"for {k} folds over {summarize_list(classes)}. Use the same --folds and data, or another output.name")
+    table = read_folds(run_dir)
+    if set(table["id"]) != set(frame["id"].astype(str)):
+        raise PodiumError(f"the images of data.train differ from {run_dir / FOLDS_FILE}; the folds would disagree. "
+                          "Use the same data for every --fold call, or another output.name")
+    return frame.assign(fold=frame["id"].astype(str).map(table.set_index("id")["fold"]).astype(int).to_numpy())
+
+
+def read_folds(run_dir: Path) -> pd.DataFrame:
+    path = Path(run_dir) / FOLDS_FILE
+    if not path.is_file():
+        raise PodiumError(f"{run_dir} is not a cross-validation folder: {FOLDS_FILE} is missing")
+    return pd.read_csv(path, dtype={"id": str, "label": str, "group": str, "path": str}, keep_default_na=False)
+
+
+def fold_status(fold_dir: Path) -> str:
+    """``missing`` (no folder), ``unfinished`` (no summary / OOF table yet) or ``done``."""
+    if not fold_dir.is_dir():
+        return "missing"
+    if (fold_dir / "summary.json").is_file() and (fold_dir / "val_predictions.parquet").is_file():
+        return "done"
+    return "unfinished"
+
+
+def _check_fold_free(run_dir: Path, fold: int) -> None:
+    fold_dir = run_dir / f"fold{fold}"
+    status = fold_status(fold_dir)
+    if status == "done":
+        raise PodiumError(f"fold {fold} is already trained in {fold_dir}; delete that folder to train it again")
+    if status == "unfinished":
+        raise PodiumError(f"fold {fold} in {fold_dir} is unfinished: continue it with `podium train --resume {fold_dir}` "
+                          f"(then `podium cv-gather {run_dir}`), or delete the folder to start the fold over")
+
+
+# ---------------------------------------------------------------- gathering
+
+
+def gather_cv(run_dir: str | Path) -> dict:
+    """OOF table, CV score and fold-averaged test predictions of a finished CV folder."""
+    from podium.data.dataset import encode_labels
+    from podium.evaluation.ensemble import align_members, macro_f1, soft_vote
+    from podium.evaluation.metrics import save_classification_report
+
+    run_dir = Path(run_dir)
+    meta = _read_meta(run_dir)
+    k, classes = meta["k"], meta["classes"]
+    table = read_folds(run_dir)
+    problems = {f: fold_status(run_dir / f"fold{f}") for f in range(k)}
+    bad = {f: s for f, s in problems.items() if s != "done"}
+    if bad:
+        detail = ", ".join(f"fold {f} {s}" for f, s in bad.items())
+        raise PodiumError(
+            f"{run_dir}: {len(bad)} of {k} folds are not finished ({detail}). Train them with "
+            f"`podium cv CONFIG output.dir={run_dir.parent} output.name={run_dir.name} --folds {k} --fold N` for N in "
+            f"{summarize_list(list(bad))}, then gather again")
+    parts, fold_rows = [], []
+    for f in range(k):
+        part = pd.read_parquet(run_dir / f"fold{f}" / "val_predictions.parquet").assign(fold=f)
+        _check_fold_part(run_dir, f, part, table, classes)
+        y = encode_labels(part["target"], classes, f"fold {f} predictions")
+        pred = part[classes].to_numpy().argmax(1)
+        summary = _read_json(run_dir / f"fold{f}" / "summary.json")
+        fold_rows.append({"fold": f, "n_images": len(part), "macro_f1": macro_f1(y, pred, len(classes)),
+                          "accuracy": float((pred == y).mean()), "best_epoch": summary.get("best_epoch"),
+                          "wall_time_s": summary.get("wall_time_s")})
+        parts.append(part)
+    oof = pd.concat(parts, ignore_index=True)
+    _check_oof_coverage(oof, table)
+    oof = oof[[c for c in oof.columns if c not in classes] + classes]
+    write_parquet(run_dir / OOF_FILE, oof)
+    y_true = encode_labels(oof["target"], classes, "OOF predictions")
+    probs = oof[classes].to_numpy(dtype=np.float64)
+    report = save_classification_report(run_dir, y_true, probs, classes, extra={"kind": "out-of-fold"})
+    fold_f1 = np.array([r["macro_f1"] for r in fold_rows])
+    times = [r["wall_time_s"] for r in fold_rows if r["wall_time_s"] is not None]
+    summary = {
+        "run_dir": str(run_dir), "k": k, "n_images": len(oof), "classes": classes,
+        "cv_macro_f1": macro_f1(y_true, probs.argmax(1), len(classes)),
+        "cv_accuracy": float((probs.argmax(1) == y_true).mean()),
+        "fold_macro_f1_mean": float(fold_f1.mean()), "fold_macro_f1_std": float(fold_f1.std()),
+        "oof_metrics": report, "folds": fold_rows,
+        "total_fold_time_s": float(sum(times)) if times else None,
+    }
+    tests = [f for f in range(k) if (run_dir / f"fold{f}" / TEST_FILE).is_file()]
+    summary["test_folds"] = tests
+    if tests and len(tests) < k:
+        summary["test_note"] = (f"only fold(s) {tests} have test predictions; test probabilities were not averaged. "
+                                "Predict the other folds on the same images first")
+    elif tests:
+        frames = [pd.read_parquet(run_dir / f"fold{f}" / TEST_FILE) for f in tests]
+        arrays = align_members(frames, [f"fold {f} test predictions" for f in tests], classes)
+        avg = soft_vote(arrays)
+        ids = frames[0]["id"].astype(str)
+        summary.update(write_test_outputs(run_dir, ids, avg, classes, _submission_cfg(run_dir),
+                                          competition_root=_competition_root(run_dir, meta)))
+    write_json(run_dir / SUMMARY_FILE, summary)
+    from podium.reports.report import build_run_report
+
+    build_run_report(run_dir)  # OOF-based report.html, as train writes for a single run
+    return summary
+
+
+def write_test_outputs(out_dir: Path, ids: pd.Series, probs: np.ndarray, classes: list[str], sub_cfg,
+                       stem: str = "", competition_root: str | None = None) -> dict:
+    """``test_probabilities.parquet`` (id + class columns) and ``submission.csv``
+    (the competition's own format when ``competition_root`` is its eval folder)."""
+    from podium.evaluation.predict import write_outputs
+
+    probs_path, sub_path = write_outputs(Path(out_dir), ids, probs, classes, sub_cfg, competition_root=competition_root,
+                                         probs_name=f"test_probabilities{stem}.parquet", sub_name=f"submission{stem}.csv")
+    return {"test_probabilities": str(probs_path), "submission": str(sub_path), "n_test_images": len(ids)}
+
+
+def _check_fold_part(run_dir: Path, fold: int, part: pd.DataFrame, table: pd.DataFrame, classes: list[str]) -> None:
+    missing_cols = [c for c in classes if c not in part.columns]
+    if missing_cols:
+        raise PodiumError(f"fold {fold} in {run_dir} has no probability column(s) {summarize_list(missing_cols)}: "
+                          "it was trained with another class map")
+    want = set(table.loc[table["fold"] == fold, "id"])
+    have = set(part["id"].astype(str))
+    if want != have:
+        raise PodiumError(
+            f"fold {fold} in {run_dir} validated on other images than {FOLDS_FILE} assigns to it "
+            f"({len(want - have)} missing, {len(have - want)} extra, e.g. {summarize_list(sorted(want ^ have), 3)}). "
+            "Was the fold folder copied from another CV? Delete it and train the fold again")
+
+
+def _check_oof_coverage(oof: pd.DataFrame, table: pd.DataFrame) -> None:
+    ids = oof["id"].astype(str)
+    dup = sorted(ids[ids.duplicated()].unique())
+    missing = sorted(set(table["id"]) - set(ids))
+    if dup or missing or len(oof) != len(table):
+        raise PodiumError(f"out-of-fold predictions must cover every image exactly once: {len(dup)} id(s) appear "
+                          f"twice ({summarize_list(dup, 3)}), {len(missing)} never ({summarize_list(missing, 3)})")
+
+
+def _read_meta(run_dir: Path) -> dict:
+    if not (run_dir / CV_FILE).is_file():
+        raise PodiumError(f"{run_dir} is not a cross-validation folder ({CV_FILE} is missing); "
+                          "create one with `podium cv CONFIG --folds K`")
+    return _read_json(run_dir / CV_FILE)
+
+
+def _competition_root(run_dir: Path, meta: dict) -> str | None:
+    test = meta.get("test_data")
+    cfg_path = Path(run_dir) / "config.yaml"
+    return test if test and cfg_path.is_file() and _is_competition(load_config(cfg_path), test) else None
+
+
+def _submission_cfg(run_dir: Path):
+    from podium.config import SubmissionConfig
+
+    path = Path(run_dir) / "config.yaml"
+    return load_config(path).output.submission if path.is_file() else SubmissionConfig()
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def load_oof(run_dir: str | Path) -> pd.DataFrame:
+    """The CV folder's OOF table, gathering it first when needed."""
+    run_dir = Path(run_dir)
+    if not (run_dir / OOF_FILE).is_file():
+        gather_cv(run_dir)
+    return pd.read_parquet(run_dir / OOF_FILE)
+
+
+# ---------------------------------------------------------------- measured improvements
+
+
+def oof_tta(run_dir: str | Path, views: list[str], merge: str = "mean", *, batch_size: int | None = None,
+            progress: bool = False) -> dict:
+    """Macro F1 of the OOF predictions with and without TTA (each fold predicts its own validation images).
+
+    TTA does not always help (a flip can hurt text or asymmetric classes), so
+    the gain is measured on held-out images before it is switched on.
+    """
+    from podium.data.dataset import encode_labels
+    from podium.evaluation.ensemble import macro_f1
+    from podium.evaluation.predict import predict_frame
+    from podium.model.checkpoints import load_module
+    from podium.runs import load_run
+    from podium.evaluation.tta import parse_views
+
+    run_dir = Path(run_dir)
+    views = ["identity", *[v for v in views if v != "identity"]]  # as predict does: the plain image plus views
+    parse_views(views)  # fail on a bad name before any work
+    oof = load_oof(run_dir)
+    classes = _read_meta(run_dir)["classes"]
+    parts = []
+    for fold, part in oof.groupby("fold", sort=True):
+        info = load_run(run_dir / f"fold{fold}")
+        summary = _read_json(info.dir / "summary.json")
+        module = load_module(info.checkpoint(str(info.dir / summary.get("best_checkpoint", "best.ckpt"))), classes)
+        probs = predict_frame(module, part, info.config, batch_size=batch_size, tta=list(views), tta_merge=merge,
+                              progress=progress)
+        parts.append(part.drop(columns=classes).reset_index(drop=True).join(pd.DataFrame(probs, columns=classes)))
+    tta = pd.concat(parts, ignore_index=True)
+    tta["prediction"] = np.asarray(classes)[tta[classes].to_numpy().argmax(1)]
+    y = encode_labels(oof["target"], classes, "OOF predictions")
+    y_tta = encode_labels(tta["target"], classes, "OOF predictions")
+    plain_pred, tta_pred = oof[classes].to_numpy().argmax(1), tta[classes].to_numpy().argmax(1)
+    n = len(classes)
+    per_fold = []
+    for fold in sorted(oof["fold"].unique()):
+        a, b = (oof["fold"] == fold).to_numpy(), (tta["fold"] == fold).to_numpy()
+        per_fold.append({"fold": int(fold), "macro_f1_plain": macro_f1(y[a], plain_pred[a], n),
+                         "macro_f1_tta": macro_f1(y_tta[b], tta_pred[b], n)})
+    result = {
+        "views": list(views), "merge": merge, "n_views": len(parse_views(views)), "n_images": len(tta),
+        "macro_f1_plain": macro_f1(y, plain_pred, n), "macro_f1_tta": macro_f1(y_tta, tta_pred, n),
+        "accuracy_plain": float((plain_pred == y).mean()), "accuracy_tta": float((tta_pred == y_tta).mean()),
+        "per_fold": per_fold,
+    }
+    result["gain"] = result["macro_f1_tta"] - result["macro_f1_plain"]
+    out = run_dir / "tta" / re.sub(r"[^A-Za-z0-9_.+-]", "_", "+".join(views) + f"_{merge}")
+    write_parquet(out / OOF_FILE, tta)
+    write_json(out / "summary.json", result)
+    result["out_dir"] = str(out)
+    return result
+
+
+def tune_biases(run_dir: str | Path, *, n_splits: int = 5, seed: int = 0) -> dict:
+    """Per-class logit biases for macro F1, fitted on the OOF table; gain measured by nested CV.
+
+    Writes ``logit_biases.json`` (and a biased submission when fold-averaged test
+    probabilities exist). Apply the biases only when ``gain`` > 0: the gain is
+    scored on rows the biases were not fitted on.
+    """
+    from podium.data.dataset import encode_labels
+    from podium.evaluation.ensemble import apply_logit_biases, nested_bias_gain
+
+    run_dir = Path(run_dir)
+    oof = load_oof(run_dir)
+    classes = _read_meta(run_dir)["classes"]
+    y = encode_labels(oof["target"], classes, "OOF predictions")
+    report = nested_bias_gain(oof[classes].to_numpy(dtype=np.float64), y, len(classes), n_splits=n_splits, seed=seed)
+    result = {"classes": classes, "biases": report["biases"], "fitted_on": f"{len(oof)} OOF images of {run_dir}",
+              "recommended": bool(report["gain"] > 0), **{k: v for k, v in report.items() if k != "biases"}}
+    test_path = run_dir / TEST_AVG_FILE
+    if test_path.is_file():
+        test = pd.read_parquet(test_path)
+        biased = apply_logit_biases(test[classes].to_numpy(dtype=np.float64), report["biases"])
+        result.update({f"biased_{k}": v for k, v in write_test_outputs(
+            run_dir, test["id"].astype(str), biased, classes, _submission_cfg(run_dir), stem="_biased",
+            competition_root=_competition_root(run_dir, _read_meta(run_dir))).items()})
+    write_json(run_dir / BIASES_FILE, result)
+    return result

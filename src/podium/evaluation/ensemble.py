@@ -1,0 +1,577 @@
+"""Combining several models' predictions into one better submission.
+
+Members are prediction tables over the same images (out-of-fold tables from
+cross-validation, or test tables from ``podium predict``). Everything here
+works on plain ``(N, C)`` probability arrays once `align_members` has checked
+that the tables really describe the same images and classes, because a
+silently misaligned ensemble scores like a random model.
+
+Weights and macro-F1 biases are fitted on out-of-fold data only; the
+``nested_bias_gain`` report exists so that the gain claimed for bias tuning is
+measured on rows the biases never saw.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+from scipy.special import softmax
+from scipy.stats import rankdata
+from sklearn.metrics import f1_score
+from sklearn.model_selection import StratifiedKFold
+
+from podium.errors import PodiumError, lookup, summarize_list
+from podium.fileio import atomic_path
+
+# Columns of a prediction table that are never class probabilities
+# (``val_predictions.parquet`` carries these next to the class columns).
+METADATA_COLUMNS = ("id", "path", "target", "prediction", "label", "group", "fold")
+
+_EPS = 1e-15
+_TIE_TOL = 1e-9
+
+Voter = Callable[..., np.ndarray]
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> float:
+    """Macro F1 over all ``n_classes`` so an absent class counts as 0, as leaderboards do."""
+    return float(
+        f1_score(y_true, y_pred, average="macro", labels=list(range(n_classes)), zero_division=0)
+    )
+
+
+def _fast_macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    # Same value as `macro_f1` (tested) without sklearn's validation overhead:
+    # bias tuning evaluates it thousands of times.
+    tp = np.bincount(y_true[y_true == y_pred], minlength=n_classes)[:n_classes]
+    n_true = np.bincount(y_true, minlength=n_classes)[:n_classes]
+    n_pred = np.bincount(y_pred, minlength=n_classes)[:n_classes]
+    denom = n_true + n_pred
+    f1 = np.divide(2.0 * tp, denom, out=np.zeros(n_classes), where=denom > 0)
+    return float(f1.mean())
+
+
+def _log_loss(probs: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], _EPS, None))))
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _as_members(probs_list: Sequence[np.ndarray]) -> np.ndarray:
+    """Stack members to (M, N, C), refusing empty lists and shape mismatches."""
+    if len(probs_list) == 0:
+        raise PodiumError("ensemble needs at least one member; got an empty list of predictions")
+    arrays = [np.asarray(p, dtype=np.float64) for p in probs_list]
+    first = arrays[0].shape
+    if len(first) != 2:
+        raise PodiumError(f"member 1 predictions must be a 2-D (images, classes) array; got shape {first}")
+    for i, a in enumerate(arrays[1:], start=2):
+        if a.shape != first:
+            raise PodiumError(
+                f"member {i} predictions have shape {a.shape} but member 1 has {first}; "
+                "all members must cover the same images and classes (use align_members)"
+            )
+    stacked = np.stack(arrays)
+    if not np.isfinite(stacked).all():
+        bad = int(np.flatnonzero(~np.isfinite(stacked).reshape(len(arrays), -1).all(1))[0]) + 1
+        raise PodiumError(f"member {bad} predictions contain NaN or infinite values")
+    return stacked
+
+
+def _as_weights(weights: Sequence[float] | None, n_members: int) -> np.ndarray:
+    if weights is None:
+        return np.full(n_members, 1.0 / n_members)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if w.shape[0] != n_members:
+        raise PodiumError(f"got {w.shape[0]} ensemble weights for {n_members} members; give one weight per member")
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise PodiumError(f"ensemble weights must be finite, >= 0 and not all zero; got {w.tolist()}")
+    return w / w.sum()
+
+
+def _as_labels(y_true: Sequence[int], n_rows: int, n_classes: int) -> np.ndarray:
+    y = np.asarray(y_true)
+    if y.shape != (n_rows,):
+        raise PodiumError(f"expected {n_rows} integer labels to match the predictions; got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise PodiumError(f"labels must be integer class indices; got dtype {y.dtype}")
+    if n_rows and (y.min() < 0 or y.max() >= n_classes):
+        raise PodiumError(f"labels must lie in 0..{n_classes - 1}; found {int(y.min())}..{int(y.max())}")
+    return y.astype(np.int64)
+
+
+# ---------------------------------------------------------------- voting
+
+
+def soft_vote(probs_list: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
+    """Weighted mean of member probabilities: the default, best when members are calibrated."""
+    members = _as_members(probs_list)
+    w = _as_weights(weights, len(members))
+    return np.tensordot(w, members, axes=1)
+
+
+def weighted_vote(probs_list: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
+    """Soft vote with explicit (usually `fit_weights`-fitted) weights; refuses to guess them."""
+    if weights is None:
+        raise PodiumError(
+            "the 'weighted' voter needs one weight per member; fit them on out-of-fold "
+            "predictions with fit_weights(...) or use the 'soft' voter for equal weights"
+        )
+    return soft_vote(probs_list, weights)
+
+
+def hard_vote(probs_list: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
+    """Weighted share of members whose top class is c; ties go to the larger summed probability.
+
+    Returns vote shares (rows sum to 1) so hard voting composes with the other
+    voters; the tie-break winner gets an infinitesimal bump so that ``argmax``
+    of the result is the tie-broken decision.
+    """
+    members = _as_members(probs_list)
+    w = _as_weights(weights, len(members))
+    n_classes = members.shape[2]
+    onehots = np.eye(n_classes)[members.argmax(axis=2)]  # (M, N, C)
+    votes = np.tensordot(w, onehots, axes=1)
+    summed = np.tensordot(w, members, axes=1)
+    tied = votes >= votes.max(axis=1, keepdims=True) - _TIE_TOL
+    winner = np.where(tied, summed, -np.inf).argmax(axis=1)
+    votes[np.arange(len(votes)), winner] += 2 * _TIE_TOL
+    return votes / votes.sum(axis=1, keepdims=True)
+
+
+def rank_average(probs_list: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
+    """Average of per-class ranks scaled to (0, 1]; robust to members with different calibration.
+
+    Each class column is ranked over images (ties averaged) and divided by N,
+    so a member that is over-confident cannot dominate. Rows are then
+    renormalised to sum to 1 (argmax unchanged) so the result composes with
+    the other voters.
+    """
+    members = _as_members(probs_list)
+    w = _as_weights(weights, len(members))
+    n_rows = members.shape[1]
+    ranks = rankdata(members, axis=1) / max(n_rows, 1)
+    scores = np.tensordot(w, ranks, axes=1)
+    return scores / scores.sum(axis=1, keepdims=True)
+
+
+VOTING: dict[str, Voter] = {
+    "hard": hard_vote,
+    "soft": soft_vote,
+    "weighted": weighted_vote,
+    "rank": rank_average,
+}
+
+
+def create_voter(name: str) -> Voter:
+    """Voter by config name (``ensemble.voting``); unknown names list the valid ones."""
+    return lookup(VOTING, name, "voting method")
+
+
+# ---------------------------------------------------------------- fitted weights
+
+
+def fit_weights(oof_probs_list: Sequence[np.ndarray], y_true: Sequence[int], n_classes: int) -> np.ndarray:
+    """Soft-vote weights on the simplex minimising out-of-fold log loss.
+
+    The objective ``-mean log(sum_m w_m p_m[i, y_i])`` is convex in ``w``, so
+    SLSQP from the uniform start reaches the global optimum deterministically.
+    Log loss (not F1) is used because it is smooth and rewards members that add
+    information rather than members that merely agree.
+    """
+    members = _as_members(oof_probs_list)
+    n_members, n_rows, n_cols = members.shape
+    if n_cols != n_classes:
+        raise PodiumError(f"predictions have {n_cols} class columns but n_classes is {n_classes}")
+    y = _as_labels(y_true, n_rows, n_classes)
+    if n_members == 1:
+        return np.ones(1)
+    if n_rows == 0:
+        raise PodiumError("cannot fit ensemble weights on zero out-of-fold rows")
+    true_p = members[:, np.arange(n_rows), y].T  # (N, M)
+
+    def loss(w: np.ndarray) -> float:
+        return float(-np.mean(np.log(np.clip(true_p @ w, _EPS, None))))
+
+    def grad(w: np.ndarray) -> np.ndarray:
+        mix = np.clip(true_p @ w, _EPS, None)
+        return -(true_p / mix[:, None]).mean(axis=0)
+
+    start = np.full(n_members, 1.0 / n_members)
+    result = minimize(
+        loss,
+        start,
+        jac=grad,
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * n_members,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}],
+        options={"maxiter": 500, "ftol": 1e-12},
+    )
+    w = np.clip(result.x, 0.0, None)
+    if not np.isfinite(w).all() or w.sum() <= 0 or loss(w / w.sum()) > loss(start):
+        # SLSQP failed to improve on equal weights: equal weights are the honest answer.
+        return start
+    return w / w.sum()
+
+
+# ---------------------------------------------------------------- multi-attribute
+
+
+def compose_attribute_probs(attr_probs: Sequence[np.ndarray]) -> np.ndarray:
+    """Joint class probabilities from independent attribute heads, in mixed-radix order.
+
+    The first attribute is the most significant digit: for radices (3, 2, 3)
+    (mask, gender, age) the composite index is ``mask*6 + gender*3 + age``,
+    which is `composite_index` / ``np.ravel_multi_index``.
+    """
+    if len(attr_probs) == 0:
+        raise PodiumError("compose_attribute_probs needs at least one attribute probability array")
+    arrays = [np.asarray(p, dtype=np.float64) for p in attr_probs]
+    n_rows = arrays[0].shape[0]
+    for i, a in enumerate(arrays):
+        if a.ndim != 2 or a.shape[0] != n_rows:
+            raise PodiumError(
+                f"attribute {i + 1} probabilities have shape {a.shape}; expected ({n_rows}, K) like attribute 1"
+            )
+    joint = arrays[0]
+    for a in arrays[1:]:
+        joint = (joint[:, :, None] * a[:, None, :]).reshape(n_rows, -1)
+    total = joint.sum(axis=1, keepdims=True)
+    return np.divide(joint, total, out=np.full_like(joint, 1.0 / joint.shape[1]), where=total > 0)
+
+
+def composite_index(attr_indices: Sequence[Sequence[int]], radices: Sequence[int]) -> np.ndarray:
+    """Composite class index of per-attribute indices (first attribute most significant)."""
+    return np.ravel_multi_index(tuple(np.asarray(a) for a in attr_indices), tuple(radices))
+
+
+def split_composite_index(index: Sequence[int], radices: Sequence[int]) -> tuple[np.ndarray, ...]:
+    """Inverse of `composite_index`: per-attribute indices of composite classes."""
+    return np.unravel_index(np.asarray(index), tuple(radices))
+
+
+def vote_per_attribute(
+    members_attr_probs: Sequence[Sequence[np.ndarray]],
+    voter: Voter | str = "soft",
+    weights: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Vote each attribute across members, then compose the joint probabilities.
+
+    Voting per attribute keeps every head's evidence: voting on composite
+    classes lets one wrong attribute flip an otherwise agreed prediction.
+    ``members_attr_probs[m][a]`` is member m's (N, K_a) array for attribute a.
+    """
+    if len(members_attr_probs) == 0:
+        raise PodiumError("vote_per_attribute needs at least one member")
+    vote = create_voter(voter) if isinstance(voter, str) else voter
+    n_attrs = len(members_attr_probs[0])
+    for i, member in enumerate(members_attr_probs, start=1):
+        if len(member) != n_attrs:
+            raise PodiumError(f"member {i} has {len(member)} attribute heads but member 1 has {n_attrs}")
+    voted = [vote([m[a] for m in members_attr_probs], weights) for a in range(n_attrs)]
+    return compose_attribute_probs(voted)
+
+
+# ---------------------------------------------------------------- prediction tables
+
+
+def probability_columns(frame: pd.DataFrame) -> list[str]:
+    """Class columns of a prediction table: every column that is not known metadata."""
+    return [str(c) for c in frame.columns if str(c) not in METADATA_COLUMNS]
+
+
+def align_members(
+    frames: Sequence[pd.DataFrame],
+    names: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
+) -> list[np.ndarray]:
+    """Probability arrays of prediction tables, rows in the first member's ``id`` order.
+
+    Refuses tables whose id sets or class columns differ (naming the member
+    and showing what differs) because averaging misaligned rows or columns
+    produces a confident, wrong submission. Only the row order (and the column
+    order, since columns are identified by class name) is repaired. ``classes``
+    fixes the class order; by default it is member 1's column order.
+    """
+    if len(frames) == 0:
+        raise PodiumError("align_members needs at least one prediction table")
+    labels = list(names) if names is not None else [f"member {i + 1}" for i in range(len(frames))]
+    if len(labels) != len(frames):
+        raise PodiumError(f"got {len(labels)} member names for {len(frames)} prediction tables")
+    for label, frame in zip(labels, frames):
+        _check_table(frame, label)
+    ref_ids = frames[0]["id"].astype(str)
+    ref_classes = list(classes) if classes is not None else probability_columns(frames[0])
+    arrays = []
+    for label, frame in zip(labels, frames):
+        _check_same_classes(frame, label, ref_classes, labels[0])
+        ids = frame["id"].astype(str)
+        _check_same_ids(ids, label, ref_ids, labels[0])
+        ordered = frame.assign(id=ids).set_index("id").loc[ref_ids.to_numpy(), ref_classes]
+        values = ordered.to_numpy(dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise PodiumError(f"{label} has NaN or infinite probabilities; re-run predict for that member")
+        arrays.append(values)
+    return arrays
+
+
+def _check_table(frame: pd.DataFrame, label: str) -> None:
+    if "id" not in frame.columns:
+        raise PodiumError(f"{label} has no 'id' column; columns are {summarize_list(list(frame.columns))}")
+    dup = frame["id"].astype(str)
+    dup = dup[dup.duplicated()].unique().tolist()
+    if dup:
+        raise PodiumError(f"{label} has duplicate ids: {summarize_list(dup)}; each image must appear once")
+
+
+def _check_same_classes(frame: pd.DataFrame, label: str, ref: list[str], ref_label: str) -> None:
+    have = probability_columns(frame)
+    missing = [c for c in ref if c not in have]
+    extra = [c for c in have if c not in ref]
+    if missing or extra:
+        raise PodiumError(
+            f"{label} class columns differ from {ref_label}: "
+            f"missing {summarize_list(missing) or 'none'}, extra {summarize_list(extra) or 'none'}; "
+            f"expected classes {summarize_list(ref, first=10)}. Members must be trained on the same class map"
+        )
+
+
+def _check_same_ids(ids: pd.Series, label: str, ref_ids: pd.Series, ref_label: str) -> None:
+    have, want = set(ids), set(ref_ids)
+    if have == want:
+        return
+    missing = [i for i in ref_ids if i not in have]
+    extra = [i for i in ids if i not in want]
+    raise PodiumError(
+        f"{label} covers different images than {ref_label}: {len(missing)} ids missing "
+        f"({summarize_list(missing) or 'none'}), {len(extra)} extra ({summarize_list(extra) or 'none'}). "
+        "Predict every member on the same image folder or fold split"
+    )
+
+
+# ---------------------------------------------------------------- macro-F1 bias tuning
+
+
+DEFAULT_BIAS_GRID = np.round(np.linspace(-2.0, 2.0, 41), 6)
+
+
+def apply_logit_biases(probs: np.ndarray, biases: Sequence[float]) -> np.ndarray:
+    """``softmax(log p + b)``: shifts the decision boundary towards under-predicted classes."""
+    p = np.asarray(probs, dtype=np.float64)
+    b = np.asarray(biases, dtype=np.float64)
+    if b.shape != (p.shape[1],):
+        raise PodiumError(f"got {b.shape[0] if b.ndim else 1} biases for {p.shape[1]} classes")
+    return softmax(np.log(np.clip(p, _EPS, None)) + b, axis=1)
+
+
+def fit_logit_biases(
+    probs: np.ndarray,
+    y_true: Sequence[int],
+    n_classes: int,
+    n_rounds: int = 3,
+    grid: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Per-class additive log-probability biases maximising macro F1 by coordinate ascent.
+
+    Argmax of calibrated probabilities maximises accuracy, not macro F1: rare
+    classes are under-predicted. Starting at zero and accepting only strict
+    improvements guarantees the fitted biases never lower macro F1 on the data
+    they were fitted on (use `nested_bias_gain` for an honest estimate).
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != n_classes:
+        raise PodiumError(f"probabilities must have shape (N, {n_classes}); got {p.shape}")
+    y = _as_labels(y_true, p.shape[0], n_classes)
+    values = DEFAULT_BIAS_GRID if grid is None else np.asarray(grid, dtype=np.float64)
+    logp = np.log(np.clip(p, _EPS, None))
+    biases = np.zeros(n_classes)
+    best = _fast_macro_f1(y, logp.argmax(axis=1), n_classes)
+    for _ in range(n_rounds):
+        improved = False
+        for c in range(n_classes):
+            # Only class c's score moves, so argmax reduces to "c vs the best other class":
+            # O(N) per candidate instead of O(N*C).
+            scores = logp + biases
+            scores[:, c] = -np.inf
+            other = scores.argmax(axis=1)
+            other_max = scores[np.arange(len(y)), other]
+            for v in values:
+                if v == biases[c]:
+                    continue
+                mine = logp[:, c] + v
+                wins = (mine > other_max) | ((mine == other_max) & (c < other))  # argmax's tie rule
+                score = _fast_macro_f1(y, np.where(wins, c, other), n_classes)
+                if score > best + 1e-12:
+                    best, improved = score, True
+                    biases = biases.copy()
+                    biases[c] = v
+        if not improved:
+            break
+    return biases
+
+
+def nested_bias_gain(
+    probs: np.ndarray,
+    y_true: Sequence[int],
+    n_classes: int,
+    n_splits: int = 5,
+    seed: int = 0,
+    **fit_kwargs,
+) -> dict:
+    """Macro F1 before/after bias tuning, scored only on folds the biases never saw.
+
+    Also returns ``biases`` fitted on all rows, to apply to test predictions
+    when ``gain`` is positive.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    y = _as_labels(y_true, p.shape[0], n_classes)
+    counts = np.bincount(y, minlength=n_classes)
+    if n_splits < 2 or counts.max(initial=0) < n_splits:
+        raise PodiumError(
+            f"nested bias tuning needs n_splits >= 2 and at least one class with >= n_splits rows; "
+            f"got n_splits={n_splits}, largest class has {counts.max(initial=0)} rows"
+        )
+    folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    before = p.argmax(axis=1)
+    after = before.copy()
+    fold_before, fold_after = [], []
+    with warnings.catch_warnings():
+        # Rare classes with fewer rows than folds are expected in imbalanced data.
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        splits = list(folds.split(np.zeros(len(y)), y))
+    for fit_idx, held_idx in splits:
+        b = fit_logit_biases(p[fit_idx], y[fit_idx], n_classes, **fit_kwargs)
+        after[held_idx] = (np.log(np.clip(p[held_idx], _EPS, None)) + b).argmax(axis=1)
+        fold_before.append(macro_f1(y[held_idx], before[held_idx], n_classes))
+        fold_after.append(macro_f1(y[held_idx], after[held_idx], n_classes))
+    f1_before = macro_f1(y, before, n_classes)
+    f1_after = macro_f1(y, after, n_classes)
+    return {
+        "f1_before": f1_before,
+        "f1_after": f1_after,
+        "gain": f1_after - f1_before,
+        "fold_f1_before": fold_before,
+        "fold_f1_after": fold_after,
+        "n_splits": n_splits,
+        "seed": seed,
+        "biases": fit_logit_biases(p, y, n_classes, **fit_kwargs).tolist(),
+    }
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _load_state_dict(path: str | Path) -> tuple[dict, dict]:
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise PodiumError(f"checkpoint {path} does not exist; pass paths of .ckpt files written by training")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        found = summarize_list(list(ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise PodiumError(f"checkpoint {path} has no 'state_dict' (found {found}); expected a Lightning checkpoint")
+    return ckpt, ckpt["state_dict"]
+
+
+def average_checkpoints(paths: Sequence[str | Path]) -> dict:
+    """Element-wise mean of checkpoints' weights (SWA-style averaging of one run's epochs).
+
+    Float tensors are averaged in float64 and cast back; integer buffers such
+    as BatchNorm's ``num_batches_tracked`` are counters, not weights, so the
+    last checkpoint's value is kept. Checkpoints are loaded one at a time.
+    """
+    if len(paths) == 0:
+        raise PodiumError("average_checkpoints needs at least one checkpoint path")
+    _, first = _load_state_dict(paths[0])
+    sums = {k: v.double().clone() if v.is_floating_point() else v.clone() for k, v in first.items()}
+    for path in paths[1:]:
+        _, state = _load_state_dict(path)
+        _check_same_keys(first, state, paths[0], path)
+        for key, value in state.items():
+            if value.is_floating_point():
+                sums[key] += value.double()
+            else:
+                sums[key] = value.clone()
+    n = len(paths)
+    return {
+        k: (sums[k] / n).to(first[k].dtype) if first[k].is_floating_point() else sums[k]
+        for k in first
+    }
+
+
+def _check_same_keys(ref: dict, state: dict, ref_path, path) -> None:
+    for key in list(ref) + [k for k in state if k not in ref]:
+        if key not in state or key not in ref:
+            where = path if key not in state else ref_path
+            raise PodiumError(
+                f"cannot average {ref_path} and {path}: key {key!r} is missing from {where}; "
+                "only checkpoints of the same model architecture can be averaged"
+            )
+        if tuple(ref[key].shape) != tuple(state[key].shape):
+            raise PodiumError(
+                f"cannot average {ref_path} and {path}: key {key!r} has shape "
+                f"{tuple(ref[key].shape)} vs {tuple(state[key].shape)}; "
+                "only checkpoints of the same model architecture can be averaged"
+            )
+
+
+def save_averaged_checkpoint(paths: Sequence[str | Path], out_path: str | Path) -> Path:
+    """Write a loadable checkpoint: first checkpoint's fields with the averaged weights."""
+    import torch
+
+    averaged = average_checkpoints(paths)
+    ckpt, _ = _load_state_dict(paths[0])
+    ckpt["state_dict"] = averaged
+    ckpt["podium_averaged_from"] = [str(p) for p in paths]
+    with atomic_path(out_path) as tmp:
+        torch.save(ckpt, tmp)
+    return Path(out_path)
+
+
+# ---------------------------------------------------------------- report
+
+
+def member_score_table(
+    probs_list: Sequence[np.ndarray],
+    y_true: Sequence[int],
+    n_classes: int,
+    names: Sequence[str] | None = None,
+    ensembles: dict[str, np.ndarray] | None = None,
+    weights: Sequence[float] | None = None,
+) -> pd.DataFrame:
+    """Each member's out-of-fold macro F1, accuracy and log loss next to the ensembles'.
+
+    An ensemble that does not beat its best member is not worth submitting;
+    this table makes that visible.
+    """
+    members = _as_members(probs_list)
+    y = _as_labels(y_true, members.shape[1], n_classes)
+    labels = list(names) if names is not None else [f"member_{i + 1}" for i in range(len(members))]
+    if len(labels) != len(members):
+        raise PodiumError(f"got {len(labels)} member names for {len(members)} members")
+    w = _as_weights(weights, len(members)) if weights is not None else [np.nan] * len(members)
+    rows = [_score_row(name, "member", p, y, n_classes, wt) for name, p, wt in zip(labels, members, w)]
+    for name, p in (ensembles or {}).items():
+        rows.append(_score_row(name, "ensemble", np.asarray(p, dtype=np.float64), y, n_classes, np.nan))
+    return pd.DataFrame(rows, columns=["name", "kind", "macro_f1", "accuracy", "log_loss", "weight"])
+
+
+def _score_row(name: str, kind: str, p: np.ndarray, y: np.ndarray, n_classes: int, weight: float) -> dict:
+    pred = p.argmax(axis=1)
+    return {
+        "name": name,
+        "kind": kind,
+        "macro_f1": macro_f1(y, pred, n_classes),
+        "accuracy": float((pred == y).mean()),
+        "log_loss": _log_loss(p, y),
+        "weight": float(weight),
+    }

@@ -1,0 +1,271 @@
+"""Ensembles and checkpoint averages built from run folders (single runs, CV runs, prediction files).
+
+The voting and weight-fitting math lives in `ensemble`; this module finds the
+members' out-of-fold and test predictions, checks they describe the same
+images and classes, and writes the combined submission and score table.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from podium.evaluation.cv import CV_FILE, OOF_FILE, TEST_AVG_FILE, _read_json, _read_meta, _submission_cfg, load_oof, write_test_outputs
+from podium.model.engine import EPOCHS_DIR
+from podium.errors import PodiumError, summarize_list
+from podium.fileio import write_csv, write_json, write_parquet
+from podium.tasks.spec import composite_task
+
+
+# ---------------------------------------------------------------- checkpoint averaging
+
+
+_EPOCH_RE = re.compile(r"epoch(\d+)\.ckpt$")
+
+
+def epoch_checkpoints(run_dir: str | Path) -> dict[int, Path]:
+    """``{epoch: path}`` of a run's per-epoch checkpoints (``epochs/epochNNN.ckpt``)."""
+    folder = Path(run_dir) / EPOCHS_DIR
+    found = {}
+    for path in folder.glob("*.ckpt") if folder.is_dir() else []:
+        match = _EPOCH_RE.search(path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def select_epochs(run_dir: str | Path, *, last: int | None = None, best: int | None = None) -> list[Path]:
+    """The last k epochs' checkpoints, or the k with the best ``train.monitor`` in metrics.csv."""
+    from podium.runs import load_run
+
+    if (last is None) == (best is None):
+        raise PodiumError("choose which checkpoints to average: --last K or --best K (one of them)")
+    k = last if last is not None else best
+    if k < 1:
+        raise PodiumError(f"the number of checkpoints to average must be >= 1; got {k}")
+    run_dir = Path(run_dir)
+    available = epoch_checkpoints(run_dir)
+    if not available:
+        have = sorted(p.name for p in run_dir.glob("*.ckpt"))
+        raise PodiumError(
+            f"{run_dir} has no per-epoch checkpoints ({EPOCHS_DIR}/epochNNN.ckpt), only {have or 'none'}: averaging "
+            "needs the weights of several epochs. Train with per-epoch checkpoints: "
+            "`podium train ... train.save_epoch_checkpoints=true` or `podium cv ... --save-epochs`")
+    if len(available) < k:
+        raise PodiumError(f"{run_dir} has {len(available)} per-epoch checkpoint(s) (epochs {list(available)}); "
+                          f"cannot average {k}. Use a smaller K")
+    if last is not None:
+        return [available[e] for e in list(available)[-k:]]
+    cfg = load_run(run_dir).config
+    metrics = pd.read_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").is_file() else pd.DataFrame()
+    monitor = cfg.train.monitor
+    if monitor not in metrics.columns:
+        raise PodiumError(f"{run_dir}/metrics.csv has no {monitor} column to rank epochs by; use --last K")
+    ranked = metrics[metrics["epoch"].isin(list(available))].dropna(subset=[monitor])
+    ranked = ranked.sort_values(monitor, ascending=cfg.train.monitor_mode == "min")
+    if len(ranked) < k:
+        raise PodiumError(f"only {len(ranked)} epoch(s) with a checkpoint have a {monitor} value; use a smaller K")
+    return [available[int(e)] for e in sorted(ranked["epoch"].head(k))]
+
+
+def average_run_checkpoints(run_dir: str | Path, *, last: int | None = None, best: int | None = None,
+                            out: str | Path | None = None, evaluate: bool = True, progress: bool = False) -> dict:
+    """Write the mean of several epochs' weights and (by default) score it on the run's validation split.
+
+    Averaging the last epochs of a decaying schedule often generalises better
+    than any single epoch (SWA); the validation score says whether it did here.
+    BatchNorm statistics are averaged too, an approximation of SWA's re-estimate.
+    """
+    from podium.evaluation.ensemble import save_averaged_checkpoint
+
+    run_dir = Path(run_dir)
+    paths = select_epochs(run_dir, last=last, best=best)
+    out = Path(out) if out else run_dir / f"averaged_{'last' if last else 'best'}{len(paths)}.ckpt"
+    save_averaged_checkpoint(paths, out)
+    result = {"checkpoint": str(out), "averaged": [p.name for p in paths]}
+    if evaluate:
+        result.update(_score_checkpoints(run_dir, {"averaged": out, "best": run_dir / "best.ckpt"}, progress))
+    return result
+
+
+def _score_checkpoints(run_dir: Path, ckpts: dict[str, Path], progress: bool) -> dict:
+    from podium.data.dataset import encode_labels
+    from podium.evaluation.ensemble import macro_f1
+    from podium.evaluation.predict import predict_frame
+    from podium.model.checkpoints import load_module
+    from podium.runs import load_run
+    from podium.data.samples import load_split
+
+    info = load_run(run_dir)
+    val = load_split(run_dir, info.classes).val
+    y = encode_labels(val["label"], info.classes, "validation split")
+    scores = {}
+    for name, path in ckpts.items():
+        if path.is_file():
+            probs = predict_frame(load_module(path, info.classes), val, info.config, progress=progress)
+            scores[f"val_macro_f1_{name}"] = macro_f1(y, probs.argmax(1), len(info.classes))
+    return scores
+
+
+# ---------------------------------------------------------------- ensembles of runs
+
+
+@dataclass
+class Member:
+    """One ensemble member: its OOF/validation table (scored, used to fit weights) and test table."""
+
+    name: str
+    classes: list[str]
+    oof: pd.DataFrame | None
+    test: pd.DataFrame | None
+    submission: object | None = None  # the member's SubmissionConfig when known
+
+
+def load_member(spec: str | Path, test_probs: str | Path | None = None) -> Member:
+    """A CV folder (OOF + averaged test), a run folder (validation predictions) or a parquet table.
+
+    A parquet with a ``target`` column is an OOF/validation table, otherwise a test table.
+    """
+    from podium.evaluation.ensemble import probability_columns
+
+    path = Path(spec)
+    sub, test = None, None
+    if path.is_dir() and (path / CV_FILE).is_file():
+        oof, classes = load_oof(path), _read_meta(path)["classes"]
+        test = pd.read_parquet(path / TEST_AVG_FILE) if (path / TEST_AVG_FILE).is_file() else None
+        sub = _submission_cfg(path)
+    elif path.is_dir() and (path / "val_predictions.parquet").is_file():
+        oof = pd.read_parquet(path / "val_predictions.parquet")
+        classes = _read_json(path / "classes.json")["classes"]
+        sub = _submission_cfg(path)
+    elif path.is_file() and path.suffix == ".parquet":
+        table = pd.read_parquet(path)
+        classes = probability_columns(table)
+        oof, test = (table, None) if "target" in table.columns else (None, table)
+    else:
+        raise PodiumError(f"ensemble member {spec} is neither a CV folder (with {CV_FILE}), a run folder (with "
+                          "val_predictions.parquet) nor a .parquet prediction table")
+    if test_probs is not None:
+        if not Path(test_probs).is_file():
+            raise PodiumError(f"test probabilities {test_probs} (for member {spec}) not found")
+        test = pd.read_parquet(test_probs)
+    return Member(str(spec), list(classes), oof, test, sub)
+
+
+def ensemble_members(specs: list[str], method: str = "soft", *, out: str | Path | None = None,
+                     test_probs: list[str] | None = None) -> dict:
+    """Combine members with ``method`` (hard/soft/weighted/rank); score every member and the ensemble on OOF.
+
+    ``weighted`` fits weights on the OOF rows (so its OOF score is optimistic);
+    the same weights are applied to the test tables. Everything is checked
+    before the output folder is created, so a refused ensemble leaves nothing.
+    """
+    from podium.evaluation.ensemble import align_members, create_voter, fit_weights, member_score_table
+
+    if not specs:
+        raise PodiumError("give at least one ensemble member (CV folder, run folder or parquet file)")
+    vote = create_voter(method)
+    if test_probs and len(test_probs) != len(specs):
+        raise PodiumError(f"--test-probs gives {len(test_probs)} file(s) for {len(specs)} members; give one per member")
+    members = [load_member(s, t) for s, t in zip(specs, test_probs or [None] * len(specs))]
+    names, classes = [m.name for m in members], members[0].classes
+    result: dict = {"method": method, "members": names, "classes": classes, "weights": None,
+                    "voting": "on the classes"}
+    attributes = composite_task(classes)
+    if attributes is not None:  # multi-attribute classes: vote each attribute, then compose
+        vote = _per_attribute(vote, attributes)
+        result["voting"] = "per attribute, then composed"
+    oof_table, weights = None, None
+    if _all_or_none(members, "oof", "OOF/validation predictions"):
+        arrays = align_members([m.oof for m in members], names, classes)
+        y, ids, targets = _common_targets(members, classes)
+        if method == "weighted":
+            weights = fit_weights(arrays, y, len(classes))
+            result["weights"] = [float(w) for w in weights]
+            result["note"] = "weights were fitted on these OOF rows: the ensemble's OOF score is optimistic"
+        combined = vote(arrays, weights)
+        result["scores"] = member_score_table(arrays, y, len(classes), names, {f"ensemble ({method})": combined},
+                                              weights)
+        result["oof_macro_f1"] = float(result["scores"]["macro_f1"].iloc[-1])
+        pred = np.asarray(classes)[combined.argmax(1)]
+        base = {"id": ids, "target": targets, "prediction": pred}
+        if "path" in members[0].oof.columns:  # image paths let the report show the worst errors
+            paths = members[0].oof.assign(id=members[0].oof["id"].astype(str)).set_index("id")["path"]
+            base = {"id": ids, "path": paths.reindex(ids).to_numpy(), "target": targets, "prediction": pred}
+        oof_table = pd.concat([pd.DataFrame(base), pd.DataFrame(combined, columns=classes)], axis=1)
+    elif method == "weighted":
+        raise PodiumError("the weighted method fits weights on OOF predictions, but no member has any; "
+                          "use soft, hard or rank for test-only members")
+    test_probs_avg = None
+    if _all_or_none(members, "test", "test probabilities (pass --test-probs, one file per member)"):
+        arrays = align_members([m.test for m in members], [f"{n} (test)" for n in names], classes)
+        test_ids, test_probs_avg = members[0].test["id"].astype(str), vote(arrays, weights)
+    if oof_table is None and test_probs_avg is None:
+        raise PodiumError("the members have neither OOF nor test predictions to combine")
+    out_dir = _ensemble_dir(out)
+    result["out_dir"] = str(out_dir)
+    if oof_table is not None:
+        write_csv(out_dir / "scores.csv", result["scores"])
+        write_parquet(out_dir / OOF_FILE, oof_table)
+    if test_probs_avg is not None:
+        from podium.config import SubmissionConfig
+
+        sub = next((m.submission for m in members if m.submission is not None), None) or SubmissionConfig()
+        result.update(write_test_outputs(out_dir, test_ids, test_probs_avg, classes, sub))
+    write_json(out_dir / "ensemble.json", {k: v for k, v in result.items() if k != "scores"})
+    if oof_table is not None and "path" in oof_table.columns:
+        from podium.reports.report import build_run_report
+
+        result["report"] = str(build_run_report(out_dir))
+    return result
+
+
+def _per_attribute(vote, task):
+    from podium.evaluation.ensemble import vote_per_attribute
+
+    def voter(arrays, weights=None):
+        marginals = [[task.marginal_probs(a, name) for name in task.names] for a in arrays]
+        return vote_per_attribute(marginals, vote, weights)
+
+    return voter
+
+
+def _all_or_none(members: list[Member], attr: str, what: str) -> bool:
+    lacking = [m.name for m in members if getattr(m, attr) is None]
+    if lacking and len(lacking) < len(members):
+        raise PodiumError(f"member(s) {summarize_list(lacking)} have no {what} while the others do; "
+                          "every member must cover the same images")
+    return not lacking
+
+
+def _common_targets(members: list[Member], classes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from podium.data.dataset import encode_labels
+
+    for m in members:
+        if "target" not in m.oof.columns:
+            raise PodiumError(f"member {m.name} has no target column: OOF tables must carry the true class")
+    first = members[0].oof
+    ids = first["id"].astype(str).to_numpy()
+    targets = first["target"].astype(str).to_numpy()
+    for m in members[1:]:
+        other = m.oof.assign(id=m.oof["id"].astype(str)).set_index("id")["target"].astype(str).reindex(ids).to_numpy()
+        differ = ids[other != targets]
+        if len(differ):
+            raise PodiumError(f"member {m.name} gives other true classes than {members[0].name} for "
+                              f"{len(differ)} image(s): {summarize_list(differ.tolist(), 3)}")
+    return encode_labels(targets, classes, "ensemble OOF targets"), ids, targets
+
+
+def _ensemble_dir(out: str | Path | None) -> Path:
+    from podium.runs import next_free_dir
+
+    if out is None:
+        return next_free_dir(Path("runs"), "ensemble")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise PodiumError(f"output folder {out} exists and is not empty; choose a new --out (nothing is overwritten)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out

@@ -1,0 +1,68 @@
+"""The one checkpoint reader: every podium command that opens a .ckpt goes through here.
+
+Checkpoints are shared between teammates and downloaded from the web, so they
+are data, not code: `torch.load(..., weights_only=True)` never runs pickled
+objects, and a file that needs more than tensors and plain containers is
+refused with a message that names it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from podium.errors import PodiumError, summarize_list
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint's contents (tensors and plain Python values only)."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise PodiumError(f"checkpoint {path} does not exist; pass a .ckpt file written by podium training")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise PodiumError(
+            f"refused to load checkpoint {path}: it holds Python objects beyond tensors and plain values, "
+            f"which could run code when unpickled ({reason}). podium checkpoints never need that; "
+            "only load files from sources you trust, re-exported as plain weights") from None
+    except Exception as exc:  # truncated or not a torch file at all
+        raise PodiumError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc)[:300]} "
+                          "(is it a complete .ckpt written by podium?)") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        found = summarize_list(list(ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise PodiumError(f"checkpoint {path} has no 'state_dict' (found {found}); expected a Lightning checkpoint")
+    return ckpt
+
+
+def load_module(ckpt_path: str | Path, classes: list[str] | None = None):
+    """Rebuild the Classifier from a checkpoint without downloading pretrained weights,
+    in eval mode; ``classes`` (the run's class map) must match the checkpoint's."""
+    from podium.model.engine import Classifier
+
+    ckpt_path = Path(ckpt_path)
+    checkpoint = read_checkpoint(ckpt_path)
+    hparams = checkpoint.get("hyper_parameters")
+    if not hparams:
+        raise PodiumError(f"{ckpt_path} is not a podium checkpoint (no hyper-parameters)")
+    if classes is not None and list(hparams["classes"]) != list(classes):
+        raise PodiumError(
+            f"checkpoint {ckpt_path} was trained on {len(hparams['classes'])} classes "
+            f"{hparams['classes'][:10]}, but the run's class map has {len(classes)}: {classes[:10]}")
+    module = Classifier(**{**hparams, "load_pretrained": False})
+    try:
+        module.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise PodiumError(
+            f"checkpoint {ckpt_path} does not fit model {module.model_cfg.name} with "
+            f"{len(hparams['classes'])} classes (architecture or class count mismatch): {str(exc)[:300]}") from None
+    return module.eval()
+
+
+def checkpoint_classes(path: str | Path) -> list[str]:
+    """The class map a checkpoint was trained on (for checks before resuming)."""
+    hparams = read_checkpoint(path).get("hyper_parameters") or {}
+    return list(hparams.get("classes", []))

@@ -1,0 +1,377 @@
+"""Training on Lightning: the LightningModule, podium's callbacks and the Trainer.
+
+`Classifier` wraps any backbone with on-device normalization, the loss and the
+metrics; `build_trainer` turns the config into a Lightning Trainer (so the
+same run goes from one CPU to many GPUs and nodes unchanged).
+"""
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+from podium.config import ModelConfig, PodiumConfig, TrainConfig
+from podium.errors import PodiumError
+from podium.model.losses import create_loss
+from podium.evaluation.metrics import create_metrics
+from podium.model.models import create_model, split_parameters
+from podium.model.optim import create_optimizer, create_scheduler, end_epoch, step_scheduler
+
+
+class Classifier(pl.LightningModule):
+    """A backbone plus normalization, loss, metrics and optimizer set-up.
+
+    Inputs may be uint8 images (0..255): they are normalized here, on the
+    device, so data loading ships 4x fewer bytes and exported models carry
+    their own preprocessing.
+    """
+
+    def __init__(self, model_cfg: ModelConfig | dict, train_cfg: TrainConfig | dict, classes: list[str], mean, std,
+                 class_weights: list[float] | None = None, load_pretrained: bool = True,
+                 heads: list[int] | None = None, head_weights: list[float] | None = None):
+        super().__init__()
+        # Typed configs in, plain dicts into the checkpoint (loadable with weights_only=True);
+        # a dict from a checkpoint is validated by the schema, so defaults live in one place.
+        self.model_cfg = ModelConfig.model_validate(model_cfg) if isinstance(model_cfg, dict) else model_cfg
+        self.train_cfg = TrainConfig.model_validate(train_cfg) if isinstance(train_cfg, dict) else train_cfg
+        self.save_hyperparameters({
+            "model_cfg": self.model_cfg.model_dump(mode="json"), "train_cfg": self.train_cfg.model_dump(mode="json"),
+            "classes": list(classes), "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+            "class_weights": None if class_weights is None else [float(w) for w in class_weights],
+            "heads": None if not heads else [int(h) for h in heads],
+            "head_weights": None if head_weights is None else [float(w) for w in head_weights]})
+        m, t = self.model_cfg, self.train_cfg
+        self.classes = list(classes)
+        n = len(classes)
+        self.heads = list(heads) if heads else None
+        if self.heads and int(np.prod(self.heads)) != n:
+            raise PodiumError(f"heads {self.heads} do not compose the {n} classes")
+        self.model = create_model(
+            m.name, sum(self.heads) if self.heads else n, dropout=m.dropout,
+            pretrained=m.pretrained and load_pretrained, pretrained_path=m.pretrained_path if load_pretrained else None)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        loss_kw = dict(label_smoothing=t.label_smoothing, focal_gamma=t.focal_gamma)
+        if self.heads:
+            weights = _split(class_weights, self.heads)
+            self.head_losses = torch.nn.ModuleList([
+                create_loss(t.loss, k, class_weights=w, **loss_kw) for k, w in zip(self.heads, weights)])
+            self.head_weights = list(head_weights or [1.0] * len(self.heads))
+        else:
+            weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+            self.criterion = create_loss(t.loss, n, class_weights=weights, **loss_kw)
+        self.val_metrics = create_metrics(n)
+        self.skipped_images = 0
+        self.channels_last = bool(t.channels_last)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # Compiled callable kept off the module tree, so checkpoints keep plain parameter names.
+        object.__setattr__(self, "_run_model", _maybe_compile(self.model, t.compile))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits; with attribute heads, the composite log-probabilities
+        (the product of the heads' probabilities), so softmax gives them back."""
+        out = self._run_model(self._prepare(x))
+        return compose_log_probs(out, self.heads) if self.heads else out
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(x)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if not self.heads:
+            return self.criterion(self(images), targets)
+        raw = self._run_model(self._prepare(images))
+        total = raw.new_zeros(())
+        for (logits, digit), loss_fn, w in zip(split_heads(raw, targets, self.heads), self.head_losses, self.head_weights):
+            total = total + w * loss_fn(logits, digit)
+        return total / sum(self.head_weights)
+
+    def _unpack(self, batch):
+        images, targets, skipped = batch
+        self.skipped_images += int(skipped)
+        return images, targets
+
+    def training_step(self, batch, batch_idx):
+        images, targets = self._unpack(batch)
+        if images.numel() == 0:
+            return None
+        loss = self.loss(images, targets)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets), sync_dist=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        images, targets = self._unpack(batch)
+        if images.numel() == 0:
+            return
+        logits = self(images)
+        loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+        self.val_metrics.update(logits.float().softmax(1), targets)
+        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets), sync_dist=True)
+
+    def on_validation_epoch_end(self):
+        values = self.val_metrics.compute()
+        self.log_dict({k: v for k, v in values.items()}, prog_bar=True, sync_dist=True)
+        self.val_metrics.reset()
+        if self.trainer.lr_scheduler_configs and not self.trainer.sanity_checking:
+            monitor = self.trainer.callback_metrics.get(self.train_cfg.monitor)
+            end_epoch(self.trainer.lr_scheduler_configs[0].scheduler, None if monitor is None else float(monitor))
+
+    def configure_optimizers(self):
+        t = self.train_cfg
+        optimizer = create_optimizer(t.optimizer, self.model, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum)
+        sched = create_scheduler(
+            t.scheduler, optimizer, epochs=t.epochs, steps_per_epoch=self._steps_per_epoch(),
+            warmup_epochs=t.warmup_epochs, min_lr=t.min_lr, step_epochs=t.step_epochs, milestones=t.milestones,
+            gamma=t.gamma, plateau_patience=t.plateau_patience, mode="min" if t.monitor == "val_loss" else "max")
+        if sched is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": sched}
+
+    def _steps_per_epoch(self) -> int:
+        total = self.trainer.estimated_stepping_batches
+        epochs = max(1, self.trainer.max_epochs or 1)
+        if total == float("inf"):
+            return 1
+        return max(1, int(total) // epochs)
+
+    def lr_scheduler_step(self, scheduler, metric):
+        step_scheduler(scheduler, global_step=self.global_step)
+
+
+def _maybe_compile(model: torch.nn.Module, mode: str):
+    """torch.compile when asked (`on`) or when a CUDA GPU makes it worth the compile time (`auto`)."""
+    if mode == "on" or (mode == "auto" and torch.cuda.is_available()):
+        return torch.compile(model)
+    return model
+
+
+def _split(weights: list[float] | None, heads: list[int]) -> list[torch.Tensor | None]:
+    if weights is None:
+        return [None] * len(heads)
+    if len(weights) != sum(heads):
+        return [None] * len(heads)
+    out, start = [], 0
+    for k in heads:
+        out.append(torch.tensor(weights[start:start + k], dtype=torch.float32))
+        start += k
+    return out
+
+
+def split_heads(raw: torch.Tensor, targets: torch.Tensor, heads: list[int]):
+    """Per-head logits and per-head target digits of mixed-radix composite targets."""
+    places = [int(np.prod(heads[i + 1:])) for i in range(len(heads))]
+    chunks = torch.split(raw, heads, dim=1)
+    return [(chunk, (targets // place) % k) for chunk, place, k in zip(chunks, places, heads)]
+
+
+def compose_log_probs(raw: torch.Tensor, heads: list[int]) -> torch.Tensor:
+    """log p(composite) = sum of the heads' log-probabilities, first head most significant."""
+    total = None
+    for chunk in torch.split(raw.float(), heads, dim=1):
+        logp = chunk.log_softmax(1)
+        total = logp if total is None else (total.unsqueeze(2) + logp.unsqueeze(1)).flatten(1)
+    return total
+
+
+# ---------------------------------------------------------------- callbacks
+
+class RNGStateCallback(Callback):
+    """Saves Python/NumPy/torch RNG states in checkpoints and restores them when
+    training resumes, so a resumed run draws the same shuffles and augmentations."""
+
+    def __init__(self):
+        self._pending = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        # Only tensors and plain Python values: Lightning loads checkpoints with weights_only=True.
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        checkpoint["podium_rng"] = {
+            "python": random.getstate(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        self._pending = checkpoint.get("podium_rng")
+
+    def on_train_start(self, trainer, pl_module):
+        # Restored here, after Lightning's own start-up work, which may draw random numbers.
+        state, self._pending = self._pending, None
+        if state:
+            random.setstate(state["python"])
+            name, keys, pos, has_gauss, gauss = state["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+            torch.set_rng_state(state["torch"])
+            if state.get("cuda") and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class EpochCSVLogger(Callback):
+    """One row per epoch in ``metrics.csv`` (train and validation metrics, learning rate)."""
+
+    COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "val_f1", "val_precision", "val_recall", "val_auroc", "lr"]
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_train_start(self, trainer, pl_module):
+        # On resume (the checkpoint is restored by now), drop rows of epochs that will be trained again.
+        if trainer.is_global_zero and self.path.exists():
+            start = trainer.current_epoch
+            with self.path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < start]
+            self._write(rows)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        m = trainer.callback_metrics
+        row = {"epoch": trainer.current_epoch}
+        for key in self.COLUMNS[1:-1]:
+            row[key] = f"{float(m[key]):.6f}" if key in m else ""
+        row["lr"] = f"{trainer.optimizers[0].param_groups[0]['lr']:.8g}" if trainer.optimizers else ""
+        rows = []
+        if self.path.exists():
+            with self.path.open() as f:
+                rows = list(csv.DictReader(f))
+        self._write(rows + [row])
+
+    def _write(self, rows):
+        from podium.fileio import atomic_path
+
+        with atomic_path(self.path) as tmp, tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+class FreezeBackbone(Callback):
+    """Only the new head trains for the first ``epochs`` epochs (the backbone's BN stays in eval)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        frozen = trainer.current_epoch < self.epochs
+        backbone, _ = split_parameters(pl_module.model)
+        for p in backbone:
+            p.requires_grad_(not frozen)
+        if not frozen:
+            # Lightning keeps the per-module train/eval flags across epochs: put the
+            # backbone's BatchNorm back in train mode, or fine-tuning runs on frozen
+            # ImageNet statistics and diverges (seen: loss 16 on the first unfrozen step).
+            pl_module.model.train()
+            return
+        for module in pl_module.model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+class StopAfterEpochs(Callback):
+    """Ends fit after N epochs without changing the schedule (used to test resume)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+# ---------------------------------------------------------------- trainer
+
+def uses_cuda(accelerator: str) -> bool:
+    """Whether Lightning will train on a CUDA GPU with this ``train.accelerator``."""
+    return torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+
+
+def inference_device(accelerator: str) -> torch.device:
+    """The device prediction runs on, by the same rule as training (`train.accelerator`):
+    CUDA when Lightning would train there, else the CPU (or MPS when asked for and present)."""
+    if uses_cuda(accelerator):
+        return torch.device("cuda")
+    if accelerator == "mps" and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_precision(requested: str, accelerator: str) -> str:
+    """`auto` -> bf16-mixed on GPUs that support it, else 32; fp16 refuses devices without it."""
+    has_cuda = uses_cuda(accelerator)
+    if requested == "auto":
+        return "bf16-mixed" if has_cuda and torch.cuda.is_bf16_supported() else "32"
+    if requested == "16-mixed" and not has_cuda:
+        raise PodiumError("train.precision=16-mixed needs a CUDA GPU; this machine has none. Use 32 or bf16-mixed.")
+    if requested == "bf16-mixed" and has_cuda and not torch.cuda.is_bf16_supported():
+        raise PodiumError("train.precision=bf16-mixed: this GPU does not support bfloat16. Use 16-mixed or 32.")
+    return requested
+
+
+EPOCHS_DIR = "epochs"
+
+
+def epoch_checkpoint_callback(run_dir: Path) -> ModelCheckpoint:
+    """Every epoch's weights in ``<run>/epochs/epoch003.ckpt``: what checkpoint averaging needs.
+
+    Monitoring ``epoch`` (always logged) gives this callback a state key distinct
+    from the run's best/last ModelCheckpoints, so they live in one Trainer.
+    """
+    return ModelCheckpoint(dirpath=Path(run_dir) / EPOCHS_DIR, filename="epoch{epoch:03d}", monitor="epoch", mode="max",
+                           save_top_k=-1, every_n_epochs=1, save_last=False, auto_insert_metric_name=False,
+                           enable_version_counter=False)
+
+
+def build_callbacks(cfg: PodiumConfig, run_dir: Path, extra: list[Callback] | None = None) -> list[Callback]:
+    t = cfg.train
+    callbacks: list[Callback] = [
+        ModelCheckpoint(dirpath=run_dir, filename="best", monitor=t.monitor, mode=t.monitor_mode,
+                        save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False),
+        # Lightning's save_last only follows top-k saves; a monitor-free checkpoint is truly the latest.
+        ModelCheckpoint(dirpath=run_dir, filename="last", monitor=None, save_top_k=1,
+                        enable_version_counter=False, auto_insert_metric_name=False),
+        EpochCSVLogger(run_dir / "metrics.csv"),
+        RNGStateCallback(),
+    ]
+    if t.save_epoch_checkpoints:
+        callbacks.append(epoch_checkpoint_callback(run_dir))
+    if t.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping_patience))
+    if cfg.model.freeze_backbone_epochs:
+        callbacks.append(FreezeBackbone(cfg.model.freeze_backbone_epochs))
+    if t.ema:
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        callbacks.append(EMAWeightAveraging(decay=t.ema_decay))
+    return callbacks + list(extra or [])
+
+
+def build_trainer(cfg: PodiumConfig, run_dir: Path, *, callbacks: list[Callback] | None = None,
+                  dry_run: bool = False, progress: bool = True) -> pl.Trainer:
+    t = cfg.train
+    loggers = []
+    if cfg.output.tensorboard and not dry_run:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tb", version=""))
+    if progress:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks = list(callbacks or []) + [RichProgressBar(leave=True)]
+    return pl.Trainer(
+        max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
+        num_nodes=t.num_nodes, precision=resolve_precision(t.precision, t.accelerator),
+        accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
+        callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir),
+        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+        fast_dev_run=1 if dry_run else False, log_every_n_steps=10,
+    )

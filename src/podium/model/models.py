@@ -1,0 +1,149 @@
+"""Backbones: any timm model by name, or a torchvision one as ``tv/<name>``.
+
+Each gets a new classifier head sized to the class count. Weights come from
+the usual timm/torchvision download (``pretrained=True``) or from a local
+state-dict file (``pretrained_path``), which is how machines without network
+access fine-tune from ImageNet.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from podium.errors import PodiumError, closest
+
+TV_PREFIX = "tv/"
+
+
+def create_model(name: str, num_classes: int, *, pretrained: bool = True, pretrained_path: str | None = None,
+                 dropout: float = 0.0) -> nn.Module:
+    """A classifier with a fresh ``num_classes`` head; records its head's name in ``podium_head``."""
+    if pretrained_path is not None and not Path(pretrained_path).expanduser().is_file():
+        raise PodiumError(f"model.pretrained_path: weights file not found: {pretrained_path}")
+    if name.startswith(TV_PREFIX):
+        return _create_torchvision(name[len(TV_PREFIX):], num_classes, pretrained, pretrained_path, dropout)
+    return _create_timm(name, num_classes, pretrained, pretrained_path, dropout)
+
+
+def head_name(model: nn.Module) -> str:
+    return model.podium_head
+
+
+def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(backbone params, head params): freezing the backbone keeps the head training."""
+    prefix = head_name(model) + "."
+    backbone, head = [], []
+    for name, param in model.named_parameters():
+        (head if name.startswith(prefix) else backbone).append(param)
+    return backbone, head
+
+
+# ---------------------------------------------------------------- timm
+
+def _create_timm(name: str, num_classes: int, pretrained: bool, path: str | None, dropout: float) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name):
+        hint = closest(name, timm.list_models(), n=3)
+        tv_hint = " (torchvision models take the prefix tv/, e.g. tv/resnet18)" if _is_tv_model(name) else ""
+        raise PodiumError(
+            f"model.name: unknown model {name!r}{tv_hint}. "
+            + (f"Closest timm models: {', '.join(hint)}. " if hint else "")
+            + "See timm.list_models() or torchvision.models.list_models().")
+    try:
+        model = timm.create_model(name, pretrained=pretrained and path is None,
+                                  num_classes=num_classes, drop_rate=dropout)
+    except Exception as exc:
+        if pretrained and path is None:
+            raise _download_error(name, exc) from None
+        raise
+    model.podium_head = model.pretrained_cfg.get("classifier", "fc") if hasattr(model, "pretrained_cfg") else "fc"
+    if isinstance(model.podium_head, (list, tuple)):
+        model.podium_head = model.podium_head[0]
+    if path is not None:
+        _load_state_dict_file(model, path, name, skip_prefix=model.podium_head + ".")
+    return model
+
+
+# ---------------------------------------------------------------- torchvision
+
+def _is_tv_model(name: str) -> bool:
+    import torchvision
+
+    return name in torchvision.models.list_models(module=torchvision.models)
+
+
+def _create_torchvision(name: str, num_classes: int, pretrained: bool, path: str | None, dropout: float) -> nn.Module:
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if name not in names:
+        hint = closest(name, names)
+        raise PodiumError(
+            f"model.name: unknown torchvision classification model {name!r}"
+            + (f"; did you mean tv/{hint[0]}?" if hint else "; see torchvision.models.list_models()"))
+    if path is not None:
+        model = torchvision.models.get_model(name, weights=None)
+        _load_state_dict_file(model, path, f"tv/{name}")
+    elif pretrained:
+        try:
+            model = torchvision.models.get_model(name, weights="DEFAULT")
+        except Exception as exc:
+            raise _download_error(f"tv/{name}", exc) from None
+    else:
+        model = torchvision.models.get_model(name, weights=None)
+    model.podium_head = _replace_last_linear(model, num_classes, dropout)
+    return model
+
+
+def _load_state_dict_file(model: nn.Module, path: str, name: str, skip_prefix: str | None = None) -> None:
+    """Strict load, except that the classifier (``skip_prefix``) may differ: it is replaced anyway."""
+    try:
+        state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise PodiumError(f"cannot read weights file {path}: {exc}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise PodiumError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
+    if skip_prefix:
+        state = {k: v for k, v in state.items() if not k.startswith(skip_prefix)}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not (skip_prefix and k.startswith(skip_prefix))]
+    if missing or result.unexpected_keys:
+        raise PodiumError(
+            f"weights file {path} does not fit {name} (architecture mismatch): "
+            f"{len(missing)} missing key(s) such as {missing[:3]}, {len(result.unexpected_keys)} unexpected "
+            f"such as {result.unexpected_keys[:3]}. Use the model the weights were saved from "
+            f"(a torchvision state dict needs the tv/ prefix, e.g. tv/mobilenet_v2).")
+
+
+def _replace_last_linear(model: nn.Module, num_classes: int, dropout: float) -> str:
+    """Swap the final nn.Linear for a new one; returns its dotted name."""
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise PodiumError("cannot find the classifier (no nn.Linear layer) in this model")
+    name, old = linears[-1]
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    new = nn.Linear(old.in_features, num_classes)
+    siblings = list(parent.children()) if isinstance(parent, nn.Sequential) else []
+    index = int(attr) if attr.isdigit() else -1
+    if index > 0 and isinstance(siblings[index - 1], nn.Dropout):
+        siblings[index - 1].p = dropout  # reuse the model's own dropout before the head
+    elif dropout > 0:
+        new = nn.Sequential(nn.Dropout(dropout), new)
+        name = f"{name}"
+    setattr(parent, attr, new) if not attr.isdigit() else parent.__setitem__(index, new)
+    return name
+
+
+def _download_error(name: str, exc: Exception) -> PodiumError:
+    return PodiumError(
+        f"could not download pretrained weights for {name}: {type(exc).__name__}: {str(exc)[:200]}. "
+        f"Without network access, set model.pretrained_path to a local weights file "
+        f"(timm or torchvision state dict), or model.pretrained=false to train from scratch.")

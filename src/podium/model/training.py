@@ -1,0 +1,204 @@
+"""`podium train`: data -> split -> pipelines -> model -> Lightning fit -> final report.
+
+Everything that can fail on bad input (data, config, weights) is built
+before the run folder is created, so a mistake never leaves an empty run.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+
+from podium.config import PodiumConfig
+from podium.data.dataset import PodiumDataModule, class_counts, describe_split, encode_labels
+from podium.data.samples import PreparedData, load_split, prepare_data
+from podium.errors import PodiumError
+from podium.tasks.spec import attribute_metrics, resolve_task
+from podium.fileio import write_csv, write_json
+from podium.data.images import load_resized
+from podium.model.losses import compute_class_weights
+from podium.runs import RUN_DIR_ENV, create_run_dir, git_commit, library_versions, load_run, save_run_files
+from podium.data.transforms import build_eval_pipeline, build_train_pipeline, channel_stats, resolve_normalization
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    summary: dict
+    val_metrics: dict
+    module: object = None
+    val_predictions: pd.DataFrame | None = None
+
+
+def _dataset_stats(train: pd.DataFrame, size: tuple[int, int], limit: int = 256, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(train), size=min(limit, len(train)), replace=False)
+    return lambda: channel_stats([load_resized(train["path"].iloc[i], size) for i in idx])
+
+
+def build_module(cfg: PodiumConfig, prepared: PreparedData, mean, std):
+    from podium.model.engine import Classifier
+
+    counts = class_counts(encode_labels(prepared.train["label"], prepared.classes, "training data"),
+                          len(prepared.classes))
+    weights = compute_class_weights(counts, cfg.train.class_weights)
+    task = resolve_task(cfg.task)
+    head_weights = None
+    if task.heads:
+        head_weights = [float((cfg.task.head_weights or {}).get(name, 1.0)) for name in task.attributes.names]
+        if cfg.train.class_weights != "none" and not isinstance(cfg.train.class_weights, list):
+            per_attr = task.attributes.decode_array(encode_labels(prepared.train["label"], prepared.classes, "training data"))
+            weights = [compute_class_weights(np.bincount(per_attr[n], minlength=k), cfg.train.class_weights).tolist()
+                       for n, k in zip(task.attributes.names, task.heads)]
+            weights = [w for ws in weights for w in ws]  # concatenated per head
+        elif weights is not None:
+            weights = None  # an explicit composite list cannot weight per-attribute heads
+    return Classifier(cfg.model, cfg.train, prepared.classes, mean, std,
+                      class_weights=None if weights is None else [float(w) for w in np.asarray(weights, dtype=float)],
+                      heads=task.heads, head_weights=head_weights)
+
+
+def train(cfg: PodiumConfig, *, resume: str | Path | None = None, dry_run: bool = False,
+          callbacks: list | None = None, progress: bool = True, log=print,
+          prepared: PreparedData | None = None) -> TrainResult:
+    """Train one run; ``resume`` continues a run folder from its last.ckpt.
+
+    ``prepared`` supplies already-split data (cross-validation folds) instead of ``cfg.data``.
+    """
+    started = time.time()
+    ckpt_path = None
+    if resume is not None:
+        info = load_run(resume)
+        cfg, run_dir = info.config, info.dir
+        ckpt_path = str(info.checkpoint("last"))
+        prepared = prepared or load_split(info.dir, info.classes)
+        mean, std = info.mean, info.std
+    else:
+        prepared = prepared or prepare_data(cfg, log=log)
+        mean, std = resolve_normalization(cfg.augment, _dataset_stats(prepared.train, cfg.data.size_hw))
+    if prepared.skipped:
+        log(f"skipped {len(prepared.skipped)} unreadable image(s) (data.on_bad_image=skip)")
+    pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    size = cfg.data.size_hw
+    datamodule = PodiumDataModule(prepared.train, prepared.val, prepared.classes, cfg.data,
+                                  build_train_pipeline(cfg.augment, size), build_eval_pipeline(cfg.augment, size),
+                                  cfg.train.batch_size, cfg.train.sampler, seed=cfg.train.seed)
+    module = build_module(cfg, prepared, mean, std)
+    share_cpu_cores(cfg, datamodule.num_workers)
+
+    if dry_run:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="podium-dry-run-") as tmp:
+            from podium.model.engine import build_trainer
+
+            trainer = build_trainer(cfg, Path(tmp), callbacks=callbacks, dry_run=True, progress=progress)
+            trainer.fit(module, datamodule=datamodule)
+        return TrainResult(Path(tmp), {"dry_run": True, "classes": prepared.classes,
+                                       "train_images": len(prepared.train), "val_images": len(prepared.val)}, {})
+
+    ddp_worker = bool(os.environ.get(RUN_DIR_ENV))  # a process launched by rank 0 for DDP
+    if resume is None:
+        run_dir = create_run_dir(cfg.output.dir, cfg.output.name)
+        if not ddp_worker:
+            os.environ[RUN_DIR_ENV] = str(run_dir.resolve())  # DDP workers re-run this command: same folder
+            save_run_files(run_dir, cfg, prepared.classes, mean, std, {"seed": cfg.train.seed})
+            split = pd.concat([prepared.train.assign(split="train"), prepared.val.assign(split="val")])
+            write_csv(run_dir / "split.csv", split)
+    log(f"run folder: {run_dir}")
+    log(describe_split(prepared.train, prepared.val).to_string())
+
+    from podium.model.engine import build_callbacks, build_trainer
+
+    trainer = build_trainer(cfg, run_dir, callbacks=build_callbacks(cfg, run_dir, callbacks), progress=progress)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    finally:
+        if resume is None and not ddp_worker:
+            os.environ.pop(RUN_DIR_ENV, None)
+    if not trainer.is_global_zero:
+        return TrainResult(run_dir, {}, {})
+    datamodule.publish_caches()
+    return finish_run(cfg, run_dir, prepared, module, trainer, datamodule, started)
+
+
+def share_cpu_cores(cfg: PodiumConfig, loader_workers: int) -> None:
+    """On CPU, leave the loader workers their cores: one torch thread per core on top of
+    them oversubscribes the machine (4-5x slower steps measured on 2 cores)."""
+    from podium.data.cache import available_cpus
+    from podium.model.engine import uses_cuda
+
+    if uses_cuda(cfg.train.accelerator):
+        return
+
+    torch.set_num_threads(max(1, available_cpus() - loader_workers))
+
+
+def finish_run(cfg: PodiumConfig, run_dir: Path, prepared: PreparedData, module, trainer, datamodule,
+               started: float) -> TrainResult:
+    """Evaluate the best weights on validation; write predictions, tables and summary.json.
+
+    The trained module takes the best checkpoint's weights in place, and the
+    validation loader (with its decoded-image cache) is reused: nothing is
+    rebuilt or decoded twice.
+    """
+    from podium.evaluation.metrics import save_classification_report
+    from podium.evaluation.predict import predict_loader, save_probabilities
+    from podium.evaluation.tables import prediction_table
+    from podium.model.checkpoints import read_checkpoint
+    from podium.model.engine import uses_cuda
+
+    ckpt = trainer.checkpoint_callback
+    best_path = Path(ckpt.best_model_path) if ckpt and ckpt.best_model_path else run_dir / "last.ckpt"
+    module.load_state_dict(read_checkpoint(best_path)["state_dict"], strict=True)
+    module.eval()
+    probs = predict_loader(module, datamodule.val_dataloader(), module.device, progress=False)
+    y_true = encode_labels(prepared.val["label"], prepared.classes, "validation data")
+    table = prediction_table(prepared.val["id"], probs, prepared.classes, paths=prepared.val["path"],
+                             targets=prepared.val["label"])
+    save_probabilities(table, run_dir / "val_predictions.parquet")
+    val_metrics = save_classification_report(run_dir, y_true, probs, prepared.classes)
+    per_attribute = attribute_metrics(resolve_task(cfg.task), y_true, probs)
+    if per_attribute:
+        val_metrics["attributes"] = per_attribute
+    best_score = float(ckpt.best_model_score) if ckpt and ckpt.best_model_score is not None else None
+    best_epoch = _best_epoch(run_dir / "metrics.csv", cfg.train.monitor, cfg.train.monitor_mode)
+    summary = {
+        "run_dir": str(run_dir), "monitor": cfg.train.monitor, "best_metric": best_score,
+        "best_epoch": best_epoch, "epochs_trained": int(trainer.current_epoch),
+        "best_checkpoint": best_path.name, "val_metrics": val_metrics,
+        "skipped_images": int(module.skipped_images) + len(prepared.skipped), "train_images": len(prepared.train),
+        "val_images": len(prepared.val), "classes": prepared.classes,
+        "wall_time_s": round(time.time() - started, 2), "seed": cfg.train.seed,
+        "git_commit": git_commit(), "versions": library_versions(),
+        "device": "cuda" if uses_cuda(cfg.train.accelerator) else "cpu",
+    }
+    write_json(run_dir / "summary.json", summary)
+    if cfg.output.report:
+        write_report(run_dir, module, cfg)
+    return TrainResult(run_dir, summary, val_metrics, module, table)
+
+
+def write_report(run_dir: Path, module, cfg: PodiumConfig) -> Path:
+    """The HTML training report, written at the end of every run (Grad-CAM from the best weights)."""
+    from podium.reports.gradcam import gradcam_source
+    from podium.reports.report import build_run_report
+
+    source = gradcam_source(module, cfg.data.size_hw) if cfg.output.gradcam else None
+    return build_run_report(run_dir, model_forward=source)
+
+
+def _best_epoch(metrics_csv: Path, monitor: str, mode: str) -> int | None:
+    if not metrics_csv.exists():
+        return None
+    table = pd.read_csv(metrics_csv)
+    if monitor not in table or table[monitor].isna().all():
+        return None
+    idx = table[monitor].idxmin() if mode == "min" else table[monitor].idxmax()
+    return int(table.loc[idx, "epoch"])

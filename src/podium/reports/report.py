@@ -1,0 +1,516 @@
+"""Training report: what the model learned and where it fails.
+
+`build_run_report` reads only the run-folder contract files (metrics.csv,
+val_predictions.parquet or, for cross-validation, oof_predictions.parquet,
+classes.json, summary.json, config.yaml), so it works on any finished run and
+never needs the model. Passing a Grad-CAM source adds heatmaps that show what
+the model looked at on its most confident mistakes. `suspect_labels.csv` lists
+those mistakes, most confident first: the top of that list is usually label
+noise, worth reviewing and feeding into a label-fix CSV.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+from podium.errors import PodiumError, summarize_list
+from podium.fileio import write_csv
+from podium.reports.html import Page
+from podium.data.images import BadImageError, load_rgb, resize_rgb
+
+if TYPE_CHECKING:
+    import torch
+
+BASE_COLUMNS = ("id", "path", "target", "prediction")
+MAX_ANNOTATED_CLASSES = 25
+MAX_GRADCAM = 8
+
+
+@runtime_checkable
+class GradCamSource(Protocol):
+    """What Grad-CAM needs from a trained run: the model and its eval-time preprocessing.
+
+    ``preprocess`` maps an HxWx3 uint8 RGB image to a (1, C, H, W) float tensor,
+    normalised exactly as at validation time. It should resize, not crop, so
+    the heatmap lines up with the picture. ``layer`` (optional attribute)
+    picks the conv layer; the last Conv2d is used otherwise.
+    """
+
+    model: torch.nn.Module
+
+    def preprocess(self, rgb: np.ndarray) -> torch.Tensor: ...
+
+
+# --------------------------------------------------------------------------- Grad-CAM
+
+
+def _last_conv(model: torch.nn.Module) -> torch.nn.Module:
+    import torch
+
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    if not convs:
+        raise PodiumError(
+            f"Grad-CAM needs a Conv2d layer but model {type(model).__name__} has none; "
+            "pass layer= with the feature layer to explain (for a vision transformer, a norm layer reshaped to 2-D "
+            "is not supported here)."
+        )
+    return convs[-1]
+
+
+def gradcam(
+    model: torch.nn.Module,
+    image_tensor: torch.Tensor,
+    target_class: int,
+    layer: torch.nn.Module | None = None,
+) -> np.ndarray:
+    """HxW Grad-CAM heatmap in [0, 1] for ``target_class`` (H, W of ``image_tensor``).
+
+    A forward hook captures the layer output and hands a copy downstream, so
+    in-place ops after the layer (ReLU(inplace=True)) cannot corrupt it, and
+    its gradient comes from `torch.autograd.grad`: no parameter's `.grad` is
+    touched and the model is returned in the mode it came in.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if image_tensor.ndim != 4 or image_tensor.shape[0] != 1:
+        raise ValueError(f"gradcam expects a (1, C, H, W) tensor, got shape {tuple(image_tensor.shape)}")
+    layer = layer if layer is not None else _last_conv(model)
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(_module, _inputs, output):
+        captured["act"] = output
+        return output.clone()
+
+    handle = layer.register_forward_hook(hook)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            x = image_tensor.detach().clone().requires_grad_(True)  # graph exists even for frozen weights
+            logits = model(x)
+            logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+            if not 0 <= target_class < logits.shape[1]:
+                raise ValueError(f"target_class {target_class} out of range for {logits.shape[1]} outputs")
+            act = captured["act"]
+            (grad,) = torch.autograd.grad(logits[0, target_class], act)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    weights = grad.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * act).sum(dim=1, keepdim=True)).detach()
+    cam = F.interpolate(cam, size=image_tensor.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    top = float(cam.max())
+    cam = cam / top if top > 0 else torch.zeros_like(cam)
+    return cam.clamp(0, 1).cpu().numpy().astype(np.float32)
+
+
+def overlay_heatmap(rgb_uint8: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Blend a [0, 1] heatmap (any size, resized to the image) as a JET colour map over an RGB image."""
+    import cv2
+
+    h, w = rgb_uint8.shape[:2]
+    heat = cv2.resize(np.clip(heatmap, 0, 1).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    colour = cv2.applyColorMap(np.round(heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    out = (1 - alpha) * rgb_uint8.astype(np.float32) + alpha * colour.astype(np.float32)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _fold_dirs(run_dir: Path) -> list[Path]:
+    return sorted(p for p in run_dir.glob("fold*") if p.is_dir())
+
+
+def _read_classes(run_dir: Path, preds: pd.DataFrame) -> list[str]:
+    for candidate in [run_dir, *_fold_dirs(run_dir)]:
+        path = candidate / "classes.json"
+        if path.exists():
+            return [str(c) for c in json.loads(path.read_text())["classes"]]
+    # No class map: the probability columns are whatever is numeric beyond the base columns.
+    return [c for c in preds.columns if c not in BASE_COLUMNS and pd.api.types.is_float_dtype(preds[c])]
+
+
+def load_predictions(run_dir: Path) -> tuple[pd.DataFrame, str]:
+    """The validation table of a run: OOF predictions for a CV run, else val_predictions."""
+    for name in ("oof_predictions.parquet", "val_predictions.parquet"):
+        if (run_dir / name).exists():
+            preds = pd.read_parquet(run_dir / name)
+            missing = [c for c in ("target", "prediction") if c not in preds.columns]
+            if missing:
+                raise PodiumError(
+                    f"{run_dir / name} lacks column(s) {missing}; found {summarize_list(list(preds.columns), 10)}. "
+                    "It should have id, path, target, prediction and one probability column per class."
+                )
+            return preds, name
+    raise PodiumError(
+        f"no val_predictions.parquet or oof_predictions.parquet in {run_dir}; "
+        "the report needs a finished run folder (train writes val_predictions.parquet after validation)."
+    )
+
+
+def _metrics_tables(run_dir: Path) -> dict[str, pd.DataFrame]:
+    if (run_dir / "metrics.csv").exists():
+        return {"run": pd.read_csv(run_dir / "metrics.csv")}
+    return {f.name: pd.read_csv(f / "metrics.csv") for f in _fold_dirs(run_dir) if (f / "metrics.csv").exists()}
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _summary_section(page: Page, run_dir: Path, preds_name: str, preds: pd.DataFrame, classes: list[str]) -> None:
+    sec = page.section("Summary")
+    rows: list[tuple[str, Any]] = [("predictions", preds_name), ("validation images", len(preds)),
+                                   ("classes", len(classes))]
+    if (run_dir / "summary.json").exists():
+        summary = json.loads((run_dir / "summary.json").read_text())
+        rows += [(k, v if not isinstance(v, (dict, list)) else json.dumps(v)) for k, v in summary.items()]
+    sec.table(pd.DataFrame(rows, columns=["quantity", "value"]).astype({"value": str}))
+    if (run_dir / "config.yaml").exists():
+        sec.details("Resolved config", (run_dir / "config.yaml").read_text())
+
+
+def _curves_section(page: Page, out: Path, run_dir: Path) -> None:
+    plt = _plt()
+    sec = page.section("Training curves")
+    tables = _metrics_tables(run_dir)
+    if not tables:
+        sec.note("No metrics.csv in the run folder.")
+        return
+    groups = [("loss", lambda c: c.endswith("loss")),
+              ("metrics", lambda c: c.startswith("val_") and not c.endswith("loss")),
+              ("learning rate", lambda c: c == "lr" or c.startswith("lr"))]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
+    for ax, (title, wanted) in zip(axes, groups):
+        for name, frame in tables.items():
+            x = frame["epoch"] if "epoch" in frame.columns else pd.Series(range(len(frame)))
+            for col in [c for c in frame.columns if c != "epoch" and wanted(c)]:
+                series = pd.to_numeric(frame[col], errors="coerce")
+                keep = series.notna()
+                if keep.any():
+                    label = col if len(tables) == 1 else f"{name} {col}"
+                    ax.plot(x[keep], series[keep], marker="o", markersize=2.5, label=label)
+        ax.set_title(title), ax.set_xlabel("epoch"), ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+            if title == "learning rate" and all((np.asarray(ln.get_ydata()) > 0).all() for ln in ax.lines):
+                ax.set_yscale("log")
+    fig.tight_layout()
+    sec.figure(fig, "Loss, validation metrics and learning rate per epoch", save_to=out / "curves.png")
+    last = {name: frame.tail(1) for name, frame in tables.items()}
+    sec.heading("Last epoch")
+    sec.table(pd.concat(last, names=["run", None]).reset_index(level=0), max_rows=50)
+
+
+def _matrix_figure(matrix: np.ndarray, classes: list[str], title: str, fmt: str):
+    plt = _plt()
+    n = len(classes)
+    size = min(14, max(4.5, 0.45 * n + 2))
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ticks = range(n)
+    ax.set_xticks(ticks, classes, rotation=90 if n > 6 else 0, fontsize=8)
+    ax.set_yticks(ticks, classes, fontsize=8)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title(title)
+    if n <= MAX_ANNOTATED_CLASSES:
+        top = matrix.max() if matrix.size else 0
+        for i in range(n):
+            for j in range(n):
+                colour = "white" if top and matrix[i, j] > 0.6 * top else "black"
+                ax.text(j, i, format(matrix[i, j], fmt), ha="center", va="center", fontsize=7, color=colour)
+    return fig
+
+
+def confusion_counts(preds: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Counts with true classes as rows and predicted classes as columns, in class-map order."""
+    from sklearn.metrics import confusion_matrix
+
+    matrix = confusion_matrix(preds["target"].astype(str), preds["prediction"].astype(str), labels=classes)
+    return pd.DataFrame(matrix, index=pd.Index(classes, name="true"), columns=classes)
+
+
+def _confusion_section(page: Page, out: Path, counts: pd.DataFrame, classes: list[str]) -> None:
+    sec = page.section("Confusion matrix")
+    matrix = counts.to_numpy()
+    rows = matrix.sum(axis=1, keepdims=True)
+    normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=float), where=rows > 0)
+    write_csv(out / "confusion_counts.csv", counts.reset_index())
+    write_csv(out / "confusion_normalized.csv", pd.DataFrame(normalised, index=counts.index,
+                                                              columns=classes).round(4).reset_index())
+    sec.figure(_matrix_figure(matrix, classes, "counts", "d"), "Counts: rows are true classes",
+               save_to=out / "confusion_counts.png")
+    sec.figure(_matrix_figure(normalised, classes, "row-normalised (recall per class on the diagonal)", ".2f"),
+               "Row-normalised", save_to=out / "confusion_normalized.png")
+    sec.heading("Counts")
+    sec.table(counts, index=True, max_rows=100)
+
+
+def _per_class_section(page: Page, out: Path, preds: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    from sklearn.metrics import precision_recall_fscore_support
+
+    plt = _plt()
+    sec = page.section("Per-class metrics")
+    p, r, f, s = precision_recall_fscore_support(preds["target"].astype(str), preds["prediction"].astype(str),
+                                                 labels=classes, zero_division=0)
+    table = pd.DataFrame({"class": classes, "precision": p, "recall": r, "f1": f, "support": s})
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(classes) + 2), 3.6))
+    x = np.arange(len(classes))
+    for k, col in enumerate(("precision", "recall", "f1")):
+        ax.bar(x + (k - 1) * 0.27, table[col], width=0.27, label=col)
+    ax.set_xticks(x, classes, rotation=90 if len(classes) > 6 else 0, fontsize=8)
+    ax.set_ylim(0, 1.05), ax.legend(fontsize=8), ax.grid(axis="y", alpha=0.3)
+    sec.figure(fig, "Precision, recall and F1 per class", save_to=out / "per_class.png")
+    sec.text(f"Macro F1: {table['f1'].mean():.4f}; accuracy: {(preds['target'] == preds['prediction']).mean():.4f}.")
+    sec.table(table.sort_values("f1").reset_index(drop=True), max_rows=500, caption="sorted by F1, worst first")
+    return table
+
+
+def _roc_section(page: Page, out: Path, preds: pd.DataFrame, classes: list[str]) -> None:
+    from sklearn.metrics import auc, roc_curve
+
+    plt = _plt()
+    sec = page.section("ROC curves")
+    missing = [c for c in classes if c not in preds.columns]
+    if missing:
+        sec.note(f"no probability columns for {summarize_list(missing)}: ROC curves need one column per class")
+        return
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    aucs = []
+    target = preds["target"].astype(str).to_numpy()
+    for c in classes:
+        positive = target == c
+        if positive.all() or not positive.any():
+            continue  # ROC is undefined without both positives and negatives
+        fpr, tpr, _ = roc_curve(positive, preds[c].to_numpy(dtype=float))
+        aucs.append((c, auc(fpr, tpr)))
+        ax.plot(fpr, tpr, lw=1.2, label=f"{c} (AUC {aucs[-1][1]:.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("false positive rate"), ax.set_ylabel("true positive rate"), ax.set_title("one-vs-rest ROC")
+    if len(aucs) <= 15:
+        ax.legend(fontsize=7, loc="lower right")
+    sec.figure(fig, "One-vs-rest ROC per class", save_to=out / "roc.png")
+    if aucs:
+        frame = pd.DataFrame(aucs, columns=["class", "auc"])
+        sec.text(f"Macro AUC over {len(frame)} classes: {frame['auc'].mean():.4f}.")
+        sec.table(frame.sort_values("auc").reset_index(drop=True), max_rows=500)
+
+
+def confused_pairs(counts: pd.DataFrame, top: int = 20) -> pd.DataFrame:
+    """Off-diagonal cells, largest first: which class is mistaken for which."""
+    matrix = counts.to_numpy().copy()
+    np.fill_diagonal(matrix, 0)
+    support = counts.to_numpy().sum(axis=1)
+    ii, jj = np.nonzero(matrix)
+    frame = pd.DataFrame({"true": counts.index[ii], "predicted": counts.columns[jj], "count": matrix[ii, jj],
+                          "share of true class": matrix[ii, jj] / support[ii]})
+    return frame.sort_values(["count", "true"], ascending=[False, True], kind="stable").head(top).reset_index(drop=True)
+
+
+def suspect_labels(preds: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Misclassified rows, most confident first: the likeliest label errors."""
+    wrong = preds[preds["target"].astype(str) != preds["prediction"].astype(str)].copy()
+    if all(c in preds.columns for c in classes) and len(wrong):
+        probs = wrong[classes].to_numpy(dtype=float)
+        col = wrong["prediction"].astype(str).map({c: k for k, c in enumerate(classes)})
+        conf = np.full(len(wrong), np.nan)
+        known = col.notna().to_numpy()
+        conf[known] = probs[np.flatnonzero(known), col[known].astype(int).to_numpy()]
+        wrong["confidence"] = conf
+    else:
+        wrong["confidence"] = np.nan
+    ids = wrong["id"] if "id" in wrong.columns else wrong.index.astype(str)
+    paths = wrong["path"] if "path" in wrong.columns else ""
+    frame = pd.DataFrame({"id": ids, "path": paths, "label": wrong["target"], "predicted": wrong["prediction"],
+                          "confidence": wrong["confidence"]})
+    return frame.sort_values("confidence", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+
+
+def _load_image(path: str) -> np.ndarray | None:
+    try:
+        return load_rgb(path, draft_size=(256, 256))
+    except BadImageError:
+        return None
+
+
+def _thumb(rgb: np.ndarray | None, size: int = 160) -> np.ndarray:
+    if rgb is None:
+        return np.full((size, size, 3), 210, np.uint8)
+    h, w = rgb.shape[:2]
+    scale = size / max(h, w)
+    return resize_rgb(rgb, (max(1, round(h * scale)), max(1, round(w * scale))))
+
+
+def _gallery_section(page: Page, out: Path, suspects: pd.DataFrame, max_gallery: int) -> None:
+    plt = _plt()
+    sec = page.section("Confidently wrong")
+    sec.text(f"{len(suspects)} misclassified validation images; the full list, most confident first, is "
+             "suspect_labels.csv in the run folder. The top of that list is often a wrong label, not a wrong model.")
+    if suspects.empty:
+        return
+    top = suspects.head(max_gallery)
+    cols = 4
+    rows = int(np.ceil(len(top) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.8, rows * 3.1), squeeze=False)
+    missing = 0
+    for ax, row in zip(axes.ravel(), top.itertuples()):
+        rgb = _load_image(str(row.path)) if row.path else None
+        missing += rgb is None
+        ax.imshow(_thumb(rgb))
+        conf = "" if pd.isna(row.confidence) else f" ({row.confidence:.2f})"
+        ax.set_title(f"true: {row.label}\npred: {row.predicted}{conf}", fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.tight_layout()
+    sec.figure(fig, "Most confidently wrong validation images", save_to=out / "confidently_wrong.png")
+    if missing:
+        sec.note(f"{missing} image(s) could not be loaded from their path (shown grey)")
+    sec.table(top, max_rows=max_gallery)
+
+
+def _resolve_source(model_forward: Any) -> GradCamSource:
+    source = model_forward() if callable(model_forward) and not isinstance(model_forward, GradCamSource) else model_forward
+    if not isinstance(source, GradCamSource):
+        raise PodiumError(
+            f"model_forward gave a {type(source).__name__}; it must be a GradCamSource (an object with .model and "
+            ".preprocess(rgb) -> (1, C, H, W) tensor) or a callable returning one."
+        )
+    return source
+
+
+def _gradcam_section(page: Page, out: Path, suspects: pd.DataFrame, classes: list[str], source: GradCamSource,
+                     gradcam_fn: Callable[..., np.ndarray]) -> None:
+    plt = _plt()
+    sec = page.section("Grad-CAM")
+    sec.text("Where the model looked: heatmaps for the predicted class and for the true class on the most "
+             "confidently wrong images.")
+    index = {c: k for k, c in enumerate(classes)}
+    rows = [r for r in suspects.itertuples() if r.path and r.label in index and r.predicted in index][:MAX_GRADCAM]
+    layer = getattr(source, "layer", None)
+    panels = []
+    for row in rows:
+        rgb = _load_image(str(row.path))
+        if rgb is None:
+            continue
+        tensor = source.preprocess(rgb)
+        shown = resize_rgb(rgb, tuple(tensor.shape[-2:]))
+        maps = [gradcam_fn(source.model, tensor, index[c], layer) for c in (row.predicted, row.label)]
+        panels.append((row, shown, [overlay_heatmap(shown, m) for m in maps]))
+    if not panels:
+        sec.note("No loadable misclassified image to explain.")
+        return
+    fig, axes = plt.subplots(len(panels), 3, figsize=(8.4, 2.9 * len(panels)), squeeze=False)
+    for (row, shown, overlays), ax_row in zip(panels, axes):
+        titles = ["image", f"pred: {row.predicted}", f"true: {row.label}"]
+        for ax, img, title in zip(ax_row, [shown, *overlays], titles):
+            ax.imshow(img), ax.set_title(title, fontsize=8), ax.axis("off")
+    fig.tight_layout()
+    sec.figure(fig, "Image, Grad-CAM for the predicted class, Grad-CAM for the true class",
+               save_to=out / "gradcam.png")
+
+
+def _attribute_section(page: Page, preds: pd.DataFrame, classes: list[str]) -> None:
+    from sklearn.metrics import f1_score
+
+    extra = [c for c in preds.columns if c not in BASE_COLUMNS and c not in classes
+             and not pd.api.types.is_float_dtype(preds[c]) and 1 < preds[c].nunique() <= 30]
+    if not extra:
+        return
+    sec = page.section("Per-attribute metrics")
+    sec.text("Accuracy and macro F1 within each value of the extra columns of the predictions table.")
+    for col in extra:
+        rows = []
+        for value, part in preds.groupby(preds[col].astype(str)):
+            t, p = part["target"].astype(str), part["prediction"].astype(str)
+            rows.append({col: value, "images": len(part), "accuracy": float((t == p).mean()),
+                         "macro F1": float(f1_score(t, p, labels=sorted(set(t)), average="macro", zero_division=0))})
+        sec.heading(col)
+        sec.table(pd.DataFrame(rows))
+
+
+def _composite_section(page: Page, preds: pd.DataFrame, classes: list[str]) -> None:
+    """Composite classes (``mask/gender/age``): where are the errors - in which attribute?"""
+    from sklearn.metrics import f1_score
+
+    from podium.tasks.attributes import SEPARATOR
+    from podium.tasks.spec import composite_task
+
+    task = composite_task(classes)
+    if task is None:
+        return
+    sec = page.section("Per attribute (composite classes)")
+    sec.text("Each composite class split into its attributes: accuracy, macro F1 and confusion counts per attribute.")
+    true = preds["target"].astype(str).str.split(SEPARATOR, expand=True)
+    pred = preds["prediction"].astype(str).str.split(SEPARATOR, expand=True)
+    rows = []
+    for i, name in enumerate(task.names):
+        values = list(task.classes(name))
+        t, p = true[i], pred[i]
+        rows.append({"attribute": f"#{i + 1} ({'/'.join(values)})", "accuracy": float((t == p).mean()),
+                     "macro F1": float(f1_score(t, p, labels=values, average="macro", zero_division=0))})
+        counts = pd.crosstab(pd.Categorical(t, values), pd.Categorical(p, values), dropna=False)
+        counts.index.name, counts.columns.name = "true", "predicted"
+        sec.heading(f"attribute #{i + 1} confusion")
+        sec.table(counts.reset_index(), caption="rows: true, columns: predicted")
+    sec.table(pd.DataFrame(rows))
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def build_run_report(
+    run_dir: str | Path,
+    *,
+    model_forward: GradCamSource | Callable[[], GradCamSource] | None = None,
+    gradcam_fn: Callable[..., np.ndarray] | None = None,
+    max_gallery: int = 16,
+) -> Path:
+    """Write run_dir/report.html (+ run_dir/report/*.png, *.csv) and run_dir/suspect_labels.csv.
+
+    ``model_forward`` is the Grad-CAM source (or a zero-argument callable that
+    builds it, so the checkpoint is loaded only when needed); without it the
+    report has no Grad-CAM section. ``gradcam_fn`` replaces `gradcam` (same
+    signature), e.g. for a transformer-specific method.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PodiumError(f"run folder {run_dir} does not exist; pass a folder under runs/ written by podium train.")
+    out = run_dir / "report"
+    preds, preds_name = load_predictions(run_dir)
+    classes = _read_classes(run_dir, preds)
+    unknown = sorted(set(preds["target"].astype(str)) - set(classes))
+    if unknown:
+        raise PodiumError(f"{preds_name} has target classes {summarize_list(unknown)} missing from classes.json "
+                          f"({summarize_list(classes)}); the run folder is inconsistent, re-run validation.")
+
+    page = Page(f"Run report: {run_dir.name}", f"{run_dir.resolve()}")
+    _summary_section(page, run_dir, preds_name, preds, classes)
+    _curves_section(page, out, run_dir)
+    counts = confusion_counts(preds, classes)
+    _confusion_section(page, out, counts, classes)
+    _per_class_section(page, out, preds, classes)
+    _roc_section(page, out, preds, classes)
+    page.section("Most confused pairs").table(confused_pairs(counts), caption="true class mistaken for predicted class")
+    suspects = suspect_labels(preds, classes)
+    write_csv(run_dir / "suspect_labels.csv", suspects)
+    _gallery_section(page, out, suspects, max_gallery)
+    if model_forward is not None:
+        _gradcam_section(page, out, suspects, classes, _resolve_source(model_forward), gradcam_fn or gradcam)
+    _attribute_section(page, preds, classes)
+    _composite_section(page, preds, classes)
+    return page.write(run_dir / "report.html")

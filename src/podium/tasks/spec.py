@@ -1,0 +1,117 @@
+"""Classes composed of attributes (e.g. mask x gender x age), as a config-driven task.
+
+The samples table keeps one column per attribute; this module turns them into
+the label the model is trained on: the composite class (`single`, `multihead`)
+or one attribute (`per_attribute`). The class map of a composite task is the
+mixed-radix code order, never alphabetical, so class index == competition code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from podium.tasks.attributes import SEPARATOR, AttributeTask, apply_label_fixes, drop_ambiguous_ages, mask_task
+from podium.config import PodiumConfig, TaskConfig
+from podium.errors import PodiumError
+
+
+@dataclass
+class TaskSpec:
+    """The resolved task: attributes, what is predicted, and the class map."""
+
+    attributes: AttributeTask | None
+    mode: str
+    target: str | None
+    classes: list[str] | None  # None: plain classification, classes come from the data
+
+    @property
+    def heads(self) -> list[int] | None:
+        return list(self.attributes.radices) if self.mode == "multihead" else None
+
+
+def resolve_task(cfg: TaskConfig) -> TaskSpec:
+    if cfg.preset == "mask":
+        attributes = mask_task(cfg.age_thresholds)
+    elif cfg.attributes:
+        attributes = AttributeTask(cfg.attributes)
+    else:
+        if cfg.mode != "single" or cfg.target:
+            raise PodiumError(f"task.mode={cfg.mode} needs attributes: set task.preset=mask or task.attributes")
+        return TaskSpec(None, "single", None, None)
+    if cfg.mode == "per_attribute":
+        if cfg.target not in attributes.names:
+            raise PodiumError(f"task.target must name an attribute ({', '.join(attributes.names)}) in per_attribute "
+                              f"mode; found {cfg.target!r}")
+        return TaskSpec(attributes, "per_attribute", cfg.target, list(attributes.classes(cfg.target)))
+    if cfg.target:
+        raise PodiumError("task.target is only used with task.mode=per_attribute")
+    if cfg.head_weights:
+        unknown = sorted(set(cfg.head_weights) - set(attributes.names))
+        if unknown:
+            raise PodiumError(f"task.head_weights names unknown attribute(s) {unknown}; attributes: {list(attributes.names)}")
+    return TaskSpec(attributes, cfg.mode, None, attributes.composite_names())
+
+
+def label_samples(frame: pd.DataFrame, cfg: PodiumConfig, spec: TaskSpec, log=print) -> pd.DataFrame:
+    """Set ``label`` from the attribute columns (after label fixes)."""
+    if spec.attributes is None:
+        return frame
+    task = spec.attributes
+    missing = [a for a in task.names if a not in frame.columns and task.bin_column(a) not in frame.columns]
+    if missing:
+        raise PodiumError(f"the data lacks attribute column(s) {missing}; it has {list(frame.columns)}")
+    if cfg.task.label_fixes:
+        frame, changed = apply_label_fixes(frame, cfg.task.label_fixes, task)
+        log(f"label fixes from {cfg.task.label_fixes}: {changed} label(s) changed")
+    frame = task.with_labels(frame)
+    if spec.mode == "per_attribute":
+        index = task.attribute_indices(frame)[spec.target]
+        frame = frame.assign(label=np.asarray(task.classes(spec.target), dtype=object)[index])
+    return frame
+
+
+def drop_training_ages(train: pd.DataFrame, cfg: TaskConfig, log=print) -> pd.DataFrame:
+    """Drop ambiguous-age TRAINING images (never validation ones)."""
+    if not cfg.drop_ambiguous_ages:
+        return train
+    if "age" not in train.columns:
+        raise PodiumError("task.drop_ambiguous_ages needs an `age` column in the data")
+    kept, dropped = drop_ambiguous_ages(train, cfg.drop_ambiguous_ages)
+    log(f"dropped {dropped} training image(s) with ages in {cfg.drop_ambiguous_ages}")
+    return kept.reset_index(drop=True)
+
+
+def attribute_metrics(spec: TaskSpec, y_true: np.ndarray, probs: np.ndarray) -> dict[str, dict[str, float]]:
+    """Accuracy and macro F1 of each attribute, from composite probabilities."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    if spec.attributes is None or spec.mode == "per_attribute":
+        return {}
+    task = spec.attributes
+    true_parts = task.decode_array(y_true)
+    out = {}
+    for name in task.names:
+        pred = task.marginal_probs(probs, name).argmax(1)
+        k = len(task.classes(name))
+        out[name] = {"acc": float(accuracy_score(true_parts[name], pred)),
+                     "f1": float(f1_score(true_parts[name], pred, labels=list(range(k)), average="macro", zero_division=0))}
+    return out
+
+
+def composite_task(classes: list[str]) -> AttributeTask | None:
+    """The attribute structure behind composite class names (``wear/male/young``), if any.
+
+    Lets tools that only see a class list (ensembles, reports) vote or score
+    per attribute: None unless the names are exactly a mixed-radix product.
+    """
+    parts = [str(c).split(SEPARATOR) for c in classes]
+    n = len(parts[0]) if parts else 0
+    if n < 2 or any(len(p) != n for p in parts):
+        return None
+    values = [list(dict.fromkeys(p[i] for p in parts)) for i in range(n)]
+    if any(len(v) < 2 for v in values):
+        return None
+    task = AttributeTask({f"attribute{i + 1}": v for i, v in enumerate(values)})
+    return task if task.composite_names() == [str(c) for c in classes] else None
