@@ -109,3 +109,39 @@ def next_free_dir(parent: Path, name: str) -> Path:
         except FileExistsError:
             continue
     raise PodiumError(f"too many outputs named {name!r} in {parent}")
+
+
+# ---------------------------------------------------------------- status
+
+STATUS_FILE = "status.json"
+STATUSES = ("running", "finished", "interrupted", "failed")
+
+
+def write_status(run_dir: str | Path, status: str, **info) -> Path:
+    """Record how a run stands (running / finished / interrupted / failed) in ``status.json``,
+    with details such as ``epoch``, ``error`` or ``signal``; rewritten atomically at each change."""
+    import datetime as _dt
+
+    if status not in STATUSES:
+        raise ValueError(f"unknown run status {status!r}; expected one of {STATUSES}")
+    record = {"status": status, "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **info}
+    return write_json(Path(run_dir) / STATUS_FILE, record)
+
+
+def read_status(run_dir: str | Path) -> dict:
+    """The run's status record; folders from before status.json are inferred:
+    summary.json -> finished, a checkpoint -> interrupted, else failed."""
+    run_dir = Path(run_dir)
+    path = run_dir / STATUS_FILE
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text())
+            if isinstance(record, dict) and record.get("status") in STATUSES:
+                return record
+        except (OSError, ValueError):
+            pass
+    if (run_dir / "summary.json").is_file():
+        return {"status": "finished", "inferred": True}
+    if any(run_dir.glob("*.ckpt")):
+        return {"status": "interrupted", "inferred": True}
+    return {"status": "failed", "inferred": True}
