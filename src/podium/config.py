@@ -6,13 +6,60 @@ naming the dotted key, the value found, what is allowed and close matches.
 """
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from podium.errors import PodiumError, closest
+from podium.errors import PodiumError, closest, unknown_name
+
+
+@dataclass(frozen=True)
+class RegistryName:
+    """A config value that must be a key of a registry dict (``module.NAME``), so adding a
+    loss, schedule, preset or detector is one edit in its module. The registry module is
+    imported when a value is checked, not when the schema is built."""
+    registry: str
+    kind: str
+    also: tuple[str, ...] = ()
+
+    def names(self) -> list[str]:
+        module, _, attr = self.registry.rpartition(".")
+        return [*self.also, *getattr(importlib.import_module(module), attr)]
+
+    def __call__(self, value: str) -> str:
+        names = self.names()
+        if value not in names:
+            raise ValueError(str(unknown_name(self.kind, value, names)))
+        return value
+
+
+def registry_name(registry: str, kind: str, *also: str):
+    """``Annotated[str, ...]`` whose allowed values are the keys of ``registry``."""
+    return Annotated[str, AfterValidator(RegistryName(registry, kind, also))]
+
+
+Loss = registry_name("podium.model.losses.LOSSES", "loss")
+Optimizer = registry_name("podium.model.optim.OPTIMIZERS", "optimizer")
+Scheduler = registry_name("podium.model.optim.SCHEDULERS", "scheduler")
+ClassWeights = registry_name("podium.model.losses.CLASS_WEIGHTS", "class-weights mode (or give a list of floats)")
+Preset = registry_name("podium.data.transforms.ALBU_PRESETS", "augmentation preset")
+Detector = registry_name("podium.data.crops.DETECTORS", "crop detector", "none")
+TTAMerge = registry_name("podium.evaluation.tta.MERGES", "TTA merge")
+
+
+def _check_tta_views(value):
+    if isinstance(value, list) and value:
+        from podium.evaluation.tta import parse_views
+
+        try:
+            parse_views([v for v in value if v != "none"] or ["identity"])
+        except PodiumError as exc:
+            raise ValueError(str(exc)) from None
+    return value
 
 
 class Section(BaseModel):
@@ -62,7 +109,7 @@ class ModelConfig(Section):
 
 class AugmentConfig(Section):
     backend: Literal["albumentations", "torchvision"] = Field("albumentations", description="Library that runs the augmentation ops.")
-    preset: Literal["none", "light", "default", "strong"] = Field("light", description="Named train augmentation recipe; `light` is best on short fine-tunes.")
+    preset: Preset = Field("light", description="Named train augmentation recipe; `light` is best on short fine-tunes.")
     train_ops: list[dict[str, Any]] | None = Field(None, description="Explicit train ops replacing the preset: [{name: HorizontalFlip, p: 0.5}, ...].")
     eval_ops: list[dict[str, Any]] | None = Field(None, description="Extra deterministic ops applied at eval/predict time, after resizing.")
     normalize: Literal["imagenet", "dataset", "none"] = Field("imagenet", description="Normalization statistics: ImageNet's, the training set's own, or none.")
@@ -73,17 +120,17 @@ class AugmentConfig(Section):
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1, description="Number of training epochs.")
     batch_size: int = Field(32, ge=1, description="Images per batch (per device).")
-    loss: Literal["ce", "focal", "label_smoothing", "f1"] = Field("label_smoothing", description="Loss: cross-entropy, focal, label-smoothed cross-entropy, or soft macro F1.")
+    loss: Loss = Field("label_smoothing", description="Loss: cross-entropy, focal, label-smoothed cross-entropy, or soft macro F1.")
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="Smoothing of the `label_smoothing` loss.")
     focal_gamma: float = Field(2.0, ge=0.0, description="Focusing parameter of the focal loss.")
-    class_weights: Union[Literal["none", "auto", "sqrt"], list[float]] = Field(
+    class_weights: Union[list[float], ClassWeights] = Field(
         "sqrt", description="Loss class weights: none, auto (inverse frequency), sqrt (its square root, milder) or an explicit list.")
     sampler: Literal["random", "balanced"] = Field("random", description="`balanced` draws classes equally often (WeightedRandomSampler).")
-    optimizer: Literal["sgd", "adam", "adamw"] = Field("sgd", description="Optimizer (timm factory; sgd is Nesterov momentum).")
+    optimizer: Optimizer = Field("sgd", description="Optimizer (timm factory; sgd is Nesterov momentum).")
     lr: float = Field(0.01, gt=0.0, description="Peak learning rate.")
     weight_decay: float = Field(1e-4, ge=0.0, description="Weight decay (not applied to biases and norm layers).")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
-    scheduler: Literal["none", "step", "multistep", "cosine", "plateau", "onecycle"] = Field("cosine", description="Learning-rate schedule.")
+    scheduler: Scheduler = Field("cosine", description="Learning-rate schedule.")
     warmup_epochs: float = Field(0.0, ge=0.0, description="Linear warmup length in epochs (fractions allowed).")
     min_lr: float = Field(1e-6, ge=0.0, description="Floor of the cosine and plateau schedules.")
     step_epochs: int = Field(3, ge=1, description="`step`: decay the learning rate every N epochs.")
@@ -157,7 +204,7 @@ class TaskConfig(Section):
 
 
 class CropConfig(Section):
-    detector: Literal["none", "fixed", "center", "csv", "yunet"] = Field("none", description="Face/box crop applied before training and prediction (cached).")
+    detector: Detector = Field("none", description="Face/box crop applied before training and prediction (cached).")
     options: dict[str, Any] = Field(default_factory=dict, description="Detector options, e.g. {model_path: yunet.onnx} or {box: [0.1, 0.1, 0.9, 0.9]}.")
     margin: float = Field(0.4, ge=0.0, description="Grow the detected box by this fraction of its size.")
     chin_share: float = Field(0.6, ge=0.0, le=1.0, description="Share of the extra height added below the face (keeps masks in view).")
@@ -173,9 +220,9 @@ class CVConfig(Section):
 
 
 class PredictConfig(Section):
-    tta: Union[Literal["auto"], list[str]] = Field(
+    tta: Union[Literal["auto"], Annotated[list[str], AfterValidator(_check_tta_views)]] = Field(
         "auto", description="Test-time views added to the plain image, e.g. [hflip, scale_0.9]; [] = none; `auto` = hflip when training flipped images.")
-    tta_merge: Literal["mean", "gmean"] = Field("mean", description="How TTA views are merged.")
+    tta_merge: TTAMerge = Field("mean", description="How TTA views are merged.")
     logit_biases: str | None = Field(None, description="JSON of per-class logit biases fitted for macro F1 (`podium cv-biases`), applied to predictions.")
 
 
@@ -283,7 +330,8 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
 def format_validation_error(exc: ValidationError) -> str:
     lines = ["invalid config:"]
     seen: set[str] = set()
-    for err in exc.errors():
+    # a registry's own message (valid names, did-you-mean) beats a union member's "should be a list"
+    for err in sorted(exc.errors(), key=lambda e: e["type"] != "value_error"):
         # pydantic reports each member of a union as its own error, with the member type
         # ("int", "tuple[...]") or an item index in the loc: one message per field is enough.
         names = [p for p in err["loc"] if isinstance(p, str) and not p.startswith(
@@ -307,7 +355,7 @@ def format_validation_error(exc: ValidationError) -> str:
                 msg += f". Did you mean {'.'.join(names[:-1] + [hint[0]])!r}?"
             lines.append(msg)
             continue
-        msg = f"  {dotted}: {err['msg']} (found {found!r})"
+        msg = f"  {dotted}: {err['msg'].removeprefix('Value error, ')} (found {found!r})"
         allowed = _literal_choices(tuple(names))
         if allowed and isinstance(found, str):
             hint = closest(found, allowed)
@@ -324,6 +372,20 @@ def _literal_choices(loc: tuple) -> list[str]:
     if owner is None or loc[-1] not in owner.model_fields:
         return []
     return [str(a) for a in _literal_args(owner.model_fields[loc[-1]].annotation)]
+
+
+def _registry_names_of(metadata) -> list[str]:
+    return [n for meta in metadata or () if isinstance(getattr(meta, "func", None), RegistryName)
+            for n in meta.func.names()]
+
+
+def _registry_names(annotation) -> list[str]:
+    """Allowed names of a registry-backed field (its `RegistryName` validator), for the reference."""
+    out: list[str] = _registry_names_of(getattr(annotation, "__metadata__", ()))
+    for arg in getattr(annotation, "__args__", ()) or ():
+        if arg is not annotation:
+            out.extend(_registry_names(arg))
+    return out
 
 
 def _literal_args(annotation) -> list:
@@ -357,7 +419,7 @@ def config_reference() -> str:
                 walk(ann, f"{prefix}{name}.")
                 continue
             default = field.get_default(call_default_factory=True)
-            choices = _literal_args(ann)
+            choices = _literal_args(ann) + _registry_names(ann) + _registry_names_of(field.metadata)
             desc = field.description or ""
             if choices and len(choices) <= 8:
                 desc += f" One of: {', '.join(str(c) for c in choices)}."

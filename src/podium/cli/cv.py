@@ -51,7 +51,7 @@ def register(sub) -> None:
     p = add_command(sub, "ensemble", "Combine CV folders, runs or prediction tables; score members and ensemble on OOF.",
                     cmd_ensemble, EXAMPLES["ensemble"])
     p.add_argument("members", nargs="+", metavar="MEMBER", help="CV folder, run folder or .parquet predictions")
-    p.add_argument("--method", default="soft", choices=["hard", "soft", "weighted", "rank"], help="voting method")
+    p.add_argument("--method", default="soft", metavar="METHOD", help="voting method: hard, soft, weighted or rank")
     p.add_argument("--out", help="output folder (default: runs/ensemble, numbered when taken)")
     p.add_argument("--test-probs", nargs="+", metavar="PARQUET", help="test probabilities, one file per member")
 

@@ -9,13 +9,15 @@ cheapest and where exported models keep it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from podium.config import AugmentConfig
 from podium.errors import PodiumError, unknown_name
+
+if TYPE_CHECKING:
+    from podium.config import AugmentConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -88,6 +88,22 @@ def create_loss(name: str, num_classes: int, *, class_weights: torch.Tensor | No
     return factory(num_classes, class_weights, label_smoothing, focal_gamma)
 
 
+def inverse_frequency(counts: np.ndarray) -> np.ndarray:
+    """n / (k * count) for the k classes present, 0 for absent ones."""
+    present = counts > 0
+    inv = np.zeros_like(counts)
+    inv[present] = counts[present].sum() / (present.sum() * counts[present])
+    return inv
+
+
+#: `train.class_weights` modes -> counts -> raw weights (None = unweighted); a list of floats is also allowed
+CLASS_WEIGHTS: dict[str, Callable[[np.ndarray], np.ndarray | None]] = {
+    "none": lambda counts: None,
+    "auto": inverse_frequency,
+    "sqrt": lambda counts: np.sqrt(inverse_frequency(counts)),
+}
+
+
 def compute_class_weights(counts: Sequence[int], mode: str | Sequence[float]) -> torch.Tensor | None:
     """Per-class loss weights normalised to mean 1 over the classes present.
 
@@ -96,14 +112,9 @@ def compute_class_weights(counts: Sequence[int], mode: str | Sequence[float]) ->
     """
     counts = np.asarray(counts, dtype=np.float64)
     if isinstance(mode, str):
-        if mode == "none":
+        weights = lookup(CLASS_WEIGHTS, mode, "class-weights mode (or give a list)")(counts)
+        if weights is None:
             return None
-        if mode not in ("auto", "sqrt"):
-            raise PodiumError(f"train.class_weights: unknown mode {mode!r}; valid: none, auto, sqrt, or a list")
-        present = counts > 0
-        inv = np.zeros_like(counts)
-        inv[present] = counts[present].sum() / (present.sum() * counts[present])
-        weights = np.sqrt(inv) if mode == "sqrt" else inv
     else:
         weights = np.asarray(list(mode), dtype=np.float64)
         if len(weights) != len(counts):

@@ -12,8 +12,8 @@ from torch import nn
 
 from podium.errors import lookup
 
-OPTIMIZERS = {"sgd": "sgd", "adam": "adam", "adamw": "adamw"}
-SCHEDULERS = ("none", "step", "multistep", "cosine", "plateau", "onecycle")
+#: `train.optimizer` -> the name timm's `create_optimizer_v2` knows (`sgd` there is Nesterov momentum)
+OPTIMIZERS: dict[str, str] = {"sgd": "sgd", "adam": "adam", "adamw": "adamw"}
 
 
 def create_optimizer(name: str, model: nn.Module | Iterable, *, lr: float, weight_decay: float = 0.0,
@@ -31,29 +31,42 @@ def create_scheduler(name: str, optimizer: torch.optim.Optimizer, *, epochs: int
                      milestones: list[int] | None = None, gamma: float = 0.1, plateau_patience: int = 2,
                      mode: str = "max") -> dict | None:
     """A Lightning ``lr_scheduler`` config dict, or None for a constant learning rate."""
-    lookup({s: s for s in SCHEDULERS}, name, "scheduler")
-    steps_per_epoch = max(1, steps_per_epoch)
-    if name == "onecycle":
-        max_lr = [g["lr"] for g in optimizer.param_groups]
-        pct = warmup_epochs / epochs if warmup_epochs > 0 else 0.3
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=max_lr, total_steps=epochs * steps_per_epoch, pct_start=min(max(pct, 1e-3), 0.999))
-        return {"scheduler": sched, "interval": "step", "frequency": 1}
+    build = lookup(SCHEDULERS, name, "scheduler")
+    sched = build(optimizer, name=name, epochs=epochs, steps_per_epoch=max(1, steps_per_epoch),
+                  warmup_epochs=warmup_epochs, min_lr=min_lr, step_epochs=step_epochs, milestones=milestones,
+                  gamma=gamma, plateau_patience=plateau_patience, mode=mode)
+    return None if sched is None else {"scheduler": sched, "interval": "step", "frequency": 1}
+
+
+def _onecycle(optimizer, *, epochs, steps_per_epoch, warmup_epochs, **_):
+    max_lr = [g["lr"] for g in optimizer.param_groups]
+    pct = warmup_epochs / epochs if warmup_epochs > 0 else 0.3
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=epochs * steps_per_epoch, pct_start=min(max(pct, 1e-3), 0.999))
+
+
+def _plateau(optimizer, *, steps_per_epoch, warmup_epochs, mode, gamma, plateau_patience, min_lr, **_):
+    return WarmupPlateau(optimizer, warmup_steps=int(round(warmup_epochs * steps_per_epoch)), mode=mode,
+                         factor=gamma, patience=plateau_patience, min_lr=min_lr)
+
+
+def _timm(optimizer, *, name, epochs, steps_per_epoch, warmup_epochs, min_lr, step_epochs, milestones, gamma, **_):
+    """timm's per-update schedules (step, multistep, cosine; `none` = constant after a warmup)."""
     if name == "none" and warmup_epochs <= 0:
         return None
     from timm.scheduler import create_scheduler_v2
 
-    if name == "plateau":
-        sched = WarmupPlateau(optimizer, warmup_steps=int(round(warmup_epochs * steps_per_epoch)), mode=mode,
-                              factor=gamma, patience=plateau_patience, min_lr=min_lr)
-        return {"scheduler": sched, "interval": "step", "frequency": 1}
-    timm_name = {"none": "constant"}.get(name, name)
     sched, _ = create_scheduler_v2(
-        optimizer, sched=timm_name, num_epochs=epochs, decay_epochs=step_epochs,
+        optimizer, sched={"none": "constant"}.get(name, name), num_epochs=epochs, decay_epochs=step_epochs,
         decay_milestones=list(milestones or []), decay_rate=gamma, min_lr=min_lr,
         warmup_lr=min(1e-5, min(g["lr"] for g in optimizer.param_groups) / 10),
         warmup_epochs=warmup_epochs, step_on_epochs=False, updates_per_epoch=steps_per_epoch)
-    return {"scheduler": sched, "interval": "step", "frequency": 1}
+    return sched
+
+
+#: `train.scheduler` -> builder(optimizer, **schedule settings) -> scheduler or None (constant lr)
+SCHEDULERS: dict = {"none": _timm, "step": _timm, "multistep": _timm, "cosine": _timm, "plateau": _plateau,
+                    "onecycle": _onecycle}
 
 
 class WarmupPlateau:
