@@ -13,7 +13,7 @@ import pytest
 
 from podium.evaluation import cv, ensemble_runs
 from podium.config import load_config
-from podium.evaluation.ensemble import macro_f1
+from podium.evaluation.scores import macro_f1
 from podium.errors import PodiumError
 
 COLORS = {"blue": (220, 0, 0), "green": (0, 200, 0), "red": (0, 0, 220)}  # BGR for cv2
@@ -55,42 +55,6 @@ def cv_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         skip_html_report(mp)
         return cv.run_cv(cfg, folds=2, test_data=test, save_epochs=True, progress=False, log=lambda *a: None)
-
-
-# ---------------------------------------------------------------- folds
-
-
-def _frame(n_per_class=(30, 12, 6), groups_of: int | None = None) -> pd.DataFrame:
-    labels = np.concatenate([[c] * n for c, n in zip("abc", n_per_class)])
-    frame = pd.DataFrame({"id": [f"img{i}" for i in range(len(labels))], "path": "x", "label": labels})
-    if groups_of:
-        frame["group"] = [f"{lab}-{i // groups_of}" for i, lab in enumerate(labels)]
-    return frame
-
-
-def test_folds_are_stratified_disjoint_and_seeded():
-    frame = _frame()
-    folds = cv.make_folds(frame, 3, seed=1)
-    assert folds.shape == (len(frame),) and set(folds) == {0, 1, 2}  # every row in exactly one fold
-    counts = pd.crosstab(frame["label"], folds)
-    expected = frame["label"].value_counts().sort_index().to_numpy()[:, None] / 3
-    assert np.abs(counts.to_numpy() - expected).max() <= 1  # each class spread evenly
-    assert np.array_equal(folds, cv.make_folds(frame, 3, seed=1))
-    assert not np.array_equal(folds, cv.make_folds(frame, 3, seed=2))
-
-
-def test_grouped_folds_never_split_a_group():
-    frame = _frame(groups_of=3)
-    folds = cv.make_folds(frame, 4, seed=0)
-    assert set(folds) == {0, 1, 2, 3}
-    assert (pd.Series(folds).groupby(frame["group"]).nunique() == 1).all()
-    assert (pd.crosstab(frame["label"], folds).loc["a"] > 0).all()  # the big class is in every fold
-
-
-def test_too_few_groups_for_the_folds_is_a_user_error():
-    frame = _frame((4, 4, 4), groups_of=4)  # 3 groups
-    with pytest.raises(PodiumError, match="3 groups"):
-        cv.make_folds(frame, 5, seed=0)
 
 
 # ---------------------------------------------------------------- a real (tiny) CV

@@ -32,6 +32,7 @@ from podium.config import PodiumConfig, config_to_yaml, load_config
 from podium.model.engine import epoch_checkpoint_callback
 from podium.errors import PodiumError, summarize_list
 from podium.fileio import write_csv, write_json, write_parquet, write_text
+from podium.data.splits import has_groups, make_folds
 
 CV_FILE = "cv.json"
 FOLDS_FILE = "folds.csv"
@@ -43,47 +44,6 @@ BIASES_FILE = "logit_biases.json"
 
 
 # ---------------------------------------------------------------- folds
-
-
-def has_groups(frame: pd.DataFrame) -> bool:
-    return "group" in frame.columns and frame["group"].notna().all() and (frame["group"].astype(str) != "").all()
-
-
-def make_folds(frame: pd.DataFrame, k: int, seed: int) -> np.ndarray:
-    """Fold index (0..k-1) of every row: stratified on ``label``, grouped when ``group`` exists.
-
-    Grouping keeps every image of a person (or any group) in one fold, otherwise
-    the CV score measures recognising people instead of the task.
-    """
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-
-    if k < 2:
-        raise PodiumError(f"cross-validation needs at least 2 folds; got {k}")
-    labels = frame["label"].astype(str).to_numpy()
-    grouped = has_groups(frame)
-    units = frame["group"].astype(str).nunique() if grouped else len(frame)
-    if units < k:
-        what = "groups" if grouped else "images"
-        raise PodiumError(f"cannot make {k} folds from {units} {what}; use --folds {max(2, units)} or fewer, or add data")
-    folds = np.full(len(frame), -1, dtype=np.int64)
-    with warnings.catch_warnings():
-        # a class rarer than k only means some folds validate without it
-        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        if grouped:
-            splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-            splits = splitter.split(np.zeros(len(frame)), labels, frame["group"].astype(str).to_numpy())
-        else:
-            splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-            splits = splitter.split(np.zeros(len(frame)), labels)
-        for fold, (_, val_idx) in enumerate(splits):
-            folds[val_idx] = fold
-    empty = sorted(set(range(k)) - set(folds.tolist()))
-    if (folds < 0).any() or empty:
-        raise PodiumError(f"fold assignment left fold(s) {empty} empty; use fewer folds")
-    if grouped:
-        spread = pd.Series(folds).groupby(frame["group"].astype(str).to_numpy()).nunique()
-        assert (spread == 1).all(), f"groups split across folds: {spread[spread > 1].index.tolist()[:5]}"
-    return folds
 
 
 # ---------------------------------------------------------------- training
@@ -272,7 +232,8 @@ def _check_fold_free(run_dir: Path, fold: int) -> None:
 def gather_cv(run_dir: str | Path) -> dict:
     """OOF table, CV score and fold-averaged test predictions of a finished CV folder."""
     from podium.data.dataset import encode_labels
-    from podium.evaluation.ensemble import align_members, macro_f1, soft_vote
+    from podium.evaluation.ensemble import align_members, soft_vote
+    from podium.evaluation.scores import macro_f1
     from podium.evaluation.metrics import save_classification_report
 
     run_dir = Path(run_dir)
@@ -411,7 +372,7 @@ def oof_tta(run_dir: str | Path, views: list[str], merge: str = "mean", *, batch
     the gain is measured on held-out images before it is switched on.
     """
     from podium.data.dataset import encode_labels
-    from podium.evaluation.ensemble import macro_f1
+    from podium.evaluation.scores import macro_f1
     from podium.evaluation.predict import predict_frame
     from podium.model.checkpoints import load_module
     from podium.runs import load_run

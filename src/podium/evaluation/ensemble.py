@@ -21,10 +21,11 @@ import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import softmax
 from scipy.stats import rankdata
-from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
 
 from podium.errors import PodiumError, lookup, summarize_list
+from podium.evaluation.scores import macro_f1
+from podium.tasks.attributes import decode_digits, encode_digits, joint_from_marginals
 from podium.fileio import atomic_path
 
 # Columns of a prediction table that are never class probabilities
@@ -40,22 +41,7 @@ Voter = Callable[..., np.ndarray]
 # ---------------------------------------------------------------- metrics
 
 
-def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> float:
-    """Macro F1 over all ``n_classes`` so an absent class counts as 0, as leaderboards do."""
-    return float(
-        f1_score(y_true, y_pred, average="macro", labels=list(range(n_classes)), zero_division=0)
-    )
-
-
-def _fast_macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
-    # Same value as `macro_f1` (tested) without sklearn's validation overhead:
-    # bias tuning evaluates it thousands of times.
-    tp = np.bincount(y_true[y_true == y_pred], minlength=n_classes)[:n_classes]
-    n_true = np.bincount(y_true, minlength=n_classes)[:n_classes]
-    n_pred = np.bincount(y_pred, minlength=n_classes)[:n_classes]
-    denom = n_true + n_pred
-    f1 = np.divide(2.0 * tp, denom, out=np.zeros(n_classes), where=denom > 0)
-    return float(f1.mean())
+_fast_macro_f1 = macro_f1  # bias tuning's name for it: the one definition is already fast
 
 
 def _log_loss(probs: np.ndarray, y: np.ndarray) -> float:
@@ -241,21 +227,19 @@ def compose_attribute_probs(attr_probs: Sequence[np.ndarray]) -> np.ndarray:
             raise PodiumError(
                 f"attribute {i + 1} probabilities have shape {a.shape}; expected ({n_rows}, K) like attribute 1"
             )
-    joint = arrays[0]
-    for a in arrays[1:]:
-        joint = (joint[:, :, None] * a[:, None, :]).reshape(n_rows, -1)
+    joint = joint_from_marginals(arrays)
     total = joint.sum(axis=1, keepdims=True)
     return np.divide(joint, total, out=np.full_like(joint, 1.0 / joint.shape[1]), where=total > 0)
 
 
 def composite_index(attr_indices: Sequence[Sequence[int]], radices: Sequence[int]) -> np.ndarray:
     """Composite class index of per-attribute indices (first attribute most significant)."""
-    return np.ravel_multi_index(tuple(np.asarray(a) for a in attr_indices), tuple(radices))
+    return encode_digits(attr_indices, radices)
 
 
 def split_composite_index(index: Sequence[int], radices: Sequence[int]) -> tuple[np.ndarray, ...]:
     """Inverse of `composite_index`: per-attribute indices of composite classes."""
-    return np.unravel_index(np.asarray(index), tuple(radices))
+    return decode_digits(index, radices)
 
 
 def vote_per_attribute(
@@ -470,15 +454,10 @@ def nested_bias_gain(
 
 
 def _load_state_dict(path: str | Path) -> tuple[dict, dict]:
-    import torch
+    """Through the one checkpoint reader (weights_only=True): averaging never runs pickled code."""
+    from podium.model.checkpoints import read_checkpoint
 
-    path = Path(path)
-    if not path.is_file():
-        raise PodiumError(f"checkpoint {path} does not exist; pass paths of .ckpt files written by training")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        found = summarize_list(list(ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise PodiumError(f"checkpoint {path} has no 'state_dict' (found {found}); expected a Lightning checkpoint")
+    ckpt = read_checkpoint(path)
     return ckpt, ckpt["state_dict"]
 
 

@@ -93,7 +93,7 @@ def average_run_checkpoints(run_dir: str | Path, *, last: int | None = None, bes
 
 def _score_checkpoints(run_dir: Path, ckpts: dict[str, Path], progress: bool) -> dict:
     from podium.data.dataset import encode_labels
-    from podium.evaluation.ensemble import macro_f1
+    from podium.evaluation.scores import macro_f1
     from podium.evaluation.predict import predict_frame
     from podium.model.checkpoints import load_module
     from podium.runs import load_run

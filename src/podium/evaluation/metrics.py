@@ -35,7 +35,9 @@ def create_metrics(num_classes: int, prefix: str = "val_") -> MetricCollection:
 
 def summary_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     """The training metrics, computed once on a full prediction table (sklearn)."""
-    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+    from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
+
+    from podium.evaluation.scores import macro_f1
 
     n = probs.shape[1]
     y_pred = probs.argmax(1)
@@ -44,7 +46,7 @@ def summary_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     labels = np.union1d(y_true, y_pred).tolist()
     out = {
         "acc": float(accuracy_score(y_true, y_pred)),
-        "f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "f1": macro_f1(y_true, y_pred, n),
         "precision": float(precision_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "recall": float(recall_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
     }

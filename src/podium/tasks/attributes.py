@@ -39,6 +39,35 @@ DEFAULT_AGE_THRESHOLDS = (30, 60)
 DEFAULT_AMBIGUOUS_AGE_BANDS = ((28, 29), (57, 59))
 
 
+# ---------------------------------------------------------------- the mixed-radix codec
+# The one implementation of composite <-> attribute indices and of joint probabilities:
+# `AttributeTask`, the multi-head loss (model.engine) and per-attribute voting (ensembles) use it.
+
+
+def place_values(radices: Sequence[int]) -> np.ndarray:
+    """Place value of each digit (first attribute most significant): product of the radices to its right."""
+    return np.array([math.prod(radices[i + 1:]) for i in range(len(radices))], dtype=np.int64)
+
+
+def encode_digits(digits: Sequence[Any], radices: Sequence[int]) -> np.ndarray:
+    """Composite indices of per-attribute index arrays: ``sum(digit * place)``."""
+    return np.ravel_multi_index(tuple(np.asarray(d, dtype=np.int64) for d in digits), tuple(radices)).astype(np.int64)
+
+
+def decode_digits(codes: Any, radices: Sequence[int]) -> tuple[np.ndarray, ...]:
+    """Inverse of `encode_digits`: per-attribute index arrays of composite indices."""
+    return tuple(d.astype(np.int64) for d in np.unravel_index(np.asarray(codes), tuple(radices)))
+
+
+def joint_from_marginals(arrays: Sequence[Any]) -> np.ndarray:
+    """(N, K1), (N, K2), ... -> (N, K1*K2*...) product probabilities in mixed-radix order."""
+    joint = None
+    for p in arrays:
+        p = np.asarray(p, dtype=np.float64)
+        joint = p if joint is None else (joint[:, :, None] * p[:, None, :]).reshape(len(p), -1)
+    return joint
+
+
 def _check_thresholds(thresholds: Sequence[float]) -> np.ndarray:
     edges = np.asarray(list(thresholds), dtype=float)
     if edges.ndim != 1 or edges.size == 0 or np.isnan(edges).any() or np.any(np.diff(edges) <= 0):
@@ -136,9 +165,7 @@ class AttributeTask:
         return name
 
     def _weights(self) -> np.ndarray:
-        # Place value of each digit: product of the radices to its right.
-        r = self.radices
-        return np.array([math.prod(r[i + 1:]) for i in range(len(r))], dtype=np.int64)
+        return place_values(self.radices)
 
     # ----------------------------------------------------- single values
     def index_of(self, name: str, value: Any) -> int:
@@ -165,7 +192,7 @@ class AttributeTask:
     def decode(self, code: int) -> dict[str, int]:
         """``{attribute: class index}`` of one composite index."""
         code = self._check_code(code)
-        return {n: int(d) for n, d in zip(self.names, np.unravel_index(code, self.radices))}
+        return {n: int(d) for n, d in zip(self.names, decode_digits(code, self.radices))}
 
     def attribute_of(self, code: Any, name: str) -> Any:
         """Class index of attribute ``name`` within composite ``code`` (int or array)."""
@@ -205,8 +232,7 @@ class AttributeTask:
     def decode_array(self, codes: Any) -> dict[str, np.ndarray]:
         """Vectorised `decode`: int codes -> ``{attribute: int64 index array}``."""
         codes = self._check_codes(codes)
-        unravelled = np.unravel_index(np.atleast_1d(codes), self.radices)
-        return {n: d.astype(np.int64) for n, d in zip(self.names, unravelled)}
+        return dict(zip(self.names, decode_digits(np.atleast_1d(codes), self.radices)))
 
     def _index_array(self, name: str, values: Any) -> np.ndarray:
         classes = self.classes(name)
@@ -283,13 +309,11 @@ class AttributeTask:
         composite prediction: argmax of the product is the argmax of each head.
         """
         self._check_complete(attribute_probs)
-        joint = None
         for name, k in zip(self.names, self.radices):
-            p = np.asarray(attribute_probs[name], dtype=float)
+            p = np.asarray(attribute_probs[name])
             if p.ndim != 2 or p.shape[1] != k:
                 raise PodiumError(f"{name} probabilities must have shape (N, {k}), got {p.shape}")
-            joint = p if joint is None else (joint[:, :, None] * p[:, None, :]).reshape(len(p), -1)
-        return joint
+        return joint_from_marginals([attribute_probs[name] for name in self.names])
 
     # -------------------------------------------------------- DataFrames
     def attribute_indices(self, df: pd.DataFrame) -> dict[str, np.ndarray]:

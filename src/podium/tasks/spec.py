@@ -85,7 +85,9 @@ def drop_training_ages(train: pd.DataFrame, cfg: TaskConfig, log=print) -> pd.Da
 
 def attribute_metrics(spec: TaskSpec, y_true: np.ndarray, probs: np.ndarray) -> dict[str, dict[str, float]]:
     """Accuracy and macro F1 of each attribute, from composite probabilities."""
-    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.metrics import accuracy_score
+
+    from podium.evaluation.scores import macro_f1
 
     if spec.attributes is None or spec.mode == "per_attribute":
         return {}
@@ -96,7 +98,7 @@ def attribute_metrics(spec: TaskSpec, y_true: np.ndarray, probs: np.ndarray) -> 
         pred = task.marginal_probs(probs, name).argmax(1)
         k = len(task.classes(name))
         out[name] = {"acc": float(accuracy_score(true_parts[name], pred)),
-                     "f1": float(f1_score(true_parts[name], pred, labels=list(range(k)), average="macro", zero_division=0))}
+                     "f1": macro_f1(true_parts[name], pred, k)}
     return out
 
 
