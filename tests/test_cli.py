@@ -229,3 +229,21 @@ def test_epoch_checkpoints_can_be_averaged(tmp_path, image_folder):
     assert len(list((run / "epochs").glob("*.ckpt"))) == 2
     assert main(["average-checkpoints", str(run), "--last", "2", "--out", str(tmp_path / "avg.ckpt")]) == 0
     assert (tmp_path / "avg.ckpt").is_file()
+
+
+def test_run_tta_merge_is_the_default_of_predict(tmp_path, image_folder, capsys):
+    """predict.tta_merge from the run's config drives `podium predict`; --tta-merge overrides it."""
+    import pandas as pd
+
+    runs = tmp_path / "runs dir"
+    args = fast_overrides(tmp_path, **{"predict.tta_merge": "gmean", "predict.tta": "[hflip,scale_0.8]",
+                                       "output.report": "false"})
+    assert main(["train", *args, f"data.train={image_folder}", "--quiet"]) == 0
+    run = next(runs.iterdir())
+    outs = {}
+    for name, extra in (("run", []), ("gmean", ["--tta-merge", "gmean"]), ("mean", ["--tta-merge", "mean"])):
+        assert main(["predict", str(run), "--data", str(image_folder), "--out", str(tmp_path / name), "--quiet",
+                     *extra]) == 0
+        outs[name] = pd.read_parquet(tmp_path / name / "probabilities.parquet").drop(columns="id").to_numpy()
+    assert (outs["run"] == outs["gmean"]).all()
+    assert abs(outs["run"] - outs["mean"]).max() > 1e-6

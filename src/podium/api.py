@@ -107,8 +107,9 @@ class Run:
                              batch_size=batch_size, progress=progress)
         table = pd.read_parquet(result["probabilities"])
         classes = [c for c in table.columns if c != "id"]
-        table["prediction"] = table[classes].to_numpy().argmax(1)
-        table["prediction"] = [classes[i] for i in table["prediction"]]
+        table["prediction"] = [classes[i] for i in table[classes].to_numpy().argmax(1)]
+        table.attrs.update(submission=str(result["submission"]), probabilities=str(result["probabilities"]),
+                           out_dir=str(result["out_dir"]))
         return table
 
     def evaluate(self, data: str | Path, *, out: str | Path | None = None, checkpoint: str = "best",
@@ -138,14 +139,15 @@ def load_run(path: str | Path) -> Run:
 
 
 def train(cfg: PodiumConfig | dict | str | Path | None = None, *, resume: str | Path | None = None,
-          dry_run: bool = False, progress: bool = False, log: Callable = print, callbacks: list | None = None) -> Run:
-    """Train one run (or continue ``resume``) and return it; the CLI's `podium train`."""
+          dry_run: bool = False, progress: bool = False, log: Callable = print, callbacks: list | None = None,
+          epochs: int | None = None) -> Run:
+    """Train one run (or continue ``resume``; ``epochs`` extends it) and return it; the CLI's `podium train`."""
     from podium.model.training import train as fit
 
     cfg = _as_config(cfg)
     if cfg is None and resume is None:
         raise PodiumError("podium.train needs a config (podium.config(...)) or resume=RUN_FOLDER")
-    result = fit(cfg, resume=resume, dry_run=dry_run, progress=progress, log=log, callbacks=callbacks)
+    result = fit(cfg, resume=resume, dry_run=dry_run, progress=progress, log=log, callbacks=callbacks, epochs=epochs)
     run = Run(Path(result.run_dir), result.module)
     run.__dict__["_result"] = result
     return run if not dry_run else _DryRun(Path(result.run_dir), result.summary)

@@ -51,8 +51,7 @@ def write_digits_folder(root: Path, test_fraction: float = 0.2, seed: int = 0) -
 
 
 def run_demo(workdir: Path, epochs: int = 6, progress: bool = True, console=None) -> dict:
-    from podium.evaluation.predict import evaluate_run, predict_run
-    from podium.model.training import train
+    import podium
 
     log = console.print if console else print
     workdir = Path(workdir)
@@ -62,22 +61,23 @@ def run_demo(workdir: Path, epochs: int = 6, progress: bool = True, console=None
     log(f"demo data: {train_dir} (train), {flat_dir} (to predict), {test_dir} (labelled copy)")
     cfg = load_config(None, DEMO_OVERRIDES + [f"data.train={train_dir}", f"train.epochs={epochs}",
                                               f"output.dir={workdir / 'runs'}"])
-    result = train(cfg, progress=progress, log=log)
-    pred = predict_run(result.run_dir, flat_dir, progress=progress)
-    evaluation = evaluate_run(result.run_dir, test_dir, progress=progress)
-    m = evaluation["metrics"]
+    run = podium.train(cfg, progress=progress, log=log)
+    predictions = run.predict(flat_dir, progress=progress)
+    evaluation = run.evaluate(test_dir, progress=progress)
+    m = evaluation.metrics
     from rich.table import Table
 
     table = Table(title="podium demo: handwritten digits (10 classes)")
     for col in ("split", "images", "accuracy", "macro F1"):
         table.add_column(col)
-    v = result.val_metrics
-    table.add_row("validation (holdout)", str(result.summary["val_images"]), f"{v['acc']:.4f}", f"{v['f1']:.4f}")
-    table.add_row("test (never seen)", str(evaluation["n_images"]), f"{m['acc']:.4f}", f"{m['f1']:.4f}")
+    summary = run.summary
+    v = summary["val_metrics"]
+    table.add_row("validation (holdout)", str(summary["val_images"]), f"{v['acc']:.4f}", f"{v['f1']:.4f}")
+    table.add_row("test (never seen)", str(len(evaluation.predictions)), f"{m['acc']:.4f}", f"{m['f1']:.4f}")
     if console:
         console.print(table)
-    log(f"run folder:   {result.run_dir}")
-    log(f"submission:   {pred['submission']}")
-    log(f"probabilities: {pred['probabilities']}")
-    log(f"evaluation:   {evaluation['out_dir']}")
-    return {"train": result, "predict": pred, "evaluate": evaluation}
+    log(f"run folder:    {run.dir}")
+    log(f"submission:    {predictions.attrs['submission']}")
+    log(f"probabilities: {predictions.attrs['probabilities']}")
+    log(f"evaluation:    {evaluation.dir}")
+    return {"run": run, "predictions": predictions, "evaluation": evaluation}

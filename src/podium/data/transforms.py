@@ -46,9 +46,20 @@ def _albu_strong(size, A):
     ]
 
 
+def _albu_reference(size, A):
+    """torchvision's reference classification recipe: RandomResizedCrop 0.08-1 + flip."""
+    return [A.RandomResizedCrop(size=size, scale=(0.08, 1.0), ratio=(0.75, 1.333)), A.HorizontalFlip(p=0.5)]
+
+
+def _albu_flip(size, A):
+    return [A.HorizontalFlip(p=0.5)]
+
+
 ALBU_PRESETS: dict[str, Callable] = {
     "none": lambda size, A: [],
+    "flip": _albu_flip,
     "light": _albu_light,
+    "reference": _albu_reference,
     "default": _albu_default,
     "strong": _albu_strong,
 }
@@ -76,7 +87,9 @@ def _tv_strong(size, T):
 
 TV_PRESETS: dict[str, Callable] = {
     "none": lambda size, T: [],
+    "flip": lambda size, T: [T.RandomHorizontalFlip()],
     "light": _tv_light,
+    "reference": lambda size, T: [T.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), T.RandomHorizontalFlip()],
     "default": _tv_default,
     "strong": _tv_strong,
 }
@@ -114,9 +127,16 @@ class Pipeline:
     """uint8 HxWx3 array -> uint8 CHW tensor, with a per-sample seed so that
     augmentation is reproducible from torch's RNG (and thus resumable)."""
 
-    def __init__(self, backend: str, ops: list):
+    def __init__(self, backend: str, ops: list, tensor_ops: list | None = None):
         self.backend = backend
         self.ops = ops
+        # torchvision v2 ops on the uint8 CHW tensor after ``ops`` (TrivialAugmentWide, RandomErasing)
+        self.tensor_ops = list(tensor_ops or [])
+        self._tensor_compose = None
+        if self.tensor_ops:
+            from torchvision.transforms import v2 as T
+
+            self._tensor_compose = T.Compose(self.tensor_ops)
         if backend == "albumentations":
             import albumentations as A
 
@@ -128,7 +148,7 @@ class Pipeline:
 
     @property
     def is_identity(self) -> bool:
-        return self._compose is None
+        return self._compose is None and self._tensor_compose is None
 
     def __call__(self, image: np.ndarray, seed: int | None = None) -> torch.Tensor:
         if self._compose is not None and self.backend == "albumentations":
@@ -139,8 +159,28 @@ class Pipeline:
         if self._compose is not None and self.backend == "torchvision":
             from torchvision import tv_tensors
 
-            tensor = self._compose(tv_tensors.Image(tensor)).as_subclass(torch.Tensor)
+            if seed is None:
+                tensor = self._compose(tv_tensors.Image(tensor)).as_subclass(torch.Tensor)
+            else:
+                # torchvision draws from torch's global RNG: seed it per sample, inside a fork so the
+                # caller's RNG (dropout, in the main process) is untouched; the result depends only
+                # on the sample's seed, never on which worker ran it or what it ran before.
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    tensor = self._compose(tv_tensors.Image(tensor)).as_subclass(torch.Tensor)
+        if self._tensor_compose is not None:
+            tensor = self._apply_tensor_ops(tensor, seed)
         return tensor
+
+    def _apply_tensor_ops(self, tensor: torch.Tensor, seed: int | None) -> torch.Tensor:
+        """torchvision draws from torch's global RNG: with a seed, draw from a private one."""
+        from torchvision import tv_tensors
+
+        if seed is None:
+            return self._tensor_compose(tv_tensors.Image(tensor)).as_subclass(torch.Tensor)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self._tensor_compose(tv_tensors.Image(tensor)).as_subclass(torch.Tensor)
 
     def __repr__(self) -> str:
         return f"Pipeline({self.backend}, {self.ops!r})"
@@ -163,7 +203,21 @@ def build_train_pipeline(cfg: AugmentConfig, size: tuple[int, int]) -> Pipeline:
     else:
         presets = ALBU_PRESETS if cfg.backend == "albumentations" else TV_PRESETS
         ops = presets[cfg.preset](tuple(size), module)
-    return Pipeline(cfg.backend, ops)
+    return Pipeline(cfg.backend, ops, tensor_ops=extra_train_ops(cfg))
+
+
+def extra_train_ops(cfg: AugmentConfig) -> list:
+    """The switches added after the preset or explicit ops: `trivial_augment`, `random_erasing`."""
+    if not cfg.trivial_augment and cfg.random_erasing <= 0:
+        return []
+    from torchvision.transforms import v2 as T
+
+    ops = []
+    if cfg.trivial_augment:
+        ops.append(T.TrivialAugmentWide())
+    if cfg.random_erasing > 0:
+        ops.append(T.RandomErasing(p=cfg.random_erasing, value=0))
+    return ops
 
 
 def build_eval_pipeline(cfg: AugmentConfig, size: tuple[int, int]) -> Pipeline:
@@ -190,6 +244,8 @@ def resolve_normalization(cfg: AugmentConfig, dataset_stats: Callable[[], tuple]
 
 def channel_stats(images: list[np.ndarray]) -> tuple[tuple, tuple]:
     """Per-channel mean and std in [0,1] over uint8 HxWx3 images."""
+    from podium.data.statistics import mean_std
+
     total = np.zeros(3)
     total_sq = np.zeros(3)
     count = 0
@@ -198,8 +254,4 @@ def channel_stats(images: list[np.ndarray]) -> tuple[tuple, tuple]:
         total += pixels.sum(0)
         total_sq += (pixels ** 2).sum(0)
         count += pixels.shape[0]
-    if count == 0:
-        raise PodiumError("no images to compute normalization statistics from")
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
-    return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
+    return mean_std(total, total_sq, count)

@@ -82,16 +82,16 @@ def confusion_table(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) 
     return frame
 
 
-def plot_confusion(frame: pd.DataFrame, path: str | Path, title: str = "Confusion matrix") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def draw_confusion(frame: pd.DataFrame, ax=None, title: str = "Confusion matrix", normalize: bool = False):
+    """The confusion matrix (rows = truth) on a matplotlib axis; colour is row-normalized,
+    cells show counts (or row shares with ``normalize``). Returns the figure (notebooks show it)."""
     import matplotlib.pyplot as plt
 
     counts = frame.to_numpy()
     n = len(frame)
-    size = max(4.0, 0.45 * n + 2)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    if ax is None:
+        size = max(4.0, 0.45 * n + 2)
+        _, ax = plt.subplots(figsize=(size, size * 0.85))
     rows = counts.sum(1, keepdims=True)
     normalized = np.divide(counts, rows, out=np.zeros_like(counts, dtype=float), where=rows > 0)
     ax.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
@@ -103,11 +103,22 @@ def plot_confusion(frame: pd.DataFrame, path: str | Path, title: str = "Confusio
     if n <= 30:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
+                text = f"{normalized[i, j]:.2f}" if normalize else str(counts[i, j])
+                ax.text(j, i, text, ha="center", va="center", fontsize=7,
                         color="white" if normalized[i, j] > 0.5 else "black")
-    fig.tight_layout()
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def plot_confusion(frame: pd.DataFrame, path: str | Path, title: str = "Confusion matrix") -> Path:
+    """`draw_confusion` written to a PNG, on a pyplot-free Figure (no backend switch, so a
+    notebook that trains keeps showing its own figures inline)."""
+    from matplotlib.figure import Figure
+
+    size = max(4.0, 0.45 * len(frame) + 2)
+    fig = Figure(figsize=(size, size * 0.85))
+    draw_confusion(frame, ax=fig.subplots(), title=title)
     write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
     return Path(path)
 
 

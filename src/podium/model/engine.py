@@ -17,9 +17,10 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from podium.config import ModelConfig, PodiumConfig, TrainConfig
 from podium.errors import PodiumError
+from podium.model.guards import NonFiniteGuard
 from podium.model.losses import create_loss
 from podium.evaluation.metrics import create_metrics
-from podium.model.models import create_model, split_parameters
+from podium.model.models import create_model, head_name, split_parameters
 from podium.model.optim import create_optimizer, create_scheduler, end_epoch, step_scheduler
 
 
@@ -33,7 +34,8 @@ class Classifier(pl.LightningModule):
 
     def __init__(self, model_cfg: ModelConfig | dict, train_cfg: TrainConfig | dict, classes: list[str], mean, std,
                  class_weights: list[float] | None = None, load_pretrained: bool = True,
-                 heads: list[int] | None = None, head_weights: list[float] | None = None):
+                 heads: list[int] | None = None, head_weights: list[float] | None = None,
+                 class_counts: list[int] | None = None):
         super().__init__()
         # Typed configs in, plain dicts into the checkpoint (loadable with weights_only=True);
         # a dict from a checkpoint is validated by the schema, so defaults live in one place.
@@ -44,7 +46,8 @@ class Classifier(pl.LightningModule):
             "classes": list(classes), "mean": [float(v) for v in mean], "std": [float(v) for v in std],
             "class_weights": None if class_weights is None else [float(w) for w in class_weights],
             "heads": None if not heads else [int(h) for h in heads],
-            "head_weights": None if head_weights is None else [float(w) for w in head_weights]})
+            "head_weights": None if head_weights is None else [float(w) for w in head_weights],
+            "class_counts": None if class_counts is None else [int(c) for c in class_counts]})
         m, t = self.model_cfg, self.train_cfg
         self.classes = list(classes)
         n = len(classes)
@@ -56,15 +59,25 @@ class Classifier(pl.LightningModule):
             pretrained=m.pretrained and load_pretrained, pretrained_path=m.pretrained_path if load_pretrained else None)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
-        loss_kw = dict(label_smoothing=t.label_smoothing, focal_gamma=t.focal_gamma)
+        loss_kw = dict(label_smoothing=t.label_smoothing, focal_gamma=t.focal_gamma, logit_adjust_tau=t.logit_adjust_tau)
+        # Deferred re-weighting: an unweighted twin of the loss serves the epochs before the last drw_epochs.
+        self.drw_from_epoch = max(0, t.epochs - t.drw_epochs) if t.drw_epochs and class_weights is not None else 0
         if self.heads:
             weights = _split(class_weights, self.heads)
+            counts = _split(class_counts, self.heads)
             self.head_losses = torch.nn.ModuleList([
-                create_loss(t.loss, k, class_weights=w, **loss_kw) for k, w in zip(self.heads, weights)])
+                create_loss(t.loss, k, class_weights=w, class_counts=c, **loss_kw)
+                for k, w, c in zip(self.heads, weights, counts)])
+            if self.drw_from_epoch:
+                self.head_losses_unweighted = torch.nn.ModuleList([
+                    create_loss(t.loss, k, class_counts=c, **loss_kw) for k, c in zip(self.heads, counts)])
             self.head_weights = list(head_weights or [1.0] * len(self.heads))
         else:
             weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
-            self.criterion = create_loss(t.loss, n, class_weights=weights, **loss_kw)
+            self.criterion = create_loss(t.loss, n, class_weights=weights, class_counts=class_counts, **loss_kw)
+            if self.drw_from_epoch:
+                self.criterion_unweighted = create_loss(t.loss, n, class_counts=class_counts, **loss_kw)
+        self.mixup = _build_mixup(t, n)
         self.val_metrics = create_metrics(n)
         self.skipped_images = 0
         self.channels_last = bool(t.channels_last)
@@ -87,11 +100,22 @@ class Classifier(pl.LightningModule):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.loss_on_inputs(self._prepare(images), targets)
+
+    def reweighting(self) -> bool:
+        """Whether the class-weighted loss is in force this epoch (always, unless `train.drw_epochs`)."""
+        return not self.drw_from_epoch or self.current_epoch >= self.drw_from_epoch
+
+    def loss_on_inputs(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss on normalized inputs; ``targets`` class indices or (N, C) soft targets."""
+        weighted = self.reweighting()
         if not self.heads:
-            return self.criterion(self(images), targets)
-        raw = self._run_model(self._prepare(images))
+            criterion = self.criterion if weighted else self.criterion_unweighted
+            return criterion(self._run_model(x), targets)
+        raw = self._run_model(x)
+        losses = self.head_losses if weighted else self.head_losses_unweighted
         total = raw.new_zeros(())
-        for (logits, digit), loss_fn, w in zip(split_heads(raw, targets, self.heads), self.head_losses, self.head_weights):
+        for (logits, digit), loss_fn, w in zip(split_heads(raw, targets, self.heads), losses, self.head_weights):
             total = total + w * loss_fn(logits, digit)
         return total / sum(self.head_weights)
 
@@ -104,7 +128,12 @@ class Classifier(pl.LightningModule):
         images, targets = self._unpack(batch)
         if images.numel() == 0:
             return None
-        loss = self.loss(images, targets)
+        if self.mixup is not None and len(targets) >= 2:
+            keep = len(targets) - len(targets) % 2  # timm's Mixup pairs the batch with its reverse: even sizes only
+            x, soft = self.mixup(self._prepare(images[:keep]), targets[:keep])
+            loss = self.loss_on_inputs(x, soft)
+        else:
+            loss = self.loss(images, targets)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets), sync_dist=True)
         return loss
 
@@ -127,7 +156,8 @@ class Classifier(pl.LightningModule):
 
     def configure_optimizers(self):
         t = self.train_cfg
-        optimizer = create_optimizer(t.optimizer, self.model, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum)
+        optimizer = create_optimizer(t.optimizer, self.model, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum,
+                                     backbone_lr_mult=t.backbone_lr_mult, head_prefix=head_name(self.model))
         sched = create_scheduler(
             t.scheduler, optimizer, epochs=t.epochs, steps_per_epoch=self._steps_per_epoch(),
             warmup_epochs=t.warmup_epochs, min_lr=t.min_lr, step_epochs=t.step_epochs, milestones=t.milestones,
@@ -154,6 +184,19 @@ def _maybe_compile(model: torch.nn.Module, mode: str):
     return model
 
 
+def _build_mixup(t: TrainConfig, num_classes: int):
+    """timm's Mixup (MixUp and/or CutMix, one per batch), or None when both alphas are 0.
+
+    Its own label smoothing stays 0: the loss applies `train.label_smoothing` to the mixed targets.
+    """
+    if t.mixup_alpha <= 0 and t.cutmix_alpha <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=t.mixup_alpha, cutmix_alpha=t.cutmix_alpha, prob=t.mixup_prob,
+                 label_smoothing=0.0, num_classes=num_classes)
+
+
 def _split(weights: list[float] | None, heads: list[int]) -> list[torch.Tensor | None]:
     if weights is None:
         return [None] * len(heads)
@@ -168,13 +211,16 @@ def _split(weights: list[float] | None, heads: list[int]) -> list[torch.Tensor |
 
 def split_heads(raw: torch.Tensor, targets: torch.Tensor, heads: list[int]):
     """Per-head logits and per-head target digits of mixed-radix composite targets."""
-    places = [int(np.prod(heads[i + 1:])) for i in range(len(heads))]
+    from podium.tasks.attributes import place_values
+
+    places = [int(p) for p in place_values(heads)]
     chunks = torch.split(raw, heads, dim=1)
     return [(chunk, (targets // place) % k) for chunk, place, k in zip(chunks, places, heads)]
 
 
 def compose_log_probs(raw: torch.Tensor, heads: list[int]) -> torch.Tensor:
-    """log p(composite) = sum of the heads' log-probabilities, first head most significant."""
+    """log p(composite) = sum of the heads' log-probabilities, in the mixed-radix order of
+    `podium.tasks.attributes` (first head most significant), computed in log space."""
     total = None
     for chunk in torch.split(raw.float(), heads, dim=1):
         logp = chunk.log_softmax(1)
@@ -341,6 +387,7 @@ def build_callbacks(cfg: PodiumConfig, run_dir: Path, extra: list[Callback] | No
                         enable_version_counter=False, auto_insert_metric_name=False),
         EpochCSVLogger(run_dir / "metrics.csv"),
         RNGStateCallback(),
+        NonFiniteGuard(),  # stops a run whose loss turns nan before any nan weights are saved
     ]
     if t.save_epoch_checkpoints:
         callbacks.append(epoch_checkpoint_callback(run_dir))
@@ -359,10 +406,10 @@ def build_trainer(cfg: PodiumConfig, run_dir: Path, *, callbacks: list[Callback]
                   dry_run: bool = False, progress: bool = True) -> pl.Trainer:
     t = cfg.train
     loggers = []
-    if cfg.output.tensorboard and not dry_run:
-        from lightning.pytorch.loggers import TensorBoardLogger
+    if not dry_run:
+        from podium.reports.tracking import create_loggers
 
-        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tb", version=""))
+        loggers = create_loggers(cfg, run_dir)
     if progress:
         from lightning.pytorch.callbacks import RichProgressBar
 

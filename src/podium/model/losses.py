@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from podium.data.statistics import CLASS_WEIGHTS, class_weight_values, inverse_frequency  # noqa: F401 (re-exported)
 from podium.errors import PodiumError, lookup
 
 
@@ -58,20 +59,62 @@ class SoftF1Loss(nn.Module):
         return 1 - f1.mean()
 
 
-def _ce(num_classes, weight, label_smoothing, gamma):
+class LogitAdjustedLoss(nn.Module):
+    """Cross-entropy on ``logits + tau * log(prior)`` (Menon et al., 2021).
+
+    Training against prior-shifted logits leaves the raw logits balanced, so
+    plain argmax at predict time favours rare classes as a balanced error
+    would; nothing changes at inference. ``tau=0`` (or uniform priors) is plain
+    cross-entropy; ``tau=1`` is the balanced softmax of Ren et al. (2020).
+    Accepts hard targets or (N, C) soft targets (MixUp/CutMix).
+    """
+
+    def __init__(self, priors: torch.Tensor | None, tau: float = 1.0, weight: torch.Tensor | None = None,
+                 label_smoothing: float = 0.0):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        # Rebuilt from the class counts in the hyper-parameters: not part of the weights.
+        adjust = None if priors is None else tau * torch.log(priors.float().clamp_min(1e-12))
+        self.register_buffer("adjustment", adjust, persistent=False)
+        self.tau = tau
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.adjustment is not None:
+            logits = logits + self.adjustment.to(logits.dtype)
+        return F.cross_entropy(logits, target, weight=self.weight, label_smoothing=self.label_smoothing)
+
+
+def class_priors(counts: Sequence[int] | None) -> torch.Tensor | None:
+    """Training-set class frequencies (absent classes get a tiny prior, never log(0))."""
+    if counts is None:
+        return None
+    counts = torch.as_tensor(np.asarray(counts, dtype=np.float64)).clamp_min(0.5)
+    return (counts / counts.sum()).float()
+
+
+def _ce(num_classes, weight, label_smoothing, gamma, **_):
     return nn.CrossEntropyLoss(weight=weight)
 
 
-def _smooth(num_classes, weight, label_smoothing, gamma):
+def _smooth(num_classes, weight, label_smoothing, gamma, **_):
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
 
 
-def _focal(num_classes, weight, label_smoothing, gamma):
+def _focal(num_classes, weight, label_smoothing, gamma, **_):
     return FocalLoss(weight=weight, gamma=gamma)
 
 
-def _f1(num_classes, weight, label_smoothing, gamma):
+def _f1(num_classes, weight, label_smoothing, gamma, **_):
     return SoftF1Loss(num_classes, weight=weight)
+
+
+def _logit_adjusted(num_classes, weight, label_smoothing, gamma, *, counts=None, tau=1.0, **_):
+    return LogitAdjustedLoss(class_priors(counts), tau=tau, weight=weight)
+
+
+def _balanced_softmax(num_classes, weight, label_smoothing, gamma, *, counts=None, **_):
+    return LogitAdjustedLoss(class_priors(counts), tau=1.0, weight=weight)
 
 
 LOSSES: dict[str, Callable[..., nn.Module]] = {
@@ -79,47 +122,26 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
     "label_smoothing": _smooth,
     "focal": _focal,
     "f1": _f1,
+    "logit_adjusted": _logit_adjusted,
+    "balanced_softmax": _balanced_softmax,
 }
+
+#: losses that accept (N, C) soft targets, as MixUp/CutMix produce
+SOFT_TARGET_LOSSES = ("ce", "label_smoothing", "logit_adjusted", "balanced_softmax")
 
 
 def create_loss(name: str, num_classes: int, *, class_weights: torch.Tensor | None = None,
-                label_smoothing: float = 0.1, focal_gamma: float = 2.0) -> nn.Module:
+                label_smoothing: float = 0.1, focal_gamma: float = 2.0,
+                class_counts: Sequence[int] | None = None, logit_adjust_tau: float = 1.0) -> nn.Module:
+    """The loss ``name``; ``class_counts`` (training images per class) feed the prior-based losses."""
     factory = lookup(LOSSES, name, "loss")
-    return factory(num_classes, class_weights, label_smoothing, focal_gamma)
-
-
-def inverse_frequency(counts: np.ndarray) -> np.ndarray:
-    """n / (k * count) for the k classes present, 0 for absent ones."""
-    present = counts > 0
-    inv = np.zeros_like(counts)
-    inv[present] = counts[present].sum() / (present.sum() * counts[present])
-    return inv
-
-
-#: `train.class_weights` modes -> counts -> raw weights (None = unweighted); a list of floats is also allowed
-CLASS_WEIGHTS: dict[str, Callable[[np.ndarray], np.ndarray | None]] = {
-    "none": lambda counts: None,
-    "auto": inverse_frequency,
-    "sqrt": lambda counts: np.sqrt(inverse_frequency(counts)),
-}
+    if class_counts is not None and len(class_counts) != num_classes:
+        raise PodiumError(f"loss {name}: {len(class_counts)} class counts given for {num_classes} classes")
+    return factory(num_classes, class_weights, label_smoothing, focal_gamma, counts=class_counts,
+                   tau=logit_adjust_tau)
 
 
 def compute_class_weights(counts: Sequence[int], mode: str | Sequence[float]) -> torch.Tensor | None:
-    """Per-class loss weights normalised to mean 1 over the classes present.
-
-    ``auto`` is inverse frequency; ``sqrt`` its square root, which helps rare
-    classes without letting a handful of images dominate a short fine-tune.
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    if isinstance(mode, str):
-        weights = lookup(CLASS_WEIGHTS, mode, "class-weights mode (or give a list)")(counts)
-        if weights is None:
-            return None
-    else:
-        weights = np.asarray(list(mode), dtype=np.float64)
-        if len(weights) != len(counts):
-            raise PodiumError(f"train.class_weights has {len(weights)} values but there are {len(counts)} classes")
-    present = weights > 0
-    if present.any():
-        weights = weights / weights[present].mean()
-    return torch.tensor(weights, dtype=torch.float32)
+    """`podium.data.statistics.class_weight_values` as the loss's weight tensor."""
+    weights = class_weight_values(counts, mode)
+    return None if weights is None else torch.tensor(weights, dtype=torch.float32)

@@ -159,9 +159,10 @@ def scan_images(paths: Sequence[str], stats_mask: Sequence[bool], workers: int |
 
 
 def class_weights(counts: pd.Series) -> list[float]:
-    """Inverse-frequency weights normalised to mean 1, so the loss scale stays the same."""
-    inv = 1.0 / counts.to_numpy(dtype=np.float64)
-    return [round(float(w), 4) for w in inv / inv.mean()]
+    """Inverse-frequency weights (`train.class_weights=auto`, computed as training does)."""
+    from podium.data.statistics import class_weight_values
+
+    return [round(float(w), 4) for w in class_weight_values(counts.to_numpy(), "auto")]
 
 
 def channel_stats(scans: Sequence[ImageScan]) -> tuple[list[float], list[float], int]:
@@ -169,11 +170,11 @@ def channel_stats(scans: Sequence[ImageScan]) -> tuple[list[float], list[float],
     used = [s for s in scans if s.pixel_count]
     if not used:
         return [], [], 0
-    total = sum(s.pixel_count for s in used)
-    mean = sum(s.pixel_sum for s in used) / total
-    var = sum(s.pixel_sumsq for s in used) / total - np.square(mean)
-    std = np.sqrt(np.maximum(var, 0.0))
-    return [round(float(v), 4) for v in mean], [round(float(v), 4) for v in std], len(used)
+    from podium.data.statistics import mean_std
+
+    mean, std = mean_std(sum(s.pixel_sum for s in used), sum(s.pixel_sumsq for s in used),
+                         sum(s.pixel_count for s in used))
+    return list(mean), list(std), len(used)
 
 
 def _yaml_list(values: Sequence[float]) -> str:
@@ -206,7 +207,8 @@ def _labels(samples: pd.DataFrame) -> pd.Series:
 def _plt():
     import matplotlib
 
-    matplotlib.use("Agg")
+    if not matplotlib.get_backend().startswith("module://"):  # keep a notebook's inline backend
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt

@@ -127,7 +127,8 @@ def overlay_heatmap(rgb_uint8: np.ndarray, heatmap: np.ndarray, alpha: float = 0
 def _plt():
     import matplotlib
 
-    matplotlib.use("Agg")
+    if not matplotlib.get_backend().startswith("module://"):  # keep a notebook's inline backend
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
@@ -174,12 +175,17 @@ def _metrics_tables(run_dir: Path) -> dict[str, pd.DataFrame]:
 
 
 def _summary_section(page: Page, run_dir: Path, preds_name: str, preds: pd.DataFrame, classes: list[str]) -> None:
+    """The run's headline (the same numbers as its `podium runs` row, rounded for people), then
+    the facts that identify it; the full numbers stay in summary.json."""
+    from podium.reports.leaderboard import headline_for
+
     sec = page.section("Summary")
-    rows: list[tuple[str, Any]] = [("predictions", preds_name), ("validation images", len(preds)),
-                                   ("classes", len(classes))]
+    rows: list[tuple[str, Any]] = list(headline_for(run_dir).items())
+    rows += [("validation images", len(preds)), ("classes", len(classes)), ("predictions", preds_name)]
     if (run_dir / "summary.json").exists():
         summary = json.loads((run_dir / "summary.json").read_text())
-        rows += [(k, v if not isinstance(v, (dict, list)) else json.dumps(v)) for k, v in summary.items()]
+        labels = {"seed": "seed", "device": "device", "skipped_images": "skipped images", "git_commit": "git commit"}
+        rows += [(label, summary[key]) for key, label in labels.items() if summary.get(key) not in (None, "")]
     sec.table(pd.DataFrame(rows, columns=["quantity", "value"]).astype({"value": str}))
     if (run_dir / "config.yaml").exists():
         sec.details("Resolved config", (run_dir / "config.yaml").read_text())
@@ -425,7 +431,7 @@ def _gradcam_section(page: Page, out: Path, suspects: pd.DataFrame, classes: lis
 
 
 def _attribute_section(page: Page, preds: pd.DataFrame, classes: list[str]) -> None:
-    from sklearn.metrics import f1_score
+    from podium.evaluation.scores import macro_f1_of_labels
 
     extra = [c for c in preds.columns if c not in BASE_COLUMNS and c not in classes
              and not pd.api.types.is_float_dtype(preds[c]) and 1 < preds[c].nunique() <= 30]
@@ -438,14 +444,14 @@ def _attribute_section(page: Page, preds: pd.DataFrame, classes: list[str]) -> N
         for value, part in preds.groupby(preds[col].astype(str)):
             t, p = part["target"].astype(str), part["prediction"].astype(str)
             rows.append({col: value, "images": len(part), "accuracy": float((t == p).mean()),
-                         "macro F1": float(f1_score(t, p, labels=sorted(set(t)), average="macro", zero_division=0))})
+                         "macro F1": macro_f1_of_labels(list(t), list(p))})
         sec.heading(col)
         sec.table(pd.DataFrame(rows))
 
 
 def _composite_section(page: Page, preds: pd.DataFrame, classes: list[str]) -> None:
     """Composite classes (``mask/gender/age``): where are the errors - in which attribute?"""
-    from sklearn.metrics import f1_score
+    from podium.evaluation.scores import macro_f1_of_labels
 
     from podium.tasks.attributes import SEPARATOR
     from podium.tasks.spec import composite_task
@@ -462,7 +468,7 @@ def _composite_section(page: Page, preds: pd.DataFrame, classes: list[str]) -> N
         values = list(task.classes(name))
         t, p = true[i], pred[i]
         rows.append({"attribute": f"#{i + 1} ({'/'.join(values)})", "accuracy": float((t == p).mean()),
-                     "macro F1": float(f1_score(t, p, labels=values, average="macro", zero_division=0))})
+                     "macro F1": macro_f1_of_labels(list(t), list(p))})
         counts = pd.crosstab(pd.Categorical(t, values), pd.Categorical(p, values), dropna=False)
         counts.index.name, counts.columns.name = "true", "predicted"
         sec.heading(f"attribute #{i + 1} confusion")
