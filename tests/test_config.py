@@ -20,7 +20,7 @@ def test_file_then_overrides(tmp_path):
 
 @pytest.mark.parametrize("override, expected", [
     ("data.imge_size=64", ["data.imge_size", "unknown key", "data.image_size"]),
-    ("train.optimizer=sgdd", ["train.optimizer", "'sgdd'", "allowed: sgd, adam, adamw", "Did you mean 'sgd'"]),
+    ("train.optimizer=sgdd", ["train.optimizer", "'sgdd'", "valid: adam, adamw, ", "Did you mean 'sgd'"]),
     ("train.epochs=0", ["train.epochs", "greater than or equal to 1", "found 0"]),
     ("trian.epochs=3", ["trian", "unknown key", "allowed keys here"]),
     ("train.warmup_epochs=50", ["train.warmup_epochs", "must be below train.epochs"]),

@@ -68,3 +68,56 @@ def test_load_resized_size_and_draft_same_shape(tmp_path):
     b = load_resized(path, (50, 60), draft=False)
     assert a.shape == b.shape == (50, 60, 3)
     assert np.abs(a.astype(int) - b.astype(int)).mean() < 3
+
+
+def _stripes(h: int, w: int) -> np.ndarray:
+    """A wide image: left third red, middle green, right third blue."""
+    arr = np.zeros((h, w, 3), dtype=np.uint8)
+    arr[:, : w // 3, 0] = 255
+    arr[:, w // 3: 2 * w // 3, 1] = 255
+    arr[:, 2 * w // 3:, 2] = 255
+    return arr
+
+
+def test_resize_modes_keep_or_drop_the_aspect_ratio():
+    from podium.data.images import RESIZE_MODES, resize_rgb
+
+    image = _stripes(20, 60)
+    assert set(RESIZE_MODES) == {"squash", "crop", "pad"}
+    squash = resize_rgb(image, (30, 30), "squash")
+    crop = resize_rgb(image, (30, 30), "crop")
+    pad = resize_rgb(image, (30, 30), "pad")
+    assert squash.shape == crop.shape == pad.shape == (30, 30, 3)
+    # squash keeps all three stripes; crop keeps only the middle one (short side 30 -> 90 wide, center 30)
+    assert squash[15, 2, 0] == 255 and squash[15, 27, 2] == 255
+    inner = crop[:, 2:-2]  # away from the stripe edges that interpolation blends
+    assert (inner[:, :, 1] == 255).all() and inner[:, :, 0].max() == 0
+    # pad fits 60x20 into 30x10 at the vertical center: black borders above and below
+    assert pad[:10].max() == 0 and pad[20:].max() == 0
+    assert pad[15, 2, 0] == 255 and pad[15, 27, 2] == 255
+    tall = resize_rgb(_stripes(60, 20).transpose(1, 0, 2).copy(), (16, 8), "crop")
+    assert tall.shape == (16, 8, 3)
+
+
+def test_load_resized_applies_the_mode_and_rejects_unknown_ones(tmp_path):
+    from podium.errors import PodiumError
+
+    path = tmp_path / "wide.png"
+    Image.fromarray(_stripes(20, 60)).save(path)
+    assert (load_resized(path, (30, 30), mode="crop")[:, 2:-2, 1] == 255).all()
+    assert load_resized(path, (30, 30)).tolist() == load_resized(path, (30, 30), mode="squash").tolist()
+    with pytest.raises(PodiumError, match=r"unknown resize mode \(data.resize\) 'cropp'.*Did you mean 'crop'"):
+        load_resized(path, (30, 30), mode="cropp")
+
+
+def test_the_cache_key_and_the_cached_pixels_follow_the_resize_mode(tmp_path):
+    from podium.data.cache import ImageCache, cache_key
+
+    path = tmp_path / "wide.png"
+    Image.fromarray(_stripes(20, 60)).save(path)
+    keys = {mode: cache_key([path], (30, 30), True, mode) for mode in ("squash", "crop", "pad")}
+    assert len(set(keys.values())) == 3
+    assert keys["squash"] == cache_key([path], (30, 30), True)  # caches written before the modes stay valid
+    for lazy in (False, True):
+        cache = ImageCache.build([path], (30, 30), mode="disk", cache_dir=tmp_path / "c", resize="crop", lazy=lazy)
+        assert np.array_equal(cache.get(0), load_resized(path, (30, 30), mode="crop"))

@@ -46,3 +46,52 @@ def test_focal_gamma_zero_is_cross_entropy():
     logits, target = torch.randn(8, 4), torch.randint(0, 4, (8,))
     focal = create_loss("focal", 4, focal_gamma=0.0)(logits, target)
     assert focal.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, target).item(), rel=1e-5)
+
+
+def test_logit_adjusted_with_tau_zero_is_cross_entropy():
+    torch.manual_seed(1)
+    logits, target = torch.randn(16, 3), torch.randint(0, 3, (16,))
+    loss = create_loss("logit_adjusted", 3, class_counts=[100, 10, 1], logit_adjust_tau=0.0)(logits, target)
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, target).item(), rel=1e-6)
+
+
+def test_balanced_softmax_with_uniform_priors_is_cross_entropy():
+    torch.manual_seed(2)
+    logits, target = torch.randn(16, 4), torch.randint(0, 4, (16,))
+    loss = create_loss("balanced_softmax", 4, class_counts=[7, 7, 7, 7])(logits, target)
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, target).item(), rel=1e-6)
+
+
+def test_logit_adjustment_adds_tau_log_priors_and_favours_rare_classes():
+    torch.manual_seed(3)
+    counts = torch.tensor([90.0, 9.0, 1.0])
+    logits, target = torch.randn(16, 3), torch.randint(0, 3, (16,))
+    shifted = logits + 0.5 * torch.log(counts / counts.sum())
+    la = create_loss("logit_adjusted", 3, class_counts=counts.tolist(), logit_adjust_tau=0.5)(logits, target)
+    assert la.item() == pytest.approx(torch.nn.functional.cross_entropy(shifted, target).item(), rel=1e-5)
+    # Trained to the optimum on a balanced-looking batch, the raw logits of the rare class end up higher.
+    z = torch.zeros(1, 3, requires_grad=True)
+    opt = torch.optim.SGD([z], lr=1.0)
+    bs = create_loss("balanced_softmax", 3, class_counts=counts.tolist())
+    for _ in range(200):
+        opt.zero_grad()
+        bs(z.expand(3, 3), torch.arange(3)).backward()
+        opt.step()
+    assert z[0, 2] > z[0, 1] > z[0, 0]
+
+
+def test_logit_adjusted_checks_the_count_length():
+    with pytest.raises(PodiumError, match="2 class counts given for 3 classes"):
+        create_loss("logit_adjusted", 3, class_counts=[5, 5])
+
+
+@pytest.mark.parametrize("name", ["ce", "label_smoothing", "logit_adjusted", "balanced_softmax"])
+def test_soft_target_losses_take_one_hot_targets_like_indices(name):
+    from podium.model.losses import SOFT_TARGET_LOSSES
+
+    assert name in SOFT_TARGET_LOSSES
+    torch.manual_seed(4)
+    logits, target = torch.randn(8, 3), torch.randint(0, 3, (8,))
+    loss_fn = create_loss(name, 3, class_counts=[50, 20, 5])
+    soft = torch.nn.functional.one_hot(target, 3).float()
+    assert loss_fn(logits, soft).item() == pytest.approx(loss_fn(logits, target).item(), rel=1e-5)

@@ -74,3 +74,30 @@ def test_onecycle_and_none():
     assert create_scheduler("none", create_optimizer("sgd", _model(), lr=0.1), epochs=2, steps_per_epoch=2) is None
     with pytest.raises(PodiumError, match="Did you mean 'cosine'"):
         create_scheduler("cosin", create_optimizer("sgd", _model(), lr=0.1), epochs=2, steps_per_epoch=2)
+
+
+def test_momentum_optimizer_is_plain_sgd_momentum():
+    opt = create_optimizer("momentum", _model(), lr=0.1, weight_decay=4e-5, momentum=0.9)
+    assert isinstance(opt, torch.optim.SGD)
+    assert all(g["nesterov"] is False and g["momentum"] == 0.9 for g in opt.param_groups)
+
+
+def test_backbone_lr_mult_scales_only_the_backbone_and_survives_the_schedule():
+    model = _model()
+    head = {id(p) for p in model[2].parameters()}
+    opt = create_optimizer("sgd", model, lr=0.1, weight_decay=0.01, backbone_lr_mult=0.1, head_prefix="2")
+    seen = 0
+    for g in opt.param_groups:
+        for p in g["params"]:
+            seen += 1
+            assert g["lr"] == pytest.approx(0.1 if id(p) in head else 0.01)
+            assert g["weight_decay"] == (0.0 if p.ndim <= 1 else 0.01)
+    assert seen == len(list(model.parameters()))
+    cfg = create_scheduler("cosine", opt, epochs=2, steps_per_epoch=3)
+    for step in range(1, 4):
+        opt.step()
+        step_scheduler(cfg["scheduler"], global_step=step)
+    lrs = {round(g["lr"] / opt.param_groups[0]["lr"], 6) for g in opt.param_groups}
+    assert lrs <= {1.0, 10.0, 0.1}  # cosine scales every group by the same factor
+    with pytest.raises(PodiumError, match="backbone_lr_mult needs"):
+        create_optimizer("sgd", model, lr=0.1, backbone_lr_mult=0.5)

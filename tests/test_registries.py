@@ -11,6 +11,7 @@ import torch
 
 from podium.config import RegistryName, load_config
 from podium.data.crops import DETECTORS, create_detector
+from podium.data.images import RESIZE_MODES
 from podium.data.statistics import CLASS_WEIGHTS, class_weight_values
 from podium.data.transforms import ALBU_PRESETS, TV_PRESETS, build_train_pipeline
 from podium.errors import PodiumError
@@ -22,7 +23,7 @@ from podium.model.optim import OPTIMIZERS, SCHEDULERS, create_optimizer, create_
 CONFIG_REGISTRIES = {  # dotted config key -> (registry, a valid override value format)
     "train.loss": LOSSES, "train.optimizer": OPTIMIZERS, "train.scheduler": SCHEDULERS,
     "train.class_weights": CLASS_WEIGHTS, "augment.preset": ALBU_PRESETS, "crop.detector": DETECTORS,
-    "predict.tta_merge": MERGES,
+    "predict.tta_merge": MERGES, "data.resize": RESIZE_MODES,
 }
 
 

@@ -45,10 +45,12 @@ def registry_name(registry: str, kind: str, *also: str):
 Loss = registry_name("podium.model.losses.LOSSES", "loss")
 Optimizer = registry_name("podium.model.optim.OPTIMIZERS", "optimizer")
 Scheduler = registry_name("podium.model.optim.SCHEDULERS", "scheduler")
-ClassWeights = registry_name("podium.model.losses.CLASS_WEIGHTS", "class-weights mode (or give a list of floats)")
+ClassWeights = registry_name("podium.data.statistics.CLASS_WEIGHTS", "class-weights mode (or give a list of floats)")
 Preset = registry_name("podium.data.transforms.ALBU_PRESETS", "augmentation preset")
 Detector = registry_name("podium.data.crops.DETECTORS", "crop detector", "none")
 TTAMerge = registry_name("podium.evaluation.tta.MERGES", "TTA merge")
+ResizeMode = registry_name("podium.data.images.RESIZE_MODES", "resize mode")
+TrackerName = registry_name("podium.reports.tracking.LOGGERS", "logger")
 
 
 def _check_tta_views(value):
@@ -63,7 +65,37 @@ def _check_tta_views(value):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `train.lr=inf` or `nan` fails here, naming the key, instead of training to nan.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _finite_numbers(cls, v, info):
+        """Free-form values (``crop.options``, ``augment.train_ops``) are not typed as floats,
+        so their numbers are checked here: inf or nan anywhere in the config is a mistake."""
+        where = _non_finite_at(v)
+        if where is not None:
+            raise ValueError(f"non-finite number (inf or nan) at {info.field_name}{where}; use a finite number")
+        return v
+
+
+def _non_finite_at(value, path: str = "") -> str | None:
+    """The sub-path (``""``, ``[0].p``) of the first inf/nan in plain values, or None."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, dict):
+        items = ((f".{k}", v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite_at(item, path + key)
+        if found is not None:
+            return found
+    return None
 
 
 class DataConfig(Section):
@@ -81,9 +113,11 @@ class DataConfig(Section):
     image_size: Union[int, tuple[int, int]] = Field(224, description="Network input size: an int (square) or [height, width].")
     num_workers: int | None = Field(None, ge=0, description="DataLoader worker processes (default: chosen from the CPU count).")
     on_bad_image: Literal["error", "skip"] = Field("error", description="Unreadable images: stop naming the file, or skip them and report the count.")
+    max_image_pixels: int | None = Field(178_956_970, ge=1, description="Images with more pixels (width x height, read from the header) are bad images, refused or skipped like unreadable ones: decompression bombs never get decoded. null = no limit.")
     draft_decode: bool = Field(True, description="Decode JPEGs at reduced size when the target is much smaller (never changes the result size).")
     cache: Literal["none", "memory", "disk"] = Field("none", description="Cache decoded, resized images in memory or a memory-mapped file, shared across epochs and runs.")
     cache_dir: str | None = Field(None, description="Folder of the disk cache (default: ~/.cache/podium/images or $PODIUM_CACHE_DIR).")
+    resize: ResizeMode = Field("squash", description="How images reach `image_size`: squash (stretch to it), crop (short side to size, center crop) or pad (long side to size, black borders); crop and pad keep the aspect ratio.")
 
     @field_validator("image_size")
     @classmethod
@@ -115,19 +149,24 @@ class AugmentConfig(Section):
     normalize: Literal["imagenet", "dataset", "none"] = Field("imagenet", description="Normalization statistics: ImageNet's, the training set's own, or none.")
     mean: tuple[float, float, float] | None = Field(None, description="Explicit per-channel mean in [0,1] (overrides `normalize`).")
     std: tuple[float, float, float] | None = Field(None, description="Explicit per-channel std in [0,1] (overrides `normalize`).")
+    trivial_augment: bool = Field(False, description="Add torchvision's TrivialAugmentWide (one random op of random strength per image) after the preset.")
+    random_erasing: float = Field(0.0, ge=0.0, le=1.0, description="Probability of erasing one random rectangle per training image (torchvision RandomErasing), after the preset.")
 
 
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1, description="Number of training epochs.")
     batch_size: int = Field(32, ge=1, description="Images per batch (per device).")
-    loss: Loss = Field("label_smoothing", description="Loss: cross-entropy, focal, label-smoothed cross-entropy, or soft macro F1.")
+    loss: Loss = Field("label_smoothing", description="Loss: cross-entropy, label-smoothed cross-entropy, focal, soft macro F1, logit-adjusted (Menon et al. 2021) or balanced softmax (= logit-adjusted with tau 1).")
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="Smoothing of the `label_smoothing` loss.")
     focal_gamma: float = Field(2.0, ge=0.0, description="Focusing parameter of the focal loss.")
+    logit_adjust_tau: float = Field(1.0, ge=0.0, description="`logit_adjusted` loss: scale of the log class priors added to the logits in training (0 = cross-entropy).")
     class_weights: Union[list[float], ClassWeights] = Field(
         "sqrt", description="Loss class weights: none, auto (inverse frequency), sqrt (its square root, milder) or an explicit list.")
+    drw_epochs: int = Field(0, ge=0, description="Deferred re-weighting: apply `class_weights` only in the last N epochs (0 = in every epoch).")
     sampler: Literal["random", "balanced"] = Field("random", description="`balanced` draws classes equally often (WeightedRandomSampler).")
-    optimizer: Optimizer = Field("sgd", description="Optimizer (timm factory; sgd is Nesterov momentum).")
+    optimizer: Optimizer = Field("sgd", description="Optimizer (timm factory; sgd is Nesterov momentum, momentum is plain SGD with momentum).")
     lr: float = Field(0.01, gt=0.0, description="Peak learning rate.")
+    backbone_lr_mult: float = Field(1.0, gt=0.0, description="Learning rate of the pretrained backbone as a multiple of `lr` (the new head always gets `lr`).")
     weight_decay: float = Field(1e-4, ge=0.0, description="Weight decay (not applied to biases and norm layers).")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
     scheduler: Scheduler = Field("cosine", description="Learning-rate schedule.")
@@ -144,11 +183,14 @@ class TrainConfig(Section):
     save_epoch_checkpoints: bool = Field(False, description="Also keep every epoch's weights in epochs/ (for `podium average-checkpoints`).")
     ema: bool = Field(False, description="Keep an exponential moving average of the weights and validate/save it.")
     ema_decay: float = Field(0.999, gt=0.0, lt=1.0, description="EMA decay per optimizer step.")
+    mixup_alpha: float = Field(0.0, ge=0.0, description="MixUp Beta(alpha, alpha) on training batches (timm's Mixup; 0 = off).")
+    cutmix_alpha: float = Field(0.0, ge=0.0, description="CutMix Beta(alpha, alpha) on training batches (0 = off; with MixUp each batch picks one).")
+    mixup_prob: float = Field(1.0, ge=0.0, le=1.0, description="Share of training batches that MixUp/CutMix touch.")
     seed: int = Field(42, description="Global seed (Python, NumPy, torch, workers).")
     channels_last: bool = Field(True, description="Run convolutions in channels-last memory layout (same results; 1.7x faster steps measured on this CPU, standard on GPUs).")
     compile: Literal["off", "auto", "on"] = Field("off", description="torch.compile the model; `auto` compiles only on a CUDA GPU.")
-    monitor: Literal["val_f1", "val_acc", "val_loss", "val_auroc", "val_precision", "val_recall"] = Field(
-        "val_f1", description="Metric that selects the best checkpoint (macro F1 by default).")
+    monitor: Literal["val_f1", "val_acc", "val_loss", "val_auroc", "val_precision", "val_recall", "epoch"] = Field(
+        "val_f1", description="Metric that selects the best checkpoint (macro F1 by default); `epoch` keeps the last epoch.")
     accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu, mps, ...")
     devices: Union[int, str, list[int]] = Field("auto", description="Lightning devices: a count, a list of ids, or auto.")
     strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ddp_spawn, fsdp, ...")
@@ -186,10 +228,31 @@ class SubmissionConfig(Section):
 class OutputConfig(Section):
     dir: str = Field("runs", description="Parent folder of run folders.")
     name: str = Field("exp", description="Run name; an existing runs/<name> gets a numbered sibling (exp-2), never overwritten.")
+
+    @field_validator("name")
+    @classmethod
+    def _single_folder_name(cls, v: str) -> str:
+        """A run name is one folder inside ``output.dir``: never a path that leaves it."""
+        import re
+
+        if not v.strip() or v in (".", "..") or re.search(r"[/\\]", v) or v != v.strip() or "\0" in v:
+            raise ValueError("a run name must be a single folder name (no '/', '\\', '..', leading or "
+                             "trailing spaces); put the parent folder in output.dir, e.g. output.dir=runs/exps output.name=exp1")
+        return v
     submission: SubmissionConfig = Field(default_factory=SubmissionConfig, description="Submission CSV format.")
-    tensorboard: bool = Field(True, description="Write TensorBoard logs under the run folder.")
+    tensorboard: bool = Field(True, description="Write TensorBoard logs under the run folder; false drops tensorboard from `loggers`.")
+    loggers: list[TrackerName] = Field(["tensorboard", "csv"], description="Experiment loggers: TensorBoard (tb/), csv (metrics.csv, always written), W&B (offline under the run folder; `wandb sync` uploads) and MLflow; `[tensorboard, csv, wandb, mlflow]` uses all.")
+    experiment: str = Field("podium", description="W&B project and MLflow experiment that runs are logged under.")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI (default: MLflow's own, $MLFLOW_TRACKING_URI or sqlite:///mlflow.db in the working folder).")
+    group: str | None = Field(None, description="Group of this run in W&B (`group`) and MLflow (tag `podium.group`); cross-validation sets it to the cv folder's name for every fold.")
     report: bool = Field(True, description="Write the HTML training report (report.html) at the end of each run.")
     gradcam: bool = Field(False, description="Add Grad-CAM overlays to that report (slower; `podium report RUN --gradcam` adds them later).")
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _loggers_list(cls, v):
+        """``output.loggers=tensorboard,wandb`` on the command line means the list."""
+        return [part.strip() for part in v.split(",") if part.strip()] if isinstance(v, str) else v
 
 
 class TaskConfig(Section):
@@ -242,6 +305,16 @@ class PodiumConfig(Section):
         if self.train.warmup_epochs >= self.train.epochs:
             raise ValueError(
                 f"train.warmup_epochs ({self.train.warmup_epochs}) must be below train.epochs ({self.train.epochs})")
+        if self.train.mixup_alpha > 0 or self.train.cutmix_alpha > 0:
+            from podium.model.losses import SOFT_TARGET_LOSSES
+
+            if self.train.loss not in SOFT_TARGET_LOSSES:
+                raise ValueError(
+                    f"train.mixup_alpha/cutmix_alpha need a loss that takes soft targets; train.loss is "
+                    f"{self.train.loss!r}. Use one of {', '.join(SOFT_TARGET_LOSSES)}, or set both alphas to 0")
+            if self.task.mode == "multihead":
+                raise ValueError("train.mixup_alpha/cutmix_alpha are not supported with task.mode=multihead "
+                                 "(mixed composite targets); use task.mode=single or per_attribute, or set both to 0")
         if self.data.format != "folder" and self.data.train and not self.data.train.lower().endswith(".csv") \
                 and self.data.format == "csv":
             raise ValueError(f"data.format is csv but data.train {self.data.train!r} is not a .csv file")
@@ -402,6 +475,24 @@ def _literal_args(annotation) -> list:
 
 def config_to_dict(cfg: PodiumConfig) -> dict:
     return cfg.model_dump(mode="json")
+
+
+def flatten_dict(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config mapping as dotted keys (``{"train.lr": 0.01}``): what trackers log as
+    hyper-parameters and what `podium runs --where` and `compare` match. Lists and maps (empty
+    ones included) become compact JSON, so every value is a scalar."""
+    import json
+
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten_dict(value, dotted + "."))
+        elif isinstance(value, (dict, list, tuple)):
+            out[dotted] = json.dumps(value)
+        else:
+            out[dotted] = value
+    return out
 
 
 def config_to_yaml(cfg: PodiumConfig) -> str:

@@ -23,6 +23,18 @@ class PodiumError(Exception):
         return self.message
 
 
+class RunInterrupted(Exception):
+    """A run stopped by SIGINT or SIGTERM: recorded as interrupted (resumable); the CLI
+    exits with the shell's code for the signal (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.message, self.exit_code = message, exit_code
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """Closest matches for a misspelled name (case-insensitive)."""
     choices = list(choices)

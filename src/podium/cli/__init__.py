@@ -14,10 +14,11 @@ import sys
 import warnings
 
 from podium.cli.common import EXIT_USER_ERROR
-from podium.errors import PodiumError
+from podium.errors import PodiumError, RunInterrupted
 
 #: every command module, in the order ``podium --help`` lists their commands
-COMMAND_MODULES = ("podium.cli.core", "podium.cli.cv", "podium.cli.tools")
+COMMAND_MODULES = ("podium.cli.core", "podium.cli.cv", "podium.cli.tools", "podium.cli.tune",
+                   "podium.cli.deploy", "podium.cli.runs")
 
 EPILOG = ("examples:\n  podium demo\n  podium train cfg.yaml model.name=resnet18 train.epochs=3\n"
           "  podium predict runs/exp --data data/test --tta hflip")
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except RunInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -13,9 +13,8 @@ def cmd_train(args) -> int:
 
     out = console()
     if args.resume:
-        if args.items:
-            raise PodiumError("--resume continues a run with its saved config: drop the config file and overrides")
-        run = podium.train(None, resume=args.resume, progress=not args.quiet, log=out.print)
+        run = podium.train(None, resume=args.resume, progress=not args.quiet, log=out.print,
+                           epochs=_resume_epochs(args.items))
     else:
         config, overrides = split_config_and_overrides(args.items)
         cfg = podium.load_config(config, overrides)
@@ -37,6 +36,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _resume_epochs(items: list[str]) -> int | None:
+    """``--resume RUN`` takes one override, ``train.epochs=M`` (to extend a run); the rest of
+    the config is the run's own."""
+    config, overrides = split_config_and_overrides(items)
+    others = [o for o in overrides if o.partition("=")[0].strip() != "train.epochs"]
+    if config is not None or others:
+        raise PodiumError(f"--resume continues a run with its saved config; only train.epochs=M (to extend it) may "
+                          f"be given, found {[config] if config else []}{others}. Drop them, or start a new run")
+    if not overrides:
+        return None
+    import podium
+
+    return podium.load_config(None, overrides[-1:]).train.epochs  # validated like any config value
+
+
 def _prediction_kwargs(args) -> dict:
     return dict(out=args.out, checkpoint=args.checkpoint, batch_size=args.batch_size, tta=tta_list(args.tta),
                 tta_merge=args.tta_merge, progress=not args.quiet)
@@ -45,7 +59,20 @@ def _prediction_kwargs(args) -> dict:
 def cmd_predict(args) -> int:
     from podium.evaluation.predict import predict_run
 
-    result = predict_run(args.run, args.data, biases=args.biases, **_prediction_kwargs(args))
+    if (args.run is None) == (args.model is None):
+        raise PodiumError("podium predict needs exactly one model: a run folder (podium predict runs/exp --data DIR) "
+                          "or an exported file (podium predict --model model.onnx --data DIR)"
+                          + (f"; got both {args.run} and --model {args.model}" if args.run else "; got neither"))
+    if args.model is not None:
+        from podium.deploy.runtime import predict_exported
+
+        kwargs = _prediction_kwargs(args)
+        if kwargs.pop("checkpoint") != "best":
+            raise PodiumError("--checkpoint picks a run's checkpoint; an exported model was fixed at export "
+                              "(podium export RUN --checkpoint last)")
+        result = predict_exported(args.model, args.data, biases=args.biases, **kwargs)
+    else:
+        result = predict_run(args.run, args.data, biases=args.biases, **_prediction_kwargs(args))
     table("predictions", {"images": result["n_images"], "probabilities": result["probabilities"],
                           "submission": result["submission"], "predicted classes": result["predicted_counts"]})
     return 0
@@ -96,11 +123,17 @@ def cmd_demo(args) -> int:
 TRAIN_EXAMPLE = ("podium train cfg.yaml model.name=resnet18 train.epochs=3\n"
                  "  podium train data.train=data/train model.pretrained_path=weights.pth\n"
                  "  podium train --resume runs/exp")
-PREDICT_EXAMPLE = "podium predict runs/exp --data data/test --tta hflip"
+PREDICT_EXAMPLE = ("podium predict runs/exp --data data/test --tta hflip\n"
+                   "  podium predict --model runs/exp/exports/onnx/model.onnx --data data/test")
 
 
-def _add_inference_args(p) -> None:
-    p.add_argument("run", help="run folder, e.g. runs/exp")
+def _add_inference_args(p, exported: bool = False) -> None:
+    if exported:  # `predict` also runs exported models: RUN or --model, exactly one
+        p.add_argument("run", nargs="?", help="run folder, e.g. runs/exp (or give --model)")
+        p.add_argument("--model", metavar="FILE", help="an exported model.onnx / model.pt (from `podium export`) "
+                                                       "instead of a run folder")
+    else:
+        p.add_argument("run", help="run folder, e.g. runs/exp")
     p.add_argument("--data", required=True, help="folder of images or CSV (path column as in the run's config)")
     p.add_argument("--biases", help="logit_biases.json from `podium cv-biases` (per-class macro-F1 biases)")
     add_prediction_options(p)
@@ -115,7 +148,7 @@ def register(sub) -> None:
 
     p = add_command(sub, "predict", "Predict probabilities and a submission CSV with a trained run.", cmd_predict,
                     PREDICT_EXAMPLE)
-    _add_inference_args(p)
+    _add_inference_args(p, exported=True)
     p = add_command(sub, "evaluate", "Measure a trained run on a labelled folder or CSV.", cmd_evaluate,
                     "podium evaluate runs/exp --data data/val")
     _add_inference_args(p)

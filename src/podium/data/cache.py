@@ -76,12 +76,13 @@ def _decoder_versions() -> dict[str, str]:
     return {"pillow": PIL.__version__, "opencv": cv2.__version__}
 
 
-def cache_key(paths: Sequence[str | Path], size: tuple[int, int], draft: bool = True) -> str:
+def cache_key(paths: Sequence[str | Path], size: tuple[int, int], draft: bool = True, resize: str = "squash") -> str:
     """sha256 over everything that decides the cached pixels.
 
     Absolute paths in order with each file's size and mtime_ns (so rewriting a
     file invalidates the cache), the target size, the draft flag, the format
-    version and the decoder library versions.
+    version, the decoder library versions and the resize mode (``data.resize``;
+    absent for ``squash``, so caches written before the modes existed stay valid).
     """
     h, w = _check_size(size)
     payload = {
@@ -91,6 +92,8 @@ def cache_key(paths: Sequence[str | Path], size: tuple[int, int], draft: bool = 
         "decoders": _decoder_versions(),
         "files": [_file_fingerprint(os.path.abspath(p)) for p in paths],
     }
+    if resize != "squash":
+        payload["resize"] = resize
     blob = json.dumps(payload, separators=(",", ":")).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()
 
@@ -144,6 +147,7 @@ class ImageCache:
         array: np.ndarray | None = None,
         path: Path | None = None,
         bad_indices: Sequence[int] = (),
+        resize: str = "squash",
     ):
         if array is None and path is None:
             raise ValueError("ImageCache needs an in-memory array or a .npy path")
@@ -151,6 +155,7 @@ class ImageCache:
         self.size = (int(size[0]), int(size[1]))
         self.key = key
         self.draft = draft
+        self.resize = resize
         self.path = path
         self.bad_indices = sorted(int(i) for i in bad_indices)
         self._array = array
@@ -168,6 +173,7 @@ class ImageCache:
         on_bad_image: OnBadImage = "error",
         draft: bool = True,
         lazy: bool = False,
+        resize: str = "squash",
     ) -> ImageCache:
         """Return the cache for ``paths`` at ``size`` = (h, w), decoding only if needed.
 
@@ -187,18 +193,18 @@ class ImageCache:
         _check_choice("on_bad_image", on_bad_image, _ON_BAD)
         size = _check_size(size)
         abs_paths = [os.path.abspath(p) for p in paths]
-        key = cache_key(abs_paths, size, draft)
+        key = cache_key(abs_paths, size, draft, resize)
         if mode == "memory":
             array = np.zeros((len(abs_paths), *size, 3), dtype=np.uint8)
-            errors = _decode_into(array, abs_paths, size, draft, workers, progress)
+            errors = _decode_into(array, abs_paths, size, draft, workers, progress, resize=resize)
             _raise_if_bad(errors, abs_paths, on_bad_image)
             return cls(abs_paths, size, key, draft=draft, array=array,
-                       bad_indices=sorted(errors))
+                       bad_indices=sorted(errors), resize=resize)
         directory = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         if lazy:
-            return _open_filling(directory, abs_paths, size, key, draft, on_bad_image)
+            return _open_filling(directory, abs_paths, size, key, draft, on_bad_image, resize=resize)
         return _build_on_disk(cls, directory, abs_paths, size, key, draft, workers, progress,
-                              on_bad_image)
+                              on_bad_image, resize=resize)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -246,8 +252,8 @@ class FillingCache(ImageCache):
     Concurrent fillers write identical pixels, so no row lock is needed.
     """
 
-    def __init__(self, paths, size, key, *, draft, path, flags_path, manifest, on_bad_image):
-        super().__init__(paths, size, key, draft=draft, path=path)
+    def __init__(self, paths, size, key, *, draft, path, flags_path, manifest, on_bad_image, resize="squash"):
+        super().__init__(paths, size, key, draft=draft, path=path, resize=resize)
         self.flags_path, self.manifest, self.on_bad_image = flags_path, manifest, on_bad_image
         self._flags = None
 
@@ -266,7 +272,7 @@ class FillingCache(ImageCache):
         if flags[index] == 1:
             return np.array(self._data()[index], dtype=np.uint8, copy=True)
         try:
-            image = load_resized(self.paths[index], self.size, draft=self.draft)
+            image = load_resized(self.paths[index], self.size, draft=self.draft, mode=self.resize)
         except BadImageError:
             flags[index] = 2
             raise
@@ -296,7 +302,7 @@ class FillingCache(ImageCache):
             self.flags_path.unlink(missing_ok=True)
         found = _read_valid(final, self.manifest, self.key, shape)
         return ImageCache(self.paths, self.size, self.key, draft=self.draft, path=final,
-                          bad_indices=found["bad_indices"])
+                          bad_indices=found["bad_indices"], resize=self.resize)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -305,7 +311,7 @@ class FillingCache(ImageCache):
 
 
 def _open_filling(directory: Path, paths: list[str], size: tuple[int, int], key: str, draft: bool,
-                  on_bad_image: str) -> ImageCache:
+                  on_bad_image: str, resize: str = "squash") -> ImageCache:
     """The finished cache if there is one, else a `FillingCache` (created or resumed)."""
     npy, manifest = directory / f"{key}.npy", directory / f"{key}.json"
     partial, flags = directory / f"{key}.partial.npy", directory / f"{key}.flags.npy"
@@ -322,9 +328,9 @@ def _open_filling(directory: Path, paths: list[str], size: tuple[int, int], key:
     if found is not None:
         errors = {int(i): msg for i, msg in found["bad_images"].items()}
         _raise_if_bad(errors, paths, on_bad_image)
-        return ImageCache(paths, size, key, draft=draft, path=npy, bad_indices=sorted(errors))
+        return ImageCache(paths, size, key, draft=draft, path=npy, bad_indices=sorted(errors), resize=resize)
     filling = FillingCache(paths, size, key, draft=draft, path=partial, flags_path=flags, manifest=manifest,
-                           on_bad_image=on_bad_image)
+                           on_bad_image=on_bad_image, resize=resize)
     return filling.finalize() or filling
 
 
@@ -339,6 +345,7 @@ def _decode_into(
     draft: bool,
     workers: int | None,
     progress: Progress | None,
+    resize: str = "squash",
 ) -> dict[int, str]:
     """Fill ``out[i]`` with image i; return {index: error message} for failures.
 
@@ -355,7 +362,7 @@ def _decode_into(
     def work(chunk: range) -> int:
         for i in chunk:
             try:
-                out[i] = load_resized(paths[i], size, draft=draft)
+                out[i] = load_resized(paths[i], size, draft=draft, mode=resize)
             except BadImageError as exc:
                 errors[i] = str(exc)
         return len(chunk)
@@ -402,6 +409,7 @@ def _build_on_disk(
     workers: int | None,
     progress: Progress | None,
     on_bad_image: str,
+    resize: str = "squash",
 ) -> ImageCache:
     npy = directory / f"{key}.npy"
     manifest = directory / f"{key}.json"
@@ -419,10 +427,10 @@ def _build_on_disk(
             # Another process may have finished while this one waited.
             found = _read_valid(npy, manifest, key, shape)
             if found is None:
-                found = _write_cache(npy, manifest, paths, size, key, draft, workers, progress)
+                found = _write_cache(npy, manifest, paths, size, key, draft, workers, progress, resize=resize)
     errors = {int(i): msg for i, msg in found["bad_images"].items()}
     _raise_if_bad(errors, paths, on_bad_image)
-    return cls(paths, size, key, draft=draft, path=npy, bad_indices=sorted(errors))
+    return cls(paths, size, key, draft=draft, path=npy, bad_indices=sorted(errors), resize=resize)
 
 
 def _read_valid(npy: Path, manifest: Path, key: str, shape: tuple) -> dict | None:
@@ -453,13 +461,14 @@ def _write_cache(
     draft: bool,
     workers: int | None,
     progress: Progress | None,
+    resize: str = "squash",
 ) -> dict:
     shape = (len(paths), *size, 3)
     _check_free_space(npy.parent, int(np.prod(shape)))
     with fileio.atomic_path(npy) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         try:
-            errors = _decode_into(out, paths, size, draft, workers, progress)
+            errors = _decode_into(out, paths, size, draft, workers, progress, resize=resize)
             out.flush()
         finally:
             del out

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from podium.config import DataConfig
 from podium.errors import PodiumError, summarize_list
-from podium.data.images import BadImageError, image_size, is_image_file, load_resized, load_rgb
+from podium.data.images import BadImageError, image_size, is_image_file, load_resized, load_rgb, set_max_image_pixels
 from podium.data.transforms import Pipeline
 
 SAMPLE_COLUMNS = ("path", "id", "label")
@@ -28,13 +28,17 @@ SAMPLE_COLUMNS = ("path", "id", "label")
 
 # ------------------------------------------------------------------ sources
 
-def scan_image_folder(root: str | Path, labeled: bool = True) -> pd.DataFrame:
-    """ImageFolder layout: ``root/<class>/**/<image>``; unlabeled: every image below root."""
+def scan_image_folder(root: str | Path, labeled: bool = True, log=print) -> pd.DataFrame:
+    """ImageFolder layout: ``root/<class>/**/<image>``; unlabeled: every image below root.
+    Image links that point nowhere are left out and reported through ``log``."""
     root = Path(root).expanduser()
     if not root.exists():
         raise PodiumError(f"data folder not found: {root}. Check the path (data.train / --data).")
     if not root.is_dir():
         raise PodiumError(f"{root} is not a folder; pass a folder of images or a .csv file")
+    from podium.data.surprises import report_dangling_links
+
+    report_dangling_links(root, log)
     if not labeled:
         paths = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
         if not paths:
@@ -121,6 +125,7 @@ def load_samples(spec: str | Path, cfg: DataConfig, labeled: bool | None = True,
     ``labeled=None``: labels where the source has them (CSV attribute columns).
     """
     spec = Path(spec).expanduser()
+    set_max_image_pixels(cfg.max_image_pixels)
     if spec.suffix.lower() == ".csv":
         frame = read_csv_samples(spec, cfg, labeled)
     elif cfg.format == "mask_competition" and labeled is not False:
@@ -130,9 +135,13 @@ def load_samples(spec: str | Path, cfg: DataConfig, labeled: bool | None = True,
 
         frame = read_mask_eval(spec)
     else:
-        frame = scan_image_folder(spec, labeled is not False)
+        frame = scan_image_folder(spec, labeled is not False, log=log)
     if frame.empty:
         raise PodiumError(f"no images found in {spec}")
+    from podium.data.surprises import report_empty_groups, report_label_variants
+
+    report_label_variants(frame, spec, log)
+    report_empty_groups(frame, spec, cfg.group_column, log)
     duplicated = frame["id"][frame["id"].duplicated()].tolist()
     if duplicated:
         raise PodiumError(f"duplicate image ids in {spec}: {summarize_list(duplicated)}; ids must be unique")
@@ -200,16 +209,19 @@ def encode_labels(labels: Sequence[str], classes: list[str], where: str) -> np.n
     return np.array([index[str(label)] for label in labels], dtype=np.int64)
 
 
-def holdout_split(frame: pd.DataFrame, fraction: float, seed: int, group_column: str | None = None
-                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Stratified holdout; with groups, no group straddles train and validation."""
+def holdout_split(frame: pd.DataFrame, fraction: float, seed: int, group_column: str | None = None,
+                  log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stratified holdout; with groups, no group straddles train and validation.
+    Classes left out of validation (e.g. a class with a single image) are reported through ``log``."""
+    from podium.data.splits import group_ids, has_groups
+
     labels = frame["label"].astype(str).to_numpy()
-    if "group" in frame.columns and frame["group"].notna().all():
+    if has_groups(frame):
         from sklearn.model_selection import StratifiedGroupKFold
 
         n_splits = max(2, round(1 / fraction))
         splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        _, val_idx = next(splitter.split(np.zeros(len(frame)), labels, frame["group"].astype(str)))
+        _, val_idx = next(splitter.split(np.zeros(len(frame)), labels, group_ids(frame)))
         is_val = np.zeros(len(frame), dtype=bool)
         is_val[val_idx] = True
     else:
@@ -226,6 +238,9 @@ def holdout_split(frame: pd.DataFrame, fraction: float, seed: int, group_column:
         is_val[val_idx] = True
     train, val = frame[~is_val].reset_index(drop=True), frame[is_val].reset_index(drop=True)
     check_no_leakage(train, val)
+    from podium.data.surprises import report_unvalidated_classes
+
+    report_unvalidated_classes(train, val, log)
     return train, val
 
 
@@ -259,9 +274,11 @@ class SeededSampler(Sampler):
     other's augmentations.
     """
 
-    def __init__(self, n: int, seed: int, weights: np.ndarray | None = None):
+    def __init__(self, n: int, seed: int, weights: np.ndarray | None = None, epoch: int = 0):
         self.n, self.seed, self.weights = n, seed, weights
-        self.epoch = 0
+        # A resumed run starts at its next epoch: Lightning creates the loader iterator (and
+        # DataLoader workers prefetch their first batches) before it calls set_epoch.
+        self.epoch = epoch
         self._epoch_set = False
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
@@ -291,13 +308,14 @@ class ImageDataset(Dataset):
 
     def __init__(self, paths: Sequence[str], targets: Sequence[int] | None, pipeline: Pipeline,
                  size: tuple[int, int], *, train: bool = False, draft: bool = True,
-                 on_bad_image: str = "error", cache=None):
+                 on_bad_image: str = "error", cache=None, resize: str = "squash"):
         self.paths = list(paths)
         self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
         self.pipeline = pipeline
         self.size = tuple(size)
         self.train = train
         self.draft = draft
+        self.resize = resize
         self.on_bad_image = on_bad_image
         self.cache = cache
 
@@ -307,7 +325,7 @@ class ImageDataset(Dataset):
     def load(self, index: int) -> np.ndarray:
         if self.cache is not None:
             return self.cache.get(index)
-        return load_resized(self.paths[index], self.size, draft=self.draft)
+        return load_resized(self.paths[index], self.size, draft=self.draft, mode=self.resize)
 
     def __getitem__(self, item):
         index, seed = item if isinstance(item, tuple) else (item, None)
@@ -372,7 +390,8 @@ def build_cache(paths: Sequence[str], cfg: DataConfig, desc: str):
 
     # Disk caches fill during the first epoch instead of decoding everything up front.
     return ImageCache.build(list(paths), cfg.size_hw, mode=cfg.cache, cache_dir=cfg.cache_dir,
-                            draft=cfg.draft_decode, on_bad_image=cfg.on_bad_image, lazy=cfg.cache == "disk")
+                            draft=cfg.draft_decode, on_bad_image=cfg.on_bad_image, lazy=cfg.cache == "disk",
+                            resize=cfg.resize)
 
 
 class PodiumDataModule(pl.LightningDataModule):
@@ -380,19 +399,21 @@ class PodiumDataModule(pl.LightningDataModule):
 
     def __init__(self, train: pd.DataFrame, val: pd.DataFrame, classes: list[str], cfg: DataConfig,
                  train_pipeline: Pipeline, eval_pipeline: Pipeline, batch_size: int,
-                 sampler: str = "random", seed: int = 0):
+                 sampler: str = "random", seed: int = 0, start_epoch: int = 0):
         super().__init__()
         self.seed = seed
+        self.start_epoch = start_epoch  # the epoch a resumed run continues with
         self.train_frame, self.val_frame = train, val
         self.classes = classes
         self.cfg = cfg
         self.batch_size = batch_size
         self.sampler = sampler
         self.num_workers = resolve_num_workers(cfg.num_workers)
+        set_max_image_pixels(cfg.max_image_pixels)  # before workers fork: they inherit it
         self.train_targets = encode_labels(train["label"], classes, "training data")
         self.val_targets = encode_labels(val["label"], classes, "validation data")
         size = cfg.size_hw
-        common = dict(size=size, draft=cfg.draft_decode, on_bad_image=cfg.on_bad_image)
+        common = dict(size=size, draft=cfg.draft_decode, on_bad_image=cfg.on_bad_image, resize=cfg.resize)
         self.train_set = ImageDataset(train["path"], self.train_targets, train_pipeline, train=True,
                                       cache=build_cache(train["path"], cfg, "train"), **common)
         self.val_set = ImageDataset(val["path"], self.val_targets, eval_pipeline, train=False,
@@ -400,7 +421,7 @@ class PodiumDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         weights = balanced_weights(self.train_targets, len(self.classes)) if self.sampler == "balanced" else None
-        sampler = SeededSampler(len(self.train_set), self.seed, weights)
+        sampler = SeededSampler(len(self.train_set), self.seed, weights, epoch=self.start_epoch)
         drop_last = len(self.train_set) > self.batch_size
         return make_loader(self.train_set, self.batch_size, sampler=sampler, num_workers=self.num_workers,
                            drop_last=drop_last, seed=self.seed)

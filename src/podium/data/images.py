@@ -12,13 +12,47 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from podium.errors import PodiumError
+from podium.errors import PodiumError, lookup
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")  # GIF: the first frame
+
+#: Pillow's own decompression-bomb error threshold (2 x Image.MAX_IMAGE_PIXELS): ~13400 x 13400
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+_max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
 
 
 class BadImageError(PodiumError):
     """An image file that cannot be decoded."""
+
+
+def set_max_image_pixels(limit: int | None) -> None:
+    """``data.max_image_pixels``: images with more pixels are bad images (refused or skipped),
+    found from the header before anything is decoded. ``None`` lifts the limit.
+
+    A process-wide setting (like Pillow's own), set when data is loaded so that
+    DataLoader workers forked afterwards inherit it.
+    """
+    global _max_pixels
+    _max_pixels = None if limit is None else int(limit)
+    default = DEFAULT_MAX_IMAGE_PIXELS // 2
+    # Pillow raises at 2 x MAX_IMAGE_PIXELS: keep its check out of the way of a higher limit.
+    Image.MAX_IMAGE_PIXELS = None if limit is None else max(default, int(limit) // 2 + 1)
+
+
+def _open(path: str | Path) -> Image.Image:
+    """``Image.open`` (lazy: header only) that refuses decompression bombs as bad images."""
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(f"image {path} is too large to decode safely ({exc}); raise data.max_image_pixels "
+                            f"(now {_max_pixels}) if it is genuine") from None
+    w, h = im.size
+    if _max_pixels is not None and w * h > _max_pixels:
+        im.close()
+        raise BadImageError(
+            f"image {path} is {w}x{h} = {w * h:,} pixels, above data.max_image_pixels={_max_pixels:,} "
+            "(a decompression bomb?); raise data.max_image_pixels if it is genuine")
+    return im
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -53,7 +87,7 @@ def load_rgb(path: str | Path, draft_size: tuple[int, int] | None = None) -> np.
     afterwards, so this only saves work, never changes the output size.
     """
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
             if draft_size is not None and im.format == "JPEG":
                 _safe_draft(im, draft_size)
             im = ImageOps.exif_transpose(im)
@@ -76,7 +110,7 @@ def _safe_draft(im: Image.Image, size: tuple[int, int]) -> None:
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from the header alone, after EXIF rotation."""
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
             w, h = im.size
             if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                 w, h = h, w
@@ -97,11 +131,21 @@ def cv2_module():
     return cv2
 
 
-def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_rgb(image: np.ndarray, size: tuple[int, int], mode: str = "squash") -> np.ndarray:
     """Resize an HxWx3 uint8 array to ``size`` = (height, width).
 
-    Area interpolation when shrinking (no aliasing), bilinear when growing.
+    ``mode`` (`RESIZE_MODES`): ``squash`` stretches to the size; ``crop`` and
+    ``pad`` keep the aspect ratio (short side to size + center crop, or long
+    side to size + black borders). Area interpolation when shrinking (no
+    aliasing), bilinear when growing.
     """
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image
+    return lookup(RESIZE_MODES, mode, "resize mode (data.resize)")(image, (h, w))
+
+
+def _scale_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     cv2 = cv2_module()
 
     h, w = size
@@ -112,9 +156,37 @@ def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (w, h), interpolation=interp)
 
 
-def load_resized(path: str | Path, size: tuple[int, int], draft: bool = True) -> np.ndarray:
-    """Decode and resize to ``size`` = (height, width): the deterministic first
-    step of every pipeline, and exactly what the decoded-image cache stores."""
+def _aspect_size(shape: tuple[int, ...], size: tuple[int, int], cover: bool) -> tuple[int, int]:
+    """(h, w) of the image scaled by one factor to cover (crop) or fit inside (pad) ``size``."""
+    ih, iw = shape[:2]
+    pick = max if cover else min
+    scale = pick(size[0] / ih, size[1] / iw)
+    if cover:
+        return max(size[0], round(ih * scale)), max(size[1], round(iw * scale))
+    return min(size[0], max(1, round(ih * scale))), min(size[1], max(1, round(iw * scale)))
+
+
+def _center_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    scaled = _scale_to(image, _aspect_size(image.shape, size, cover=True))
+    top, left = (scaled.shape[0] - size[0]) // 2, (scaled.shape[1] - size[1]) // 2
+    return np.ascontiguousarray(scaled[top:top + size[0], left:left + size[1]])
+
+
+def _pad(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    scaled = _scale_to(image, _aspect_size(image.shape, size, cover=False))
+    out = np.zeros((size[0], size[1], 3), dtype=np.uint8)
+    top, left = (size[0] - scaled.shape[0]) // 2, (size[1] - scaled.shape[1]) // 2
+    out[top:top + scaled.shape[0], left:left + scaled.shape[1]] = scaled
+    return out
+
+
+#: `data.resize` -> (image, (h, w)) -> image of exactly that size
+RESIZE_MODES: dict = {"squash": _scale_to, "crop": _center_crop, "pad": _pad}
+
+
+def load_resized(path: str | Path, size: tuple[int, int], draft: bool = True, mode: str = "squash") -> np.ndarray:
+    """Decode and resize to ``size`` = (height, width) by ``mode`` (`resize_rgb`): the
+    deterministic first step of every pipeline, and exactly what the decoded-image cache stores."""
     h, w = size
     image = load_rgb(path, draft_size=(w, h) if draft else None)
-    return resize_rgb(image, size)
+    return resize_rgb(image, size, mode)

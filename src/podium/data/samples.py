@@ -79,7 +79,7 @@ def prepare_data(cfg: PodiumConfig, classes: list[str] | None = None, log=print)
         check_no_leakage(frame, val)
         train = frame
     else:
-        train, val = holdout_split(frame, d.val_fraction, d.split_seed)
+        train, val = holdout_split(frame, d.val_fraction, d.split_seed, log=log)
     train = drop_training_ages(train, cfg.task, log)
     classes = classes or task.classes or build_class_map(train["label"])
     encode_labels(val["label"], classes, f"validation data ({d.val or 'holdout'})")

@@ -109,6 +109,7 @@ def train_fold(cfg: PodiumConfig, run_dir: Path, frame: pd.DataFrame, classes: l
     fold_cfg = cfg.model_copy(deep=True)
     fold_cfg.output.dir = str(run_dir)
     fold_cfg.output.name = f"fold{fold}"
+    fold_cfg.output.group = run_dir.name  # trackers show the folds of one cv as one group
     is_val = frame["fold"].to_numpy() == fold
     columns = [c for c in frame.columns if c != "fold"]
     from podium.tasks.spec import drop_training_ages

@@ -34,7 +34,7 @@ def predict_frame(module, frame: pd.DataFrame, cfg: PodiumConfig, *, batch_size:
 
     size = cfg.data.size_hw
     dataset = ImageDataset(frame["path"], None, build_eval_pipeline(cfg.augment, size), size,
-                           draft=cfg.data.draft_decode, on_bad_image="error")
+                           draft=cfg.data.draft_decode, on_bad_image="error", resize=cfg.data.resize)
     loader = make_loader(dataset, batch_size or cfg.train.batch_size,
                          num_workers=min(resolve_num_workers(cfg.data.num_workers), 4))
     return predict_loader(module, loader, device or inference_device(cfg.train.accelerator), tta=tta,

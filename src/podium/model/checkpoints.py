@@ -10,28 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from podium.errors import PodiumError, summarize_list
+from podium.model.serialization import safe_torch_load
 
 
 def read_checkpoint(path: str | Path) -> dict:
     """The checkpoint's contents (tensors and plain Python values only)."""
-    import pickle
-
-    import torch
-
     path = Path(path)
-    if not path.is_file():
-        raise PodiumError(f"checkpoint {path} does not exist; pass a .ckpt file written by podium training")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise PodiumError(
-            f"refused to load checkpoint {path}: it holds Python objects beyond tensors and plain values, "
-            f"which could run code when unpickled ({reason}). podium checkpoints never need that; "
-            "only load files from sources you trust, re-exported as plain weights") from None
-    except Exception as exc:  # truncated or not a torch file at all
-        raise PodiumError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc)[:300]} "
-                          "(is it a complete .ckpt written by podium?)") from None
+    ckpt = safe_torch_load(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         found = summarize_list(list(ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise PodiumError(f"checkpoint {path} has no 'state_dict' (found {found}); expected a Lightning checkpoint")

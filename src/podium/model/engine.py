@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from podium.config import ModelConfig, PodiumConfig, TrainConfig
 from podium.errors import PodiumError
-from podium.model.guards import NonFiniteGuard
+from podium.model.guards import FiniteCheckpoint, NonFiniteGuard
 from podium.model.losses import create_loss
 from podium.evaluation.metrics import create_metrics
 from podium.model.models import create_model, head_name, split_parameters
@@ -380,8 +380,8 @@ def epoch_checkpoint_callback(run_dir: Path) -> ModelCheckpoint:
 def build_callbacks(cfg: PodiumConfig, run_dir: Path, extra: list[Callback] | None = None) -> list[Callback]:
     t = cfg.train
     callbacks: list[Callback] = [
-        ModelCheckpoint(dirpath=run_dir, filename="best", monitor=t.monitor, mode=t.monitor_mode,
-                        save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False),
+        FiniteCheckpoint(dirpath=run_dir, filename="best", monitor=t.monitor, mode=t.monitor_mode,
+                         save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False),
         # Lightning's save_last only follows top-k saves; a monitor-free checkpoint is truly the latest.
         ModelCheckpoint(dirpath=run_dir, filename="last", monitor=None, save_top_k=1,
                         enable_version_counter=False, auto_insert_metric_name=False),

@@ -100,10 +100,9 @@ def _create_torchvision(name: str, num_classes: int, pretrained: bool, path: str
 
 def _load_state_dict_file(model: nn.Module, path: str, name: str, skip_prefix: str | None = None) -> None:
     """Strict load, except that the classifier (``skip_prefix``) may differ: it is replaced anyway."""
-    try:
-        state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise PodiumError(f"cannot read weights file {path}: {exc}") from None
+    from podium.model.serialization import safe_torch_load
+
+    state = safe_torch_load(Path(path).expanduser(), kind="weights file")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):

@@ -10,20 +10,48 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from podium.errors import lookup
+from podium.errors import PodiumError, lookup
 
-#: `train.optimizer` -> the name timm's `create_optimizer_v2` knows (`sgd` there is Nesterov momentum)
-OPTIMIZERS: dict[str, str] = {"sgd": "sgd", "adam": "adam", "adamw": "adamw"}
+#: `train.optimizer` -> the name timm's `create_optimizer_v2` knows (`sgd` there is Nesterov momentum,
+#: `momentum` plain SGD with momentum, as torchvision's reference recipe uses)
+OPTIMIZERS: dict[str, str] = {"sgd": "sgd", "momentum": "momentum", "adam": "adam", "adamw": "adamw"}
 
 
 def create_optimizer(name: str, model: nn.Module | Iterable, *, lr: float, weight_decay: float = 0.0,
-                     momentum: float = 0.9) -> torch.optim.Optimizer:
-    """timm's optimizer factory: no weight decay on biases and norm layers; `sgd` is Nesterov."""
+                     momentum: float = 0.9, backbone_lr_mult: float = 1.0,
+                     head_prefix: str | None = None) -> torch.optim.Optimizer:
+    """timm's optimizer factory: no weight decay on biases and norm layers; `sgd` is Nesterov.
+
+    ``backbone_lr_mult`` != 1 gives every parameter outside ``head_prefix`` (the
+    new classifier) ``lr * backbone_lr_mult``: pretrained features move less
+    than the freshly initialised head. Schedules scale each group from its own lr.
+    """
     from timm.optim import create_optimizer_v2
 
     opt = lookup(OPTIMIZERS, name, "optimizer")
-    kwargs = {"momentum": momentum} if opt == "sgd" else {}
+    kwargs = {"momentum": momentum} if opt in ("sgd", "momentum") else {}
+    if backbone_lr_mult != 1.0:
+        if not isinstance(model, nn.Module) or not head_prefix:
+            raise PodiumError("train.backbone_lr_mult needs the model and the name of its head")
+        model = backbone_head_groups(model, head_prefix, lr=lr, weight_decay=weight_decay,
+                                     backbone_lr_mult=backbone_lr_mult)
     return create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay, **kwargs)
+
+
+def backbone_head_groups(model: nn.Module, head_prefix: str, *, lr: float, weight_decay: float,
+                         backbone_lr_mult: float) -> list[dict]:
+    """Param groups (backbone/head x decay/no decay) with timm's no-decay rule (biases, 1-d params)."""
+    prefix = head_prefix.rstrip(".") + "."
+    groups: dict[tuple[bool, bool], list] = {}
+    for pname, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_head = pname.startswith(prefix)
+        decay = not (param.ndim <= 1 or pname.endswith(".bias"))
+        groups.setdefault((is_head, decay), []).append(param)
+    return [{"params": params, "lr": lr * (1.0 if is_head else backbone_lr_mult),
+             "weight_decay": weight_decay if decay else 0.0}
+            for (is_head, decay), params in sorted(groups.items())]
 
 
 def create_scheduler(name: str, optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: int,

@@ -36,10 +36,11 @@ class TrainResult:
     val_predictions: pd.DataFrame | None = None
 
 
-def _dataset_stats(train: pd.DataFrame, size: tuple[int, int], limit: int = 256, seed: int = 0):
+def _dataset_stats(train: pd.DataFrame, size: tuple[int, int], limit: int = 256, seed: int = 0,
+                   resize: str = "squash"):
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(train), size=min(limit, len(train)), replace=False)
-    return lambda: channel_stats([load_resized(train["path"].iloc[i], size) for i in idx])
+    return lambda: channel_stats([load_resized(train["path"].iloc[i], size, mode=resize) for i in idx])
 
 
 def build_module(cfg: PodiumConfig, prepared: PreparedData, mean, std):
@@ -50,8 +51,12 @@ def build_module(cfg: PodiumConfig, prepared: PreparedData, mean, std):
     weights = compute_class_weights(counts, cfg.train.class_weights)
     task = resolve_task(cfg.task)
     head_weights = None
+    train_counts = [int(c) for c in counts]
     if task.heads:
         head_weights = [float((cfg.task.head_weights or {}).get(name, 1.0)) for name in task.attributes.names]
+        per_attr = task.attributes.decode_array(encode_labels(prepared.train["label"], prepared.classes, "training data"))
+        train_counts = [int(c) for n, k in zip(task.attributes.names, task.heads)
+                        for c in np.bincount(per_attr[n], minlength=k)]  # concatenated per head, like the weights
         if cfg.train.class_weights != "none" and not isinstance(cfg.train.class_weights, list):
             per_attr = task.attributes.decode_array(encode_labels(prepared.train["label"], prepared.classes, "training data"))
             weights = [compute_class_weights(np.bincount(per_attr[n], minlength=k), cfg.train.class_weights).tolist()
@@ -61,35 +66,49 @@ def build_module(cfg: PodiumConfig, prepared: PreparedData, mean, std):
             weights = None  # an explicit composite list cannot weight per-attribute heads
     return Classifier(cfg.model, cfg.train, prepared.classes, mean, std,
                       class_weights=None if weights is None else [float(w) for w in np.asarray(weights, dtype=float)],
-                      heads=task.heads, head_weights=head_weights)
+                      heads=task.heads, head_weights=head_weights, class_counts=train_counts)
 
 
 def train(cfg: PodiumConfig, *, resume: str | Path | None = None, dry_run: bool = False,
           callbacks: list | None = None, progress: bool = True, log=print,
-          prepared: PreparedData | None = None) -> TrainResult:
-    """Train one run; ``resume`` continues a run folder from its last.ckpt.
+          prepared: PreparedData | None = None, epochs: int | None = None) -> TrainResult:
+    """Train one run; ``resume`` continues a run folder from its last.ckpt (``epochs``
+    extends it, also a finished one). The run folder's status.json says running, finished,
+    interrupted (SIGINT/SIGTERM: `RunInterrupted`) or failed.
 
     ``prepared`` supplies already-split data (cross-validation folds) instead of ``cfg.data``.
     """
     started = time.time()
-    ckpt_path = None
+    ckpt_path, start_epoch, extend = None, 0, []
     if resume is not None:
+        from podium.model.lifecycle import resume_point
+
         info = load_run(resume)
-        cfg, run_dir = info.config, info.dir
-        ckpt_path = str(info.checkpoint("last"))
+        point = resume_point(info, epochs)  # a safe read of last.ckpt, its classes, finished runs
+        cfg, run_dir = point.cfg, info.dir
+        ckpt_path, start_epoch = str(point.checkpoint), point.start_epoch
+        if point.extended:
+            from podium.model.lifecycle import ExtendSchedule
+
+            extend = [ExtendSchedule()]
         prepared = prepared or load_split(info.dir, info.classes)
         mean, std = info.mean, info.std
     else:
         prepared = prepared or prepare_data(cfg, log=log)
-        mean, std = resolve_normalization(cfg.augment, _dataset_stats(prepared.train, cfg.data.size_hw))
+        mean, std = resolve_normalization(cfg.augment, _dataset_stats(prepared.train, cfg.data.size_hw,
+                                                                          resize=cfg.data.resize))
     if prepared.skipped:
         log(f"skipped {len(prepared.skipped)} unreadable image(s) (data.on_bad_image=skip)")
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     size = cfg.data.size_hw
     datamodule = PodiumDataModule(prepared.train, prepared.val, prepared.classes, cfg.data,
                                   build_train_pipeline(cfg.augment, size), build_eval_pipeline(cfg.augment, size),
-                                  cfg.train.batch_size, cfg.train.sampler, seed=cfg.train.seed)
+                                  cfg.train.batch_size, cfg.train.sampler, seed=cfg.train.seed,
+                                  start_epoch=start_epoch)
     module = build_module(cfg, prepared, mean, std)
+    from podium.model.guards import check_batch_norm_batch
+
+    check_batch_norm_batch(module, cfg.train.batch_size, cfg.model.name)
     share_cpu_cores(cfg, datamodule.num_workers)
 
     if dry_run:
@@ -103,6 +122,9 @@ def train(cfg: PodiumConfig, *, resume: str | Path | None = None, dry_run: bool 
         return TrainResult(Path(tmp), {"dry_run": True, "classes": prepared.classes,
                                        "train_images": len(prepared.train), "val_images": len(prepared.val)}, {})
 
+    from podium.reports.tracking import check_installed
+
+    check_installed(cfg.output)  # a missing W&B/MLflow stops here, before the run folder exists
     ddp_worker = bool(os.environ.get(RUN_DIR_ENV))  # a process launched by rank 0 for DDP
     if resume is None:
         run_dir = create_run_dir(cfg.output.dir, cfg.output.name)
@@ -115,17 +137,28 @@ def train(cfg: PodiumConfig, *, resume: str | Path | None = None, dry_run: bool 
     log(describe_split(prepared.train, prepared.val).to_string())
 
     from podium.model.engine import build_callbacks, build_trainer
+    from podium.model.guards import RunOutcome
+    from podium.model.lifecycle import recorded_run
 
-    trainer = build_trainer(cfg, run_dir, callbacks=build_callbacks(cfg, run_dir, callbacks), progress=progress)
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    finally:
-        if resume is None and not ddp_worker:
-            os.environ.pop(RUN_DIR_ENV, None)
-    if not trainer.is_global_zero:
-        return TrainResult(run_dir, {}, {})
-    datamodule.publish_caches()
-    return finish_run(cfg, run_dir, prepared, module, trainer, datamodule, started)
+    outcome = RunOutcome()
+    with recorded_run(run_dir, enabled=not ddp_worker) as record:
+        record.outcome = outcome
+        trainer = build_trainer(cfg, run_dir, callbacks=build_callbacks(cfg, run_dir, list(callbacks or []) + extend + [outcome]),
+                                progress=progress)
+        try:
+            record.fitting = True
+            # weights_only=True: Lightning's own resume load never unpickles objects either
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        finally:
+            record.fitting = False
+            if resume is None and not ddp_worker:
+                os.environ.pop(RUN_DIR_ENV, None)
+        if not trainer.is_global_zero:
+            return TrainResult(run_dir, {}, {})
+        datamodule.publish_caches()
+        result = finish_run(cfg, run_dir, prepared, module, trainer, datamodule, started)
+        record.status("finished", epoch=int(trainer.current_epoch), best_metric=result.summary.get("best_metric"))
+    return result
 
 
 def share_cpu_cores(cfg: PodiumConfig, loader_workers: int) -> None:
@@ -180,6 +213,9 @@ def finish_run(cfg: PodiumConfig, run_dir: Path, prepared: PreparedData, module,
         "device": "cuda" if uses_cuda(cfg.train.accelerator) else "cpu",
     }
     write_json(run_dir / "summary.json", summary)
+    from podium.reports.tracking import log_final_metrics
+
+    log_final_metrics(trainer.loggers, summary, step=int(trainer.global_step))
     if cfg.output.report:
         write_report(run_dir, module, cfg)
     return TrainResult(run_dir, summary, val_metrics, module, table)

@@ -1,0 +1,250 @@
+"""Export a run's model to ONNX or TorchScript, checked against PyTorch on real images.
+
+The exported graph is the `Classifier`'s own forward: uint8 RGB NCHW images
+0..255 in, normalization inside, class logits out (for attribute heads the
+composite log-probabilities; softmax gives probabilities either way). A sidecar
+JSON beside the file says everything a consumer must know to feed it (input
+size, layout, dtype and range, channel order, class names, TTA views, the
+run's config), and a parity check on the run's own validation images compares
+the export's probabilities with PyTorch's before anything is written: an export
+that drifts more than the tolerance (1e-4 by default, the atol Optimum uses for
+MobileNet) fails and leaves nothing behind.
+
+ONNX uses the TorchScript-based exporter (``dynamo=False``): it handles the
+uint8 input, the channels-last model and a dynamic batch axis with no extra
+dependency, and passes the parity check on timm and torchvision models.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from podium.errors import PodiumError
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+DEFAULT_TOLERANCE = 1e-4
+DEFAULT_OPSET = 17
+PARITY_IMAGES = 64
+PARITY_BATCH = 8  # differs from the dynamic export's example batch (2), so the batch axis is exercised
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+@dataclass
+class Export:
+    """An exported model: the file, its sidecar, the parity report."""
+
+    path: Path
+    sidecar: Path
+    parity_path: Path
+    parity: dict
+
+    def __repr__(self) -> str:
+        p = self.parity
+        return (f"Export({str(self.path)!r}, max_abs_diff={p['max_abs_diff']:.2e}, "
+                f"top1_agreement={p['top1_agreement']:.4f})")
+
+
+def export(run, format: str = "onnx", *, checkpoint: str = "best", out: str | Path | None = None,
+           dynamic_batch: bool = False, tolerance: float = DEFAULT_TOLERANCE, opset: int = DEFAULT_OPSET,
+           parity_images: int = PARITY_IMAGES, log: Callable[[str], None] | None = None) -> Export:
+    """Export ``run`` (a `podium.Run` or its folder) and check parity; the Python API of `podium export`."""
+    return export_run(getattr(run, "dir", run), format, checkpoint=checkpoint, out=out, dynamic_batch=dynamic_batch,
+                      tolerance=tolerance, opset=opset, parity_images=parity_images, log=log)
+
+
+def export_run(run_dir: str | Path, format: str = "onnx", *, checkpoint: str = "best", out: str | Path | None = None,
+               dynamic_batch: bool = False, tolerance: float = DEFAULT_TOLERANCE, opset: int = DEFAULT_OPSET,
+               parity_images: int = PARITY_IMAGES, log: Callable[[str], None] | None = None) -> Export:
+    """Write ``model.onnx|.pt`` + ``model.json`` (sidecar) + ``model.parity.json`` atomically.
+
+    Nothing is written unless the parity check passes: the model goes to a
+    temporary file, is loaded back by its runtime and compared with PyTorch.
+    """
+    from podium.fileio import atomic_path, write_json
+    from podium.model.checkpoints import load_module
+    from podium.runs import load_run
+
+    if format not in FORMATS:
+        raise PodiumError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if not tolerance > 0:
+        raise PodiumError(f"--tolerance must be > 0, found {tolerance}")
+    info = load_run(run_dir)
+    images = _parity_images(info, parity_images)
+    module = _eager(load_module(info.checkpoint(checkpoint), info.classes))
+    path, created = _output_path(info.dir, format, out)
+    log = log or (lambda message: None)
+    parity_path, sidecar_path = path.with_name(path.stem + ".parity.json"), path.with_suffix(".json")
+    written: list[Path] = []
+    try:
+        with atomic_path(path) as tmp:
+            started = time.perf_counter()
+            opset_used = _write_model(module, tmp, format, info.config.data.size_hw, dynamic_batch, opset)
+            log(f"exported {format} in {time.perf_counter() - started:.1f}s; checking parity on "
+                f"{len(images)} validation images")
+            sidecar = build_sidecar(info, module, format, path, checkpoint, dynamic_batch, opset_used)
+            predictor = _load_exported(tmp, format, sidecar)
+            parity = check_parity(module, predictor, images, tolerance)
+            sidecar["parity"] = {k: parity[k] for k in ("max_abs_diff", "top1_agreement", "n_images", "tolerance")}
+            if not parity["passed"]:
+                raise PodiumError(
+                    f"exported {format} model differs from PyTorch by up to {parity['max_abs_diff']:.3g} in "
+                    f"probability on {parity['n_images']} validation images (top-1 agreement "
+                    f"{parity['top1_agreement']:.4f}), above the tolerance {tolerance:g}; nothing was written. "
+                    f"Try another --opset, or accept the difference with --tolerance {parity['max_abs_diff'] * 2:.1g}")
+            written.append(write_json(parity_path, parity))
+            written.append(write_json(sidecar_path, sidecar))
+    except BaseException:  # no sidecar without its model, no empty folder
+        for done in written:
+            done.unlink(missing_ok=True)
+        if created:
+            _remove_if_empty(path.parent)
+        raise
+    log(f"parity: max |p_export - p_torch| = {parity['max_abs_diff']:.2e}, top-1 agreement "
+        f"{parity['top1_agreement']:.4f} on {parity['n_images']} images")
+    return Export(path, sidecar_path, parity_path, parity)
+
+
+def _eager(module):
+    """The Classifier with its plain (not torch.compile'd) backbone: exporters trace eager code."""
+    object.__setattr__(module, "_run_model", module.model)
+    return module.cpu().eval()
+
+
+def _output_path(run_dir: Path, format: str, out: str | Path | None) -> tuple[Path, bool]:
+    """``out`` (a new file with the format's suffix), else ``RUN/exports/<format>[-k]/model<suffix>``."""
+    from podium.runs import next_free_dir
+
+    suffix = FORMATS[format]
+    if out is None:
+        return next_free_dir(run_dir / "exports", format) / f"model{suffix}", True
+    out = Path(out)
+    if out.suffix.lower() != suffix:
+        raise PodiumError(f"--out {out}: a {format} export is a file ending in {suffix} (e.g. model{suffix})")
+    taken = [p for p in (out, out.with_suffix(".json"), out.with_name(out.stem + ".parity.json")) if p.exists()]
+    if taken:
+        raise PodiumError(f"{taken[0]} already exists; choose another --out (exports are never overwritten)")
+    created = not out.parent.exists()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out, created
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+class ExportedForward(torch.nn.Module):
+    """The module that is traced: the Classifier's forward alone, so the export holds the
+    backbone and the normalization but not the loss and metric submodules."""
+
+    def __init__(self, classifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(images)
+
+
+def _write_model(module, path: Path, format: str, size: tuple[int, int], dynamic_batch: bool, opset: int) -> int | None:
+    """Trace ``module`` on a uint8 example batch (2 images when the batch is dynamic) into ``path``."""
+    import warnings
+
+    h, w = size
+    example = torch.randint(0, 256, (2 if dynamic_batch else 1, 3, h, w), dtype=torch.uint8)
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation and tracer warnings
+        if format == "torchscript":  # Lightning's tracer keeps the module's Trainer properties out of the trace
+            traced = torch.jit.freeze(module.to_torchscript(method="trace", example_inputs=example, check_trace=False))
+            torch.jit.save(traced, str(path))
+            return None
+        axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+        try:
+            torch.onnx.export(ExportedForward(module).eval(), (example,), str(path), dynamo=False,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes, opset_version=opset,
+                              do_constant_folding=True)
+        except Exception as exc:  # an op the exporter cannot express at this opset
+            raise PodiumError(f"ONNX export of {module.model_cfg.name} at opset {opset} failed: "
+                              f"{type(exc).__name__}: {str(exc)[:400]}; try another --opset") from None
+    try:
+        import onnx
+    except ImportError:
+        raise PodiumError("ONNX export needs the onnx package: pip install 'podium[onnx]'") from None
+    onnx.checker.check_model(str(path))  # a structurally valid graph before any runtime sees it
+    return opset
+
+
+def build_sidecar(info, module, format: str, path: Path, checkpoint: str, dynamic_batch: bool,
+                  opset: int | None) -> dict:
+    """What a consumer needs to feed the model and read its output, and where it came from."""
+    import podium
+    from podium.evaluation.predict import resolve_tta
+
+    cfg = info.config
+    h, w = cfg.data.size_hw
+    batch = None if dynamic_batch else 1
+    return {
+        "format": format, "file": path.name, "podium_version": podium.__version__, "torch_version": torch.__version__,
+        "opset": opset,
+        "exporter": "torch.onnx (TorchScript-based, dynamo=False)" if format == "onnx" else "torch.jit.trace",
+        "input": {"name": INPUT_NAME, "shape": [batch or "batch", 3, h, w], "batch_size": batch, "layout": "NCHW",
+                  "dtype": "uint8", "range": [0, 255], "channel_order": "RGB", "image_size": [h, w],
+                  "normalization": "inside the model", "mean": list(info.mean), "std": list(info.std),
+                  "resize": cfg.data.resize, "eval_ops": cfg.augment.eval_ops or [],
+                  "preprocess": "decode to RGB with EXIF rotation, resize to image_size by `resize` (podium "
+                                "data.resize), then the config's augment.eval_ops"},
+        "output": {"name": OUTPUT_NAME, "kind": "logits" if not module.heads else "log_probabilities",
+                   "shape": [batch or "batch", len(info.classes)],
+                   "probabilities": "softmax over axis 1"},
+        "classes": list(info.classes), "tta": resolve_tta(None, cfg) or [], "tta_merge": cfg.predict.tta_merge,
+        "run": str(info.dir.resolve()), "checkpoint": str(info.checkpoint(checkpoint).resolve()),
+        "model_name": module.model_cfg.name, "config": cfg.model_dump(mode="json"),
+    }
+
+
+def _load_exported(path: Path, format: str, sidecar: dict):
+    from podium.deploy.runtime import OnnxPredictor, TorchScriptPredictor
+
+    return OnnxPredictor(path, sidecar) if format == "onnx" else TorchScriptPredictor(path, sidecar)
+
+
+def _parity_images(info, limit: int) -> np.ndarray:
+    """Up to ``limit`` of the run's validation images, read through its eval pipeline (uint8 NCHW)."""
+    from podium.data.samples import load_split
+    from podium.deploy.runtime import eval_dataset
+
+    if not (info.dir / "split.csv").is_file():
+        raise PodiumError(f"{info.dir / 'split.csv'} is missing: the parity check runs on the run's validation "
+                          "images listed there; export a run folder written by `podium train`")
+    val = load_split(info.dir, info.classes).val
+    if val.empty:
+        raise PodiumError(f"{info.dir} has no validation images in split.csv to check the export against")
+    dataset = eval_dataset(val["path"].head(limit), info.config)
+    return torch.stack([dataset[i][0] for i in range(len(dataset))]).numpy()
+
+
+def check_parity(module, predictor, images: np.ndarray, tolerance: float = DEFAULT_TOLERANCE) -> dict:
+    """Max |p_export - p_torch| over classes and images, and top-1 agreement, batch by batch."""
+    diffs, agree, logit_diff = [], 0, 0.0
+    for start in range(0, len(images), PARITY_BATCH):
+        batch = images[start:start + PARITY_BATCH]
+        with torch.inference_mode():
+            ref_logits = module(torch.from_numpy(batch)).float()
+        ref = ref_logits.softmax(1).numpy()
+        got_logits = predictor.logits(batch)
+        got = torch.from_numpy(got_logits).softmax(1).numpy()
+        diffs.append(np.abs(got - ref).max(axis=1))
+        logit_diff = max(logit_diff, float(np.abs(got_logits - ref_logits.numpy()).max()))
+        agree += int((got.argmax(1) == ref.argmax(1)).sum())
+    per_image = np.concatenate(diffs)
+    max_diff = float(per_image.max())
+    return {"passed": bool(max_diff <= tolerance), "max_abs_diff": max_diff, "mean_abs_diff_per_image_max":
+            float(per_image.mean()), "max_abs_logit_diff": logit_diff, "top1_agreement": agree / len(images),
+            "n_images": int(len(images)), "batch_size": PARITY_BATCH, "tolerance": float(tolerance),
+            "source": "validation images of the run (split.csv), eval pipeline"}

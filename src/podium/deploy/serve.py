@@ -1,0 +1,391 @@
+"""`podium serve`: an HTTP prediction server (FastAPI + uvicorn) with micro-batching.
+
+Endpoints: ``POST /predict`` (multipart field ``files``, one or several images)
+-> per image the top-k classes with probabilities; ``GET /health``;
+``GET /classes``; ``GET /stats`` (batch sizes seen, for tuning and tests);
+``GET /`` a self-contained page to drop an image on.
+
+Concurrent requests are micro-batched: each image joins an asyncio queue that
+one worker drains into a batch when ``max_batch_size`` images wait or
+``max_wait_ms`` has passed since the first; the batch runs in a single
+inference thread (the event loop keeps accepting requests meanwhile), so
+throughput grows with concurrency instead of each request paying a forward.
+
+Limits protect the server: request body size (checked on the Content-Length
+and while streaming), bytes per file, pixels per image (checked from the
+header before decoding, against decompression bombs), files per request and a
+per-request timeout. Every client error is a 4xx JSON ``{"error": ...}`` saying
+what was wrong; an unexpected server error is a 500 with a generic message and
+the traceback only in the server log. An optional API key (header
+``X-API-Key``) guards the model endpoints. The server binds 127.0.0.1 unless
+told otherwise.
+"""
+# no `from __future__ import annotations`: FastAPI reads the endpoint annotations at run time,
+# and they name classes imported inside `create_app` (so FastAPI loads only when serving)
+import asyncio
+import io
+import logging
+import os
+import secrets
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+from podium.errors import PodiumError
+
+log = logging.getLogger("podium.serve")
+
+API_KEY_ENV = "PODIUM_API_KEY"
+API_KEY_HEADER = "X-API-Key"
+IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF")  # what podium trains on (README: Data)
+FORM_OVERHEAD_BYTES = 64 * 1024
+
+
+@dataclass
+class ServeSettings:
+    """Batching and limits of one server (every field is a `podium serve` option)."""
+
+    max_batch_size: int = 16
+    max_wait_ms: float = 5.0
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    max_files: int = 16
+    request_timeout_s: float = 30.0
+    top_k: int = 5
+    api_key: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_upload_bytes", "max_pixels", "max_files", "top_k"):
+            if int(getattr(self, name)) < 1:
+                raise PodiumError(f"serve setting {name} must be >= 1, found {getattr(self, name)}")
+        if self.max_wait_ms < 0 or self.request_timeout_s <= 0:
+            raise PodiumError(f"serve settings: max_wait_ms must be >= 0 and request_timeout_s > 0, found "
+                              f"{self.max_wait_ms} and {self.request_timeout_s}")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.max_files * self.max_upload_bytes + FORM_OVERHEAD_BYTES
+
+
+class ClientError(Exception):
+    """A request the client can fix: answered with ``status`` and a JSON message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# ---------------------------------------------------------------- micro-batching
+
+
+class MicroBatcher:
+    """Collects single images from concurrent requests into batches for one inference thread.
+
+    ``infer`` maps a uint8 (N, 3, H, W) array to (N, C) probabilities. A batch
+    closes when it holds ``max_batch_size`` images or ``max_wait_ms`` after its
+    first image arrived; while one batch runs, the next one fills.
+    """
+
+    def __init__(self, infer: Callable[[np.ndarray], np.ndarray], max_batch_size: int, max_wait_ms: float):
+        self.infer = infer
+        self.max_batch_size = int(max_batch_size)
+        self.max_wait_s = float(max_wait_ms) / 1000.0
+        self.batch_sizes: Counter[int] = Counter()
+        self.inference_s = 0.0
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="podium-infer")
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._run(), name="podium-micro-batcher")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, image: np.ndarray) -> np.ndarray:
+        """The probabilities of one preprocessed CHW image, computed in some batch."""
+        if self._queue is None:
+            raise RuntimeError("MicroBatcher.start() was not awaited")
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((image, future))
+        return await future
+
+    async def _collect(self) -> list:
+        batch = [await self._queue.get()]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait_s
+        while len(batch) < self.max_batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except asyncio.TimeoutError:
+                break
+        return [(image, future) for image, future in batch if not future.done()]  # timed-out requests drop out
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            if not batch:
+                continue
+            images = np.stack([image for image, _ in batch])
+            started = time.perf_counter()
+            try:
+                probs = await loop.run_in_executor(self._executor, self.infer, images)
+            except Exception as exc:  # answered per request as a 500; the loop keeps serving
+                log.exception("inference failed on a batch of %d images", len(batch))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.inference_s += time.perf_counter() - started
+            self.batch_sizes[len(batch)] += 1
+            for (_, future), row in zip(batch, probs):
+                if not future.done():
+                    future.set_result(row)
+
+    def stats(self) -> dict:
+        sizes = self.batch_sizes
+        images = sum(k * v for k, v in sizes.items())
+        return {"batches": sum(sizes.values()), "images": images, "largest_batch": max(sizes, default=0),
+                "batch_sizes": {str(k): sizes[k] for k in sorted(sizes)}, "inference_s": round(self.inference_s, 4),
+                "max_batch_size": self.max_batch_size, "max_wait_ms": self.max_wait_s * 1000.0}
+
+
+# ---------------------------------------------------------------- decoding uploads
+
+
+def decode_upload(data: bytes, name: str, predictor, settings: ServeSettings) -> np.ndarray:
+    """An uploaded file -> the model's uint8 CHW input, or a `ClientError` saying what is wrong.
+
+    The pixel count is checked from the header before any decoding; then the
+    image is read by the same code as training and prediction (EXIF rotation,
+    mode conversion, resize, eval pipeline).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from podium.data.images import BadImageError
+
+    if not data:
+        raise ClientError(400, f"file {name!r} is empty")
+    if len(data) > settings.max_upload_bytes:
+        raise ClientError(413, f"file {name!r} has {len(data):,} bytes; the limit is {settings.max_upload_bytes:,} "
+                               "per file (podium serve --max-upload-mb)")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt, (w, h) = im.format, im.size
+    except Image.DecompressionBombError as exc:
+        raise ClientError(413, f"image {name!r} is too large to decode safely: {exc}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise ClientError(415, f"file {name!r} is not an image podium can read; "
+                               "send JPEG, PNG, WebP, BMP or GIF") from None
+    if fmt not in IMAGE_FORMATS:
+        raise ClientError(415, f"file {name!r} is a {fmt} image; podium serves JPEG, PNG, WebP, BMP and GIF")
+    if w * h > settings.max_pixels:
+        raise ClientError(413, f"image {name!r} is {w}x{h} = {w * h:,} pixels; the limit is {settings.max_pixels:,} "
+                               "(podium serve --max-pixels)")
+    try:
+        image, _ = predictor.dataset([io.BytesIO(data)])[0]
+    except (BadImageError, Image.DecompressionBombError) as exc:
+        reason = str(exc).split(": ")[-1][:200]
+        raise ClientError(415, f"image {name!r} cannot be decoded (truncated or corrupt?): {reason}") from None
+    return image.numpy()
+
+
+def top_classes(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
+    """The ``k`` most probable classes of one image, best first."""
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [{"class": classes[i], "index": int(i), "probability": float(probs[i])} for i in order]
+
+
+# ---------------------------------------------------------------- the app
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies above ``max_bytes`` (by Content-Length and while reading)."""
+
+    class TooLarge(Exception):
+        pass
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(scope, receive, send, int(declared))
+        received = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyLimit.TooLarge()
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyLimit.TooLarge:
+            if not started:
+                await self._refuse(scope, receive, send, received)
+
+    async def _refuse(self, scope, receive, send, size: int):
+        from starlette.responses import JSONResponse
+
+        response = JSONResponse({"error": f"request body of {size:,}+ bytes exceeds the limit of {self.max_bytes:,} "
+                                          "bytes (files per request x bytes per file)"}, status_code=413)
+        await response(scope, receive, send)
+
+
+def create_app(predictor, settings: ServeSettings | None = None):
+    """The FastAPI app serving ``predictor`` (a `podium.deploy.runtime.Predictor`)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from podium.deploy.page import page_html
+
+    settings = settings or ServeSettings()
+    batcher = MicroBatcher(predictor.probabilities, settings.max_batch_size, settings.max_wait_ms)
+    counters = Counter()
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = FastAPI(title="podium", description=f"Image classification with {predictor.source.name}",
+                  lifespan=lifespan)
+    app.state.batcher = batcher
+    app.state.settings = settings
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message, "status": status}, status_code=status)
+
+    @app.exception_handler(ClientError)
+    async def client_error(request, exc: ClientError):
+        counters["client_errors"] += 1
+        return error(exc.status, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request, exc: RequestValidationError):
+        counters["client_errors"] += 1
+        problems = []
+        for item in exc.errors():
+            where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query"))
+            problems.append(f"{where or 'request'}: {item.get('msg', 'invalid')}")
+        hint = " (send images as multipart/form-data field 'files')" if any(
+            "files" in p for p in problems) else ""
+        return error(422, "; ".join(problems) + hint)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc: StarletteHTTPException):
+        if isinstance(exc.__cause__, BodyLimit.TooLarge):  # FastAPI wraps errors raised while parsing the body
+            return error(413, f"request body exceeds the limit of {settings.max_body_bytes:,} bytes "
+                              "(files per request x bytes per file)")
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def server_error(request, exc: Exception):
+        log.error("error while serving %s %s", request.method, request.url.path, exc_info=exc)
+        return error(500, "internal server error; the details are in the server log")
+
+    def check_key(request: Request) -> None:
+        if settings.api_key and not secrets.compare_digest(
+                request.headers.get(API_KEY_HEADER, "").encode(), settings.api_key.encode()):
+            raise ClientError(401, f"missing or wrong API key: send it in the {API_KEY_HEADER} header")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return HTMLResponse(page_html(predictor.source.name, api_key_required=bool(settings.api_key)))
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", **predictor.describe(), "api_key_required": bool(settings.api_key)}
+
+    @app.get("/classes", dependencies=[Depends(check_key)])
+    async def classes():
+        return {"classes": predictor.classes}
+
+    @app.get("/stats", dependencies=[Depends(check_key)])
+    async def stats():
+        return {**batcher.stats(), "requests": counters["requests"], "client_errors": counters["client_errors"],
+                "settings": {k: v for k, v in asdict(settings).items() if k != "api_key"}}
+
+    @app.post("/predict", dependencies=[Depends(check_key)])
+    async def predict(files: list[UploadFile] = File(..., description="one or several images"),
+                      top_k: int = Query(settings.top_k, ge=1, description="classes per image")):
+        counters["requests"] += 1
+        if len(files) > settings.max_files:
+            raise ClientError(413, f"{len(files)} files in one request; the limit is {settings.max_files} "
+                                   "(podium serve --max-files)")
+        try:
+            return await asyncio.wait_for(_predict(files, min(top_k, len(predictor.classes))),
+                                          settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise ClientError(504, f"prediction took longer than {settings.request_timeout_s:g} s "
+                                   "(podium serve --timeout); try fewer files or later") from None
+
+    async def _predict(files, k: int) -> dict:
+        names = [f.filename or f"file{i}" for i, f in enumerate(files)]
+        blobs = [await f.read(settings.max_upload_bytes + 1) for f in files]
+        inputs = await asyncio.gather(*[asyncio.to_thread(decode_upload, b, n, predictor, settings)
+                                        for b, n in zip(blobs, names)])
+        probs = await asyncio.gather(*[batcher.submit(x) for x in inputs])
+        return {"model": predictor.source.name,
+                "predictions": [{"file": n, "top": top_classes(p, predictor.classes, k)} for n, p in zip(names, probs)]}
+
+    return app
+
+
+def serve(model, *, host: str = "127.0.0.1", port: int = 8000, checkpoint: str = "best",
+          settings: ServeSettings | None = None, threads: int | None = None, log_level: str = "info") -> None:
+    """Serve a run folder (PyTorch) or an exported ``.onnx``/``.pt`` file until interrupted."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise PodiumError("serving needs FastAPI and uvicorn: pip install 'podium[serve]'") from None
+    from podium.deploy.runtime import load_predictor
+
+    settings = settings or ServeSettings(api_key=os.environ.get(API_KEY_ENV) or None)
+    predictor = load_predictor(getattr(model, "dir", model), checkpoint=checkpoint, threads=threads)
+    app = create_app(predictor, settings)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

@@ -1,0 +1,476 @@
+"""The bad-input suite: what a hostile or unlucky user can feed podium, and what must happen.
+
+Each case ends in one clear message (exit 2), a recorded run status, or a warning
+that names what it found; nothing is half-written and no planted code ever runs.
+The signal and kill -9 cases run `python -m podium train` as a real subprocess.
+"""
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from conftest import fast_overrides, make_folder, make_image
+from podium.cli import main
+from podium.config import load_config
+from podium.errors import PodiumError
+from podium.model.training import train
+from podium.runs import read_status
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+# ---------------------------------------------------------------- helpers
+
+class _Planted:
+    """Unpickling this creates ``marker``: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (builtins.open, (self.marker, "w"))
+
+
+def plant(ckpt: Path, marker: Path, source: Path | None = None) -> Path:
+    """Overwrite ``ckpt`` with a real checkpoint's contents plus a code-running object."""
+    content = torch.load(source or ckpt, map_location="cpu", weights_only=True) if (source or ckpt).exists() else {}
+    content["state_dict"] = content.get("state_dict", {})
+    content["payload"] = _Planted(marker)
+    torch.save(content, ckpt)
+    return ckpt
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def podium_subprocess(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, "-m", "podium", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_epochs(run: Path, epochs: int, proc: subprocess.Popen, timeout: float = 90) -> None:
+    """Block until ``epochs`` epochs are complete: their metrics.csv rows and last.ckpt
+    (written just after the row) exist, so the next epoch is the one running."""
+    metrics, last = run / "metrics.csv", run / "last.ckpt"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if metrics.is_file() and len(metrics.read_text().strip().splitlines()) - 1 >= epochs and last.is_file():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"training ended early (exit {proc.returncode}): {proc.stderr.read()[-2000:]}")
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"{run} never completed {epochs} epoch(s)")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny run with per-epoch checkpoints (copied by each test that damages it)."""
+    tmp = tmp_path_factory.mktemp("trained")
+    data = make_folder(tmp / "train")
+    cfg = load_config(None, fast_overrides(tmp, **{"train.epochs": 2, "train.save_epoch_checkpoints": "true",
+                                                   "output.report": "false"}) + [f"data.train={data}"])
+    result = train(cfg, progress=False, log=lambda *a: None)
+    return result.run_dir, data
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path):
+    run_dir, data = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    return copy, data
+
+
+# ---------------------------------------------------------------- untrusted checkpoints
+
+@pytest.mark.parametrize("entry", ["predict --checkpoint", "predict best.ckpt", "evaluate", "report --gradcam",
+                                   "average-checkpoints", "resume"])
+def test_planted_checkpoint_never_runs(run_copy, tmp_path, capsys, entry):
+    run, data = run_copy
+    marker = tmp_path / "pwned"
+    if entry == "predict --checkpoint":
+        evil = plant(tmp_path / "shared.ckpt", marker, source=run / "best.ckpt")
+        args = ["predict", run, "--data", data, "--checkpoint", evil, "--quiet"]
+    elif entry == "predict best.ckpt":
+        evil = plant(run / "best.ckpt", marker)
+        args = ["predict", run, "--data", data, "--quiet"]
+    elif entry == "evaluate":
+        evil = plant(run / "best.ckpt", marker)
+        args = ["evaluate", run, "--data", data, "--quiet"]
+    elif entry == "report --gradcam":
+        evil = plant(run / "best.ckpt", marker)
+        args = ["report", run, "--gradcam"]
+    elif entry == "average-checkpoints":
+        evil = plant(sorted((run / "epochs").glob("*.ckpt"))[-1], marker)
+        args = ["average-checkpoints", run, "--last", 2]
+    else:
+        evil = plant(run / "last.ckpt", marker)
+        args = ["train", "--resume", run, "--quiet"]
+    code, err = run_cli(args, capsys)
+    assert code == 2, err
+    assert not marker.exists()
+    assert "refused to load checkpoint" in err and str(evil) in err
+
+
+def test_planted_checkpoint_in_compose(run_copy, tmp_path, capsys):
+    """compose reads one checkpoint per attribute run: the same refusal."""
+    import yaml
+
+    run, data = run_copy
+    marker = tmp_path / "pwned"
+    attrs = {"animal": ["cat", "dog", "fox"], "size": ["small", "big"]}
+    runs = []
+    for target in attrs:
+        folder = tmp_path / f"run-{target}"
+        shutil.copytree(run, folder)
+        cfg = yaml.safe_load((folder / "config.yaml").read_text())
+        cfg["task"].update({"attributes": attrs, "mode": "per_attribute", "target": target})
+        (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+        meta = json.loads((folder / "classes.json").read_text())
+        (folder / "classes.json").write_text(json.dumps({**meta, "classes": attrs[target]}))
+        plant(folder / "best.ckpt", marker)
+        runs.append(folder)
+    code, err = run_cli(["compose", *runs, "--data", data, "--quiet"], capsys)
+    assert code == 2 and not marker.exists()
+    assert "refused to load checkpoint" in err
+
+
+def test_planted_pretrained_weights_never_run(tmp_path, capsys, image_folder):
+    """model.pretrained_path reads a weights file too: weights_only=True, refused naming it."""
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "weights.pth"
+    torch.save({"conv.weight": torch.zeros(1), "payload": _Planted(marker)}, evil)
+    code, err = run_cli(["train", *fast_overrides(tmp_path), f"data.train={image_folder}",
+                         f"model.pretrained_path={evil}"], capsys)
+    assert code == 2 and str(evil) in err and not marker.exists()
+    assert not (tmp_path / "runs dir").exists()
+
+
+# ---------------------------------------------------------------- resume
+
+def test_resume_refuses_corrupt_or_foreign_last_ckpt(run_copy, tmp_path, capsys):
+    run, _ = run_copy
+    good = (run / "last.ckpt").read_bytes()
+    (run / "last.ckpt").write_bytes(good[: len(good) // 2])
+    code, err = run_cli(["train", "--resume", run, "--quiet"], capsys)
+    assert code == 2 and "cannot read checkpoint" in err and "last.ckpt" in err
+    ckpt = torch.load(io_bytes(good), weights_only=True)
+    ckpt["hyper_parameters"]["classes"] = ["a", "b"]
+    torch.save(ckpt, run / "last.ckpt")
+    code, err = run_cli(["train", "--resume", run, "--quiet"], capsys)
+    assert code == 2 and "2 classes" in err and "3" in err
+
+
+def io_bytes(data: bytes):
+    import io
+
+    return io.BytesIO(data)
+
+
+def test_resume_of_finished_run_refuses_then_extends(run_copy, capsys):
+    run, _ = run_copy
+    summary = (run / "summary.json").read_text()
+    code, err = run_cli(["train", "--resume", run, "--quiet"], capsys)
+    assert code == 2 and "already finished at epoch 2" in err and "train.epochs=M" in err
+    assert (run / "summary.json").read_text() == summary  # untouched
+    code, err = run_cli(["train", "--resume", run, "model.name=resnet18"], capsys)
+    assert code == 2 and "only train.epochs=M" in err
+    code, err = run_cli(["train", "--resume", run, "--quiet", "train.epochs=4"], capsys)
+    assert code == 0, err
+    extended = json.loads((run / "summary.json").read_text())
+    assert extended["epochs_trained"] == 4 and extended["best_metric"] is not None
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert len(metrics) == 4
+    # the cosine schedule is stretched to 4 epochs, not left at its 2-epoch floor (min_lr 1e-6)
+    assert metrics["lr"].iloc[2] > 1e-3
+    assert read_status(run)["status"] == "finished"
+    assert load_config(run / "config.yaml").train.epochs == 4
+
+
+def test_kill_9_mid_epoch_then_resume_is_exact(tmp_path, capsys):
+    """SIGKILL in epoch 2 of 3 with a DataLoader worker, then --resume: every tensor of
+    last.ckpt and the optimizer state equal an uninterrupted run's."""
+    data = make_folder(tmp_path / "train", {c: 25 for c in ("cat", "dog", "fox")})
+    overrides = fast_overrides(tmp_path, **{"train.epochs": 3, "data.num_workers": 1, "augment.preset": "default",
+                                            "output.report": "false"}) + [f"data.train={data}"]
+    proc = podium_subprocess(["train", "--quiet", *overrides, "output.name=killed"], tmp_path)
+    uninterrupted = podium_subprocess(["train", "--quiet", *overrides, "output.name=full"], tmp_path)
+    killed = tmp_path / "runs dir" / "killed"
+    wait_for_epochs(killed, 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stderr.close()
+    assert len(pd.read_csv(killed / "metrics.csv")) == 1, "the kill did not land in epoch 2"
+    assert read_status(killed)["status"] == "running"  # SIGKILL cannot be recorded; resume still works
+    code, err = run_cli(["train", "--resume", killed, "--quiet"], capsys)
+    assert code == 0, err
+    assert uninterrupted.wait(timeout=120) == 0, uninterrupted.stderr.read()[-2000:]
+    uninterrupted.stderr.close()
+    a = torch.load(tmp_path / "runs dir" / "full" / "last.ckpt", weights_only=True)
+    b = torch.load(killed / "last.ckpt", weights_only=True)
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    for sa, sb in zip(a["optimizer_states"], b["optimizer_states"]):
+        for pid, state in sa["state"].items():
+            for name, tensor in state.items():
+                assert torch.equal(tensor, sb["state"][pid][name]), (pid, name)
+        assert sa["param_groups"] == sb["param_groups"]
+
+
+def test_sigterm_exits_143_marks_run_interrupted_and_leaves_it_resumable(tmp_path, capsys):
+    """What schedulers, `timeout` and Kubernetes send: a real SIGTERM to `podium train`."""
+    data = make_folder(tmp_path / "train", {c: 20 for c in ("cat", "dog", "fox")})
+    overrides = fast_overrides(tmp_path, **{"train.epochs": 2, "output.report": "false"}) + [f"data.train={data}"]
+    proc = podium_subprocess(["train", "--quiet", *overrides], tmp_path)
+    run = tmp_path / "runs dir" / "exp"
+    wait_for_epochs(run, 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    err = proc.stderr.read()
+    proc.stderr.close()
+    status = read_status(run)
+    assert status["status"] == "interrupted" and status["signal"] == "SIGTERM", status
+    assert "--resume" in err and not (run / "summary.json").exists()
+    from podium.model.lifecycle import resume_point
+    from podium.runs import load_run
+
+    assert resume_point(load_run(run)).start_epoch >= 1  # resumable (the kill -9 test resumes for real)
+
+
+def test_sigint_exits_130_and_marks_run_interrupted(tmp_path, capsys, image_folder, monkeypatch):
+    """Ctrl+C during the second epoch: a real SIGINT to this process (Lightning turns it into exit 1)."""
+    import podium
+    from lightning.pytorch.callbacks import Callback
+
+    class CtrlC(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.current_epoch == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    original = podium.train
+    monkeypatch.setattr(podium, "train", lambda *a, **k: original(*a, **{**k, "callbacks": [CtrlC()]}))
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        code, err = run_cli(["train", *fast_overrides(tmp_path, **{"train.epochs": 2}), f"data.train={image_folder}",
+                             "--quiet"], capsys)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT once it has seen one
+    assert code == 130, err
+    status = read_status(tmp_path / "runs dir" / "exp")
+    assert status == {**status, "status": "interrupted", "signal": "SIGINT", "epoch": 1}
+
+
+def test_run_that_fails_after_its_folder_exists_is_marked_failed(tmp_path, capsys):
+    data = make_folder(tmp_path / "train")
+    broken = data / "cat" / "broken.jpg"
+    make_image((200, 30, 30), size=256).save(broken, quality=95)
+    broken.write_bytes(broken.read_bytes()[:2500])  # the header reads; decoding fails in the first epoch
+    code, err = run_cli(["train", *fast_overrides(tmp_path), f"data.train={data}", "--quiet"], capsys)
+    assert code == 2 and "broken.jpg" in err
+    run = tmp_path / "runs dir" / "exp"
+    status = read_status(run)
+    assert status["status"] == "failed" and "broken.jpg" in status["error"] and not (run / "summary.json").exists()
+
+
+def test_crash_after_the_folder_exists_is_marked_failed_and_reraised(tmp_path, image_folder):
+    from lightning.pytorch.callbacks import Callback
+
+    class Crash(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            raise RuntimeError("simulated crash")
+
+    cfg = load_config(None, fast_overrides(tmp_path) + [f"data.train={image_folder}"])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, progress=False, log=lambda *a: None, callbacks=[Crash()])
+    status = read_status(tmp_path / "runs dir" / "exp")
+    assert status["status"] == "failed" and status["error"] == "RuntimeError: simulated crash"
+
+
+# ---------------------------------------------------------------- numbers
+
+@pytest.mark.parametrize("override", ["train.lr=inf", "train.lr=nan", "train.weight_decay=.inf",
+                                      "crop.options={box: [0.1, .nan]}"])
+def test_non_finite_config_numbers_are_refused(tmp_path, capsys, override):
+    code, err = run_cli(["train", f"data.train={tmp_path}", override], capsys)
+    assert code == 2 and override.partition("=")[0] in err and "finite" in err
+
+
+def test_loss_that_turns_nan_stops_the_run_without_nan_checkpoints(tmp_path, capsys, image_folder):
+    overrides = fast_overrides(tmp_path, **{"train.lr": "1e30", "train.epochs": 2, "train.scheduler": "none"})
+    code, err = run_cli(["train", *overrides, f"data.train={image_folder}", "--quiet"], capsys)
+    assert code == 2, err
+    assert "training stopped" in err and "epoch 0" in err and "train.lr=1e+30" in err and "precision" in err
+    run = tmp_path / "runs dir" / "exp"
+    assert not (run / "best.ckpt").exists() and not (run / "last.ckpt").exists()
+    assert read_status(run)["status"] == "failed"
+
+
+def test_best_checkpoint_never_comes_from_a_nan_metric(tmp_path):
+    """Lightning saves a first epoch's best checkpoint whatever its value; podium's does not."""
+    from unittest import mock
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from podium.model.guards import FiniteCheckpoint
+
+    cb = FiniteCheckpoint(dirpath=tmp_path, filename="best", monitor="val_f1", mode="max", save_top_k=1)
+    with mock.patch.object(ModelCheckpoint, "_update_best_and_save") as save:
+        cb._save_monitor_checkpoint(mock.MagicMock(), {"val_f1": torch.tensor(float("nan")), "epoch": 0, "step": 1})
+        assert not save.called
+        cb._save_monitor_checkpoint(mock.MagicMock(), {"val_f1": torch.tensor(0.5), "epoch": 1, "step": 2})
+        assert save.called
+    assert cb.state_key.startswith("ModelCheckpoint{")  # older runs resume their best score
+
+
+def test_batch_size_one_with_batchnorm_is_explained(tmp_path, capsys, image_folder):
+    code, err = run_cli(["train", *fast_overrides(tmp_path, **{"train.batch_size": 1}),
+                         f"data.train={image_folder}"], capsys)
+    assert code == 2 and "BatchNorm" in err and "train.batch_size=2" in err
+    assert not (tmp_path / "runs dir").exists()
+
+
+@pytest.mark.parametrize("value", ["-3", "0", "two"])
+def test_cli_numbers_are_validated(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(tmp_path), "--data", str(tmp_path), "--batch-size", value])
+    assert exc.value.code == 2
+    assert "--batch-size" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- paths and files
+
+@pytest.mark.parametrize("name", ["../outside", "/tmp/abs-run", "a/b", ".."])
+def test_run_name_is_a_single_folder_name(tmp_path, capsys, name):
+    code, err = run_cli(["train", f"data.train={tmp_path}", f"output.dir={tmp_path / 'runs'}",
+                         f"output.name={name}"], capsys)
+    assert code == 2 and "output.name" in err and "single folder name" in err
+    assert not (tmp_path / "outside").exists()
+
+
+def test_run_files_follow_the_umask(tmp_path):
+    from podium.fileio import write_json
+
+    old = os.umask(0o022)
+    try:
+        mode = write_json(tmp_path / "a.json", {}).stat().st_mode & 0o777
+        os.umask(0o077)
+        private = write_json(tmp_path / "b.json", {}).stat().st_mode & 0o777
+    finally:
+        os.umask(old)
+    assert (mode, private) == (0o644, 0o600)
+
+
+# ---------------------------------------------------------------- images
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG that claims width x height (a decompression bomb's header) with almost no data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_decompression_bomb_is_a_bad_image(tmp_path, capsys, image_folder, policy):
+    bomb = _png_header_only(image_folder / "cat" / "bomb.png", 15000, 15000)
+    code, err = run_cli(["train", *fast_overrides(tmp_path), f"data.train={image_folder}",
+                         f"data.on_bad_image={policy}", "--quiet"], capsys)
+    if policy == "error":
+        assert code == 2 and "bomb.png" in err and "data.max_image_pixels" in err
+    else:
+        assert code == 0, err
+        summary = json.loads((tmp_path / "runs dir" / "exp" / "summary.json").read_text())
+        assert summary["skipped_images"] == 1
+        split = pd.read_csv(tmp_path / "runs dir" / "exp" / "split.csv")
+        assert str(bomb.resolve()) not in set(split["path"])
+
+
+def test_max_image_pixels_is_configurable(tmp_path):
+    from podium.data.images import BadImageError, load_rgb, set_max_image_pixels
+
+    make_image((1, 2, 3), size=40).save(tmp_path / "a.png")
+    try:
+        set_max_image_pixels(1000)
+        with pytest.raises(BadImageError, match="1,600 pixels, above data.max_image_pixels=1,000"):
+            load_rgb(tmp_path / "a.png")
+        set_max_image_pixels(None)
+        assert load_rgb(tmp_path / "a.png").shape == (40, 40, 3)
+    finally:
+        set_max_image_pixels(load_config(None).data.max_image_pixels)
+
+
+# ---------------------------------------------------------------- silent data surprises
+
+def _load(spec, log, **data):
+    from podium.data.dataset import load_samples
+
+    cfg = load_config(None, [f"data.{k}={v}" for k, v in data.items()])
+    return load_samples(spec, cfg.data, log=log)
+
+
+def test_palette_gifs_decode_and_dangling_links_are_reported(tmp_path):
+    root = make_folder(tmp_path / "data", {"cat": 3, "dog": 3})
+    make_image((200, 30, 30)).convert("P", palette=Image.Palette.ADAPTIVE).save(root / "cat" / "palette.gif")
+    for i in range(2):
+        (root / "dog" / f"gone{i}.jpg").symlink_to(tmp_path / f"missing{i}.jpg")
+    messages = []
+    frame = _load(root, messages.append)
+    assert "cat/palette.gif" in set(frame["id"])
+    from podium.data.images import load_rgb
+
+    gif = load_rgb(root / "cat" / "palette.gif")
+    assert gif.shape == (32, 32, 3) and gif[16, 16, 0] > 150  # the red square survives the palette
+    warning = " ".join(messages)
+    assert "2 image link(s)" in warning and "dog/gone0.jpg" in warning and "dog/gone1.jpg" in warning
+
+
+def test_empty_group_values_are_reported(tmp_path):
+    make_folder(tmp_path, {"cat": 4, "dog": 4})
+    rows = [(f"{c}/{c}_{i:03d}.png", c, "" if i < 2 else f"p{i}") for c in ("cat", "dog") for i in range(4)]
+    pd.DataFrame(rows, columns=["path", "label", "person"]).to_csv(tmp_path / "labels.csv", index=False)
+    messages = []
+    _load(tmp_path / "labels.csv", messages.append, group_column="person")
+    assert any("4 of 8 image(s)" in m and "empty group" in m and "cat/cat_000.png" in m for m in messages), messages
+
+
+def test_labels_differing_by_case_or_spaces_are_reported(tmp_path):
+    make_folder(tmp_path, {"cat": 3})
+    labels = ["Ants", "ants ", "ants"]
+    pd.DataFrame({"path": [f"cat/cat_{i:03d}.png" for i in range(3)], "label": labels}).to_csv(
+        tmp_path / "labels.csv", index=False)
+    messages = []
+    _load(tmp_path / "labels.csv", messages.append)
+    warning = " ".join(messages)
+    assert "3 labels" in warning and "'Ants' (1)" in warning and "'ants ' (1)" in warning and "'ants' (1)" in warning
+
+
+def test_class_with_a_single_image_is_reported(tmp_path):
+    from podium.data.samples import prepare_data
+
+    root = make_folder(tmp_path / "data", {"cat": 6, "dog": 6, "fox": 1})
+    messages = []
+    prepared = prepare_data(load_config(None, [f"data.train={root}"]), log=messages.append)
+    assert "fox" not in set(prepared.val["label"])
+    assert any("1 class(es) have no validation images" in m and "'fox' (1 image)" in m for m in messages), messages

@@ -1,0 +1,356 @@
+"""`podium serve` over real HTTP on 127.0.0.1: answers, 4xx errors, micro-batching under
+50 concurrent requests, and the drop-an-image page in headless Chromium."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+
+from conftest import COLORS, fast_overrides, make_folder, make_image
+from podium.cli import main
+from podium.deploy.export import export_run
+from podium.deploy.runtime import load_predictor
+from podium.deploy.serve import ServeSettings, create_app
+
+CLASSES = ["cat", "dog", "fox"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    data = make_folder(root / "train", {c: 10 for c in CLASSES})
+    overrides = {"output.report": "false", "train.lr": "0.002"}
+    assert main(["train", *fast_overrides(root, **overrides), f"data.train={data}", "output.name=srv", "--quiet"]) == 0
+    return root / "runs dir" / "srv"
+
+
+@pytest.fixture(scope="module")
+def onnx_model(run):
+    return export_run(run, "onnx", dynamic_batch=True).path
+
+
+@pytest.fixture(scope="module")
+def predictor(onnx_model):
+    return load_predictor(onnx_model)
+
+
+@contextlib.contextmanager
+def serving(predictor, **settings):
+    """A real uvicorn server on a free 127.0.0.1 port, in a thread; stopped on exit."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(predictor, ServeSettings(**settings)), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def png_bytes(seed: int, color=(220, 40, 40), size: int = 48) -> bytes:
+    buffer = io.BytesIO()
+    make_image(color, size, seed=seed).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def expected_probs(predictor, data: bytes) -> np.ndarray:
+    """What `predict` gives for this file: read by the run's dataset code, TTA included."""
+    image, _ = predictor.dataset([io.BytesIO(data)])[0]
+    return predictor.probabilities(image.numpy()[None])[0]
+
+
+def test_endpoints_answer_real_http(predictor, run):
+    cat, dog = png_bytes(1, COLORS["cat"]), png_bytes(2, COLORS["dog"])
+    with serving(predictor) as url, httpx.Client(base_url=url, timeout=30) as client:
+        health = client.get("/health").json()
+        assert health["status"] == "ok" and health["backend"] == "onnxruntime" and health["classes"] == 3
+        assert client.get("/classes").json() == {"classes": CLASSES}
+        page = client.get("/")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"] and "<script>" in page.text
+        answer = client.post("/predict", files=[("files", ("cat.png", cat, "image/png")),
+                                                ("files", ("dog.png", dog, "image/png"))])
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert [p["file"] for p in body["predictions"]] == ["cat.png", "dog.png"]
+        for prediction, data in zip(body["predictions"], (cat, dog)):
+            probs = expected_probs(predictor, data)
+            top = prediction["top"]
+            assert [t["class"] for t in top] == [CLASSES[i] for i in np.argsort(-probs)]
+            assert np.allclose([t["probability"] for t in top], np.sort(probs)[::-1], atol=1e-6)
+        one = client.post("/predict", params={"top_k": 1}, files={"files": ("cat.png", cat, "image/png")}).json()
+        assert len(one["predictions"]) == 1 and len(one["predictions"][0]["top"]) == 1
+    with serving(load_predictor(run)) as url:  # a run folder is served by PyTorch, with the same answers
+        health = httpx.get(f"{url}/health").json()
+        assert health["backend"] == "torch"
+        body = httpx.post(f"{url}/predict", files={"files": ("cat.png", cat, "image/png")}, timeout=30).json()
+        probs = expected_probs(predictor, cat)
+        assert abs(body["predictions"][0]["top"][0]["probability"] - probs.max()) < 1e-4
+
+
+def test_client_errors_are_4xx_json_saying_what_was_wrong(predictor):
+    big = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)).save(big, format="PNG")
+    wide = io.BytesIO()
+    Image.new("RGB", (400, 300)).save(wide, format="PNG")
+    tiff = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(tiff, format="TIFF")
+    ok = png_bytes(3)
+    settings = dict(max_upload_bytes=60_000, max_pixels=100_000, max_files=3, api_key=None)
+    with serving(predictor, **settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        def post(files, **kw):
+            response = client.post("/predict", files=files, **kw)
+            return response.status_code, response.json()
+
+        status, body = post({"files": ("notes.txt", b"hello, not an image", "text/plain")})
+        assert status == 415 and "notes.txt" in body["error"] and "not an image" in body["error"]
+        status, body = post({"files": ("scan.tif", tiff.getvalue(), "image/tiff")})
+        assert status == 415 and "TIFF" in body["error"] and "scan.tif" in body["error"]
+        status, body = post({"files": ("noise.png", big.getvalue(), "image/png")})  # ~120 kB > 60 kB
+        assert status == 413 and "noise.png" in body["error"] and "60,000" in body["error"]
+        status, body = post({"files": ("wide.png", wide.getvalue(), "image/png")})  # 120,000 px > 100,000
+        assert status == 413 and "400x300" in body["error"] and "100,000" in body["error"]
+        status, body = post({"files": ("cut.png", ok[: len(ok) // 2], "image/png")})
+        assert status == 415 and "cut.png" in body["error"]
+        status, body = post({"files": ("empty.png", b"", "image/png")})
+        assert status == 400 and "empty" in body["error"]
+        status, body = post([("files", (f"{i}.png", ok, "image/png")) for i in range(4)])
+        assert status == 413 and "4 files" in body["error"] and "limit is 3" in body["error"]
+        status, body = post({"image": ("cat.png", ok, "image/png")})  # the wrong field name
+        assert status == 422 and "files" in body["error"] and "multipart" in body["error"]
+        response = client.post("/predict", content=b"x" * 300_000, headers={"content-type": "application/octet-stream"})
+        assert response.status_code == 413 and "exceeds the limit" in response.json()["error"]
+        chunks = iter([b"--b\r\n" + b"x" * 100_000] * 3)  # chunked: no Content-Length, counted while read
+        response = client.post("/predict", content=chunks, headers={"content-type": "multipart/form-data; boundary=b"})
+        assert response.status_code == 413 and "exceeds the limit" in response.json()["error"]
+        response = client.get("/nope")
+        assert response.status_code == 404 and response.json()["error"]
+        assert client.get("/stats").json()["client_errors"] >= 8
+
+
+def test_api_key_and_server_errors_never_leak_a_traceback(predictor):
+    class Broken:
+        """A predictor whose inference fails with an internal detail the client must not see."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def probabilities(self, images):
+            raise RuntimeError("secret internal detail /srv/model")
+
+    ok = png_bytes(4)
+    with serving(Broken(predictor), api_key="s3cret") as url, httpx.Client(base_url=url, timeout=30) as client:
+        assert client.get("/health").status_code == 200  # health and the page stay open
+        refused = client.post("/predict", files={"files": ("a.png", ok, "image/png")})
+        assert refused.status_code == 401 and "X-API-Key" in refused.json()["error"]
+        assert client.get("/classes", headers={"X-API-Key": "wrong"}).status_code == 401
+        assert client.get("/classes", headers={"X-API-Key": "s3cret"}).status_code == 200
+        failed = client.post("/predict", files={"files": ("a.png", ok, "image/png")}, headers={"X-API-Key": "s3cret"})
+        assert failed.status_code == 500 and failed.json()["error"].startswith("internal server error")
+        assert "secret" not in failed.text and "Traceback" not in failed.text
+
+
+def test_slow_inference_times_out_with_504(predictor):
+    class Slow:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def probabilities(self, images):
+            time.sleep(1.5)
+            return self.inner.probabilities(images)
+
+    with serving(Slow(predictor), request_timeout_s=0.3) as url:
+        response = httpx.post(f"{url}/predict", files={"files": ("a.png", png_bytes(5), "image/png")}, timeout=30)
+        assert response.status_code == 504 and "longer than 0.3 s" in response.json()["error"]
+
+
+def test_50_concurrent_requests_are_correct_and_batched(predictor):
+    colors = list(COLORS.values())
+    images = [png_bytes(100 + i, colors[i % 3]) for i in range(50)]
+    expected = [expected_probs(predictor, data) for data in images]
+    with serving(predictor, max_batch_size=16, max_wait_ms=50) as url, httpx.Client(
+            base_url=url, timeout=60, limits=httpx.Limits(max_connections=50)) as client:
+        def ask(i):
+            response = client.post("/predict", files={"files": (f"{i}.png", images[i], "image/png")})
+            return response.status_code, response.json()
+
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            answers = list(pool.map(ask, range(50)))
+        stats = client.get("/stats").json()
+    for i, (status, body) in enumerate(answers):
+        assert status == 200, body
+        top = body["predictions"][0]["top"]
+        assert body["predictions"][0]["file"] == f"{i}.png"
+        assert top[0]["class"] == CLASSES[int(np.argmax(expected[i]))]
+        got = {t["class"]: t["probability"] for t in top}
+        assert np.allclose([got[c] for c in CLASSES], expected[i], atol=1e-5)
+    assert stats["images"] == 50 and stats["largest_batch"] > 1, stats
+    assert stats["batches"] < 50 and stats["largest_batch"] <= 16
+
+
+# ---------------------------------------------------------------- the page in headless Chromium
+
+
+def _chromium() -> str | None:
+    found = shutil.which("chromium")
+    return found or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+
+
+class DevTools:
+    """The Chrome DevTools Protocol over --remote-debugging-pipe (fds 3 and 4): no extra package."""
+
+    def __init__(self, chromium: str, profile: Path):
+        to_browser_r, self._to_browser = os.pipe()
+        self._from_browser, from_browser_w = os.pipe()
+
+        def wire_fds():  # in the child: the browser reads commands on fd 3 and writes replies on fd 4
+            import fcntl
+
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_browser_r, from_browser_w)]
+            for fd, target in zip(high, (3, 4)):
+                os.dup2(fd, target)
+                os.set_inheritable(target, True)
+
+        self.proc = subprocess.Popen(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+             f"--user-data-dir={profile}", "--window-size=1000,800", "about:blank"],
+            close_fds=False, preexec_fn=wire_fds,  # other fds are close-on-exec (Python's default)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        os.close(to_browser_r)
+        os.close(from_browser_w)
+        self._buffer = b""
+        self._id = 0
+        self.events: list[dict] = []
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 30) -> dict:
+        self._id += 1
+        message = {"id": self._id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self._to_browser, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._read(deadline)
+            if reply.get("id") == self._id:
+                assert "error" not in reply, reply
+                return reply.get("result", {})
+            self.events.append(reply)
+
+    def _read(self, deadline: float) -> dict:
+        import select
+
+        while b"\0" not in self._buffer:
+            left = deadline - time.monotonic()
+            assert left > 0, "Chromium did not answer in time"
+            ready, _, _ = select.select([self._from_browser], [], [], left)
+            if ready:
+                chunk = os.read(self._from_browser, 1 << 20)
+                assert chunk, "Chromium closed the DevTools pipe: " + self.proc.stderr.read().decode()[-2000:]
+                self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.send("Browser.close", timeout=5)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        os.close(self._to_browser)
+        os.close(self._from_browser)
+
+
+def _wait_for(tools: DevTools, session: str, expression: str, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = tools.send("Runtime.evaluate", {"expression": expression, "returnByValue": True},
+                           session)["result"].get("value")
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"page never satisfied {expression}")
+
+
+RESULTS_JS = ("Array.from(document.querySelectorAll('.result')).map(r => ({file: r.querySelector('.file').textContent,"
+              " image: r.querySelector('img').naturalWidth, bars: Array.from(r.querySelectorAll('.row')).map(row =>"
+              " [row.querySelector('.label').textContent, row.querySelector('.fill').style.width])}))")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium not installed (apt-get install -y chromium)")
+def test_page_in_headless_chromium_pick_and_drop(predictor, tmp_path):
+    cat = tmp_path / "cat.png"
+    cat.write_bytes(png_bytes(7, COLORS["cat"], size=64))
+    fox = tmp_path / "fox.png"
+    fox.write_bytes(png_bytes(8, COLORS["fox"], size=64))
+    with serving(predictor) as url:
+        tools = DevTools(_chromium(), tmp_path / "profile")
+        try:
+            target = tools.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+            session = tools.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            for domain in ("Page", "Runtime", "DOM"):
+                tools.send(f"{domain}.enable", session=session)
+            tools.send("Page.navigate", {"url": url + "/"}, session)
+            _wait_for(tools, session, "document.readyState === 'complete' && !!document.getElementById('picker')")
+            # pick: the file chooser input, as a person choosing a file does
+            root = tools.send("DOM.getDocument", session=session)["root"]["nodeId"]
+            picker = tools.send("DOM.querySelector", {"nodeId": root, "selector": "#picker"}, session)["nodeId"]
+            tools.send("DOM.setFileInputFiles", {"nodeId": picker, "files": [str(cat)]}, session)
+            _wait_for(tools, session, "document.querySelectorAll('.result').length === 1")
+            # drop: a real drag of a file onto the drop zone
+            box = _wait_for(tools, session, "(() => { const r = document.getElementById('drop')"
+                                            ".getBoundingClientRect(); "
+                                            "return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+            drag = {"items": [], "files": [str(fox)], "dragOperationsMask": 1}
+            for kind in ("dragEnter", "dragOver", "drop"):
+                tools.send("Input.dispatchDragEvent", {"type": kind, "x": box[0], "y": box[1], "data": drag}, session)
+            _wait_for(tools, session, "document.querySelectorAll('.result').length === 2 && "
+                                      "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+            results = tools.send("Runtime.evaluate", {"expression": RESULTS_JS, "returnByValue": True},
+                                 session)["result"]["value"]
+            shot = tools.send("Page.captureScreenshot", {"format": "png"}, session)["data"]
+            errors = [e for e in tools.events if e.get("method") == "Runtime.exceptionThrown"]
+        finally:
+            tools.close()
+    import base64
+
+    (tmp_path / "page.png").write_bytes(base64.b64decode(shot))
+    assert not errors, errors
+    by_file = {r["file"]: r for r in results}
+    assert set(by_file) == {"cat.png", "fox.png"}
+    for name, path in (("cat.png", cat), ("fox.png", fox)):
+        probs = expected_probs(predictor, path.read_bytes())
+        bars = by_file[name]["bars"]
+        assert by_file[name]["image"] == 64, "the dropped image is shown"
+        assert len(bars) == 3 and bars[0][0] == CLASSES[int(np.argmax(probs))]
+        assert abs(float(bars[0][1].rstrip("%")) - 100 * probs.max()) < 0.1
+    shot_image = np.asarray(Image.open(tmp_path / "page.png"))
+    assert shot_image.std() > 10
