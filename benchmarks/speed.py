@@ -142,7 +142,7 @@ def _usual_dataset(paths: list[str], targets: np.ndarray, size: int):
 
 
 def _podium_dataset(paths, targets, size: int, *, cache=None, train: bool = False, draft: bool = True):
-    from podium.config import AugmentConfig
+    from podium.schema import AugmentConfig
     from podium.data.dataset import ImageDataset
     from podium.data.transforms import build_eval_pipeline, build_train_pipeline
 
@@ -194,7 +194,7 @@ def _epochs(make_loader_fn: Callable[[], Iterable], epochs: int, consume=None, s
 
 
 def _classifier(model: str, n_classes: int = 2):
-    from podium.config import TrainConfig
+    from podium.schema import TrainConfig
     from podium.model.engine import Classifier
     from podium.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -354,7 +354,7 @@ def bench_loop_overhead(ctx: Context) -> Result:
     """B3: podium's Lightning loop vs a hand-written PyTorch loop, same module and batches."""
     from lightning.pytorch.callbacks import Callback
 
-    from podium.config import PodiumConfig
+    from podium.schema import PodiumConfig
     from podium.model.engine import build_trainer
 
     s = ctx.sizes
@@ -456,7 +456,7 @@ def bench_kfold(ctx: Context) -> Result:
     """
     import pandas as pd
 
-    from podium.config import PodiumConfig
+    from podium.schema import PodiumConfig
     from podium.data.samples import PreparedData
     from podium.model.training import train
 

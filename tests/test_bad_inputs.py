@@ -25,10 +25,10 @@ from PIL import Image
 
 from conftest import fast_overrides, make_folder, make_image
 from podium.cli import main
-from podium.config import load_config
+from podium.schema import load_config
 from podium.errors import PodiumError
 from podium.model.training import train
-from podium.runs import read_status
+from podium.rundir import read_status
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -251,7 +251,7 @@ def test_sigterm_exits_143_marks_run_interrupted_and_leaves_it_resumable(tmp_pat
     assert status["status"] == "interrupted" and status["signal"] == "SIGTERM", status
     assert "--resume" in err and not (run / "summary.json").exists()
     from podium.model.lifecycle import resume_point
-    from podium.runs import load_run
+    from podium.rundir import load_run
 
     assert resume_point(load_run(run)).start_epoch >= 1  # resumable (the kill -9 test resumes for real)
 

@@ -8,7 +8,7 @@ import torch
 
 from conftest import fast_overrides, make_folder
 from podium.cli import main
-from podium.config import load_config
+from podium.schema import load_config
 
 
 def _train(tmp_path, image_folder, *extra, name="exp"):

@@ -1,7 +1,7 @@
 import pytest
 
 from podium.cli import main
-from podium.config import config_reference, load_config, parse_overrides
+from podium.schema import config_reference, load_config, parse_overrides
 from podium.errors import PodiumError
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from podium.evaluation import cv, ensemble_runs
-from podium.config import load_config
+from podium.schema import load_config
 from podium.evaluation.scores import macro_f1
 from podium.errors import PodiumError
 

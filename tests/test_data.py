@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from conftest import make_folder
-from podium.config import DataConfig
+from podium.schema import DataConfig
 from podium.data.dataset import (
     build_class_map,
     check_images,

@@ -1,7 +1,7 @@
 """The README's config reference is generated from the schema: keep them in sync."""
 from pathlib import Path
 
-from podium.config import config_reference
+from podium.schema import config_reference
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

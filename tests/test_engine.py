@@ -2,7 +2,7 @@ import lightning.pytorch as pl
 import torch
 
 from conftest import fast_overrides
-from podium.config import load_config
+from podium.schema import load_config
 from podium.model.training import train
 
 

@@ -13,7 +13,7 @@ from podium.cli import main
 from podium.deploy.export import export_run
 from podium.deploy.runtime import load_predictor
 from podium.errors import PodiumError
-from podium.runs import load_run
+from podium.rundir import load_run
 
 TOLERANCE = 1e-4
 

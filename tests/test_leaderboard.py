@@ -11,9 +11,9 @@ from conftest import fast_overrides, make_folder
 
 import podium
 from podium.cli import main
-from podium.config import load_config
+from podium.schema import load_config
 from podium.errors import PodiumError
-from podium.runs import write_status
+from podium.rundir import write_status
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ def test_recipes_expand_bases_and_placeholders():
 
 
 def test_every_recipe_is_a_valid_podium_config():
-    from podium.config import load_config
+    from podium.schema import load_config
 
     for name in study.RECIPES:
         load_config(None, [f"{k}={json.dumps(v)}" for k, v in study.recipe_overrides(name, 64, 6).items()])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from podium.config import RegistryName, load_config
+from podium.schema import RegistryName, load_config
 from podium.data.crops import DETECTORS, create_detector
 from podium.data.images import RESIZE_MODES
 from podium.data.statistics import CLASS_WEIGHTS, class_weight_values

@@ -5,7 +5,7 @@ import torch
 
 from conftest import fast_overrides
 from podium.cli import main
-from podium.config import load_config
+from podium.schema import load_config
 from podium.model.engine import StopAfterEpochs
 from podium.model.training import train
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import fast_overrides, make_folder
-from podium.config import ModelConfig, TrainConfig, load_config
+from podium.schema import ModelConfig, TrainConfig, load_config
 from podium.errors import PodiumError
 from podium.model.engine import Classifier
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from podium.config import load_config
+from podium.schema import load_config
 from podium.errors import PodiumError
 from conftest import fast_overrides, make_folder
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from podium.config import AugmentConfig
+from podium.schema import AugmentConfig
 from podium.data.transforms import ALBU_PRESETS, TV_PRESETS, build_train_pipeline, extra_train_ops
 
 

@@ -19,7 +19,7 @@ import yaml
 
 from conftest import fast_overrides, make_folder
 from podium.cli import main
-from podium.config import parse_overrides
+from podium.schema import parse_overrides
 from podium.errors import PodiumError
 from podium.tuning.space import parse_search, split_search
 from podium.tuning.study import prepare_settings, retry_callback_class

@@ -10,14 +10,14 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "config": "podium.api", "load_config": "podium.config", "PodiumConfig": "podium.config",
+    "config": "podium.api", "load_config": "podium.schema", "PodiumConfig": "podium.schema",
     "train": "podium.api", "load_run": "podium.api", "Run": "podium.api", "Evaluation": "podium.api",
     "cross_validate": "podium.api", "CrossValidation": "podium.api", "ensemble": "podium.api",
     "Ensemble": "podium.api", "eda": "podium.api", "EDA": "podium.api", "PodiumError": "podium.errors",
     "RunInterrupted": "podium.errors",  # train() stopped by SIGINT/SIGTERM: resumable, exit 130/143 in the CLI
     "export": "podium.deploy.export", "serve": "podium.deploy.serve", "load_predictor": "podium.deploy.runtime",
     "tune": "podium.tuning", "TuneResult": "podium.tuning",
-    "runs": "podium.runs",  # the run-folder module, callable: podium.runs(dir="runs", where=...) -> leaderboard
+    "runs": "podium.api",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -25,8 +25,7 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        module = importlib.import_module(_EXPORTS[name])
-        value = module if module.__name__ == f"{__name__}.{name}" else getattr(module, name)
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'podium' has no attribute {name!r}")

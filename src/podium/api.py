@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from podium.config import PodiumConfig, deep_merge, load_config, parse_overrides, validate_config
+from podium.schema import PodiumConfig, deep_merge, load_config, parse_overrides, validate_config
 from podium.errors import PodiumError
 
 
@@ -133,7 +133,7 @@ class Run:
 
 def load_run(path: str | Path) -> Run:
     """An existing run folder (checked: config.yaml and classes.json must be there)."""
-    from podium.runs import load_run as read_run
+    from podium.rundir import load_run as read_run
 
     return Run(read_run(path).dir)
 
@@ -249,7 +249,7 @@ def eda(data: str | Path | PodiumConfig, *overrides: str, out: str | Path | None
     """The EDA report of a data folder, CSV or config; the CLI's `podium eda` (no Lightning import)."""
     from podium.data.samples import load_labeled
     from podium.reports.eda import run_eda
-    from podium.runs import next_free_dir
+    from podium.rundir import next_free_dir
     from podium.tasks.spec import resolve_task
 
     if isinstance(data, PodiumConfig):
@@ -267,3 +267,11 @@ def eda(data: str | Path | PodiumConfig, *overrides: str, out: str | Path | None
     out_dir = Path(out) if out else next_free_dir(Path(cfg.output.dir) / "eda", name or "data")
     result = run_eda(samples, out_dir, attributes=attributes, test_samples=test, seed=cfg.train.seed)
     return EDA(out_dir, result)
+
+
+def runs(dir: str | Path = "runs", where: list[str] | str | None = None) -> pd.DataFrame:
+    """Every run, cv run and ensemble under ``dir`` as a DataFrame, best score first; ``where``
+    keeps rows whose config key or column has a value (``"model.name=resnet18"``). `podium runs`."""
+    from podium.reports.leaderboard import leaderboard
+
+    return leaderboard(dir, where)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from podium.config import load_config
+from podium.schema import load_config
 from podium.errors import PodiumError
 
 DEMO_OVERRIDES = [

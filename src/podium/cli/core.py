@@ -99,7 +99,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_config_show(args) -> int:
-    from podium.config import config_to_yaml, load_config
+    from podium.schema import config_to_yaml, load_config
 
     config, overrides = split_config_and_overrides(args.items)
     print(config_to_yaml(load_config(config, overrides)), end="")
@@ -107,7 +107,7 @@ def cmd_config_show(args) -> int:
 
 
 def cmd_config_reference(args) -> int:
-    from podium.config import config_reference
+    from podium.schema import config_reference
 
     print(config_reference())
     return 0

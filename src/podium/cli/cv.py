@@ -69,7 +69,7 @@ def register(sub) -> None:
 
 
 def cmd_cv(args) -> int:
-    from podium.config import load_config
+    from podium.schema import load_config
     from podium.evaluation.cv import run_cv
 
     if args.items and args.items[0] == "gather":

@@ -13,7 +13,7 @@ from podium.errors import PodiumError
 
 def _samples_for_eda(target: str, overrides: list[str]):
     """A data folder/CSV, or a config file whose data.train (and data.val) are used."""
-    from podium.config import load_config
+    from podium.schema import load_config
     from podium.data.samples import load_labeled
     from podium.tasks.spec import resolve_task
 
@@ -33,7 +33,7 @@ def _samples_for_eda(target: str, overrides: list[str]):
 
 def cmd_eda(args) -> int:
     from podium.reports.eda import run_eda
-    from podium.runs import next_free_dir
+    from podium.rundir import next_free_dir
 
     cfg, samples, test, attributes = _samples_for_eda(args.data, args.items)
     out = Path(args.out) if args.out else next_free_dir(Path(cfg.output.dir) / "eda", Path(args.data).stem or "data")
@@ -47,7 +47,7 @@ def cmd_eda(args) -> int:
 def _gradcam_source(run: Path):
     from podium.model.checkpoints import load_module
     from podium.reports.gradcam import gradcam_source
-    from podium.runs import load_run
+    from podium.rundir import load_run
 
     info = load_run(run)
     module = load_module(info.checkpoint("best"), info.classes)
@@ -65,7 +65,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_crop(args) -> int:
-    from podium.config import load_config
+    from podium.schema import load_config
     from podium.data.crops import crop_samples
     from podium.data.samples import load_labeled
     from podium.tasks.spec import resolve_task

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from podium.config import PodiumConfig
+from podium.schema import PodiumConfig
 from podium.data.dataset import build_class_map, check_images, check_no_leakage, encode_labels, holdout_split, load_samples
 from podium.errors import PodiumError
 from podium.tasks.spec import TaskSpec, drop_training_ages, label_samples, resolve_task

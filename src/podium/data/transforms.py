@@ -17,7 +17,7 @@ import torch
 from podium.errors import PodiumError, unknown_name
 
 if TYPE_CHECKING:
-    from podium.config import AugmentConfig
+    from podium.schema import AugmentConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

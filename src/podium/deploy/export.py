@@ -67,7 +67,7 @@ def export_run(run_dir: str | Path, format: str = "onnx", *, checkpoint: str = "
     """
     from podium.fileio import atomic_path, write_json
     from podium.model.checkpoints import load_module
-    from podium.runs import load_run
+    from podium.rundir import load_run
 
     if format not in FORMATS:
         raise PodiumError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -117,7 +117,7 @@ def _eager(module):
 
 def _output_path(run_dir: Path, format: str, out: str | Path | None) -> tuple[Path, bool]:
     """``out`` (a new file with the format's suffix), else ``RUN/exports/<format>[-k]/model<suffix>``."""
-    from podium.runs import next_free_dir
+    from podium.rundir import next_free_dir
 
     suffix = FORMATS[format]
     if out is None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from podium.config import PodiumConfig, validate_config
+from podium.schema import PodiumConfig, validate_config
 from podium.errors import PodiumError
 
 #: file suffix -> exported format
@@ -211,7 +211,7 @@ class RunPredictor(Predictor):
         from podium.evaluation.predict import resolve_tta
         from podium.model.checkpoints import load_module
         from podium.model.engine import inference_device
-        from podium.runs import load_run
+        from podium.rundir import load_run
 
         info = load_run(run_dir)
         self.module = load_module(info.checkpoint(checkpoint), info.classes)
@@ -284,7 +284,7 @@ def _requested_views(tta: list[str]) -> list[str] | None:
 
 def _prediction_dir(model: Path, data: str | Path, out: str | Path | None) -> Path:
     """``out`` (new or empty), else ``<model folder>/predictions/<data name>[-k]``: never overwritten."""
-    from podium.runs import next_free_dir
+    from podium.rundir import next_free_dir
 
     if out is not None:
         out = Path(out)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from podium.config import PodiumConfig, config_to_yaml, load_config
+from podium.schema import PodiumConfig, config_to_yaml, load_config
 from podium.model.engine import epoch_checkpoint_callback
 from podium.errors import PodiumError, summarize_list
 from podium.fileio import write_csv, write_json, write_parquet, write_text
@@ -75,7 +75,7 @@ def run_cv(cfg: PodiumConfig, *, folds: int | None = None, only_fold: int | None
     frame, classes = _load_pool(cfg, log)
     test_frame = _load_test(cfg, test_data) if test_data else None  # fails before any folder is made
     if only_fold is None:
-        from podium.runs import next_free_dir
+        from podium.rundir import next_free_dir
 
         # next_free_dir, not create_run_dir: the latter follows PODIUM_RUN_DIR (a DDP fold run's folder)
         run_dir = next_free_dir(Path(cfg.output.dir), cfg.output.name)
@@ -344,7 +344,7 @@ def _competition_root(run_dir: Path, meta: dict) -> str | None:
 
 
 def _submission_cfg(run_dir: Path):
-    from podium.config import SubmissionConfig
+    from podium.schema import SubmissionConfig
 
     path = Path(run_dir) / "config.yaml"
     return load_config(path).output.submission if path.is_file() else SubmissionConfig()
@@ -376,7 +376,7 @@ def oof_tta(run_dir: str | Path, views: list[str], merge: str = "mean", *, batch
     from podium.evaluation.scores import macro_f1
     from podium.evaluation.predict import predict_frame
     from podium.model.checkpoints import load_module
-    from podium.runs import load_run
+    from podium.rundir import load_run
     from podium.evaluation.tta import parse_views
 
     run_dir = Path(run_dir)

@@ -39,7 +39,7 @@ def epoch_checkpoints(run_dir: str | Path) -> dict[int, Path]:
 
 def select_epochs(run_dir: str | Path, *, last: int | None = None, best: int | None = None) -> list[Path]:
     """The last k epochs' checkpoints, or the k with the best ``train.monitor`` in metrics.csv."""
-    from podium.runs import load_run
+    from podium.rundir import load_run
 
     if (last is None) == (best is None):
         raise PodiumError("choose which checkpoints to average: --last K or --best K (one of them)")
@@ -96,7 +96,7 @@ def _score_checkpoints(run_dir: Path, ckpts: dict[str, Path], progress: bool) ->
     from podium.evaluation.scores import macro_f1
     from podium.evaluation.predict import predict_frame
     from podium.model.checkpoints import load_module
-    from podium.runs import load_run
+    from podium.rundir import load_run
     from podium.data.samples import load_split
 
     info = load_run(run_dir)
@@ -211,7 +211,7 @@ def ensemble_members(specs: list[str], method: str = "soft", *, out: str | Path 
         write_csv(out_dir / "scores.csv", result["scores"])
         write_parquet(out_dir / OOF_FILE, oof_table)
     if test_probs_avg is not None:
-        from podium.config import SubmissionConfig
+        from podium.schema import SubmissionConfig
 
         sub = next((m.submission for m in members if m.submission is not None), None) or SubmissionConfig()
         result.update(write_test_outputs(out_dir, test_ids, test_probs_avg, classes, sub))
@@ -260,7 +260,7 @@ def _common_targets(members: list[Member], classes: list[str]) -> tuple[np.ndarr
 
 
 def _ensemble_dir(out: str | Path | None) -> Path:
-    from podium.runs import next_free_dir
+    from podium.rundir import next_free_dir
 
     if out is None:
         return next_free_dir(Path("runs"), "ensemble")

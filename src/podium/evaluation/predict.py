@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from podium.config import PodiumConfig, SubmissionConfig
+from podium.schema import PodiumConfig, SubmissionConfig
 from podium.data.dataset import ImageDataset, encode_labels, make_loader, resolve_num_workers
 from podium.errors import PodiumError
 from podium.fileio import write_csv, write_parquet
-from podium.runs import RunInfo, load_run, next_free_dir
+from podium.rundir import RunInfo, load_run, next_free_dir
 from podium.data.samples import is_competition_layout, load_labeled, maybe_crop, prediction_samples
 from podium.data.transforms import build_eval_pipeline
 from podium.evaluation.tables import prediction_table, save_probabilities

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
-from podium.config import ModelConfig, PodiumConfig, TrainConfig
+from podium.schema import ModelConfig, PodiumConfig, TrainConfig
 from podium.errors import PodiumError
 from podium.model.guards import FiniteCheckpoint, NonFiniteGuard
 from podium.model.losses import create_loss

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
-from podium.config import PodiumConfig, config_to_yaml
+from podium.schema import PodiumConfig, config_to_yaml
 from podium.errors import PodiumError, RunInterrupted
 from podium.fileio import write_text
-from podium.runs import RunInfo, read_status, write_status
+from podium.rundir import RunInfo, read_status, write_status
 
 SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 

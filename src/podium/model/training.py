@@ -15,15 +15,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from podium.config import PodiumConfig
-from podium.data.dataset import PodiumDataModule, class_counts, describe_split, encode_labels
+from podium.schema import PodiumConfig
+from podium.data.datamodule import PodiumDataModule
+from podium.data.dataset import class_counts, describe_split, encode_labels
 from podium.data.samples import PreparedData, load_split, prepare_data
 from podium.errors import PodiumError
 from podium.tasks.spec import attribute_metrics, resolve_task
 from podium.fileio import write_csv, write_json
 from podium.data.images import load_resized
 from podium.model.losses import compute_class_weights
-from podium.runs import RUN_DIR_ENV, create_run_dir, git_commit, library_versions, load_run, save_run_files
+from podium.rundir import RUN_DIR_ENV, create_run_dir, git_commit, library_versions, load_run, save_run_files
 from podium.data.transforms import build_eval_pipeline, build_train_pipeline, channel_stats, resolve_normalization
 
 

@@ -128,7 +128,7 @@ def run_row(run_dir: str | Path) -> dict:
     """The headline of one run folder: status, model, size, epochs, best val metric and epoch,
     val macro F1 and accuracy of the best checkpoint, its worst class, wall time. Finished runs
     read summary.json; interrupted and failed ones fall back on metrics.csv."""
-    from podium.runs import read_status
+    from podium.rundir import read_status
 
     folder = Path(run_dir)
     row = _empty_row(folder, "run")
@@ -160,7 +160,7 @@ def run_row(run_dir: str | Path) -> dict:
 def cv_row(cv_dir: str | Path) -> dict:
     """A cross-validation folder as one row: CV macro F1 over all out-of-fold predictions, the
     folds' mean validation F1, total fold time; its status follows its folds until gathered."""
-    from podium.runs import read_status
+    from podium.rundir import read_status
 
     folder = Path(cv_dir)
     row = _empty_row(folder, "cv")
@@ -251,7 +251,7 @@ ROW_BUILDERS = {"run": run_row, "cv": cv_row, "ensemble": ensemble_row}
 
 
 def _config_of(found: Found) -> dict[str, Any]:
-    from podium.config import flatten_dict
+    from podium.schema import flatten_dict
 
     return flatten_dict(_yaml(found.path / "config.yaml"))
 
@@ -415,7 +415,7 @@ def _unique_names(paths: list[Path]) -> list[str]:
 def _config_diff(paths: list[Path], kinds: list[str], names: list[str]) -> pd.DataFrame:
     """Keys whose values differ. A key missing from an older run's config.yaml counts as today's
     default (shown as ``value (default)``), so features added since do not all show up as changes."""
-    from podium.config import PodiumConfig, config_to_dict, flatten_dict
+    from podium.schema import PodiumConfig, config_to_dict, flatten_dict
 
     defaults = flatten_dict(config_to_dict(PodiumConfig()))
     configs = [_config_of(Found(k, p)) for k, p in zip(kinds, paths)]

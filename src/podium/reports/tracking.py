@@ -24,7 +24,7 @@ from podium.errors import PodiumError
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import Logger
 
-    from podium.config import OutputConfig, PodiumConfig
+    from podium.schema import OutputConfig, PodiumConfig
 
 GROUP_TAG = "podium.group"
 FINAL_PREFIX = "final/"
@@ -163,7 +163,7 @@ def selected_loggers(output: OutputConfig) -> list[str]:
 def flatten_config(cfg: PodiumConfig) -> dict[str, Any]:
     """The resolved config as ``{"train.lr": 0.01, ...}``: scalars kept, lists and maps as compact
     JSON, so W&B and MLflow show the same values under the same keys."""
-    from podium.config import config_to_dict, flatten_dict
+    from podium.schema import config_to_dict, flatten_dict
 
     return flatten_dict(config_to_dict(cfg))
 

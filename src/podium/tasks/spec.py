@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from podium.tasks.attributes import SEPARATOR, AttributeTask, apply_label_fixes, drop_ambiguous_ages, mask_task
-from podium.config import PodiumConfig, TaskConfig
+from podium.schema import PodiumConfig, TaskConfig
 from podium.errors import PodiumError
 
 

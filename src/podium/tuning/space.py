@@ -21,7 +21,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from podium.config import PodiumConfig, deep_merge, format_validation_error
+from podium.schema import PodiumConfig, deep_merge, format_validation_error
 from podium.errors import PodiumError, closest
 
 SEARCH_KEY = "search"

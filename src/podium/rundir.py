@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from podium.config import PodiumConfig, config_to_yaml, load_config
+from podium.schema import PodiumConfig, config_to_yaml, load_config
 from podium.errors import PodiumError
 from podium.fileio import write_json, write_text
 
@@ -145,22 +145,3 @@ def read_status(run_dir: str | Path) -> dict:
     if any(run_dir.glob("*.ckpt")):
         return {"status": "interrupted", "inferred": True}
     return {"status": "failed", "inferred": True}
-
-
-# ---------------------------------------------------------------- leaderboard
-
-
-class _RunsModule(type(sys)):
-    """``podium.runs`` stays this module (``podium.runs.read_status`` ...) and, called, is the
-    leaderboard: a module attribute named ``runs`` would be shadowed by the submodule on import."""
-
-    def __call__(self, dir: str | Path = "runs", where: list[str] | str | None = None):
-        """Every run, cv run and ensemble under ``dir`` as a DataFrame, best score first; ``where``
-        keeps rows whose config key or column has a value (``"model.name=resnet18"``)."""
-        import importlib
-
-        # named, not imported: the leaderboard reads statuses from this module (as config.RegistryName does)
-        return importlib.import_module("podium.reports.leaderboard").leaderboard(dir, where)
-
-
-sys.modules[__name__].__class__ = _RunsModule

@@ -1,0 +1,60 @@
+"""The Lightning DataModule: train/val loaders over already-split sample tables.
+
+Kept apart from `podium.data.dataset` so reading and checking data (EDA,
+prediction) never imports Lightning.
+"""
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pandas as pd
+from torch.utils.data import DataLoader
+
+from podium.schema import DataConfig
+from podium.data.dataset import (ImageDataset, SeededSampler, balanced_weights, build_cache, encode_labels,
+                                 make_loader, resolve_num_workers)
+from podium.data.images import set_max_image_pixels
+from podium.data.transforms import Pipeline
+
+
+class PodiumDataModule(pl.LightningDataModule):
+    """Train/val loaders built from already-split sample tables."""
+
+    def __init__(self, train: pd.DataFrame, val: pd.DataFrame, classes: list[str], cfg: DataConfig,
+                 train_pipeline: Pipeline, eval_pipeline: Pipeline, batch_size: int,
+                 sampler: str = "random", seed: int = 0, start_epoch: int = 0):
+        super().__init__()
+        self.seed = seed
+        self.start_epoch = start_epoch  # the epoch a resumed run continues with
+        self.train_frame, self.val_frame = train, val
+        self.classes = classes
+        self.cfg = cfg
+        self.batch_size = batch_size
+        self.sampler = sampler
+        self.num_workers = resolve_num_workers(cfg.num_workers)
+        set_max_image_pixels(cfg.max_image_pixels)  # before workers fork: they inherit it
+        self.train_targets = encode_labels(train["label"], classes, "training data")
+        self.val_targets = encode_labels(val["label"], classes, "validation data")
+        size = cfg.size_hw
+        common = dict(size=size, draft=cfg.draft_decode, on_bad_image=cfg.on_bad_image, resize=cfg.resize)
+        self.train_set = ImageDataset(train["path"], self.train_targets, train_pipeline, train=True,
+                                      cache=build_cache(train["path"], cfg, "train"), **common)
+        self.val_set = ImageDataset(val["path"], self.val_targets, eval_pipeline, train=False,
+                                    cache=build_cache(val["path"], cfg, "val"), **common)
+
+    def train_dataloader(self) -> DataLoader:
+        weights = balanced_weights(self.train_targets, len(self.classes)) if self.sampler == "balanced" else None
+        sampler = SeededSampler(len(self.train_set), self.seed, weights, epoch=self.start_epoch)
+        drop_last = len(self.train_set) > self.batch_size
+        return make_loader(self.train_set, self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                           drop_last=drop_last, seed=self.seed)
+
+    def val_dataloader(self) -> DataLoader:
+        return make_loader(self.val_set, self.batch_size, num_workers=self.num_workers)
+
+    def publish_caches(self) -> None:
+        """Publish caches the epochs have filled, so later runs, folds and trials reuse them."""
+        for dataset in (self.train_set, self.val_set):
+            finalize = getattr(dataset.cache, "finalize", None)
+            published = finalize() if finalize is not None else None
+            if published is not None:
+                dataset.cache = published
