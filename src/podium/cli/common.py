@@ -36,26 +36,24 @@ def add_group(sub, name: str, help_text: str):
     return parent.add_subparsers(dest=f"{name.replace('-', '_')}_command", metavar="SUBCOMMAND")
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1 (batch sizes, folds, trials)."""
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, found {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, found {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, found {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, found {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (batch sizes, folds, trials)."""
+    return _int_at_least(text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """An argparse type: a whole number >= 0 (fold indices, seeds)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, found {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, found {value}")
-    return value
+    return _int_at_least(text, 0)
 
 
 def positive_float(text: str) -> float:
