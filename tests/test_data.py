@@ -81,3 +81,34 @@ def test_unknown_labels_are_named():
     with pytest.raises(PodiumError, match="at least 2 classes"):
         build_class_map(["cat", "cat"])
     assert encode_labels(["dog", "cat"], ["cat", "dog"], "x").tolist() == [1, 0]
+
+
+def test_eval_crop_pct_keeps_the_center_of_a_larger_resize(tmp_path):
+    """data.eval_crop_pct: resize to size / pct, keep the center size (torchvision's 256 -> 224)."""
+    import numpy as np
+    from PIL import Image
+
+    from podium.data.dataset import build_eval_dataset, eval_load_size
+    from podium.data.images import load_resized
+    from podium.schema import AugmentConfig
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "a.png"
+    Image.fromarray(rng.integers(0, 255, (90, 60, 3), dtype=np.uint8)).save(path)
+    assert eval_load_size((64, 64), 0.875) == (73, 73)  # floor, as torchvision's int(224 / 0.875) = 256
+    assert eval_load_size((32, 48), 1.0) == (32, 48)
+    for backend in ("albumentations", "torchvision"):
+        augment = AugmentConfig(backend=backend)
+        whole = build_eval_dataset([path], None, DataConfig(image_size=32, resize="crop"), augment)[0][0]
+        assert np.array_equal(whole.permute(1, 2, 0).numpy(), load_resized(path, (32, 32), mode="crop"))
+        center = build_eval_dataset([path], None, DataConfig(image_size=32, resize="crop", eval_crop_pct=0.5),
+                                    augment)[0][0]
+        big = load_resized(path, (64, 64), mode="crop")
+        assert center.shape == (3, 32, 32)
+        assert np.array_equal(center.permute(1, 2, 0).numpy(), big[16:48, 16:48])
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, 1.5, float("nan")])
+def test_eval_crop_pct_out_of_range_is_refused(bad):
+    with pytest.raises(Exception, match="eval_crop_pct"):
+        DataConfig(eval_crop_pct=bad)

@@ -1,5 +1,6 @@
 """The recipe study runner on tiny generated data: two recipes x one seed, then a resume."""
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -61,3 +62,20 @@ def test_paired_difference_interval():
                          "macro_f1": [0.80, 0.82, 0.84, 0.70, 0.73, 0.73]})
     mean, lo, hi, n = study.paired_difference(rows, "a", "b")
     assert n == 3 and mean == pytest.approx(0.1, abs=1e-9) and lo < mean < hi
+
+
+def test_reference_loop_cell_is_scored_like_a_podium_run(tmp_path, monkeypatch):
+    """tv_loop trains outside podium and still yields a study row (summary, metrics, val predictions)."""
+    monkeypatch.setitem(study.TASKS, "tiny", _tiny_task(tmp_path))
+    monkeypatch.setattr(study, "WEIGHTS", tmp_path / "absent.pth")  # random init: no download, no shared/
+    from benchmarks.recipes import tv_reference
+
+    monkeypatch.setitem(tv_reference.DEFAULTS, "workers", 0)
+    monkeypatch.setitem(tv_reference.DEFAULTS, "batch_size", 8)
+    rows = study.run_study(["tiny"], ["tv_loop"], [0], work=tmp_path / "work", results_csv=tmp_path / "r.csv",
+                           log=lambda *a: None)
+    row = rows.iloc[0]
+    assert row["recipe"] == "tv_loop" and row["epochs"] == 1 and 0 <= row["macro_f1"] <= 1
+    run = Path(row["run_dir"])
+    assert json.loads((run / "summary.json").read_text())["classes"] == ["cat", "dog", "fox"]
+    assert row["last_f1"] == pytest.approx(row["macro_f1"])  # the loop evaluates its last epoch

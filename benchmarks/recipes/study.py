@@ -92,6 +92,9 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "ref_nesterov": ("reference with Nesterov SGD", {"@base": "reference", "train.optimizer": "sgd"}),
     "ref_sqrt": ("reference + sqrt class weights", {"@base": "reference", "train.class_weights": "sqrt"}),
     "ref_bestf1": ("reference selecting the best val macro F1 epoch", {"@base": "reference", "train.monitor": "val_f1"}),
+    # not podium: the same recipe as a plain PyTorch loop (benchmarks/recipes/tv_reference.py)
+    "tv_loop": ("torchvision reference recipe as a plain PyTorch loop outside podium (RRC on the original image, "
+                "eval resize size/0.875 + center crop, per-epoch cosine, wd on every parameter)", {"@loop": True}),
 }
 
 
@@ -101,6 +104,7 @@ def recipe_overrides(name: str, size: int, epochs: int) -> dict:
         raise SystemExit(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
     overrides = dict(RECIPES[name][1])
     base = overrides.pop("@base", None)
+    overrides.pop("@loop", None)
     if base:
         overrides = {**recipe_overrides(base, size, epochs), **overrides}
 
@@ -310,7 +314,10 @@ def run_cell(task: Task, recipe: str, seed: int, *, protocol: str, epochs: int, 
     before = set(run_root.glob("*")) if run_root.exists() else set()
     started = time.time()
     try:
-        runner(["train", "--quiet", *overrides])
+        if RECIPES[recipe][1].get("@loop"):
+            _run_reference_loop(task, recipe, seed, epochs=epochs, size=size, work=work, run_root=run_root, log=log)
+        else:
+            runner(["train", "--quiet", *overrides])
     except RuntimeError as exc:
         raise RuntimeError(f"cell {task.name}/{recipe}/seed {seed} failed: {exc}") from None
     new = [p for p in run_root.glob(f"{task.name}-{recipe}-s{seed}*") if p not in before and (p / "summary.json").is_file()]
@@ -321,6 +328,19 @@ def run_cell(task: Task, recipe: str, seed: int, *, protocol: str, epochs: int, 
     log(f"{task.name:12s} {recipe:12s} seed {seed}: macro F1 {row['macro_f1']:.3f}  rare recall "
         f"{row['rare_recall']:.3f}  acc {row['accuracy']:.3f}  {time.time() - started:.0f}s")
     return row
+
+
+def _run_reference_loop(task: Task, recipe: str, seed: int, *, epochs: int, size: int, work: Path, run_root: Path,
+                        log=print) -> Path:
+    """The plain-loop reference cell: same split, weights, epochs and size as the podium cells."""
+    from benchmarks.recipes.tv_reference import train_reference
+
+    train_csv, val_csv = task_files(task, work)
+    out, n = run_root / f"{task.name}-{recipe}-s{seed}", 2
+    while out.exists():
+        out, n = run_root / f"{task.name}-{recipe}-s{seed}-{n}", n + 1
+    return train_reference(train_csv, val_csv, out, size=size, epochs=epochs, seed=seed,
+                           weights=WEIGHTS if WEIGHTS.is_file() else None, log=log)
 
 
 def run_study(tasks: list[str], recipes: list[str], seeds: list[int], *, work: Path, results_csv: Path,
@@ -339,7 +359,8 @@ def run_study(tasks: list[str], recipes: list[str], seeds: list[int], *, work: P
         protocol = f"e{t_epochs}-s{t_size}"
         for recipe in recipes:
             recipe_overrides(recipe, t_size, t_epochs)  # unknown names fail before any training
-            for seed in seeds:
+        for seed in seeds:  # seed-major: a study stopped early still has paired cells
+            for recipe in recipes:
                 done = results[(results["task"] == task_name) & (results["protocol"] == protocol)
                                & (results["recipe"] == recipe) & (results["seed"] == seed)]
                 if len(done):

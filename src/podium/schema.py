@@ -118,6 +118,7 @@ class DataConfig(Section):
     cache: Literal["none", "memory", "disk"] = Field("none", description="Cache decoded, resized images in memory or a memory-mapped file, shared across epochs and runs.")
     cache_dir: str | None = Field(None, description="Folder of the disk cache (default: ~/.cache/podium/images or $PODIUM_CACHE_DIR).")
     resize: ResizeMode = Field("squash", description="How images reach `image_size`: squash (stretch to it), crop (short side to size, center crop) or pad (long side to size, black borders); crop and pad keep the aspect ratio.")
+    eval_crop_pct: float = Field(1.0, gt=0.0, le=1.0, description="Validation and prediction view: resize (by `resize`) to image_size / eval_crop_pct, then keep the center image_size, like torchvision's resize 256 + crop 224 (0.875) or timm's crop_pct. 1.0 = the whole image.")
 
     @field_validator("image_size")
     @classmethod

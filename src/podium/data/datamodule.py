@@ -9,9 +9,9 @@ import lightning.pytorch as pl
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from podium.schema import DataConfig
-from podium.data.dataset import (ImageDataset, SeededSampler, balanced_weights, build_cache, encode_labels,
-                                 make_loader, resolve_num_workers)
+from podium.schema import AugmentConfig, DataConfig
+from podium.data.dataset import (ImageDataset, SeededSampler, balanced_weights, build_cache, build_eval_dataset,
+                                 encode_labels, make_loader, resolve_num_workers)
 from podium.data.images import set_max_image_pixels
 from podium.data.transforms import Pipeline
 
@@ -20,7 +20,7 @@ class PodiumDataModule(pl.LightningDataModule):
     """Train/val loaders built from already-split sample tables."""
 
     def __init__(self, train: pd.DataFrame, val: pd.DataFrame, classes: list[str], cfg: DataConfig,
-                 train_pipeline: Pipeline, eval_pipeline: Pipeline, batch_size: int,
+                 train_pipeline: Pipeline, augment: AugmentConfig, batch_size: int,
                  sampler: str = "random", seed: int = 0, start_epoch: int = 0):
         super().__init__()
         self.seed = seed
@@ -38,8 +38,8 @@ class PodiumDataModule(pl.LightningDataModule):
         common = dict(size=size, draft=cfg.draft_decode, on_bad_image=cfg.on_bad_image, resize=cfg.resize)
         self.train_set = ImageDataset(train["path"], self.train_targets, train_pipeline, train=True,
                                       cache=build_cache(train["path"], cfg, "train"), **common)
-        self.val_set = ImageDataset(val["path"], self.val_targets, eval_pipeline, train=False,
-                                    cache=build_cache(val["path"], cfg, "val"), **common)
+        self.val_set = build_eval_dataset(val["path"], self.val_targets, cfg, augment, cache=True,
+                                          on_bad_image=cfg.on_bad_image)
 
     def train_dataloader(self) -> DataLoader:
         weights = balanced_weights(self.train_targets, len(self.classes)) if self.sampler == "balanced" else None

@@ -17,10 +17,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from podium.schema import DataConfig
+from podium.schema import AugmentConfig, DataConfig
 from podium.errors import PodiumError, summarize_list
 from podium.data.images import BadImageError, image_size, is_image_file, load_resized, load_rgb, set_max_image_pixels
-from podium.data.transforms import Pipeline
+from podium.data.transforms import Pipeline, build_eval_pipeline
 
 SAMPLE_COLUMNS = ("path", "id", "label")
 
@@ -381,14 +381,34 @@ def balanced_weights(targets: np.ndarray, num_classes: int) -> np.ndarray:
     return 1.0 / np.maximum(counts[targets], 1.0)
 
 
-def build_cache(paths: Sequence[str], cfg: DataConfig, desc: str):
-    """The decoded-and-resized uint8 cache for ``paths``, or None when disabled."""
+def eval_load_size(size: tuple[int, int], crop_pct: float) -> tuple[int, int]:
+    """The size eval images are resized to before their center ``size`` is kept
+    (`data.eval_crop_pct`; torchvision: 256 for 224, i.e. floor(size / 0.875))."""
+    if crop_pct >= 1.0:
+        return tuple(size)
+    return int(size[0] / crop_pct), int(size[1] / crop_pct)
+
+
+def build_eval_dataset(paths: Sequence, targets: Sequence[int] | None, data: DataConfig, augment: AugmentConfig, *,
+                       cache: bool = False, on_bad_image: str = "error") -> ImageDataset:
+    """The one way validation, prediction, export parity and serving read images:
+    the run's size, resize mode, eval crop, draft decoding and eval pipeline."""
+    size = data.size_hw
+    load_size = eval_load_size(size, data.eval_crop_pct)
+    return ImageDataset(list(paths), targets, build_eval_pipeline(augment, size, data.eval_crop_pct), load_size,
+                        train=False, draft=data.draft_decode, on_bad_image=on_bad_image, resize=data.resize,
+                        cache=build_cache(paths, data, "val", size=load_size) if cache else None)
+
+
+def build_cache(paths: Sequence[str], cfg: DataConfig, desc: str, size: tuple[int, int] | None = None):
+    """The decoded-and-resized uint8 cache for ``paths`` (at ``size``, default the
+    network size), or None when disabled."""
     if cfg.cache == "none":
         return None
     from podium.data.cache import ImageCache
 
     # Disk caches fill during the first epoch instead of decoding everything up front.
-    return ImageCache.build(list(paths), cfg.size_hw, mode=cfg.cache, cache_dir=cfg.cache_dir,
+    return ImageCache.build(list(paths), size or cfg.size_hw, mode=cfg.cache, cache_dir=cfg.cache_dir,
                             draft=cfg.draft_decode, on_bad_image=cfg.on_bad_image, lazy=cfg.cache == "disk",
                             resize=cfg.resize)
 

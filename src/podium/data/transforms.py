@@ -220,9 +220,19 @@ def extra_train_ops(cfg: AugmentConfig) -> list:
     return ops
 
 
-def build_eval_pipeline(cfg: AugmentConfig, size: tuple[int, int]) -> Pipeline:
-    ops = _build_ops(cfg.eval_ops, _module(cfg.backend), "augment.eval_ops") if cfg.eval_ops else []
+def build_eval_pipeline(cfg: AugmentConfig, size: tuple[int, int], crop_pct: float = 1.0) -> Pipeline:
+    """The deterministic eval view. With ``crop_pct`` < 1 images arrive larger
+    (`podium.data.dataset.eval_load_size`) and their center ``size`` is kept
+    first, as torchvision's Resize(256) + CenterCrop(224) does."""
+    module = _module(cfg.backend)
+    ops = [_center_crop(module, cfg.backend, tuple(size))] if crop_pct < 1 else []
+    if cfg.eval_ops:
+        ops += _build_ops(cfg.eval_ops, module, "augment.eval_ops")
     return Pipeline(cfg.backend, ops)
+
+
+def _center_crop(module, backend: str, size: tuple[int, int]):
+    return module.CenterCrop(*size) if backend == "albumentations" else module.CenterCrop(size)
 
 
 def resolve_normalization(cfg: AugmentConfig, dataset_stats: Callable[[], tuple] | None = None):

@@ -12,12 +12,11 @@ import pandas as pd
 import torch
 
 from podium.schema import PodiumConfig, SubmissionConfig
-from podium.data.dataset import ImageDataset, encode_labels, make_loader, resolve_num_workers
+from podium.data.dataset import build_eval_dataset, encode_labels, make_loader, resolve_num_workers
 from podium.errors import PodiumError
 from podium.fileio import write_csv, write_parquet
 from podium.rundir import RunInfo, load_run, next_free_dir
 from podium.data.samples import is_competition_layout, load_labeled, maybe_crop, prediction_samples
-from podium.data.transforms import build_eval_pipeline
 from podium.evaluation.tables import prediction_table, save_probabilities
 from podium.model.checkpoints import load_module
 
@@ -32,9 +31,7 @@ def predict_frame(module, frame: pd.DataFrame, cfg: PodiumConfig, *, batch_size:
     """
     from podium.model.engine import inference_device
 
-    size = cfg.data.size_hw
-    dataset = ImageDataset(frame["path"], None, build_eval_pipeline(cfg.augment, size), size,
-                           draft=cfg.data.draft_decode, on_bad_image="error", resize=cfg.data.resize)
+    dataset = build_eval_dataset(frame["path"], None, cfg.data, cfg.augment)
     loader = make_loader(dataset, batch_size or cfg.train.batch_size,
                          num_workers=min(resolve_num_workers(cfg.data.num_workers), 4))
     return predict_loader(module, loader, device or inference_device(cfg.train.accelerator), tta=tta,

@@ -25,7 +25,7 @@ from podium.fileio import write_csv, write_json
 from podium.data.images import load_resized
 from podium.model.losses import compute_class_weights
 from podium.rundir import RUN_DIR_ENV, create_run_dir, git_commit, library_versions, load_run, save_run_files
-from podium.data.transforms import build_eval_pipeline, build_train_pipeline, channel_stats, resolve_normalization
+from podium.data.transforms import build_train_pipeline, channel_stats, resolve_normalization
 
 
 @dataclass
@@ -103,7 +103,7 @@ def train(cfg: PodiumConfig, *, resume: str | Path | None = None, dry_run: bool 
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     size = cfg.data.size_hw
     datamodule = PodiumDataModule(prepared.train, prepared.val, prepared.classes, cfg.data,
-                                  build_train_pipeline(cfg.augment, size), build_eval_pipeline(cfg.augment, size),
+                                  build_train_pipeline(cfg.augment, size), cfg.augment,
                                   cfg.train.batch_size, cfg.train.sampler, seed=cfg.train.seed,
                                   start_epoch=start_epoch)
     module = build_module(cfg, prepared, mean, std)
