@@ -141,9 +141,57 @@ def test_client_errors_are_4xx_json_saying_what_was_wrong(predictor):
         assert status == 422 and "files" in body["error"] and "multipart" in body["error"]
         response = client.post("/predict", content=b"x" * 300_000, headers={"content-type": "application/octet-stream"})
         assert response.status_code == 413 and "exceeds the limit" in response.json()["error"]
+        part = b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
+        chunks = iter([part] + [b"x" * 100_000] * 3)  # chunked: no Content-Length, counted while read
+        response = client.post("/predict", content=chunks, headers={"content-type": "multipart/form-data; boundary=b"})
+        assert response.status_code == 413 and "exceeds the limit" in response.json()["error"], response.text
         response = client.get("/nope")
         assert response.status_code == 404 and response.json()["error"]
         assert client.get("/stats").json()["client_errors"] >= 8
+
+
+def _drive(app, chunks: list[bytes]) -> tuple[int, dict]:
+    """One chunked request (no Content-Length) through an ASGI app, without a server."""
+    import asyncio
+
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    sent = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app({"type": "http", "method": "POST", "path": "/predict", "headers": []}, receive, send))
+    starts = [m for m in sent if m["type"] == "http.response.start"]
+    assert len(starts) == 1, sent
+    return starts[0]["status"], json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+
+
+@pytest.mark.parametrize("app_reaction", ["answers 400", "raises another error", "lets it through"])
+def test_a_chunked_body_over_the_limit_is_always_413(app_reaction):
+    """Whatever the app does with the body cut at the limit (FastAPI answers 400 "error parsing the body"
+    when the read fails inside form parsing; a parser or a disconnect can raise first), the client gets the 413."""
+    from starlette.responses import JSONResponse
+
+    from podium.deploy.serve import BodyLimit
+
+    async def app(scope, receive, send):
+        try:
+            while (await receive()).get("more_body"):
+                pass
+        except BodyLimit.TooLarge:
+            if app_reaction == "answers 400":
+                return await JSONResponse({"detail": "There was an error parsing the body"}, 400)(scope, receive, send)
+            if app_reaction == "raises another error":
+                raise RuntimeError("Invalid multipart data.") from None
+            raise
+        await JSONResponse({"ok": True})(scope, receive, send)
+
+    status, body = _drive(BodyLimit(app, max_bytes=1000), [b"x" * 400] * 4)
+    assert status == 413 and "exceeds the limit of 1,000 bytes" in body["error"]
+    assert _drive(BodyLimit(app, max_bytes=1000), [b"x" * 400] * 2) == (200, {"ok": True})
 
 
 def test_api_key_and_server_errors_never_leak_a_traceback(predictor):

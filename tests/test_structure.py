@@ -94,7 +94,7 @@ def _loaded_after(code: str) -> set[str]:
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["predict", "--help"], ["cv", "--help"],
-                                  ["eda", "--help"], ["config", "--help"]])
+                                  ["eda", "--help"], ["config", "--help"], ["export", "--help"], ["serve", "--help"]])
 def test_help_imports_no_torch(argv):
     code = ("import sys\nfrom podium.cli import main\n"
             f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass")

@@ -221,7 +221,15 @@ def top_classes(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
 
 
 class BodyLimit:
-    """ASGI middleware: refuse request bodies above ``max_bytes`` (by Content-Length and while reading)."""
+    """ASGI middleware: refuse request bodies above ``max_bytes`` with a 413 JSON error.
+
+    A declared Content-Length above the limit is refused before the app runs. A
+    chunked body (no Content-Length) is counted while it is read: the read that
+    crosses the limit raises `TooLarge`, and so does every later one. Whatever the
+    app answers after that (FastAPI turns an error raised while parsing a form into
+    a 400 "error parsing the body", and the multipart parser or a disconnect can
+    raise first) is replaced by the 413, so an oversized upload always gets it.
+    """
 
     class TooLarge(Exception):
         pass
@@ -236,34 +244,42 @@ class BodyLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._refuse(scope, receive, send, int(declared))
-        received = 0
-        started = False
+        state = {"received": 0, "over": False, "started": False}
 
         async def limited_receive():
-            nonlocal received
+            if state["over"]:
+                raise BodyLimit.TooLarge()
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                state["received"] += len(message.get("body", b""))
+                if state["received"] > self.max_bytes:
+                    state["over"] = True
                     raise BodyLimit.TooLarge()
             return message
 
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
+        async def guarded_send(message):
+            if state["over"]:  # the app's own answer to a body it could not read: the 413 instead
+                if message["type"] == "http.response.start" and not state["started"]:
+                    state["started"] = True
+                    await self._refuse(scope, receive, send, state["received"])
+                return
+            state["started"] = state["started"] or message["type"] == "http.response.start"
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyLimit.TooLarge:
-            if not started:
-                await self._refuse(scope, receive, send, received)
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:  # TooLarge itself, or whatever the app raised on a body cut at the limit
+            if not state["over"]:
+                raise
+            if not state["started"]:
+                await self._refuse(scope, receive, send, state["received"])
 
     async def _refuse(self, scope, receive, send, size: int):
         from starlette.responses import JSONResponse
 
         response = JSONResponse({"error": f"request body of {size:,}+ bytes exceeds the limit of {self.max_bytes:,} "
-                                          "bytes (files per request x bytes per file)"}, status_code=413)
+                                          "bytes (files per request x bytes per file)", "status": 413},
+                                status_code=413)
         await response(scope, receive, send)
 
 
@@ -271,12 +287,7 @@ def create_app(predictor, settings: ServeSettings | None = None):
     """The FastAPI app serving ``predictor`` (a `podium.deploy.runtime.Predictor`)."""
     from contextlib import asynccontextmanager
 
-    from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    from podium.deploy.page import page_html
+    from fastapi import FastAPI
 
     settings = settings or ServeSettings()
     batcher = MicroBatcher(predictor.probabilities, settings.max_batch_size, settings.max_wait_ms)
@@ -295,42 +306,76 @@ def create_app(predictor, settings: ServeSettings | None = None):
     app.state.batcher = batcher
     app.state.settings = settings
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    _add_error_handlers(app, counters)
+    _add_info_routes(app, predictor, settings, batcher, counters)
+    _add_predict_route(app, predictor, settings, batcher, counters)
+    return app
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message, "status": status}, status_code=status)
+
+def error_response(status: int, message: str):
+    """The JSON body of every error the server answers: ``{"error": ..., "status": ...}``."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message, "status": status}, status_code=status)
+
+
+def _validation_message(exc) -> str:
+    """FastAPI's validation errors as one sentence naming the fields."""
+    problems = []
+    for item in exc.errors():
+        where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query"))
+        problems.append(f"{where or 'request'}: {item.get('msg', 'invalid')}")
+    hint = " (send images as multipart/form-data field 'files')" if any("files" in p for p in problems) else ""
+    return "; ".join(problems) + hint
+
+
+def _add_error_handlers(app, counters: Counter) -> None:
+    """Client errors -> 4xx JSON saying what was wrong; anything else -> a 500 with no traceback."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(ClientError)
     async def client_error(request, exc: ClientError):
         counters["client_errors"] += 1
-        return error(exc.status, exc.message)
+        return error_response(exc.status, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request, exc: RequestValidationError):
         counters["client_errors"] += 1
-        problems = []
-        for item in exc.errors():
-            where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query"))
-            problems.append(f"{where or 'request'}: {item.get('msg', 'invalid')}")
-        hint = " (send images as multipart/form-data field 'files')" if any(
-            "files" in p for p in problems) else ""
-        return error(422, "; ".join(problems) + hint)
+        return error_response(422, _validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc: StarletteHTTPException):
-        if isinstance(exc.__cause__, BodyLimit.TooLarge):  # FastAPI wraps errors raised while parsing the body
-            return error(413, f"request body exceeds the limit of {settings.max_body_bytes:,} bytes "
-                              "(files per request x bytes per file)")
-        return error(exc.status_code, str(exc.detail))
+        if exc.status_code < 500:
+            counters["client_errors"] += 1
+        return error_response(exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)
     async def server_error(request, exc: Exception):
         log.error("error while serving %s %s", request.method, request.url.path, exc_info=exc)
-        return error(500, "internal server error; the details are in the server log")
+        return error_response(500, "internal server error; the details are in the server log")
+
+
+def _key_check(settings: ServeSettings):
+    """The dependency guarding the model endpoints when an API key is set."""
+    from fastapi import Request
 
     def check_key(request: Request) -> None:
         if settings.api_key and not secrets.compare_digest(
                 request.headers.get(API_KEY_HEADER, "").encode(), settings.api_key.encode()):
             raise ClientError(401, f"missing or wrong API key: send it in the {API_KEY_HEADER} header")
+
+    return check_key
+
+
+def _add_info_routes(app, predictor, settings: ServeSettings, batcher: MicroBatcher, counters: Counter) -> None:
+    """``GET /`` (the page) and ``/health`` stay open; ``/classes`` and ``/stats`` need the key."""
+    from fastapi import Depends
+    from fastapi.responses import HTMLResponse
+
+    from podium.deploy.page import page_html
+
+    guarded = [Depends(_key_check(settings))]
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
@@ -340,39 +385,45 @@ def create_app(predictor, settings: ServeSettings | None = None):
     async def health():
         return {"status": "ok", **predictor.describe(), "api_key_required": bool(settings.api_key)}
 
-    @app.get("/classes", dependencies=[Depends(check_key)])
+    @app.get("/classes", dependencies=guarded)
     async def classes():
         return {"classes": predictor.classes}
 
-    @app.get("/stats", dependencies=[Depends(check_key)])
+    @app.get("/stats", dependencies=guarded)
     async def stats():
         return {**batcher.stats(), "requests": counters["requests"], "client_errors": counters["client_errors"],
                 "settings": {k: v for k, v in asdict(settings).items() if k != "api_key"}}
 
-    @app.post("/predict", dependencies=[Depends(check_key)])
+
+def _add_predict_route(app, predictor, settings: ServeSettings, batcher: MicroBatcher, counters: Counter) -> None:
+    """``POST /predict``: multipart field ``files`` -> per file the top-k classes, within the request timeout."""
+    from fastapi import Depends, File, Query, UploadFile
+
+    @app.post("/predict", dependencies=[Depends(_key_check(settings))])
     async def predict(files: list[UploadFile] = File(..., description="one or several images"),
                       top_k: int = Query(settings.top_k, ge=1, description="classes per image")):
         counters["requests"] += 1
         if len(files) > settings.max_files:
             raise ClientError(413, f"{len(files)} files in one request; the limit is {settings.max_files} "
                                    "(podium serve --max-files)")
+        k = min(top_k, len(predictor.classes))
         try:
-            return await asyncio.wait_for(_predict(files, min(top_k, len(predictor.classes))),
+            return await asyncio.wait_for(predict_files(files, predictor, settings, batcher, k),
                                           settings.request_timeout_s)
         except asyncio.TimeoutError:
             raise ClientError(504, f"prediction took longer than {settings.request_timeout_s:g} s "
                                    "(podium serve --timeout); try fewer files or later") from None
 
-    async def _predict(files, k: int) -> dict:
-        names = [f.filename or f"file{i}" for i, f in enumerate(files)]
-        blobs = [await f.read(settings.max_upload_bytes + 1) for f in files]
-        inputs = await asyncio.gather(*[asyncio.to_thread(decode_upload, b, n, predictor, settings)
-                                        for b, n in zip(blobs, names)])
-        probs = await asyncio.gather(*[batcher.submit(x) for x in inputs])
-        return {"model": predictor.source.name,
-                "predictions": [{"file": n, "top": top_classes(p, predictor.classes, k)} for n, p in zip(names, probs)]}
 
-    return app
+async def predict_files(files, predictor, settings: ServeSettings, batcher: MicroBatcher, k: int) -> dict:
+    """Read, check and decode the uploads (in threads), then run them through the micro-batcher."""
+    names = [f.filename or f"file{i}" for i, f in enumerate(files)]
+    blobs = [await f.read(settings.max_upload_bytes + 1) for f in files]
+    inputs = await asyncio.gather(*[asyncio.to_thread(decode_upload, b, n, predictor, settings)
+                                    for b, n in zip(blobs, names)])
+    probs = await asyncio.gather(*[batcher.submit(x) for x in inputs])
+    return {"model": predictor.source.name,
+            "predictions": [{"file": n, "top": top_classes(p, predictor.classes, k)} for n, p in zip(names, probs)]}
 
 
 def serve(model, *, host: str = "127.0.0.1", port: int = 8000, checkpoint: str = "best",
