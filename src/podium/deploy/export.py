@@ -196,9 +196,11 @@ def build_sidecar(info, module, format: str, path: Path, checkpoint: str, dynami
         "input": {"name": INPUT_NAME, "shape": [batch or "batch", 3, h, w], "batch_size": batch, "layout": "NCHW",
                   "dtype": "uint8", "range": [0, 255], "channel_order": "RGB", "image_size": [h, w],
                   "normalization": "inside the model", "mean": list(info.mean), "std": list(info.std),
-                  "resize": cfg.data.resize, "eval_ops": cfg.augment.eval_ops or [],
-                  "preprocess": "decode to RGB with EXIF rotation, resize to image_size by `resize` (podium "
-                                "data.resize), then the config's augment.eval_ops"},
+                  "resize": cfg.data.resize, "eval_crop_pct": cfg.data.eval_crop_pct,
+                  "eval_ops": cfg.augment.eval_ops or [],
+                  "preprocess": "decode to RGB with EXIF rotation, resize to image_size / eval_crop_pct by `resize` "
+                                "(podium data.resize), keep the centre image_size, then the config's "
+                                "augment.eval_ops"},
         "output": {"name": OUTPUT_NAME, "kind": "logits" if not module.heads else "log_probabilities",
                    "shape": [batch or "batch", len(info.classes)],
                    "probabilities": "softmax over axis 1"},

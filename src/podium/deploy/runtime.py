@@ -51,14 +51,12 @@ def read_sidecar(model_path: str | Path) -> dict:
 
 
 def eval_dataset(sources, cfg: PodiumConfig):
-    """An unlabelled `ImageDataset` with the run's size, resize mode, draft decoding and eval
-    pipeline: how `predict_frame` reads images, for the parity check and uploaded files."""
-    from podium.data.dataset import ImageDataset
-    from podium.data.transforms import build_eval_pipeline
+    """An unlabelled dataset read exactly as validation and `predict_frame` read images
+    (`build_eval_dataset`: size, resize mode, eval crop, draft decoding, eval pipeline),
+    for the parity check and uploaded files."""
+    from podium.data.dataset import build_eval_dataset
 
-    size = cfg.data.size_hw
-    return ImageDataset(list(sources), None, build_eval_pipeline(cfg.augment, size), size,
-                        draft=cfg.data.draft_decode, on_bad_image="error", resize=cfg.data.resize)
+    return build_eval_dataset(list(sources), None, cfg.data, cfg.augment)
 
 
 class Predictor:
