@@ -262,6 +262,8 @@ class TaskConfig(Section):
     mode: Literal["single", "multihead", "per_attribute"] = Field("single", description="One composite head, one shared backbone with a head per attribute, or one model per attribute (`target`).")
     target: str | None = Field(None, description="`per_attribute` mode: the attribute this model predicts.")
     head_weights: dict[str, float] | None = Field(None, description="`multihead` mode: loss weight per attribute (default 1 each).")
+    bins: dict[str, list[float]] | None = Field(None, description="Attributes that are binned numbers: {attribute: [thresholds]}, read from a numeric column of that name, e.g. {age: [30, 60]} gives <30, 30-59, >=60 (the `mask` preset bins age by `age_thresholds`).")
+    ordinal: list[str] | None = Field(None, description="`multihead` mode: binned attributes (`bins`) learned from their exact value by an ordinal head (one output per integer step), binned at predict time with edges tuned for macro F1 on validation (ordinal_cuts.json in the run).")
     age_thresholds: tuple[int, int] = Field((30, 60), description="`mask` preset: age-bin boundaries (young < a <= middle < b <= old).")
     drop_ambiguous_ages: list[tuple[int, int]] | None = Field(None, description="`mask` preset: drop TRAINING images whose age is in these inclusive bands, e.g. [[28, 29], [57, 59]].")
     label_fixes: str | None = Field(None, description="CSV (id, attribute, new_value) of label corrections applied at load time.")
@@ -316,6 +318,9 @@ class PodiumConfig(Section):
             if self.task.mode == "multihead":
                 raise ValueError("train.mixup_alpha/cutmix_alpha are not supported with task.mode=multihead "
                                  "(mixed composite targets); use task.mode=single or per_attribute, or set both to 0")
+        if self.task.ordinal and self.task.mode != "multihead":
+            raise ValueError(f"task.ordinal needs task.mode=multihead (a head per attribute); found task.mode="
+                             f"{self.task.mode}. Set task.mode=multihead or remove task.ordinal")
         if self.data.format != "folder" and self.data.train and not self.data.train.lower().endswith(".csv") \
                 and self.data.format == "csv":
             raise ValueError(f"data.format is csv but data.train {self.data.train!r} is not a .csv file")

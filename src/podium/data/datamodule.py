@@ -6,6 +6,7 @@ prediction) never imports Lightning.
 from __future__ import annotations
 
 import lightning.pytorch as pl
+import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
@@ -21,7 +22,7 @@ class PodiumDataModule(pl.LightningDataModule):
 
     def __init__(self, train: pd.DataFrame, val: pd.DataFrame, classes: list[str], cfg: DataConfig,
                  train_pipeline: Pipeline, augment: AugmentConfig, batch_size: int,
-                 sampler: str = "random", seed: int = 0, start_epoch: int = 0):
+                 sampler: str = "random", seed: int = 0, start_epoch: int = 0, train_values=None):
         super().__init__()
         self.seed = seed
         self.start_epoch = start_epoch  # the epoch a resumed run continues with
@@ -34,10 +35,11 @@ class PodiumDataModule(pl.LightningDataModule):
         set_max_image_pixels(cfg.max_image_pixels)  # before workers fork: they inherit it
         self.train_targets = encode_labels(train["label"], classes, "training data")
         self.val_targets = encode_labels(val["label"], classes, "validation data")
-        size = cfg.size_hw
-        common = dict(size=size, draft=cfg.draft_decode, on_bad_image=cfg.on_bad_image, resize=cfg.resize)
-        self.train_set = ImageDataset(train["path"], self.train_targets, train_pipeline, train=True,
-                                      cache=build_cache(train["path"], cfg, "train"), **common)
+        # ordinal heads also learn from exact values: rows of (composite class, value, ...)
+        rows = self.train_targets if train_values is None else np.column_stack([self.train_targets, train_values])
+        self.train_set = ImageDataset(train["path"], rows, train_pipeline, cfg.size_hw, train=True,
+                                      draft=cfg.draft_decode, on_bad_image=cfg.on_bad_image, resize=cfg.resize,
+                                      cache=build_cache(train["path"], cfg, "train"))
         self.val_set = build_eval_dataset(val["path"], self.val_targets, cfg, augment, cache=True,
                                           on_bad_image=cfg.on_bad_image)
 

@@ -335,8 +335,10 @@ class ImageDataset(Dataset):
                 return None
             raise
         tensor = self.pipeline(image, seed=seed)
-        target = -1 if self.targets is None else int(self.targets[index])
-        return tensor, target
+        if self.targets is None:
+            return tensor, -1
+        target = self.targets[index]  # a class index, or a row (class, exact values...) for ordinal heads
+        return tensor, (int(target) if target.ndim == 0 else torch.from_numpy(target))
 
 
 def collate_skipping_bad(batch: list):
@@ -346,7 +348,9 @@ def collate_skipping_bad(batch: list):
     if not kept:
         return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), skipped
     images = torch.stack([b[0] for b in kept])
-    targets = torch.tensor([b[1] for b in kept], dtype=torch.long)
+    first = kept[0][1]
+    targets = (torch.stack([b[1] for b in kept]) if isinstance(first, torch.Tensor)
+               else torch.tensor([b[1] for b in kept], dtype=torch.long))
     return images, targets, skipped
 
 

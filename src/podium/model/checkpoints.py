@@ -44,6 +44,9 @@ def load_module(ckpt_path: str | Path, classes: list[str] | None = None):
         raise PodiumError(
             f"checkpoint {ckpt_path} does not fit model {module.model_cfg.name} with "
             f"{len(hparams['classes'])} classes (architecture or class count mismatch): {str(exc)[:300]}") from None
+    from podium.model.ordinal import apply_saved_cuts
+
+    apply_saved_cuts(module, ckpt_path.parent)  # a run's tuned ordinal bin edges, if any
     return module.eval()
 
 

@@ -35,7 +35,7 @@ class Classifier(pl.LightningModule):
     def __init__(self, model_cfg: ModelConfig | dict, train_cfg: TrainConfig | dict, classes: list[str], mean, std,
                  class_weights: list[float] | None = None, load_pretrained: bool = True,
                  heads: list[int] | None = None, head_weights: list[float] | None = None,
-                 class_counts: list[int] | None = None):
+                 class_counts: list[int] | None = None, ordinal: list[dict] | None = None):
         super().__init__()
         # Typed configs in, plain dicts into the checkpoint (loadable with weights_only=True);
         # a dict from a checkpoint is validated by the schema, so defaults live in one place.
@@ -47,15 +47,17 @@ class Classifier(pl.LightningModule):
             "class_weights": None if class_weights is None else [float(w) for w in class_weights],
             "heads": None if not heads else [int(h) for h in heads],
             "head_weights": None if head_weights is None else [float(w) for w in head_weights],
-            "class_counts": None if class_counts is None else [int(c) for c in class_counts]})
+            "class_counts": None if class_counts is None else [int(c) for c in class_counts],
+            "ordinal": None if not ordinal else [dict(o) for o in ordinal]})
         m, t = self.model_cfg, self.train_cfg
         self.classes = list(classes)
         n = len(classes)
         self.heads = list(heads) if heads else None
         if self.heads and int(np.prod(self.heads)) != n:
             raise PodiumError(f"heads {self.heads} do not compose the {n} classes")
+        self._init_ordinal(ordinal or [])
         self.model = create_model(
-            m.name, sum(self.heads) if self.heads else n, dropout=m.dropout,
+            m.name, sum(self.widths) if self.heads else n, dropout=m.dropout,
             pretrained=m.pretrained and load_pretrained, pretrained_path=m.pretrained_path if load_pretrained else None)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
@@ -86,6 +88,35 @@ class Classifier(pl.LightningModule):
         # Compiled callable kept off the module tree, so checkpoints keep plain parameter names.
         object.__setattr__(self, "_run_model", _maybe_compile(self.model, t.compile))
 
+    def _init_ordinal(self, ordinal: list[dict]) -> None:
+        """Ordinal heads (`task.ordinal`): ``hi - lo`` cumulative outputs instead of k logits, and
+        their bin edges as buffers (saved in checkpoints, tuned ones set by `set_ordinal_cuts`)."""
+        from podium.model.ordinal import OrdinalSpec
+
+        if ordinal and not self.heads:
+            raise PodiumError("ordinal heads need attribute heads (task.mode=multihead)")
+        self.ordinal = {int(o["head"]): OrdinalSpec(int(o["head"]), int(o["lo"]), int(o["hi"]), tuple(o["cuts"]))
+                        for o in ordinal}
+        self.widths = [self.ordinal[i].width if i in self.ordinal else k for i, k in enumerate(self.heads or [])]
+        for i, spec in self.ordinal.items():
+            self.register_buffer(f"ordinal_cuts_{i}", torch.tensor(spec.cuts, dtype=torch.long))
+
+    def set_ordinal_cuts(self, cuts: dict[int, list[int]]) -> None:
+        for i, values in cuts.items():
+            getattr(self, f"ordinal_cuts_{i}").copy_(torch.as_tensor(values, dtype=torch.long))
+
+    def head_log_probs(self, raw: torch.Tensor) -> list[torch.Tensor]:
+        """Each attribute's log-probabilities from the raw outputs (softmax or ordinal bins)."""
+        from podium.model.ordinal import bin_log_probs
+
+        parts = []
+        for i, chunk in enumerate(torch.split(raw.float(), self.widths, dim=1)):
+            if i in self.ordinal:
+                parts.append(bin_log_probs(chunk, self.ordinal[i].lo, getattr(self, f"ordinal_cuts_{i}")))
+            else:
+                parts.append(chunk.log_softmax(1))
+        return parts
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.mean) / self.std
 
@@ -93,7 +124,11 @@ class Classifier(pl.LightningModule):
         """Class logits; with attribute heads, the composite log-probabilities
         (the product of the heads' probabilities), so softmax gives them back."""
         out = self._run_model(self._prepare(x))
-        return compose_log_probs(out, self.heads) if self.heads else out
+        return self.composite_log_probs(out) if self.heads else out
+
+    def composite_log_probs(self, raw: torch.Tensor) -> torch.Tensor:
+        """Attribute heads' raw outputs -> composite log-probabilities."""
+        return combine_log_probs(self.head_log_probs(raw))
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(x)
@@ -112,11 +147,20 @@ class Classifier(pl.LightningModule):
         if not self.heads:
             criterion = self.criterion if weighted else self.criterion_unweighted
             return criterion(self._run_model(x), targets)
+        from podium.model.ordinal import ordinal_loss
+
         raw = self._run_model(x)
         losses = self.head_losses if weighted else self.head_losses_unweighted
+        composite, values = (targets[:, 0], targets[:, 1:]) if targets.ndim == 2 and not targets.is_floating_point() \
+            else (targets, None)
         total = raw.new_zeros(())
-        for (logits, digit), loss_fn, w in zip(split_heads(raw, targets, self.heads), losses, self.head_weights):
-            total = total + w * loss_fn(logits, digit)
+        parts = split_heads(raw, composite, self.heads, self.widths)
+        for i, ((logits, digit), loss_fn, w) in enumerate(zip(parts, losses, self.head_weights)):
+            if i in self.ordinal:
+                column = sorted(self.ordinal).index(i)
+                total = total + w * ordinal_loss(logits, values[:, column], self.ordinal[i].lo)
+            else:
+                total = total + w * loss_fn(logits, digit)
         return total / sum(self.head_weights)
 
     def _unpack(self, batch):
@@ -141,6 +185,7 @@ class Classifier(pl.LightningModule):
         images, targets = self._unpack(batch)
         if images.numel() == 0:
             return
+        targets = targets[:, 0] if targets.ndim == 2 else targets  # (composite, exact values...) rows
         logits = self(images)
         loss = torch.nn.functional.cross_entropy(logits.float(), targets)
         self.val_metrics.update(logits.float().softmax(1), targets)
@@ -209,21 +254,26 @@ def _split(weights: list[float] | None, heads: list[int]) -> list[torch.Tensor |
     return out
 
 
-def split_heads(raw: torch.Tensor, targets: torch.Tensor, heads: list[int]):
-    """Per-head logits and per-head target digits of mixed-radix composite targets."""
+def split_heads(raw: torch.Tensor, targets: torch.Tensor, heads: list[int], widths: list[int] | None = None):
+    """Per-head outputs (``widths`` columns each, default ``heads``) and per-head target
+    digits of mixed-radix composite targets."""
     from podium.tasks.attributes import place_values
 
     places = [int(p) for p in place_values(heads)]
-    chunks = torch.split(raw, heads, dim=1)
+    chunks = torch.split(raw, widths or heads, dim=1)
     return [(chunk, (targets // place) % k) for chunk, place, k in zip(chunks, places, heads)]
 
 
 def compose_log_probs(raw: torch.Tensor, heads: list[int]) -> torch.Tensor:
+    """log p(composite) of softmax heads (see `combine_log_probs`)."""
+    return combine_log_probs([chunk.log_softmax(1) for chunk in torch.split(raw.float(), heads, dim=1)])
+
+
+def combine_log_probs(parts: list[torch.Tensor]) -> torch.Tensor:
     """log p(composite) = sum of the heads' log-probabilities, in the mixed-radix order of
     `podium.tasks.attributes` (first head most significant), computed in log space."""
     total = None
-    for chunk in torch.split(raw.float(), heads, dim=1):
-        logp = chunk.log_softmax(1)
+    for logp in parts:
         total = logp if total is None else (total.unsqueeze(2) + logp.unsqueeze(1)).flatten(1)
     return total
 

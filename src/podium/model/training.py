@@ -20,7 +20,7 @@ from podium.data.datamodule import PodiumDataModule
 from podium.data.dataset import class_counts, describe_split, encode_labels
 from podium.data.samples import PreparedData, load_split, prepare_data
 from podium.errors import PodiumError
-from podium.tasks.spec import attribute_metrics, resolve_task
+from podium.tasks.spec import TaskSpec, attribute_metrics, ordinal_values, resolve_task
 from podium.fileio import write_csv, write_json
 from podium.data.images import load_resized
 from podium.model.losses import compute_class_weights
@@ -67,7 +67,19 @@ def build_module(cfg: PodiumConfig, prepared: PreparedData, mean, std):
             weights = None  # an explicit composite list cannot weight per-attribute heads
     return Classifier(cfg.model, cfg.train, prepared.classes, mean, std,
                       class_weights=None if weights is None else [float(w) for w in np.asarray(weights, dtype=float)],
-                      heads=task.heads, head_weights=head_weights, class_counts=train_counts)
+                      heads=task.heads, head_weights=head_weights, class_counts=train_counts,
+                      ordinal=ordinal_specs(task, prepared.train))
+
+
+def ordinal_specs(task: TaskSpec, train: pd.DataFrame) -> list[dict] | None:
+    """Value range and bin edges of each `task.ordinal` head, from the training values."""
+    from podium.model.ordinal import make_spec
+
+    values = ordinal_values(train, task)
+    if values is None:
+        return None
+    return [make_spec(task.attributes.names.index(name), values[:, j], task.attributes.bins[name]).as_dict()
+            for j, name in enumerate(task.ordinal)]
 
 
 def train(cfg: PodiumConfig, *, resume: str | Path | None = None, dry_run: bool = False,
@@ -105,7 +117,8 @@ def train(cfg: PodiumConfig, *, resume: str | Path | None = None, dry_run: bool 
     datamodule = PodiumDataModule(prepared.train, prepared.val, prepared.classes, cfg.data,
                                   build_train_pipeline(cfg.augment, size), cfg.augment,
                                   cfg.train.batch_size, cfg.train.sampler, seed=cfg.train.seed,
-                                  start_epoch=start_epoch)
+                                  start_epoch=start_epoch,
+                                  train_values=ordinal_values(prepared.train, resolve_task(cfg.task)))
     module = build_module(cfg, prepared, mean, std)
     from podium.model.guards import check_batch_norm_batch
 
@@ -201,6 +214,8 @@ def finish_run(cfg: PodiumConfig, run_dir: Path, prepared: PreparedData, module,
     per_attribute = attribute_metrics(resolve_task(cfg.task), y_true, probs)
     if per_attribute:
         val_metrics["attributes"] = per_attribute
+    if module.ordinal:
+        val_metrics["ordinal"] = save_ordinal_cuts(run_dir, module, datamodule.val_dataloader(), y_true)
     best_score = float(ckpt.best_model_score) if ckpt and ckpt.best_model_score is not None else None
     best_epoch = _best_epoch(run_dir / "metrics.csv", cfg.train.monitor, cfg.train.monitor_mode)
     summary = {
@@ -220,6 +235,25 @@ def finish_run(cfg: PodiumConfig, run_dir: Path, prepared: PreparedData, module,
     if cfg.output.report:
         write_report(run_dir, module, cfg)
     return TrainResult(run_dir, summary, val_metrics, module, table)
+
+
+def save_ordinal_cuts(run_dir: Path, module, loader, y_true: np.ndarray) -> dict:
+    """Tune the ordinal heads' bin edges on validation and write ordinal_cuts.json.
+
+    The tuned edges are used at predict time only where their nested (held-out)
+    gain is positive; the run's own validation scores keep the task's edges, so
+    they are not fitted on the images they score.
+    """
+    from podium.model.ordinal import ORDINAL_CUTS_FILE, tune_module_cuts
+
+    with torch.inference_mode():
+        raw = torch.cat([module._run_model(module._prepare(images.to(module.device))).float().cpu()
+                         for images, _, _ in loader])
+    report = tune_module_cuts(module, raw, y_true)
+    for entry in report.values():
+        entry["applied"] = entry["nested_gain"] > 0
+    write_json(run_dir / ORDINAL_CUTS_FILE, report)
+    return report
 
 
 def write_report(run_dir: Path, module, cfg: PodiumConfig) -> Path:

@@ -25,6 +25,7 @@ class TaskSpec:
     mode: str
     target: str | None
     classes: list[str] | None  # None: plain classification, classes come from the data
+    ordinal: tuple[str, ...] = ()  # binned attributes learned from their exact value (`task.ordinal`)
 
     @property
     def heads(self) -> list[int] | None:
@@ -35,7 +36,7 @@ def resolve_task(cfg: TaskConfig) -> TaskSpec:
     if cfg.preset == "mask":
         attributes = mask_task(cfg.age_thresholds)
     elif cfg.attributes:
-        attributes = AttributeTask(cfg.attributes)
+        attributes = AttributeTask(cfg.attributes, bins=cfg.bins or {})
     else:
         if cfg.mode != "single" or cfg.target:
             raise PodiumError(f"task.mode={cfg.mode} needs attributes: set task.preset=mask or task.attributes")
@@ -51,7 +52,17 @@ def resolve_task(cfg: TaskConfig) -> TaskSpec:
         unknown = sorted(set(cfg.head_weights) - set(attributes.names))
         if unknown:
             raise PodiumError(f"task.head_weights names unknown attribute(s) {unknown}; attributes: {list(attributes.names)}")
-    return TaskSpec(attributes, cfg.mode, None, attributes.composite_names())
+    return TaskSpec(attributes, cfg.mode, None, attributes.composite_names(), _ordinal(cfg, attributes))
+
+
+def _ordinal(cfg: TaskConfig, attributes: AttributeTask) -> tuple[str, ...]:
+    """`task.ordinal`, checked: each must be a binned attribute (it needs its exact numbers)."""
+    for name in cfg.ordinal or []:
+        if name not in attributes.bins:
+            binned = ", ".join(attributes.bins) or "none"
+            raise PodiumError(f"task.ordinal names {name!r}, which is not a binned attribute (binned: {binned}). "
+                              f"Declare its thresholds in task.bins, e.g. task.bins={{{name}: [30, 60]}}")
+    return tuple(cfg.ordinal or ())
 
 
 def label_samples(frame: pd.DataFrame, cfg: PodiumConfig, spec: TaskSpec, log=print) -> pd.DataFrame:
@@ -70,6 +81,30 @@ def label_samples(frame: pd.DataFrame, cfg: PodiumConfig, spec: TaskSpec, log=pr
         index = task.attribute_indices(frame)[spec.target]
         frame = frame.assign(label=np.asarray(task.classes(spec.target), dtype=object)[index])
     return frame
+
+
+def ordinal_values(frame: pd.DataFrame, spec: TaskSpec) -> np.ndarray | None:
+    """(N, len(spec.ordinal)) integer exact values of the ordinal attributes, or None.
+
+    A value is clipped into its sample's bin, so a label fix that moved the bin
+    (``age_bin``) is not undone by the number.
+    """
+    if not spec.ordinal:
+        return None
+    task, columns = spec.attributes, []
+    bins = task.attribute_indices(frame)
+    for name in spec.ordinal:
+        if name not in frame.columns:
+            raise PodiumError(f"task.ordinal={name!r} needs the exact numbers in a column {name!r}; the data has "
+                              f"{list(frame.columns)}")
+        values = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
+        if np.isnan(values).any():
+            raise PodiumError(f"column {name!r} has {int(np.isnan(values).sum())} missing or non-numeric value(s); "
+                              f"task.ordinal needs a number for every training image")
+        edges = np.concatenate([[-np.inf], np.asarray(task.bins[name], dtype=float), [np.inf]])
+        b = bins[name]
+        columns.append(np.clip(np.rint(values), np.ceil(edges[b]), np.ceil(edges[b + 1]) - 1))
+    return np.stack(columns, axis=1).astype(np.int64)
 
 
 def drop_training_ages(train: pd.DataFrame, cfg: TaskConfig, log=print) -> pd.DataFrame:
