@@ -150,15 +150,20 @@ def test_client_errors_are_4xx_json_saying_what_was_wrong(predictor):
         assert client.get("/stats").json()["client_errors"] >= 8
 
 
-def _drive(app, chunks: list[bytes]) -> tuple[int, dict]:
-    """One chunked request (no Content-Length) through an ASGI app, without a server."""
+def _drive(app, chunks: list[bytes], pause_s: float = 0.0) -> tuple[int, dict]:
+    """One chunked request (no Content-Length) through an ASGI app, without a server;
+    the client pauses ``pause_s`` before each chunk after the first."""
     import asyncio
 
     messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
     sent = []
 
     async def receive():
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
+        if not messages:
+            return {"type": "http.disconnect"}
+        if len(messages) < len(chunks):
+            await asyncio.sleep(pause_s)
+        return messages.pop(0)
 
     async def send(message):
         sent.append(message)
@@ -170,9 +175,10 @@ def _drive(app, chunks: list[bytes]) -> tuple[int, dict]:
 
 
 @pytest.mark.parametrize("app_reaction", ["answers 400", "raises another error", "lets it through"])
-def test_a_chunked_body_over_the_limit_is_always_413(app_reaction):
-    """Whatever the app does with the body cut at the limit (FastAPI answers 400 "error parsing the body"
-    when the read fails inside form parsing; a parser or a disconnect can raise first), the client gets the 413."""
+def test_a_cut_chunked_body_is_always_413_or_408(app_reaction):
+    """Whatever the app does with a body cut at the limit or the deadline (FastAPI answers 400 "error parsing
+    the body" when the read fails inside form parsing; a parser or a disconnect can raise first), the client
+    gets the 413 (too large) or the 408 (too slow) saying so."""
     from starlette.responses import JSONResponse
 
     from podium.deploy.serve import BodyLimit
@@ -181,7 +187,7 @@ def test_a_chunked_body_over_the_limit_is_always_413(app_reaction):
         try:
             while (await receive()).get("more_body"):
                 pass
-        except BodyLimit.TooLarge:
+        except Exception:
             if app_reaction == "answers 400":
                 return await JSONResponse({"detail": "There was an error parsing the body"}, 400)(scope, receive, send)
             if app_reaction == "raises another error":
@@ -191,7 +197,9 @@ def test_a_chunked_body_over_the_limit_is_always_413(app_reaction):
 
     status, body = _drive(BodyLimit(app, max_bytes=1000), [b"x" * 400] * 4)
     assert status == 413 and "exceeds the limit of 1,000 bytes" in body["error"]
-    assert _drive(BodyLimit(app, max_bytes=1000), [b"x" * 400] * 2) == (200, {"ok": True})
+    status, body = _drive(BodyLimit(app, max_bytes=1000, timeout_s=0.2), [b"x" * 100] * 3, pause_s=0.15)
+    assert status == 408 and "after 0.2 s" in body["error"] and "200 bytes received" in body["error"]
+    assert _drive(BodyLimit(app, max_bytes=1000, timeout_s=5), [b"x" * 400] * 2, pause_s=0.01) == (200, {"ok": True})
 
 
 def test_api_key_and_server_errors_never_leak_a_traceback(predictor):
@@ -219,7 +227,7 @@ def test_api_key_and_server_errors_never_leak_a_traceback(predictor):
         assert "secret" not in failed.text and "Traceback" not in failed.text
 
 
-def test_slow_inference_times_out_with_504(predictor):
+def test_slow_inference_504_and_slow_upload_408(predictor):
     class Slow:
         def __init__(self, inner):
             self.inner = inner
@@ -231,9 +239,17 @@ def test_slow_inference_times_out_with_504(predictor):
             time.sleep(1.5)
             return self.inner.probabilities(images)
 
+    def slow_upload():  # a client that stalls mid-body holds no connection past the timeout
+        yield b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n'
+        time.sleep(1.0)
+        yield b"x" * 10 + b"\r\n--b--\r\n"
+
     with serving(Slow(predictor), request_timeout_s=0.3) as url:
         response = httpx.post(f"{url}/predict", files={"files": ("a.png", png_bytes(5), "image/png")}, timeout=30)
         assert response.status_code == 504 and "longer than 0.3 s" in response.json()["error"]
+        response = httpx.post(f"{url}/predict", content=slow_upload(), timeout=30,
+                              headers={"content-type": "multipart/form-data; boundary=b"})
+        assert response.status_code == 408 and "had not arrived after 0.3 s" in response.json()["error"]
 
 
 def test_50_concurrent_requests_are_correct_and_batched(predictor):

@@ -74,7 +74,7 @@ def register(sub) -> None:
     p.add_argument("--max-pixels", type=positive_int, default=40_000_000,
                    help="pixels per image, checked before decoding (default: 40000000)")
     p.add_argument("--max-files", type=positive_int, default=16, help="files per request (default: 16)")
-    p.add_argument("--timeout", type=positive_float, default=30.0, help="seconds per request (default: 30)")
+    p.add_argument("--timeout", type=positive_float, default=30.0, help="seconds for a request's body to arrive, and again for its answer (default: 30)")
     p.add_argument("--top-k", type=positive_int, default=5, help="classes returned per image (default: 5)")
     p.add_argument("--threads", type=non_negative_int, default=0,
                    help="onnxruntime intra-op threads (default: 0 = onnxruntime's choice)")

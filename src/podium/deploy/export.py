@@ -91,11 +91,7 @@ def export_run(run_dir: str | Path, format: str = "onnx", *, checkpoint: str = "
             parity = check_parity(module, predictor, images, tolerance)
             sidecar["parity"] = {k: parity[k] for k in ("max_abs_diff", "top1_agreement", "n_images", "tolerance")}
             if not parity["passed"]:
-                raise PodiumError(
-                    f"exported {format} model differs from PyTorch by up to {parity['max_abs_diff']:.3g} in "
-                    f"probability on {parity['n_images']} validation images (top-1 agreement "
-                    f"{parity['top1_agreement']:.4f}), above the tolerance {tolerance:g}; nothing was written. "
-                    f"Try another --opset, or accept the difference with --tolerance {parity['max_abs_diff'] * 2:.1g}")
+                raise _parity_failed(format, parity)
             written.append(write_json(parity_path, parity))
             written.append(write_json(sidecar_path, sidecar))
     except BaseException:  # no sidecar without its model, no empty folder
@@ -107,6 +103,15 @@ def export_run(run_dir: str | Path, format: str = "onnx", *, checkpoint: str = "
     log(f"parity: max |p_export - p_torch| = {parity['max_abs_diff']:.2e}, top-1 agreement "
         f"{parity['top1_agreement']:.4f} on {parity['n_images']} images")
     return Export(path, sidecar_path, parity_path, parity)
+
+
+def _parity_failed(format: str, parity: dict) -> PodiumError:
+    """The error of an export that drifted from PyTorch beyond the tolerance."""
+    return PodiumError(
+        f"exported {format} model differs from PyTorch by up to {parity['max_abs_diff']:.3g} in "
+        f"probability on {parity['n_images']} validation images (top-1 agreement "
+        f"{parity['top1_agreement']:.4f}), above the tolerance {parity['tolerance']:g}; nothing was written. "
+        f"Try another --opset, or accept the difference with --tolerance {parity['max_abs_diff'] * 2:.1g}")
 
 
 def _eager(module):

@@ -14,9 +14,10 @@ throughput grows with concurrency instead of each request paying a forward.
 Limits protect the server: request body size (checked on the Content-Length
 and while streaming), bytes per file, pixels per image (checked from the
 header before decoding, against decompression bombs), files per request and a
-per-request timeout. Every client error is a 4xx JSON ``{"error": ...}`` saying
-what was wrong; an unexpected server error is a 500 with a generic message and
-the traceback only in the server log. An optional API key (header
+per-request timeout (once for the body to arrive, once for the answer). Every
+client error is a 4xx JSON ``{"error": ...}`` saying what was wrong; an
+unexpected server error is a 500 with a generic message and the traceback only
+in the server log. An optional API key (header
 ``X-API-Key``) guards the model endpoints. The server binds 127.0.0.1 unless
 told otherwise.
 """
@@ -221,66 +222,91 @@ def top_classes(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
 
 
 class BodyLimit:
-    """ASGI middleware: refuse request bodies above ``max_bytes`` with a 413 JSON error.
+    """ASGI middleware: a request body above ``max_bytes`` gets a 413, one that has not fully
+    arrived after ``timeout_s`` a 408 (both JSON errors saying so).
 
     A declared Content-Length above the limit is refused before the app runs. A
     chunked body (no Content-Length) is counted while it is read: the read that
-    crosses the limit raises `TooLarge`, and so does every later one. Whatever the
-    app answers after that (FastAPI turns an error raised while parsing a form into
-    a 400 "error parsing the body", and the multipart parser or a disconnect can
-    raise first) is replaced by the 413, so an oversized upload always gets it.
+    crosses the limit (or the deadline) raises, and so does every later one.
+    Whatever the app answers after that (FastAPI turns an error raised while
+    parsing a form into a 400 "error parsing the body"; the multipart parser or a
+    disconnect can raise first) is replaced by the 413 or 408, so the client is
+    told what was wrong whichever layer noticed the cut body first.
     """
 
-    class TooLarge(Exception):
-        pass
-
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, timeout_s: float | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(scope, receive, send, int(declared))
-        state = {"received": 0, "over": False, "started": False}
-
-        async def limited_receive():
-            if state["over"]:
-                raise BodyLimit.TooLarge()
-            message = await receive()
-            if message["type"] == "http.request":
-                state["received"] += len(message.get("body", b""))
-                if state["received"] > self.max_bytes:
-                    state["over"] = True
-                    raise BodyLimit.TooLarge()
-            return message
+            return await _answer(scope, receive, send, _too_large(int(declared), self.max_bytes))
+        body = _BodyReader(receive, self.max_bytes, self.timeout_s)
+        started = False
 
         async def guarded_send(message):
-            if state["over"]:  # the app's own answer to a body it could not read: the 413 instead
-                if message["type"] == "http.response.start" and not state["started"]:
-                    state["started"] = True
-                    await self._refuse(scope, receive, send, state["received"])
+            nonlocal started
+            if body.refused:  # the app's own answer to a body it could not read: the real reason instead
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await _answer(scope, receive, send, body.refused)
                 return
-            state["started"] = state["started"] or message["type"] == "http.response.start"
+            started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, guarded_send)
-        except Exception:  # TooLarge itself, or whatever the app raised on a body cut at the limit
-            if not state["over"]:
+            await self.app(scope, body.receive, guarded_send)
+        except Exception:  # the refusal itself, or whatever the app raised on the cut body
+            if body.refused is None:
                 raise
-            if not state["started"]:
-                await self._refuse(scope, receive, send, state["received"])
+            if not started:
+                await _answer(scope, receive, send, body.refused)
 
-    async def _refuse(self, scope, receive, send, size: int):
-        from starlette.responses import JSONResponse
 
-        response = JSONResponse({"error": f"request body of {size:,}+ bytes exceeds the limit of {self.max_bytes:,} "
-                                          "bytes (files per request x bytes per file)", "status": 413},
-                                status_code=413)
-        await response(scope, receive, send)
+class _BodyReader:
+    """``receive`` for one request, counting body bytes against the limit and the deadline."""
+
+    def __init__(self, receive, max_bytes: int, timeout_s: float | None):
+        self._receive = receive
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.deadline = time.monotonic() + timeout_s if timeout_s else None
+        self.received = 0
+        self.complete = False
+        self.refused: ClientError | None = None
+
+    async def receive(self):
+        if self.refused:
+            raise ClientError(self.refused.status, self.refused.message)
+        if self.complete or self.deadline is None:  # after the body: disconnect notices, no deadline
+            message = await self._receive()
+        else:
+            try:
+                message = await asyncio.wait_for(self._receive(), max(self.deadline - time.monotonic(), 0.0))
+            except asyncio.TimeoutError:
+                self.refused = ClientError(408, f"the request body had not arrived after {self.timeout_s:g} s "
+                                                f"({self.received:,} bytes received; podium serve --timeout)")
+                raise ClientError(408, self.refused.message) from None
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            self.complete = not message.get("more_body", False)
+            if self.received > self.max_bytes:
+                self.refused = _too_large(self.received, self.max_bytes)
+                raise ClientError(413, self.refused.message)
+        return message
+
+
+def _too_large(size: int, limit: int) -> ClientError:
+    return ClientError(413, f"request body of {size:,}+ bytes exceeds the limit of {limit:,} bytes "
+                            "(files per request x bytes per file)")
+
+
+async def _answer(scope, receive, send, refusal: ClientError) -> None:
+    await error_response(refusal.status, refusal.message)(scope, receive, send)
 
 
 def create_app(predictor, settings: ServeSettings | None = None):
@@ -305,7 +331,7 @@ def create_app(predictor, settings: ServeSettings | None = None):
                   lifespan=lifespan)
     app.state.batcher = batcher
     app.state.settings = settings
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.request_timeout_s)
     _add_error_handlers(app, counters)
     _add_info_routes(app, predictor, settings, batcher, counters)
     _add_predict_route(app, predictor, settings, batcher, counters)
@@ -314,7 +340,7 @@ def create_app(predictor, settings: ServeSettings | None = None):
 
 def error_response(status: int, message: str):
     """The JSON body of every error the server answers: ``{"error": ..., "status": ...}``."""
-    from fastapi.responses import JSONResponse
+    from starlette.responses import JSONResponse
 
     return JSONResponse({"error": message, "status": status}, status_code=status)
 
