@@ -16,6 +16,8 @@ Tasks (each a fixed dev split, written once under WORK/tasks/<task>/{train,val}.
                (20%) grouped by `source_image`, so faces of one photo never straddle; 64 px, 15 epochs.
   utkface      gender x age bins (<30, 30-59, >=60), 6 classes; no group column, so a fixed
                stratified 20% split (seed 0); 128 px, 6 epochs.
+  utkface_mh   the utkface split with gender and exact-age columns, trained in multihead mode
+               (a head per attribute), so the `ordinal` recipe can learn from the exact ages.
   hymenoptera  the official train / val folders (ants vs bees); 128 px, 6 epochs.
   cifar_lt     CIFAR-10 train images, long-tailed subset (500 -> 25 per class, ratio 20),
                validation 50 per class from the remaining train images; 32 px, 10 epochs.
@@ -45,9 +47,9 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2-b0353104.pth"
 RESULT_COLUMNS = ["task", "protocol", "recipe", "seed", "macro_f1", "rare_recall", "accuracy", "wall_s",
-                  "epochs", "best_epoch", "rare_class", "last_f1", "bias_gain", "run_dir"]
+                  "epochs", "best_epoch", "rare_class", "last_f1", "bias_gain", "cut_gain", "run_dir"]
 #: scores derived from a finished run folder; rows written without them are filled in from run_dir
-DERIVED = ("last_f1", "bias_gain")
+DERIVED = ("last_f1", "bias_gain", "cut_gain")
 
 
 # ---------------------------------------------------------------- recipes
@@ -92,6 +94,8 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "ref_nesterov": ("reference with Nesterov SGD", {"@base": "reference", "train.optimizer": "sgd"}),
     "ref_sqrt": ("reference + sqrt class weights", {"@base": "reference", "train.class_weights": "sqrt"}),
     "ref_bestf1": ("reference selecting the best val macro F1 epoch", {"@base": "reference", "train.monitor": "val_f1"}),
+    "ordinal": ("podium + ordinal age head trained on exact ages, bin edges tuned on validation "
+                "(multihead tasks only)", {"task.ordinal": ["age"]}),
     # not podium: the same recipe as a plain PyTorch loop (benchmarks/recipes/tv_reference.py)
     "tv_loop": ("torchvision reference recipe as a plain PyTorch loop outside podium (RRC on the original image, "
                 "eval resize size/0.875 + center crop, per-epoch cosine, wd on every parameter)", {"@loop": True}),
@@ -165,6 +169,26 @@ def _utkface(work: Path):
     return train[["path", "label"]], val[["path", "label"]]
 
 
+def _utkface_attributes(work: Path):
+    """The utkface split (same images on each side) with gender and exact age columns for
+    multihead runs; ``label`` is the composite name (gender/age bin) the run predicts."""
+    from sklearn.model_selection import train_test_split
+
+    root = _extract(SHARED / "data" / "utkface_dev.tar", work, "utkface_dev")
+    table = pd.read_csv(root / "labels.csv")
+    age_bin = np.where(table["age"] < 30, "young", np.where(table["age"] < 60, "middle", "old"))
+    strata = table["gender"].astype(str) + "_" + age_bin
+    table["label"] = table["gender"].astype(str) + "/" + age_bin
+    table["path"] = [str(root / p) for p in table["path"]]
+    train, val = train_test_split(table, test_size=0.2, stratify=strata, random_state=0)
+    columns = ["path", "label", "gender", "age"]
+    return train[columns], val[columns]
+
+
+UTK_MULTIHEAD = ('task.attributes={"gender": ["female", "male"], "age": ["young", "middle", "old"]}',
+                 'task.bins={"age": [30, 60]}', "task.mode=multihead")
+
+
 def _folder_table(folder: Path) -> pd.DataFrame:
     rows = [(str(p), p.parent.name) for p in sorted(folder.glob("*/*")) if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
     return pd.DataFrame(rows, columns=["path", "label"])
@@ -192,6 +216,7 @@ def _cifar_lt(work: Path, top: int = 500, ratio: float = 20.0, val_per_class: in
 TASKS: dict[str, Task] = {
     "faces_mask3": Task("faces_mask3", 64, 15, _faces_mask3),
     "utkface": Task("utkface", 128, 6, _utkface),
+    "utkface_mh": Task("utkface_mh", 128, 6, _utkface_attributes, extra=UTK_MULTIHEAD),
     "hymenoptera": Task("hymenoptera", 128, 6, _hymenoptera),
     "cifar_lt": Task("cifar_lt", 32, 10, _cifar_lt),
 }
@@ -266,7 +291,9 @@ def derived_scores(run_dir: Path, classes: list[str], table: pd.DataFrame | None
         gain = nested_bias_gain(table[classes].to_numpy(), y, len(classes), n_splits=5, seed=0)["gain"]
     except PodiumError:  # fewer validation images than folds: no honest estimate
         gain = float("nan")
-    return {"last_f1": float(metrics["val_f1"].dropna().iloc[-1]), "bias_gain": float(gain)}
+    cuts = run_dir / "ordinal_cuts.json"  # ordinal heads: nested gain of tuning the bin edges
+    cut_gain = sum(e["nested_gain"] for e in json.loads(cuts.read_text()).values()) if cuts.is_file() else 0.0
+    return {"last_f1": float(metrics["val_f1"].dropna().iloc[-1]), "bias_gain": float(gain), "cut_gain": cut_gain}
 
 
 def fill_derived(results: pd.DataFrame) -> pd.DataFrame:
@@ -395,12 +422,18 @@ def _fmt(mean: float, sd: float, n: int) -> str:
 
 
 def task_table(results: pd.DataFrame, baseline: str) -> str:
+    """One task's table; the paired differences are against ``baseline``, or podium's
+    defaults where the task did not run it. Ordinal runs add their edge-tuning gain."""
     rows = []
+    if baseline not in set(results["recipe"]):
+        baseline = "podium"
+    edges = "cut_gain" in results and results["cut_gain"].fillna(0).abs().gt(0).any()
     grouped = results.groupby("recipe")
     means = grouped["macro_f1"].mean()
     best = means.idxmax() if len(means) else None
     lines = ["| recipe | seeds | macro F1 | rare-class recall | accuracy | last-epoch F1 | bias gain (nested) "
-             f"| wall s | epochs | Δ macro F1 vs {baseline} (95% CI) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             + ("| edge-tuning gain (nested) " if edges else "")
+             + f"| wall s | epochs | Δ macro F1 vs {baseline} (95% CI) |", "|---" * (11 if edges else 10) + "|"]
     for recipe, g in sorted(grouped, key=lambda kv: -kv[1]["macro_f1"].mean()):
         n = len(g)
         f1 = _fmt(g["macro_f1"].mean(), g["macro_f1"].std(ddof=1) if n > 1 else 0, n)
@@ -415,7 +448,8 @@ def task_table(results: pd.DataFrame, baseline: str) -> str:
             dtext = f"{diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]"
         rows.append(f"| {recipe} | {n} | {f1} | {_fmt(g['rare_recall'].mean(), g['rare_recall'].std(ddof=1) if n > 1 else 0, n)} "
                     f"| {g['accuracy'].mean():.3f} | {g['last_f1'].mean():.3f} | {g['bias_gain'].mean():+.3f} "
-                    f"| {g['wall_s'].mean():.0f} | {g['epochs'].mean():.0f} | {dtext} |")
+                    + (f"| {g['cut_gain'].fillna(0).mean():+.3f} " if edges else "")
+                    + f"| {g['wall_s'].mean():.0f} | {g['epochs'].mean():.0f} | {dtext} |")
     return "\n".join(lines + rows)
 
 
