@@ -94,6 +94,9 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "ref_nesterov": ("reference with Nesterov SGD", {"@base": "reference", "train.optimizer": "sgd"}),
     "ref_sqrt": ("reference + sqrt class weights", {"@base": "reference", "train.class_weights": "sqrt"}),
     "ref_bestf1": ("reference selecting the best val macro F1 epoch", {"@base": "reference", "train.monitor": "val_f1"}),
+    "ref_evalcrop": ("reference evaluated like torchvision: resize to size/0.875, center crop",
+                     {"@base": "reference", "data.eval_crop_pct": 0.875}),
+    "evalcrop": ("podium + eval resize to size/0.875 and center crop", {"data.eval_crop_pct": 0.875}),
     "ordinal": ("podium + ordinal age head trained on exact ages, bin edges tuned on validation "
                 "(multihead tasks only)", {"task.ordinal": ["age"]}),
     # not podium: the same recipe as a plain PyTorch loop (benchmarks/recipes/tv_reference.py)
