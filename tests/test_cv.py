@@ -146,6 +146,20 @@ def test_bias_tuning_reports_a_nested_gain(cv_run):
     assert (cv_run.run_dir / cv.BIASES_FILE).is_file() and (cv_run.run_dir / "submission_biased.csv").is_file()
 
 
+def test_bias_tuning_on_a_single_runs_validation_predictions(cv_run, tmp_path):
+    """A plain run (here fold 0, copied out of its cv folder) is fitted on its own validation images."""
+    run = tmp_path / "single"
+    shutil.copytree(cv_run.run_dir / "fold0", run)
+    result = cv.tune_biases(run, n_splits=3)
+    val = pd.read_parquet(run / "val_predictions.parquet")
+    assert result["fitted_on"].startswith(f"{len(val)} validation images")
+    assert len(result["biases"]) == 3 and result["recommended"] == (result["gain"] > 0)
+    classes = result["classes"]
+    y = val["target"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    assert result["f1_before"] == pytest.approx(macro_f1(y, val[classes].to_numpy().argmax(1), 3))
+    assert (run / cv.BIASES_FILE).is_file()
+
+
 @pytest.mark.parametrize("method", ["soft", "weighted", "hard"])
 def test_ensemble_of_identical_members_equals_the_member(cv_run, tmp_path, method):
     run = cv_run.run_dir

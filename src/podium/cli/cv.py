@@ -43,7 +43,7 @@ def register(sub) -> None:
     p.add_argument("--tta-merge", default="mean", metavar="MERGE", help="how views are merged: mean or gmean")
     p.add_argument("--batch-size", type=positive_int, help="inference batch size (default: the runs')")
 
-    p = add_command(sub, "cv-biases", "Fit per-class logit biases for macro F1 on OOF; report the nested-CV gain.",
+    p = add_command(sub, "cv-biases", "Fit per-class logit biases for macro F1 on a cv run's OOF or a run's validation predictions; report the nested gain.",
                     cmd_cv_biases, EXAMPLES["cv-biases"])
     p.add_argument("run", help="CV folder, e.g. runs/cv")
     p.add_argument("--splits", type=positive_int, default=5, help="folds of the nested gain estimate (default: 5)")
@@ -130,7 +130,7 @@ def cmd_cv_biases(args) -> int:
             "recommended": r["recommended"], "biases": ", ".join(f"{c}={b:+.2f}" for c, b in zip(r["classes"], r["biases"]))}
     if r.get("biased_submission"):
         rows["biased submission"] = r["biased_submission"]
-    table("macro-F1 logit biases fitted on OOF", rows)
+    table(f"macro-F1 logit biases fitted on {r['fitted_on']}", rows)
     return 0
 
 

@@ -354,6 +354,24 @@ def _read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def _tune_run_biases(run_dir: Path, *, n_splits: int, seed: int) -> dict:
+    """`tune_biases` for a single run: fitted on its validation predictions (the same nested
+    estimate: biases are scored on validation images they were not fitted on)."""
+    from podium.data.dataset import encode_labels
+    from podium.evaluation.ensemble import nested_bias_gain
+    from podium.rundir import load_run
+
+    classes = load_run(run_dir).classes
+    val = pd.read_parquet(run_dir / "val_predictions.parquet")
+    y = encode_labels(val["target"], classes, "validation predictions")
+    report = nested_bias_gain(val[classes].to_numpy(dtype=np.float64), y, len(classes), n_splits=n_splits, seed=seed)
+    result = {"classes": classes, "biases": report["biases"],
+              "fitted_on": f"{len(val)} validation images of {run_dir}", "recommended": bool(report["gain"] > 0),
+              **{k: v for k, v in report.items() if k != "biases"}}
+    write_json(run_dir / BIASES_FILE, result)
+    return result
+
+
 def load_oof(run_dir: str | Path) -> pd.DataFrame:
     """The CV folder's OOF table, gathering it first when needed."""
     run_dir = Path(run_dir)
@@ -428,6 +446,8 @@ def tune_biases(run_dir: str | Path, *, n_splits: int = 5, seed: int = 0) -> dic
     from podium.evaluation.ensemble import apply_logit_biases, nested_bias_gain
 
     run_dir = Path(run_dir)
+    if not (run_dir / CV_FILE).is_file() and (run_dir / "val_predictions.parquet").is_file():
+        return _tune_run_biases(run_dir, n_splits=n_splits, seed=seed)
     oof = load_oof(run_dir)
     classes = _read_meta(run_dir)["classes"]
     y = encode_labels(oof["target"], classes, "OOF predictions")
