@@ -7,8 +7,8 @@ real photos (hymenoptera JPEGs from ../shared/data) as uploads.
 
 Usage (from the repository root; the server and the client share the machine):
 
-    nice -n 19 .venv/bin/python benchmarks/serve/run_bench.py --work /tmp/serve-bench \
-        [--seconds 8] [--backends onnx,torch] [--concurrency 1,8,32]
+    nice -n 10 .venv/bin/python benchmarks/serve/run_bench.py --work /tmp/serve-bench \
+        [--seconds 8] [--repeats 3] [--backends onnx,torch] [--concurrency 1,8,32]
 
 Each configuration starts a fresh `podium serve` subprocess on 127.0.0.1,
 warms it up, then N client tasks each post one image at a time (multipart,
@@ -65,12 +65,13 @@ def free_port() -> int:
 
 
 def start_server(model: Path, port: int, batching: bool, max_batch: int) -> subprocess.Popen:
-    """A `podium serve` subprocess at the lowest CPU priority, once /health answers."""
+    """A `podium serve` subprocess, once /health answers. It inherits the benchmark's CPU priority:
+    a server niced below its own client would be starved by it and measure the client."""
     args = [*PODIUM, "serve", str(model), "--port", str(port), "--max-batch-size", str(max_batch),
             "--max-wait-ms", "5", "--max-files", "4"]
     if not batching:
         args.append("--no-batching")
-    proc = subprocess.Popen(["nice", "-n", "19", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     import httpx
 
     deadline = time.monotonic() + 120
