@@ -94,6 +94,11 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "ref_nesterov": ("reference with Nesterov SGD", {"@base": "reference", "train.optimizer": "sgd"}),
     "ref_sqrt": ("reference + sqrt class weights", {"@base": "reference", "train.class_weights": "sqrt"}),
     "ref_bestf1": ("reference selecting the best val macro F1 epoch", {"@base": "reference", "train.monitor": "val_f1"}),
+    # checkpoint selection on a small validation set (podium selects the best val macro F1 epoch)
+    "sel_loss": ("podium selecting the lowest val loss epoch", {"train.monitor": "val_loss"}),
+    "sel_last": ("podium keeping the last epoch", {"train.monitor": "epoch"}),
+    "ema": ("podium + EMA of the weights (decay 0.998), EMA weights validated and selected",
+            {"train.ema": True, "train.ema_decay": 0.998}),
     "ref_evalcrop": ("reference evaluated like torchvision: resize to size/0.875, center crop",
                      {"@base": "reference", "data.eval_crop_pct": 0.875}),
     "evalcrop": ("podium + eval resize to size/0.875 and center crop", {"data.eval_crop_pct": 0.875}),

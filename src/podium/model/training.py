@@ -82,6 +82,43 @@ def ordinal_specs(task: TaskSpec, train: pd.DataFrame) -> list[dict] | None:
             for j, name in enumerate(task.ordinal)]
 
 
+@dataclass
+class _Start:
+    """Where a run starts: a fresh config and data, or a run folder's last checkpoint."""
+
+    cfg: PodiumConfig
+    prepared: PreparedData
+    mean: tuple
+    std: tuple
+    run_dir: Path | None = None
+    ckpt_path: str | None = None
+    start_epoch: int = 0
+    extend: list = field(default_factory=list)
+
+
+def _starting_point(cfg: PodiumConfig, resume, epochs: int | None, prepared: PreparedData | None, log) -> _Start:
+    if resume is None:
+        prepared = prepared or prepare_data(cfg, log=log)
+        mean, std = resolve_normalization(cfg.augment, _dataset_stats(prepared.train, cfg.data.size_hw,
+                                                                          resize=cfg.data.resize))
+        return _Start(cfg, prepared, mean, std)
+    from podium.model.lifecycle import ExtendSchedule, resume_point
+
+    info = load_run(resume)
+    point = resume_point(info, epochs)  # a safe read of last.ckpt, its classes, finished runs
+    return _Start(point.cfg, prepared or load_split(info.dir, info.classes), info.mean, info.std, run_dir=info.dir,
+                  ckpt_path=str(point.checkpoint), start_epoch=point.start_epoch,
+                  extend=[ExtendSchedule()] if point.extended else [])
+
+
+def build_datamodule(cfg: PodiumConfig, prepared: PreparedData, start_epoch: int = 0) -> PodiumDataModule:
+    """Train/val loaders of a run (ordinal heads also get the exact values)."""
+    return PodiumDataModule(prepared.train, prepared.val, prepared.classes, cfg.data,
+                            build_train_pipeline(cfg.augment, cfg.data.size_hw), cfg.augment,
+                            cfg.train.batch_size, cfg.train.sampler, seed=cfg.train.seed, start_epoch=start_epoch,
+                            train_values=ordinal_values(prepared.train, resolve_task(cfg.task)))
+
+
 def train(cfg: PodiumConfig, *, resume: str | Path | None = None, dry_run: bool = False,
           callbacks: list | None = None, progress: bool = True, log=print,
           prepared: PreparedData | None = None, epochs: int | None = None) -> TrainResult:
@@ -92,61 +129,28 @@ def train(cfg: PodiumConfig, *, resume: str | Path | None = None, dry_run: bool 
     ``prepared`` supplies already-split data (cross-validation folds) instead of ``cfg.data``.
     """
     started = time.time()
-    ckpt_path, start_epoch, extend = None, 0, []
-    if resume is not None:
-        from podium.model.lifecycle import resume_point
-
-        info = load_run(resume)
-        point = resume_point(info, epochs)  # a safe read of last.ckpt, its classes, finished runs
-        cfg, run_dir = point.cfg, info.dir
-        ckpt_path, start_epoch = str(point.checkpoint), point.start_epoch
-        if point.extended:
-            from podium.model.lifecycle import ExtendSchedule
-
-            extend = [ExtendSchedule()]
-        prepared = prepared or load_split(info.dir, info.classes)
-        mean, std = info.mean, info.std
-    else:
-        prepared = prepared or prepare_data(cfg, log=log)
-        mean, std = resolve_normalization(cfg.augment, _dataset_stats(prepared.train, cfg.data.size_hw,
-                                                                          resize=cfg.data.resize))
+    start = _starting_point(cfg, resume, epochs, prepared, log)
+    cfg, prepared, run_dir = start.cfg, start.prepared, start.run_dir
+    ckpt_path, start_epoch, extend = start.ckpt_path, start.start_epoch, start.extend
     if prepared.skipped:
         log(f"skipped {len(prepared.skipped)} unreadable image(s) (data.on_bad_image=skip)")
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    size = cfg.data.size_hw
-    datamodule = PodiumDataModule(prepared.train, prepared.val, prepared.classes, cfg.data,
-                                  build_train_pipeline(cfg.augment, size), cfg.augment,
-                                  cfg.train.batch_size, cfg.train.sampler, seed=cfg.train.seed,
-                                  start_epoch=start_epoch,
-                                  train_values=ordinal_values(prepared.train, resolve_task(cfg.task)))
-    module = build_module(cfg, prepared, mean, std)
+    datamodule = build_datamodule(cfg, prepared, start_epoch)
+    module = build_module(cfg, prepared, start.mean, start.std)
     from podium.model.guards import check_batch_norm_batch
 
     check_batch_norm_batch(module, cfg.train.batch_size, cfg.model.name)
     share_cpu_cores(cfg, datamodule.num_workers)
 
     if dry_run:
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="podium-dry-run-") as tmp:
-            from podium.model.engine import build_trainer
-
-            trainer = build_trainer(cfg, Path(tmp), callbacks=callbacks, dry_run=True, progress=progress)
-            trainer.fit(module, datamodule=datamodule)
-        return TrainResult(Path(tmp), {"dry_run": True, "classes": prepared.classes,
-                                       "train_images": len(prepared.train), "val_images": len(prepared.val)}, {})
+        return _dry_run(cfg, module, datamodule, prepared, callbacks, progress)
 
     from podium.reports.tracking import check_installed
 
     check_installed(cfg.output)  # a missing W&B/MLflow stops here, before the run folder exists
     ddp_worker = bool(os.environ.get(RUN_DIR_ENV))  # a process launched by rank 0 for DDP
     if resume is None:
-        run_dir = create_run_dir(cfg.output.dir, cfg.output.name)
-        if not ddp_worker:
-            os.environ[RUN_DIR_ENV] = str(run_dir.resolve())  # DDP workers re-run this command: same folder
-            save_run_files(run_dir, cfg, prepared.classes, mean, std, {"seed": cfg.train.seed})
-            split = pd.concat([prepared.train.assign(split="train"), prepared.val.assign(split="val")])
-            write_csv(run_dir / "split.csv", split)
+        run_dir = _new_run_dir(cfg, start, ddp_worker)
     log(f"run folder: {run_dir}")
     log(describe_split(prepared.train, prepared.val).to_string())
 
@@ -173,6 +177,31 @@ def train(cfg: PodiumConfig, *, resume: str | Path | None = None, dry_run: bool 
         result = finish_run(cfg, run_dir, prepared, module, trainer, datamodule, started)
         record.status("finished", epoch=int(trainer.current_epoch), best_metric=result.summary.get("best_metric"))
     return result
+
+
+def _dry_run(cfg: PodiumConfig, module, datamodule, prepared: PreparedData, callbacks, progress: bool) -> TrainResult:
+    """One batch through training and validation in a throw-away folder."""
+    import tempfile
+
+    from podium.model.engine import build_trainer
+
+    with tempfile.TemporaryDirectory(prefix="podium-dry-run-") as tmp:
+        trainer = build_trainer(cfg, Path(tmp), callbacks=callbacks, dry_run=True, progress=progress)
+        trainer.fit(module, datamodule=datamodule)
+    return TrainResult(Path(tmp), {"dry_run": True, "classes": prepared.classes,
+                                   "train_images": len(prepared.train), "val_images": len(prepared.val)}, {})
+
+
+def _new_run_dir(cfg: PodiumConfig, start: _Start, ddp_worker: bool) -> Path:
+    """A new run folder with its config, class map and split (written by rank 0 only)."""
+    run_dir = create_run_dir(cfg.output.dir, cfg.output.name)
+    if not ddp_worker:
+        os.environ[RUN_DIR_ENV] = str(run_dir.resolve())  # DDP workers re-run this command: same folder
+        prepared = start.prepared
+        save_run_files(run_dir, cfg, prepared.classes, start.mean, start.std, {"seed": cfg.train.seed})
+        write_csv(run_dir / "split.csv", pd.concat([prepared.train.assign(split="train"),
+                                                    prepared.val.assign(split="val")]))
+    return run_dir
 
 
 def share_cpu_cores(cfg: PodiumConfig, loader_workers: int) -> None:
