@@ -44,8 +44,8 @@ def test_cumulative_probabilities_are_made_monotone():
 def test_ordinal_loss_asks_value_greater_than_each_step():
     logits = torch.zeros(2, 3)
     values = torch.tensor([0, 2])  # lo = 0: levels [0,0,0] and [1,1,0]
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(
-        logits, torch.tensor([[0.0, 0, 0], [1.0, 1, 0]]))
+    expected = 3 * torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, torch.tensor([[0.0, 0, 0], [1.0, 1, 0]]))  # summed over the 3 questions, mean over 2 images
     assert ordinal_loss(logits, values, 0) == pytest.approx(float(expected))
     good = torch.tensor([[-9.0, -9, -9], [9.0, 9, -9]])
     assert ordinal_loss(good, values, 0) < 1e-3

@@ -51,10 +51,17 @@ def make_spec(head: int, values: np.ndarray, thresholds: Sequence[float]) -> Ord
 
 
 def ordinal_loss(logits: torch.Tensor, values: torch.Tensor, lo: int) -> torch.Tensor:
-    """Mean binary cross-entropy of the ``value > lo + j`` questions (values clipped to the range)."""
+    """Binary cross-entropy of the ``value > lo + j`` questions, summed over the questions
+    and averaged over the batch (CORAL's loss).
+
+    Summed, not averaged: each question's output then learns at a softmax head's
+    pace; the mean over ~100 age steps made the head learn 100x slower (0.513
+    against 0.641 macro F1 on UTKFace after 4 epochs, one seed).
+    """
     steps = lo + torch.arange(logits.shape[1], device=logits.device)
     levels = (values.unsqueeze(1) > steps.unsqueeze(0)).to(logits.dtype)
-    return torch.nn.functional.binary_cross_entropy_with_logits(logits, levels)
+    per_question = torch.nn.functional.binary_cross_entropy_with_logits(logits, levels, reduction="none")
+    return per_question.sum(1).mean()
 
 
 def cumulative_probs(logits: torch.Tensor) -> torch.Tensor:
