@@ -99,6 +99,8 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "sel_last": ("podium keeping the last epoch", {"train.monitor": "epoch"}),
     "ema": ("podium + EMA of the weights (decay 0.998), EMA weights validated and selected",
             {"train.ema": True, "train.ema_decay": 0.998}),
+    "b64": ("podium with batch 64 (the reference's batch; fewer, cheaper steps on a CPU), lr unchanged",
+            {"train.batch_size": 64}),
     "ref_evalcrop": ("reference evaluated like torchvision: resize to size/0.875, center crop",
                      {"@base": "reference", "data.eval_crop_pct": 0.875}),
     "evalcrop": ("podium + eval resize to size/0.875 and center crop", {"data.eval_crop_pct": 0.875}),
