@@ -47,6 +47,7 @@ def test_ordinal_loss_asks_value_greater_than_each_step():
     expected = 3 * torch.nn.functional.binary_cross_entropy_with_logits(
         logits, torch.tensor([[0.0, 0, 0], [1.0, 1, 0]]))  # summed over the 3 questions, mean over 2 images
     assert ordinal_loss(logits, values, 0) == pytest.approx(float(expected))
+    assert ordinal_loss(logits, values, 0, scale=4.0) == pytest.approx(float(expected) / 4)
     good = torch.tensor([[-9.0, -9, -9], [9.0, 9, -9]])
     assert ordinal_loss(good, values, 0) < 1e-3
 
@@ -77,7 +78,10 @@ def test_exact_values_are_clipped_into_a_fixed_bin():
     frame = pd.DataFrame({"mask": ["wear"] * 3, "gender": ["male"] * 3, "age": [25, 45, 70],
                           "age_bin": [0, 2, 2]})  # a fix moved the 45-year-old to `old`
     assert ordinal_values(frame, spec)[:, 0].tolist() == [25, 60, 70]
-    assert make_spec(2, np.array([3, 90.4]), (30, 60)).as_dict() == {"head": 2, "lo": 3, "hi": 90, "cuts": [30, 60]}
+    ospec = make_spec(2, np.array([3, 90.4, 20]), (30, 60))
+    assert (ospec.lo, ospec.hi, ospec.cuts) == (3, 90, (30, 60)) and len(ospec.priors) == 87
+    assert ospec.priors[0] == pytest.approx(2 / 3) and ospec.priors[-1] == pytest.approx(1 / 3)  # > 3, > 89
+    assert ospec.scale == pytest.approx(np.std([3, 90, 20]))
     with pytest.raises(PodiumError, match="exact numbers in a column 'age'"):
         ordinal_values(frame.drop(columns="age"), spec)
 
@@ -105,7 +109,13 @@ def test_ordinal_head_trains_tunes_and_predicts(tmp_path):
     assert cuts["val_f1_tuned"] >= cuts["val_f1_default"] and cuts["applied"] == (cuts["nested_gain"] > 0)
     from podium.model.checkpoints import load_module
 
+    from podium.model.engine import Classifier
+
     module = load_module(run / "best.ckpt")
+    fresh = Classifier(**{**module.hparams, "load_pretrained": False})  # a new head starts at the priors
+    bias = fresh.model.get_submodule(fresh.model.podium_head).bias
+    start = sum(fresh.widths[:2])
+    assert torch.allclose(bias[start:start + fresh.widths[2]], fresh.ordinal[2].prior_logits())
     assert module.ordinal[2].lo >= 0 and module.widths[2] == module.ordinal[2].width
     expected = cuts["tuned_cuts"] if cuts["applied"] else [30, 60]
     assert module.ordinal_cuts_2.tolist() == expected

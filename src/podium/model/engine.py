@@ -59,6 +59,7 @@ class Classifier(pl.LightningModule):
         self.model = create_model(
             m.name, sum(self.widths) if self.heads else n, dropout=m.dropout,
             pretrained=m.pretrained and load_pretrained, pretrained_path=m.pretrained_path if load_pretrained else None)
+        self._start_ordinal_at_priors()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
         loss_kw = dict(label_smoothing=t.label_smoothing, focal_gamma=t.focal_gamma, logit_adjust_tau=t.logit_adjust_tau)
@@ -95,11 +96,24 @@ class Classifier(pl.LightningModule):
 
         if ordinal and not self.heads:
             raise PodiumError("ordinal heads need attribute heads (task.mode=multihead)")
-        self.ordinal = {int(o["head"]): OrdinalSpec(int(o["head"]), int(o["lo"]), int(o["hi"]), tuple(o["cuts"]))
+        self.ordinal = {int(o["head"]): OrdinalSpec(int(o["head"]), int(o["lo"]), int(o["hi"]), tuple(o["cuts"]),
+                                                    float(o.get("scale", 1.0)), tuple(o.get("priors", ())))
                         for o in ordinal}
         self.widths = [self.ordinal[i].width if i in self.ordinal else k for i, k in enumerate(self.heads or [])]
         for i, spec in self.ordinal.items():
             self.register_buffer(f"ordinal_cuts_{i}", torch.tensor(spec.cuts, dtype=torch.long))
+
+    def _start_ordinal_at_priors(self) -> None:
+        """Ordinal outputs start at the training share of each ``value > step`` (head bias)."""
+        if not self.ordinal:
+            return
+        head = self.model.get_submodule(head_name(self.model))
+        linear = head[-1] if isinstance(head, torch.nn.Sequential) else head
+        with torch.no_grad():
+            for i, spec in self.ordinal.items():
+                if spec.priors and linear.bias is not None:
+                    start = sum(self.widths[:i])
+                    linear.bias[start:start + spec.width] = spec.prior_logits()
 
     def set_ordinal_cuts(self, cuts: dict[int, list[int]]) -> None:
         for i, values in cuts.items():
@@ -158,7 +172,7 @@ class Classifier(pl.LightningModule):
         for i, ((logits, digit), loss_fn, w) in enumerate(zip(parts, losses, self.head_weights)):
             if i in self.ordinal:
                 column = sorted(self.ordinal).index(i)
-                total = total + w * ordinal_loss(logits, values[:, column], self.ordinal[i].lo)
+                total = total + w * ordinal_loss(logits, values[:, column], self.ordinal[i].lo, self.ordinal[i].scale)
             else:
                 total = total + w * loss_fn(logits, digit)
         return total / sum(self.head_weights)
