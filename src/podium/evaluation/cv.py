@@ -357,19 +357,25 @@ def _read_json(path: Path) -> dict:
 def _tune_run_biases(run_dir: Path, *, n_splits: int, seed: int) -> dict:
     """`tune_biases` for a single run: fitted on its validation predictions (the same nested
     estimate: biases are scored on validation images they were not fitted on)."""
-    from podium.data.dataset import encode_labels
-    from podium.evaluation.ensemble import nested_bias_gain
     from podium.rundir import load_run
 
-    classes = load_run(run_dir).classes
     val = pd.read_parquet(run_dir / "val_predictions.parquet")
-    y = encode_labels(val["target"], classes, "validation predictions")
-    report = nested_bias_gain(val[classes].to_numpy(dtype=np.float64), y, len(classes), n_splits=n_splits, seed=seed)
-    result = {"classes": classes, "biases": report["biases"],
-              "fitted_on": f"{len(val)} validation images of {run_dir}", "recommended": bool(report["gain"] > 0),
-              **{k: v for k, v in report.items() if k != "biases"}}
+    result = _fit_biases(val, load_run(run_dir).classes, f"{len(val)} validation images of {run_dir}",
+                         "validation predictions", n_splits=n_splits, seed=seed)
     write_json(run_dir / BIASES_FILE, result)
     return result
+
+
+def _fit_biases(table: pd.DataFrame, classes: list[str], fitted_on: str, what: str, *, n_splits: int,
+                seed: int) -> dict:
+    """Macro-F1 logit biases of a prediction table (target + class columns) with their nested gain."""
+    from podium.data.dataset import encode_labels
+    from podium.evaluation.ensemble import nested_bias_gain
+
+    y = encode_labels(table["target"], classes, what)
+    report = nested_bias_gain(table[classes].to_numpy(dtype=np.float64), y, len(classes), n_splits=n_splits, seed=seed)
+    return {"classes": classes, "biases": report["biases"], "fitted_on": fitted_on,
+            "recommended": bool(report["gain"] > 0), **{k: v for k, v in report.items() if k != "biases"}}
 
 
 def load_oof(run_dir: str | Path) -> pd.DataFrame:
@@ -442,22 +448,19 @@ def tune_biases(run_dir: str | Path, *, n_splits: int = 5, seed: int = 0) -> dic
     probabilities exist). Apply the biases only when ``gain`` > 0: the gain is
     scored on rows the biases were not fitted on.
     """
-    from podium.data.dataset import encode_labels
-    from podium.evaluation.ensemble import apply_logit_biases, nested_bias_gain
+    from podium.evaluation.ensemble import apply_logit_biases
 
     run_dir = Path(run_dir)
     if not (run_dir / CV_FILE).is_file() and (run_dir / "val_predictions.parquet").is_file():
         return _tune_run_biases(run_dir, n_splits=n_splits, seed=seed)
     oof = load_oof(run_dir)
     classes = _read_meta(run_dir)["classes"]
-    y = encode_labels(oof["target"], classes, "OOF predictions")
-    report = nested_bias_gain(oof[classes].to_numpy(dtype=np.float64), y, len(classes), n_splits=n_splits, seed=seed)
-    result = {"classes": classes, "biases": report["biases"], "fitted_on": f"{len(oof)} OOF images of {run_dir}",
-              "recommended": bool(report["gain"] > 0), **{k: v for k, v in report.items() if k != "biases"}}
+    result = _fit_biases(oof, classes, f"{len(oof)} OOF images of {run_dir}", "OOF predictions",
+                         n_splits=n_splits, seed=seed)
     test_path = run_dir / TEST_AVG_FILE
     if test_path.is_file():
         test = pd.read_parquet(test_path)
-        biased = apply_logit_biases(test[classes].to_numpy(dtype=np.float64), report["biases"])
+        biased = apply_logit_biases(test[classes].to_numpy(dtype=np.float64), result["biases"])
         result.update({f"biased_{k}": v for k, v in write_test_outputs(
             run_dir, test["id"].astype(str), biased, classes, _submission_cfg(run_dir), stem="_biased",
             competition_root=_competition_root(run_dir, _read_meta(run_dir))).items()})

@@ -96,9 +96,7 @@ class Classifier(pl.LightningModule):
 
         if ordinal and not self.heads:
             raise PodiumError("ordinal heads need attribute heads (task.mode=multihead)")
-        self.ordinal = {int(o["head"]): OrdinalSpec(int(o["head"]), int(o["lo"]), int(o["hi"]), tuple(o["cuts"]),
-                                                    float(o.get("scale", 1.0)), tuple(o.get("priors", ())))
-                        for o in ordinal}
+        self.ordinal = {spec.head: spec for spec in map(OrdinalSpec.from_dict, ordinal)}
         self.widths = [self.ordinal[i].width if i in self.ordinal else k for i, k in enumerate(self.heads or [])]
         for i, spec in self.ordinal.items():
             self.register_buffer(f"ordinal_cuts_{i}", torch.tensor(spec.cuts, dtype=torch.long))

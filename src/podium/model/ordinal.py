@@ -46,6 +46,12 @@ class OrdinalSpec:
         return {"head": self.head, "lo": self.lo, "hi": self.hi, "cuts": list(self.cuts), "scale": self.scale,
                 "priors": list(self.priors)}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> OrdinalSpec:
+        """The inverse of `as_dict` (checkpoints hold plain dicts)."""
+        return cls(int(d["head"]), int(d["lo"]), int(d["hi"]), tuple(int(c) for c in d["cuts"]),
+                   float(d.get("scale", 1.0)), tuple(float(p) for p in d.get("priors", ())))
+
     def prior_logits(self) -> torch.Tensor:
         p = torch.tensor(self.priors, dtype=torch.float32).clamp(1e-3, 1 - 1e-3)
         return torch.log(p / (1 - p))
