@@ -2,7 +2,14 @@
 
 A run folder holds everything needed to reproduce, resume, predict with and
 report on a run: the resolved config, the class map, the normalization, the
-seed, library versions and the git commit, next to the checkpoints.
+seed, library versions and the git commit, next to the checkpoints. A
+cross-validation folder holds k run folders (``fold<k>``) and their
+out-of-fold table; an ensemble folder names its members and their weights.
+
+This module is the one owner of those layouts: every file name of the
+contract is a constant here, and the typed readers below are how every other
+module reads a run, a cv run or an ensemble folder. A damaged file is a
+`PodiumError` naming it, never a traceback.
 """
 from __future__ import annotations
 
@@ -13,10 +20,45 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from podium.schema import PodiumConfig, config_to_yaml, load_config
 from podium.errors import PodiumError
 from podium.fileio import write_json, write_text
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# ---------------------------------------------------------------- the contract: file names
+
+CONFIG_FILE = "config.yaml"          # the resolved config
+CLASSES_FILE = "classes.json"        # class map, normalization, seed
+SUMMARY_FILE = "summary.json"        # best metric and epoch, wall time, versions (finished runs)
+STATUS_FILE = "status.json"          # running / finished / interrupted / failed
+SPLIT_FILE = "split.csv"             # the exact train/validation split
+METRICS_FILE = "metrics.csv"         # one row per epoch
+VAL_PREDICTIONS_FILE = "val_predictions.parquet"  # the best checkpoint's validation prediction table
+PER_CLASS_FILE = "per_class.csv"
+BEST_CHECKPOINT = "best.ckpt"
+LAST_CHECKPOINT = "last.ckpt"
+EPOCHS_DIR = "epochs"                # per-epoch checkpoints (train.save_epoch_checkpoints)
+BIASES_FILE = "logit_biases.json"    # per-class macro-F1 logit biases (cv-biases)
+ORDINAL_CUTS_FILE = "ordinal_cuts.json"
+CV_FILE = "cv.json"                  # a cv folder: k, seed, classes, data, grouped
+FOLDS_FILE = "folds.csv"             # the fold of every image
+OOF_FILE = "oof_predictions.parquet"  # every image once, predicted by the fold that never trained on it
+CV_SUMMARY_FILE = "cv_summary.json"
+FOLD_TEST_FILE = "test_predictions.parquet"   # one fold's probabilities on the --test images
+TEST_PROBABILITIES_FILE = "test_probabilities.parquet"  # fold- or member-averaged test probabilities
+SUBMISSION_FILE = "submission.csv"
+PROBABILITIES_FILE = "probabilities.parquet"
+ENSEMBLE_FILE = "ensemble.json"      # an ensemble folder: members, method, weights, classes
+SCORES_FILE = "scores.csv"
+PREDICTIONS_DIR = "predictions"
+EVALUATIONS_DIR = "evaluations"
+EXPORTS_DIR = "exports"
+
+FolderKind = Literal["run", "cv", "ensemble"]
 
 RUN_DIR_ENV = "PODIUM_RUN_DIR"  # lets DDP worker processes reuse rank 0's run folder
 
@@ -61,23 +103,29 @@ class RunInfo:
     dir: Path
     config: PodiumConfig
     classes: list[str]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     meta: dict
 
     def checkpoint(self, which: str = "best") -> Path:
-        path = Path(which) if which not in ("best", "last") else self.dir / f"{which}.ckpt"
+        """``best`` (`best_checkpoint`), ``last``, or a path to another checkpoint file."""
+        if which == "best":
+            return best_checkpoint(self.dir)
+        path = self.dir / LAST_CHECKPOINT if which == "last" else Path(which)
         if not path.is_file():
-            others = sorted(p.name for p in self.dir.glob("*.ckpt"))
-            raise PodiumError(
-                f"checkpoint {path} not found; {self.dir} has {others or 'no checkpoints'}. "
-                f"Was training interrupted before the first epoch ended?")
+            raise PodiumError(_missing_checkpoint(self.dir, path))
         return path
 
 
+def _missing_checkpoint(run_dir: Path, path: Path) -> str:
+    others = sorted(p.name for p in run_dir.glob("*.ckpt"))
+    return (f"checkpoint {path} not found; {run_dir} has {others or 'no checkpoints'}. "
+            "Was training interrupted before the first epoch ended?")
+
+
 def save_run_files(run_dir: Path, cfg: PodiumConfig, classes: list[str], mean, std, extra: dict) -> None:
-    write_text(run_dir / "config.yaml", config_to_yaml(cfg))
-    write_json(run_dir / "classes.json", {
+    write_text(run_dir / CONFIG_FILE, config_to_yaml(cfg))
+    write_json(run_dir / CLASSES_FILE, {
         "classes": list(classes),
         "normalization": {"mean": list(mean), "std": list(std)},
         **extra,
@@ -85,21 +133,23 @@ def save_run_files(run_dir: Path, cfg: PodiumConfig, classes: list[str], mean, s
 
 
 def load_run(run_dir: str | Path) -> RunInfo:
+    """A single run folder (config.yaml and classes.json checked), read once."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PodiumError(f"run folder not found: {run_dir}")
-    for needed in ("config.yaml", "classes.json"):
+    for needed in (CONFIG_FILE, CLASSES_FILE):
         if not (run_dir / needed).is_file():
             raise PodiumError(f"{run_dir} is not a podium run folder: {needed} is missing")
-    cfg = load_config(run_dir / "config.yaml")
-    meta = json.loads((run_dir / "classes.json").read_text())
-    norm = meta.get("normalization", {})
-    return RunInfo(run_dir, cfg, list(meta["classes"]), tuple(norm.get("mean", (0.485, 0.456, 0.406))),
-                   tuple(norm.get("std", (0.229, 0.224, 0.225))), meta)
+    meta = _classes_record(run_dir)
+    norm = meta.get("normalization") or {}
+    return RunInfo(run_dir, read_config(run_dir), list(meta["classes"]),
+                   tuple(norm.get("mean", (0.485, 0.456, 0.406))), tuple(norm.get("std", (0.229, 0.224, 0.225))),
+                   meta)
 
 
 def next_free_dir(parent: Path, name: str) -> Path:
-    """Same rule as run folders, for predictions and evaluations inside a run."""
+    """``parent/name``, else ``name-2``, ``name-3``...: created here (atomic mkdir, no races)."""
+    _check_not_a_file(parent)
     parent.mkdir(parents=True, exist_ok=True)
     for k in range(1, 10_000):
         candidate = parent / (name if k == 1 else f"{name}-{k}")
@@ -111,9 +161,192 @@ def next_free_dir(parent: Path, name: str) -> Path:
     raise PodiumError(f"too many outputs named {name!r} in {parent}")
 
 
+def output_dir(out: str | Path | None, parent: str | Path, name: str) -> Path:
+    """The one rule for every command's output folder: ``out`` when it is new or empty,
+    else its next free sibling (``out-2``...); without ``out``, ``parent/name`` or its next
+    free sibling. Created here, so nothing is ever overwritten."""
+    if out is None:
+        return next_free_dir(Path(parent), name or "output")
+    out = Path(out)
+    _check_not_a_file(out)
+    if out.is_dir() and not any(out.iterdir()):
+        return out
+    return next_free_dir(out.parent, out.name)
+
+
+def _check_not_a_file(path: Path) -> None:
+    for folder in (path, *path.parents):
+        if folder.exists() and not folder.is_dir():
+            raise PodiumError(f"cannot create a folder at {path}: {folder} is a file. Choose another output path")
+        if folder.exists():
+            return
+
+
+# ---------------------------------------------------------------- typed readers
+
+
+def read_json_file(path: str | Path, what: str = "file") -> dict:
+    """A JSON object from ``path``; a missing, unreadable or non-object file is a PodiumError naming it."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PodiumError(f"{path} not found ({what})") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise PodiumError(f"{path} is damaged ({what}): not readable JSON ({str(exc)[:120]})") from None
+    if not isinstance(record, dict):
+        raise PodiumError(f"{path} is damaged ({what}): expected a JSON object, found {type(record).__name__}")
+    return record
+
+
+def read_config(folder: str | Path) -> PodiumConfig:
+    """The resolved config a run, cv run or study trial was made with."""
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise PodiumError(f"{folder} has no {CONFIG_FILE}: it is not a podium run or cv folder")
+    return load_config(path)
+
+
+def _classes_record(run_dir: Path) -> dict:
+    record = read_json_file(run_dir / CLASSES_FILE, "the run's class map")
+    classes = record.get("classes")
+    if not isinstance(classes, list) or not classes:
+        raise PodiumError(f"{run_dir / CLASSES_FILE} is damaged (the run's class map): no 'classes' list")
+    return record
+
+
+def read_classes(folder: str | Path) -> list[str]:
+    """The class map of a run (classes.json), a cv run (cv.json) or an ensemble (ensemble.json)."""
+    folder = Path(folder)
+    kind = folder_kind(folder)
+    if kind == "run":
+        return [str(c) for c in _classes_record(folder)["classes"]]
+    if kind == "cv":
+        return [str(c) for c in read_cv_meta(folder)["classes"]]
+    if kind == "ensemble":
+        return [str(c) for c in read_ensemble(folder)["classes"]]
+    raise PodiumError(f"{folder} is not a run, cv or ensemble folder (no {CLASSES_FILE}, {CV_FILE} or {ENSEMBLE_FILE})")
+
+
+def read_summary(folder: str | Path) -> dict:
+    """A finished run's summary.json; {} while the run has not finished."""
+    path = Path(folder) / SUMMARY_FILE
+    return read_json_file(path, "the run's summary") if path.is_file() else {}
+
+
+def best_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint the run's validation predictions and summary come from: the one
+    summary.json records (``best.ckpt``, or ``last.ckpt`` when no epoch produced a finite
+    monitored value), else ``best.ckpt``."""
+    run_dir = Path(run_dir)
+    recorded = read_summary(run_dir).get("best_checkpoint")
+    path = run_dir / Path(recorded).name if recorded else run_dir / BEST_CHECKPOINT
+    if not path.is_file():
+        raise PodiumError(_missing_checkpoint(run_dir, path))
+    return path
+
+
+def read_split(run_dir: str | Path) -> pd.DataFrame:
+    """split.csv: id, path, label, [group], split (train/val) as the run was started."""
+    import pandas as pd
+
+    path = Path(run_dir) / SPLIT_FILE
+    if not path.is_file():
+        raise PodiumError(f"{path} is missing: the run's train/validation split is unknown")
+    return pd.read_csv(path, dtype={"id": str, "label": str, "group": str, "path": str}, keep_default_na=False)
+
+
+def read_metrics(run_dir: str | Path) -> pd.DataFrame:
+    """metrics.csv (one row per epoch); empty when the run has none yet."""
+    import pandas as pd
+
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise PodiumError(f"{path} is damaged (the run's metrics): {str(exc)[:120]}") from None
+
+
+def read_table(path: str | Path, what: str) -> pd.DataFrame:
+    """A prediction table (parquet); a missing or damaged file is a PodiumError naming it."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise PodiumError(f"{path} not found ({what})")
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises its own types for truncated or foreign files
+        raise PodiumError(f"{path} is damaged ({what}): not a readable parquet table ({str(exc)[:120]})") from None
+
+
+def read_val_predictions(run_dir: str | Path) -> pd.DataFrame:
+    """The best checkpoint's validation prediction table (written when the run finished)."""
+    return read_table(Path(run_dir) / VAL_PREDICTIONS_FILE, "validation predictions of a finished run")
+
+
+def folder_kind(folder: str | Path) -> FolderKind | None:
+    """What a folder is by its contract files: a run, a cv run, an ensemble, or none of them."""
+    folder = Path(folder)
+    if (folder / CV_FILE).is_file():
+        return "cv"
+    if (folder / ENSEMBLE_FILE).is_file():
+        return "ensemble"
+    if (folder / CLASSES_FILE).is_file() and (folder / CONFIG_FILE).is_file():
+        return "run"
+    return None
+
+
+def is_finished_run(run_dir: str | Path) -> bool:
+    """A run whose summary and validation predictions are written (what cv folds and ensembles need)."""
+    run_dir = Path(run_dir)
+    return (run_dir / SUMMARY_FILE).is_file() and (run_dir / VAL_PREDICTIONS_FILE).is_file()
+
+
+# ---------------------------------------------------------------- cross-validation folders
+
+
+def fold_dir(cv_dir: str | Path, fold: int) -> Path:
+    return Path(cv_dir) / f"fold{fold}"
+
+
+def read_cv_meta(cv_dir: str | Path) -> dict:
+    """cv.json: k, seed, classes, data source, grouped or not."""
+    path = Path(cv_dir) / CV_FILE
+    if not path.is_file():
+        raise PodiumError(f"{cv_dir} is not a cross-validation folder ({CV_FILE} is missing); "
+                          "create one with `podium cv CONFIG --folds K`")
+    return read_json_file(path, "the cross-validation record")
+
+
+def read_folds(cv_dir: str | Path) -> pd.DataFrame:
+    """folds.csv: id, path, label, [group], fold."""
+    import pandas as pd
+
+    path = Path(cv_dir) / FOLDS_FILE
+    if not path.is_file():
+        raise PodiumError(f"{cv_dir} is not a cross-validation folder: {FOLDS_FILE} is missing")
+    return pd.read_csv(path, dtype={"id": str, "label": str, "group": str, "path": str}, keep_default_na=False)
+
+
+def read_cv_summary(cv_dir: str | Path) -> dict:
+    """cv_summary.json once every fold is gathered; {} before."""
+    path = Path(cv_dir) / CV_SUMMARY_FILE
+    return read_json_file(path, "the cross-validation summary") if path.is_file() else {}
+
+
+# ---------------------------------------------------------------- ensemble folders
+
+
+def read_ensemble(folder: str | Path) -> dict:
+    """ensemble.json: method, members, classes, weights (and what was measured)."""
+    return read_json_file(Path(folder) / ENSEMBLE_FILE, "the ensemble record")
+
+
 # ---------------------------------------------------------------- status
 
-STATUS_FILE = "status.json"
 STATUSES = ("running", "finished", "interrupted", "failed")
 
 
@@ -140,7 +373,7 @@ def read_status(run_dir: str | Path) -> dict:
                 return record
         except (OSError, ValueError):
             pass
-    if (run_dir / "summary.json").is_file():
+    if (run_dir / SUMMARY_FILE).is_file():
         return {"status": "finished", "inferred": True}
     if any(run_dir.glob("*.ckpt")):
         return {"status": "interrupted", "inferred": True}
