@@ -101,3 +101,47 @@ def test_backbone_lr_mult_scales_only_the_backbone_and_survives_the_schedule():
     assert lrs <= {1.0, 10.0, 0.1}  # cosine scales every group by the same factor
     with pytest.raises(PodiumError, match="backbone_lr_mult needs"):
         create_optimizer("sgd", model, lr=0.1, backbone_lr_mult=0.5)
+
+
+def _lrs_by_param(opt) -> dict:
+    return {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+
+
+def test_layer_decay_grades_a_timm_model_by_depth_and_survives_the_schedule():
+    from podium.model.models import create_model, head_name
+
+    model = create_model("test_efficientnet", 3, pretrained=False)
+    opt = create_optimizer("sgd", model, lr=0.1, weight_decay=1e-4, layer_decay=0.5, head_prefix=head_name(model))
+    lrs = _lrs_by_param(opt)
+    named = dict(model.named_parameters())
+    head, stem = lrs[id(named["classifier.weight"])], lrs[id(named["conv_stem.weight"])]
+    assert head == pytest.approx(0.1) and stem < head * 0.5 ** 2  # several layers below the head
+    assert all(g["weight_decay"] == 0 for g in opt.param_groups if any(p.ndim <= 1 for p in g["params"]))
+    sched = create_scheduler("cosine", opt, epochs=2, steps_per_epoch=2)["scheduler"]
+    step_scheduler(sched, global_step=1)
+    after = _lrs_by_param(opt)
+    assert after[id(named["conv_stem.weight"])] / after[id(named["classifier.weight"])] == pytest.approx(stem / head)
+
+
+def test_layer_decay_groups_torchvision_cnns_by_block_and_refuses_models_without_layers():
+    from podium.model.models import create_model, head_name
+
+    model = create_model("tv/mobilenet_v2", 3, pretrained=False, dropout=0.2)
+    opt = create_optimizer("sgd", model, lr=0.1, layer_decay=0.9, head_prefix=head_name(model), model_name="tv/mobilenet_v2")
+    lrs = _lrs_by_param(opt)
+    named = dict(model.named_parameters())
+    head = lrs[id(named[head_name(model) + ".weight"])]
+    first, last_block = lrs[id(named["features.0.0.weight"])], lrs[id(named["features.18.0.weight"])]
+    assert head == pytest.approx(0.1) and last_block == pytest.approx(0.09)  # one layer below the head
+    assert first == pytest.approx(0.1 * 0.9 ** 19)  # features.0..18 below the classifier
+    tiny = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    with pytest.raises(PodiumError, match="cannot find the layers of tiny"):
+        create_optimizer("sgd", tiny, lr=0.1, layer_decay=0.9, head_prefix="1", model_name="tiny")
+
+
+def test_layer_decay_and_backbone_lr_mult_are_exclusive():
+    from podium.schema import load_config
+
+    with pytest.raises(PodiumError, match="layer_decay.*backbone_lr_mult"):
+        load_config(None, ["train.layer_decay=0.9", "train.backbone_lr_mult=0.1"])
+    assert load_config(None, ["train.layer_decay=0.9"]).train.layer_decay == 0.9

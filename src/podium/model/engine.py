@@ -15,13 +15,14 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
+from podium.durations import lightning_duration
 from podium.schema import ModelConfig, PodiumConfig, TrainConfig
 from podium.errors import PodiumError
 from podium.model.guards import FiniteCheckpoint, NonFiniteGuard
 from podium.model.losses import create_loss
 from podium.evaluation.metrics import create_metrics
 from podium.model.models import create_model, head_name, split_parameters
-from podium.model.optim import create_optimizer, create_scheduler, end_epoch, step_scheduler
+from podium.model.optim import WarmupPlateau, create_optimizer, create_scheduler, end_epoch, step_scheduler
 
 
 class Classifier(pl.LightningModule):
@@ -214,14 +215,40 @@ class Classifier(pl.LightningModule):
     def configure_optimizers(self):
         t = self.train_cfg
         optimizer = create_optimizer(t.optimizer, self.model, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum,
-                                     backbone_lr_mult=t.backbone_lr_mult, head_prefix=head_name(self.model))
-        sched = create_scheduler(
-            t.scheduler, optimizer, epochs=t.epochs, steps_per_epoch=self._steps_per_epoch(),
-            warmup_epochs=t.warmup_epochs, min_lr=t.min_lr, step_epochs=t.step_epochs, milestones=t.milestones,
-            gamma=t.gamma, plateau_patience=t.plateau_patience, mode="min" if t.monitor == "val_loss" else "max")
+                                     backbone_lr_mult=t.backbone_lr_mult, head_prefix=head_name(self.model),
+                                     layer_decay=t.layer_decay, model_name=self.model_cfg.name)
+        self.steps_per_epoch = self._steps_per_epoch()
+        sched = self._schedule(optimizer, t.epochs)
         if sched is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": sched}
+
+    def _schedule(self, optimizer, epochs: int) -> dict | None:
+        t = self.train_cfg
+        return create_scheduler(
+            t.scheduler, optimizer, epochs=epochs, steps_per_epoch=self.steps_per_epoch,
+            warmup_epochs=min(t.warmup_epochs, max(epochs - 1, 0)), min_lr=t.min_lr, step_epochs=t.step_epochs,
+            milestones=t.milestones, gamma=t.gamma, plateau_patience=t.plateau_patience,
+            mode="min" if t.monitor == "val_loss" else "max")
+
+    def replan(self, epochs: int) -> None:
+        """Train ``epochs`` epochs in all instead of ``train.epochs``: the schedule is rebuilt for
+        that length and continues from the current update (`train.max_time` re-planning)."""
+        from podium.model.optim import move_to_step
+
+        trainer = self.trainer
+        trainer.fit_loop.max_epochs = epochs
+        if self.drw_from_epoch:
+            self.drw_from_epoch = max(0, epochs - self.train_cfg.drw_epochs)
+        if not trainer.lr_scheduler_configs:
+            return
+        config = trainer.lr_scheduler_configs[0]
+        if isinstance(config.scheduler, WarmupPlateau):
+            return  # decays on plateaus, not on a planned length
+        fresh = self._schedule(trainer.optimizers[0], epochs)
+        if fresh is not None:
+            move_to_step(fresh["scheduler"], self.global_step)
+            config.scheduler = fresh["scheduler"]
 
     def _steps_per_epoch(self) -> int:
         total = self.trainer.estimated_stepping_batches
@@ -457,6 +484,10 @@ def build_callbacks(cfg: PodiumConfig, run_dir: Path, extra: list[Callback] | No
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping_patience))
     if cfg.model.freeze_backbone_epochs:
         callbacks.append(FreezeBackbone(cfg.model.freeze_backbone_epochs))
+    if t.max_time is not None:
+        from podium.model.timelimit import PlanToDeadline
+
+        callbacks.append(PlanToDeadline(t.max_time_s, t.epochs))
     if t.ema:
         from lightning.pytorch.callbacks import EMAWeightAveraging
 
@@ -483,4 +514,5 @@ def build_trainer(cfg: PodiumConfig, run_dir: Path, *, callbacks: list[Callback]
         callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir),
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         fast_dev_run=1 if dry_run else False, log_every_n_steps=10,
+        max_time=None if t.max_time is None or dry_run else lightning_duration(t.max_time_s),
     )

@@ -19,23 +19,97 @@ OPTIMIZERS: dict[str, str] = {"sgd": "sgd", "momentum": "momentum", "adam": "ada
 
 def create_optimizer(name: str, model: nn.Module | Iterable, *, lr: float, weight_decay: float = 0.0,
                      momentum: float = 0.9, backbone_lr_mult: float = 1.0,
-                     head_prefix: str | None = None) -> torch.optim.Optimizer:
+                     head_prefix: str | None = None, layer_decay: float | None = None,
+                     model_name: str = "the model") -> torch.optim.Optimizer:
     """timm's optimizer factory: no weight decay on biases and norm layers; `sgd` is Nesterov.
 
     ``backbone_lr_mult`` != 1 gives every parameter outside ``head_prefix`` (the
     new classifier) ``lr * backbone_lr_mult``: pretrained features move less
-    than the freshly initialised head. Schedules scale each group from its own lr.
+    than the freshly initialised head. ``layer_decay`` grades that by depth
+    (`layer_decay_groups`). Schedules scale each group from its own lr.
     """
     from timm.optim import create_optimizer_v2
 
     opt = lookup(OPTIMIZERS, name, "optimizer")
     kwargs = {"momentum": momentum} if opt in ("sgd", "momentum") else {}
-    if backbone_lr_mult != 1.0:
-        if not isinstance(model, nn.Module) or not head_prefix:
-            raise PodiumError("train.backbone_lr_mult needs the model and the name of its head")
+    if (backbone_lr_mult != 1.0 or layer_decay is not None) and (not isinstance(model, nn.Module) or not head_prefix):
+        key = "layer_decay" if layer_decay is not None else "backbone_lr_mult"
+        raise PodiumError(f"train.{key} needs the model and the name of its head")
+    if layer_decay is not None:
+        model = layer_decay_groups(model, head_prefix, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay,
+                                   model_name=model_name)
+    elif backbone_lr_mult != 1.0:
         model = backbone_head_groups(model, head_prefix, lr=lr, weight_decay=weight_decay,
                                      backbone_lr_mult=backbone_lr_mult)
     return create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay, **kwargs)
+
+
+def layer_decay_groups(model: nn.Module, head_prefix: str, *, lr: float, weight_decay: float, layer_decay: float,
+                       model_name: str = "the model") -> list[dict]:
+    """timm's `param_groups_layer_decay` with each group's ``lr_scale`` folded into its ``lr``.
+
+    Folding the scale in (instead of leaving ``lr_scale`` for timm's schedulers)
+    keeps it in force under every schedule, torch's OneCycle and the plateau one
+    included. timm models bring their own layer grouping (``group_matcher``);
+    torchvision CNNs are grouped by `torchvision_layers`.
+    """
+    from timm.optim import param_groups_layer_decay
+
+    grouped = model if hasattr(model, "group_matcher") else _Grouped(model, torchvision_layers(model, head_prefix,
+                                                                                                 model_name))
+    groups = param_groups_layer_decay(grouped, weight_decay=weight_decay, layer_decay=layer_decay)
+    for group in groups:
+        group["lr"] = lr * group.pop("lr_scale")
+    return groups
+
+
+class _Grouped:
+    """A model seen through a layer matcher, for timm's grouping functions (the model is not touched)."""
+
+    def __init__(self, model: nn.Module, matcher):
+        self.model, self.matcher = model, matcher
+
+    def named_parameters(self, *args, **kwargs):
+        return self.model.named_parameters(*args, **kwargs)
+
+    def group_matcher(self, coarse: bool = False):
+        return self.matcher
+
+
+def torchvision_layers(model: nn.Module, head_prefix: str, model_name: str = "the model"):
+    """Layer ordinal of a parameter name in a torchvision CNN, for layer-wise decay.
+
+    The layers are the top-level children in forward order, with sequential
+    containers (``features`` of MobileNet/EfficientNet/ConvNeXt, ResNet's
+    ``layer1..4``) opened into their blocks; the head is the last layer. Models
+    without such a trunk (ViT's one ``encoder``) are refused rather than given
+    a decay that means nothing.
+    """
+    head = head_prefix.rstrip(".")
+    units: list[str] = []
+    for name, child in model.named_children():
+        if isinstance(child, (nn.Sequential, nn.ModuleList)):
+            units += [f"{name}.{sub}" for sub, block in child.named_children() if _has_params(block)]
+        elif _has_params(child):
+            units.append(name)
+    units = [u for u in units if not (u == head or u.startswith(head + ".") or head.startswith(u + "."))]
+    if len(units) < 3:
+        raise PodiumError(f"train.layer_decay: cannot find the layers of {model_name} (found {len(units)} trunk "
+                          f"block(s): {', '.join(units) or 'none'}); layer-wise decay works with timm models and "
+                          "torchvision CNNs (ResNet, MobileNet, EfficientNet, ConvNeXt, ...). Use one of them, or "
+                          "train.layer_decay=null")
+
+    def layer_of(param_name: str) -> tuple[float]:
+        for i, unit in enumerate(units):
+            if param_name.startswith(unit + "."):
+                return (float(i),)
+        return (float("inf"),)  # the head (and anything outside the trunk) is the top layer
+
+    return layer_of
+
+
+def _has_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
 
 
 def backbone_head_groups(model: nn.Module, head_prefix: str, *, lr: float, weight_decay: float,
@@ -67,7 +141,7 @@ def create_scheduler(name: str, optimizer: torch.optim.Optimizer, *, epochs: int
 
 
 def _onecycle(optimizer, *, epochs, steps_per_epoch, warmup_epochs, **_):
-    max_lr = [g["lr"] for g in optimizer.param_groups]
+    max_lr = [g.get("max_lr", g["lr"]) for g in optimizer.param_groups]  # a rebuilt schedule keeps its peak
     pct = warmup_epochs / epochs if warmup_epochs > 0 else 0.3
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=max_lr, total_steps=epochs * steps_per_epoch, pct_start=min(max(pct, 1e-3), 0.999))
@@ -139,6 +213,16 @@ class WarmupPlateau:
 
     def load_state_dict(self, state: dict) -> None:
         self.__dict__.update(state)
+
+
+def move_to_step(scheduler, global_step: int) -> None:
+    """Set a freshly built schedule's learning rates for update ``global_step`` (a re-planned
+    run continues from where it is, on the new schedule's curve)."""
+    if hasattr(scheduler, "step_update"):
+        scheduler.step_update(global_step)
+    elif isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler) and global_step > 0:
+        scheduler.last_epoch = min(global_step, getattr(scheduler, "total_steps", global_step)) - 1
+        scheduler.step()
 
 
 def step_scheduler(scheduler, *, global_step: int) -> None:

@@ -257,6 +257,7 @@ def finish_run(cfg: PodiumConfig, run_dir: Path, prepared: PreparedData, module,
         "git_commit": git_commit(), "versions": library_versions(),
         "device": "cuda" if uses_cuda(cfg.train.accelerator) else "cpu",
     }
+    summary.update(_time_limit_record(trainer))
     write_json(run_dir / "summary.json", summary)
     from podium.reports.tracking import log_final_metrics
 
@@ -264,6 +265,17 @@ def finish_run(cfg: PodiumConfig, run_dir: Path, prepared: PreparedData, module,
     if cfg.output.report:
         write_report(run_dir, module, cfg)
     return TrainResult(run_dir, summary, val_metrics, module, table)
+
+
+def _time_limit_record(trainer) -> dict:
+    """What `train.max_time` did: the limit, the epochs it planned and the measured epoch times."""
+    from podium.model.timelimit import PlanToDeadline
+
+    plan = next((c for c in trainer.callbacks if isinstance(c, PlanToDeadline)), None)
+    if plan is None:
+        return {}
+    return {"max_time_s": plan.seconds, "planned_epochs": plan.planned,
+            "epoch_times_s": [round(t, 3) for t in plan.epoch_times]}
 
 
 def save_ordinal_cuts(run_dir: Path, module, loader, y_true: np.ndarray) -> dict:
