@@ -32,6 +32,7 @@ def test_cv_one_fold_per_call_then_gather_and_ensemble(tmp_path, capsys, monkeyp
                      "--out", str(tmp_path / "ens")]) == 0
     out = capsys.readouterr().out
     assert "ensemble (weighted)" in out
+    assert "does NOT beat its best member" in out  # two copies of one member: nothing to gain, said plainly
     scores = pd.read_csv(tmp_path / "ens" / "scores.csv")
     assert list(scores["kind"]) == ["member", "member", "ensemble"] and scores["macro_f1"].nunique() == 1
 

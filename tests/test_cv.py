@@ -170,6 +170,7 @@ def test_ensemble_of_identical_members_equals_the_member(cv_run, tmp_path, metho
     assert (ens["prediction"] == member["prediction"]).all()
     scores = result["scores"]
     assert scores["macro_f1"].nunique() == 1
+    assert result["beats_best_member"] is False and "does NOT beat" in result["verdict"]  # nested check: a tie
     test = pd.read_parquet(tmp_path / "ens" / "test_probabilities.parquet").set_index("id")
     member_test = pd.read_parquet(run / cv.TEST_AVG_FILE).set_index("id").loc[test.index]
     if method != "hard":  # hard voting returns vote shares, not probabilities

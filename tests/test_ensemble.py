@@ -93,6 +93,42 @@ def test_fit_weights_prefers_the_better_member():
     assert fitted <= ens._log_loss(ens.soft_vote(members), y) + 1e-12
 
 
+def _imbalanced(n=600, seed=5):
+    """Labels with a rare class (5%), scored by macro F1."""
+    rng = np.random.default_rng(seed)
+    return rng.choice(4, size=n, p=[0.45, 0.3, 0.2, 0.05])
+
+
+def test_f1_weights_start_at_log_loss_weights_and_never_end_below_them():
+    y = _imbalanced()
+    members = [_noisy_member(y, 4, 1.6, seed=1), _noisy_member(y, 4, 1.2, seed=2), _noisy_member(y, 4, 0.0, seed=3)]
+    start = ens.fit_weights(members, y, 4)
+    w = ens.fit_weights_f1(members, y, 4, start=start)
+    assert (w >= 0).all() and w.sum() == pytest.approx(1.0) and w[2] < 0.2  # the noise member is (nearly) out
+    f1 = lambda weights: ens.macro_f1(y, ens.soft_vote(members, weights).argmax(1), 4)  # noqa: E731
+    assert f1(w) >= f1(start)
+    np.testing.assert_allclose(ens.fit_ensemble_weights(members, y, 4), w)
+
+
+def test_nested_check_with_a_noise_member_is_not_below_the_best_member():
+    """Issue 19's check: one member is noise; the weighted ensemble's nested score is not below the best member's."""
+    y = _imbalanced()
+    good, other, noise = (_noisy_member(y, 4, 1.6, seed=1), _noisy_member(y, 4, 1.4, seed=2),
+                          _noisy_member(y, 4, 0.0, seed=3))
+    report = ens.nested_ensemble_check([good, other, noise], y, 4, names=["good", "other", "noise"])
+    assert report["ensemble_nested_f1"] >= report["best_member_nested_f1"] and report["beats_best_member"]
+    assert report["n_splits"] == 5 and set(report["best_member_picked"]) <= {"good", "other"}
+
+
+def test_nested_check_says_when_the_ensemble_does_not_beat_its_best_member():
+    y = _imbalanced()
+    good = _noisy_member(y, 4, 3.0, seed=1)
+    report = ens.nested_ensemble_check([good, _noisy_member(y, 4, 0.0, seed=3)], y, 4, fit=None)  # equal weights
+    assert report["ensemble_nested_f1"] < report["best_member_nested_f1"] and not report["beats_best_member"]
+    groups = np.arange(len(y)) // 3  # three rows a group: a group never straddles fitting and held-back rows
+    assert ens.nested_ensemble_check([good, good], y, 4, groups=groups)["grouped"]
+
+
 def test_fit_weights_single_member_and_bad_labels():
     p = _probs(c=3)
     np.testing.assert_array_equal(ens.fit_weights([p], np.zeros(60, dtype=int), 3), [1.0])

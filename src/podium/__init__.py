@@ -17,7 +17,7 @@ _EXPORTS = {
     "RunInterrupted": "podium.errors",  # train() stopped by SIGINT/SIGTERM: resumable, exit 130/143 in the CLI
     "export": "podium.deploy.export", "serve": "podium.deploy.serve", "load_predictor": "podium.deploy.runtime",
     "tune": "podium.tuning", "TuneResult": "podium.tuning",
-    "runs": "podium.api",
+    "runs": "podium.api", "lr_find": "podium.api",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -167,6 +167,26 @@ class _DryRun(Run):
         self._summary = summary
 
 
+def lr_find(cfg: PodiumConfig | dict | str | Path, *, min_lr: float = 1e-6, max_lr: float = 1.0, steps: int = 100,
+            scale_batch: bool = False, out: str | Path | None = None, progress: bool = False, log: Callable = print):
+    """Lightning's learning-rate finder on the config's data and model; the CLI's `podium lr-find`.
+
+    Returns an `LRFinding` (.suggestion, .curve DataFrame, .batch_size, .dir with lr_find.png).
+    """
+    from podium.model.lr_find import find_lr
+    from podium.rundir import output_dir
+
+    cfg = _as_config(cfg)
+    folder = output_dir(out, Path(cfg.output.dir) / "lr_find", cfg.output.name)
+    try:
+        return find_lr(cfg, min_lr=min_lr, max_lr=max_lr, steps=steps, scale_batch=scale_batch, out_dir=folder,
+                       progress=progress, log=log)
+    except BaseException:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # a refused or interrupted search leaves no empty folder behind
+        raise
+
+
 @dataclass
 class CrossValidation:
     """A cross-validation folder: OOF predictions, scores and fold runs."""

@@ -149,6 +149,8 @@ def cmd_ensemble(args) -> int:
             t.add_row(row.name, row.kind, *(f"{v:.4f}" if v == v else "-" for v in
                                                 (row.macro_f1, row.accuracy, row.log_loss, row.weight)))
         out.print(t)
+    if r.get("verdict"):
+        out.print(r["verdict"], markup=False)
     out.print(f"ensemble written to {r['out_dir']}" + (f" (submission: {r['submission']})" if r.get("submission") else ""))
     return 0
 

@@ -1,7 +1,8 @@
-"""`podium tune`: hyper-parameter search with Optuna over a config's `search:` section.
+"""`podium tune` (hyper-parameter search with Optuna over a config's `search:` section) and
+`podium lr-find` (Lightning's learning-rate finder, with its plot).
 
-A thin layer over `podium.tuning.tune`; nothing here imports torch or Optuna
-until the command runs.
+Thin layers over `podium.tuning.tune` and `podium.lr_find`; nothing here imports
+torch, Lightning or Optuna until the command runs.
 """
 from __future__ import annotations
 
@@ -14,7 +15,22 @@ EXAMPLE = ("podium tune tune.yaml --trials 20                    (studies/<outpu
            "  podium tune tune.yaml --trials 20 --folds 5 --pruner hyperband --timeout 3600")
 
 
+LR_FIND_EXAMPLE = ("podium lr-find cfg.yaml                      (runs/lr_find/<output.name>/lr_find.png)\n"
+                   "  podium lr-find cfg.yaml model.name=resnet18 --steps 200 --batch-size-find   (GPU: batch size too)")
+
+
 def register(sub) -> None:
+    p = add_command(sub, "lr-find", "Learning-rate finder (Lightning's Tuner.lr_find): loss against a rising "
+                    "learning rate, the suggested lr and the plot.", cmd_lr_find, LR_FIND_EXAMPLE)
+    add_config_items(p)
+    p.add_argument("--min-lr", type=positive_float, default=1e-6, help="first learning rate tried (default: 1e-6)")
+    p.add_argument("--max-lr", type=positive_float, default=1.0, help="last learning rate tried (default: 1)")
+    p.add_argument("--steps", type=positive_int, default=100, help="training steps, one learning rate each (default: 100)")
+    p.add_argument("--batch-size-find", action="store_true",
+                   help="first find the largest batch that fits (Tuner.scale_batch_size; GPU only)")
+    p.add_argument("--out", help="output folder (default: <output.dir>/lr_find/<output.name>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = add_command(sub, "tune", "Hyper-parameter search with Optuna: each trial a normal run; best config, "
                     "trials table and plots.", cmd_tune, EXAMPLE)
     add_config_items(p)
@@ -52,3 +68,21 @@ def cmd_tune(args) -> int:
                   prune_startup=args.prune_startup, live=not args.quiet,
                   log=lambda message: out.print(message, markup=False))
     return 0 if result.best_trial is not None else 1
+
+
+def cmd_lr_find(args) -> int:
+    from podium.api import config, lr_find
+    from podium.cli.common import table
+
+    path, overrides = split_config_and_overrides(args.items)
+    out = console()
+    found = lr_find(config(path, *overrides), min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps,
+                    scale_batch=args.batch_size_find, out=args.out, progress=not args.quiet,
+                    log=lambda message: out.print(message, markup=False))
+    rows = {"suggested lr": f"{found.suggestion:.3g}" if found.suggestion else "none (curve too short or flat)",
+            "configured train.lr": found.settings["configured_lr"], "batch size": f"{found.batch_size} ({found.batch_note})",
+            "steps": len(found.curve), "plot": found.dir / "lr_find.png" if found.dir else "-"}
+    table("learning-rate finder", rows, out)
+    if found.suggestion:
+        out.print(f"use it: podium train {path or ''} train.lr={found.suggestion:.3g}".replace("  ", " "), markup=False)
+    return 0

@@ -163,7 +163,7 @@ def ensemble_members(specs: list[str], method: str = "soft", *, out: str | Path 
     the same weights are applied to the test tables. Everything is checked
     before the output folder is created, so a refused ensemble leaves nothing.
     """
-    from podium.evaluation.ensemble import align_members, create_voter, fit_weights, member_score_table
+    from podium.evaluation.ensemble import align_members, create_voter, member_score_table
 
     if not specs:
         raise PodiumError("give at least one ensemble member (CV folder, run folder or parquet file)")
@@ -182,10 +182,7 @@ def ensemble_members(specs: list[str], method: str = "soft", *, out: str | Path 
     if _all_or_none(members, "oof", "OOF/validation predictions"):
         arrays = align_members([m.oof for m in members], names, classes)
         y, ids, targets = _common_targets(members, classes)
-        if method == "weighted":
-            weights = fit_weights(arrays, y, len(classes))
-            result["weights"] = [float(w) for w in weights]
-            result["note"] = "weights were fitted on these OOF rows: the ensemble's OOF score is optimistic"
+        weights = _fit_and_check(result, method, arrays, y, vote, _groups(members[0], ids))
         combined = vote(arrays, weights)
         result["scores"] = member_score_table(arrays, y, len(classes), names, {f"ensemble ({method})": combined},
                                               weights)
@@ -221,6 +218,55 @@ def ensemble_members(specs: list[str], method: str = "soft", *, out: str | Path 
 
         result["report"] = str(build_run_report(out_dir))
     return result
+
+
+def _fit_and_check(result: dict, method: str, arrays: list[np.ndarray], y: np.ndarray, vote,
+                   groups: np.ndarray | None) -> np.ndarray | None:
+    """Weights of the `weighted` method (log loss, then macro F1) and the nested check of every
+    ensemble of several members: it and its best member scored on OOF rows nothing was fitted on."""
+    from podium.evaluation.ensemble import fit_ensemble_weights, nested_ensemble_check
+
+    n_classes, weights = len(result["classes"]), None
+    if method == "weighted":
+        weights = fit_ensemble_weights(arrays, y, n_classes, combine=vote)
+        result["weights"] = [float(w) for w in weights]
+        result["weights_fitted_for"] = "macro F1 (coordinate ascent from the log-loss weights)"
+        result["note"] = "weights were fitted on these OOF rows: the ensemble's OOF score is optimistic"
+    if len(arrays) > 1:
+        try:
+            nested = nested_ensemble_check(arrays, y, n_classes, combine=vote, names=result["members"], groups=groups,
+                                           fit=fit_ensemble_weights if method == "weighted" else None)
+        except PodiumError as exc:
+            result["nested"] = {"skipped": str(exc)}
+            return weights
+        result["nested"] = nested
+        result["beats_best_member"] = nested["beats_best_member"]
+        result["verdict"] = ensemble_verdict(method, nested)
+    return weights
+
+
+def ensemble_verdict(method: str, nested: dict) -> str:
+    """The nested check in one plain sentence."""
+    scores = (f"{nested['ensemble_nested_f1']:.4f} vs {nested['best_member_nested_f1']:.4f} for the best member, "
+              f"macro F1 on OOF rows held out of {nested['n_splits']} fits")
+    if nested["beats_best_member"]:
+        return f"the {method} ensemble beats its best member: {scores}"
+    return (f"the {method} ensemble does NOT beat its best member ({scores}); submit the best member alone, "
+            "or add members that err differently")
+
+
+def _groups(member: Member, ids: np.ndarray) -> np.ndarray | None:
+    """Each OOF row's group (person, source photo) when the member is a grouped cv folder."""
+    from podium.data.splits import group_ids, has_groups
+    from podium.evaluation.cv import read_folds
+
+    path = Path(member.name)
+    if not (path / CV_FILE).is_file():
+        return None
+    folds = read_folds(path)
+    if not has_groups(folds):
+        return None
+    return pd.Series(group_ids(folds), index=folds["id"].astype(str)).reindex(ids).to_numpy()
 
 
 def _per_attribute(vote, task):

@@ -44,6 +44,11 @@ def _dataset_stats(train: pd.DataFrame, size: tuple[int, int], limit: int = 256,
     return lambda: channel_stats([load_resized(train["path"].iloc[i], size, mode=resize) for i in idx])
 
 
+def normalization(cfg: PodiumConfig, prepared: PreparedData) -> tuple[tuple, tuple]:
+    """The (mean, std) a new run normalizes with (`augment.normalize`: ImageNet's or the data's own)."""
+    return resolve_normalization(cfg.augment, _dataset_stats(prepared.train, cfg.data.size_hw, resize=cfg.data.resize))
+
+
 def build_module(cfg: PodiumConfig, prepared: PreparedData, mean, std):
     from podium.model.engine import Classifier
 
@@ -99,9 +104,7 @@ class _Start:
 def _starting_point(cfg: PodiumConfig, resume, epochs: int | None, prepared: PreparedData | None, log) -> _Start:
     if resume is None:
         prepared = prepared or prepare_data(cfg, log=log)
-        mean, std = resolve_normalization(cfg.augment, _dataset_stats(prepared.train, cfg.data.size_hw,
-                                                                          resize=cfg.data.resize))
-        return _Start(cfg, prepared, mean, std)
+        return _Start(cfg, prepared, *normalization(cfg, prepared))
     from podium.model.lifecycle import ExtendSchedule, resume_point
 
     info = load_run(resume)
