@@ -2,16 +2,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from podium.errors import PodiumError
 from podium.tasks.attributes import (
     MASK_TASK,
     AttributeTask,
     age_bin,
     ambiguous_age_mask,
-    apply_label_fixes,
     drop_ambiguous_ages,
     mask_task,
 )
-from podium.errors import PodiumError
+from podium.tasks.fixes import apply_label_fixes
 
 
 def test_mask_task_shape_and_names():
@@ -124,7 +124,8 @@ def test_label_fixes_apply_by_person_and_image(tmp_path):
         "000002,age,27\n"                               # same bin: no label change
         "000001_female_Asian_45/mask1.jpg,age,old\n"    # image fix wins over person fix
     )
-    fixed, changed = apply_label_fixes(df, fixes, MASK_TASK)
+    outcome = apply_label_fixes(df, fixes, MASK_TASK)
+    fixed, changed = outcome.frame, outcome.changed
     assert changed == 3 + 2
     by_id = fixed.set_index("id")
     assert (fixed.loc[fixed.group == "000001", "gender"] == "male").all()
@@ -138,7 +139,8 @@ def test_label_fixes_apply_by_person_and_image(tmp_path):
 def test_label_fixes_number_moves_age_bin(tmp_path):
     fixes = tmp_path / "fixes.csv"
     fixes.write_text("id,attribute,new_value\n000001,age,61\n")
-    fixed, changed = apply_label_fixes(_samples(), fixes)
+    outcome = apply_label_fixes(_samples(), fixes)
+    fixed, changed = outcome.frame, outcome.changed
     assert changed == 3
     assert set(fixed.loc[fixed.group == "000001", "label"].str.split("/").str[2]) == {"old"}
 
@@ -170,3 +172,43 @@ def test_label_fixes_missing_columns(tmp_path):
     fixes.write_text("id,value\n000001,male\n")
     with pytest.raises(PodiumError, match="missing columns"):
         apply_label_fixes(_samples(), fixes)
+
+
+def test_label_fixes_drop_keep_and_whole_composite_name(tmp_path):
+    fixes = tmp_path / "fixes.csv"
+    fixes.write_text(
+        "id,attribute,new_value,action\n"
+        "000002,,,drop\n"                                          # a whole person left out
+        "000001_female_Asian_45/mask1.jpg,label,incorrect/male/young,\n"  # a whole composite name
+        "000001_female_Asian_45/normal.jpg,gender,,keep\n"          # checked: stays as labelled
+        "other_image.jpg,gender,male,\n"                            # an image of the validation source
+    )
+    outcome = apply_label_fixes(_samples(), fixes, MASK_TASK, other_ids={"other_image.jpg"})
+    assert (outcome.changed, outcome.dropped, outcome.kept, outcome.elsewhere) == (1, 3, 1, 1)
+    by_id = outcome.frame.set_index("id")
+    assert list(outcome.frame["group"].unique()) == ["000001"]
+    assert by_id.loc["000001_female_Asian_45/mask1.jpg", "label"] == "incorrect/male/young"
+    assert by_id.loc["000001_female_Asian_45/normal.jpg", "label"] == "not_wear/female/middle"
+    assert "1 label(s) changed, 3 image(s) dropped, 1 image(s) kept" in outcome.describe()
+    with pytest.raises(PodiumError, match="unknown id 'other_image.jpg'"):
+        apply_label_fixes(_samples(), fixes, MASK_TASK)  # without the other source it is a typo
+    assert apply_label_fixes(_samples(), fixes, MASK_TASK, strict=False).elsewhere == 1
+
+
+def test_label_fixes_of_a_plain_task(tmp_path):
+    df = pd.DataFrame({"id": [f"{c}/{i}.png" for c in ("cat", "dog") for i in range(3)],
+                       "label": ["cat"] * 3 + ["dog"] * 3})
+    fixes = tmp_path / "fixes.csv"
+    fixes.write_text("id,attribute,new_value,action\ncat/0.png,label,dog,relabel\ndog/2.png,,,drop\n")
+    outcome = apply_label_fixes(df, fixes, None)
+    assert outcome.frame["label"].tolist() == ["dog", "cat", "cat", "dog", "dog"]
+    assert (outcome.changed, outcome.dropped) == (1, 1)
+    fixes.write_text("id,attribute,new_value,action\ncat/0.png,label,dgo,\ncat/1.png,label,dog,\n"
+                     "cat/1.png,,,drop\ncat/2.png,gender,male,\ncat/2.png,label,dog,remove\n")
+    with pytest.raises(PodiumError) as info:
+        apply_label_fixes(df, fixes, None)
+    msg = str(info.value)
+    assert "line 2: value 'dgo' is not a class of this data; allowed: cat, dog (did you mean 'dog'?)" in msg
+    assert "line 4:" in msg and "conflicts with line 3" in msg
+    assert "line 5: unknown attribute 'gender'; allowed: label" in msg
+    assert "line 6: unknown action 'remove'" in msg

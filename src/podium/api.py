@@ -267,7 +267,7 @@ class EDA:
 
 def eda(data: str | Path | PodiumConfig, *overrides: str, out: str | Path | None = None) -> EDA:
     """The EDA report of a data folder, CSV or config; the CLI's `podium eda` (no Lightning import)."""
-    from podium.data.samples import load_labeled
+    from podium.data.samples import load_train_and_val
     from podium.reports.eda import run_eda
     from podium.rundir import next_free_dir
     from podium.tasks.spec import resolve_task
@@ -281,8 +281,7 @@ def eda(data: str | Path | PodiumConfig, *overrides: str, out: str | Path | None
     if not cfg.data.train:
         raise PodiumError("data.train is not set: pass a data folder, CSV, or a config with data.train")
     task = resolve_task(cfg.task)
-    samples = load_labeled(cfg.data.train, cfg, task)
-    test = load_labeled(cfg.data.val, cfg, task) if cfg.data.val else None
+    samples, test = load_train_and_val(cfg, task)
     attributes = list(task.attributes.names) if task.attributes is not None else None
     out_dir = Path(out) if out else next_free_dir(Path(cfg.output.dir) / "eda", name or "data")
     result = run_eda(samples, out_dir, attributes=attributes, test_samples=test, seed=cfg.train.seed)

@@ -288,7 +288,7 @@ class TaskConfig(Section):
     ordinal: list[str] | None = Field(None, description="`multihead` mode: binned attributes (`bins`) learned from their exact value by an ordinal head (one output per integer step), binned at predict time with edges tuned for macro F1 on validation (ordinal_cuts.json in the run).")
     age_thresholds: tuple[int, int] = Field((30, 60), description="`mask` preset: age-bin boundaries (young < a <= middle < b <= old).")
     drop_ambiguous_ages: list[tuple[int, int]] | None = Field(None, description="`mask` preset: drop TRAINING images whose age is in these inclusive bands, e.g. [[28, 29], [57, 59]].")
-    label_fixes: str | None = Field(None, description="CSV (id, attribute, new_value) of label corrections applied at load time.")
+    label_fixes: str | None = Field(None, description="CSV (id, attribute, new_value[, action]) of label corrections applied at load time: relabel an attribute, or a plain class with attribute `label`; `drop` or `keep` an image (id) or a group.")
 
 
 class CropConfig(Section):

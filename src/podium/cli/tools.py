@@ -14,7 +14,7 @@ from podium.errors import PodiumError
 def _samples_for_eda(target: str, overrides: list[str]):
     """A data folder/CSV, or a config file whose data.train (and data.val) are used."""
     from podium.schema import load_config
-    from podium.data.samples import load_labeled
+    from podium.data.samples import load_train_and_val
     from podium.tasks.spec import resolve_task
 
     path = Path(target)
@@ -23,10 +23,7 @@ def _samples_for_eda(target: str, overrides: list[str]):
     else:
         cfg = load_config(None, [f"data.train={path}"] + overrides)
     task = resolve_task(cfg.task)
-    samples = load_labeled(cfg.data.train, cfg, task)
-    test = None
-    if cfg.data.val:
-        test = load_labeled(cfg.data.val, cfg, task)
+    samples, test = load_train_and_val(cfg, task)
     attributes = list(task.attributes.names) if task.attributes is not None else None
     return cfg, samples, test, attributes
 

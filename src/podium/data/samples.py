@@ -7,14 +7,22 @@ competition layout) -> `label_samples` (the task's class names) ->
 """
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from podium.schema import PodiumConfig
-from podium.data.dataset import build_class_map, check_images, check_no_leakage, encode_labels, holdout_split, load_samples
+from podium.data.dataset import (
+    build_class_map,
+    check_images,
+    check_no_leakage,
+    encode_labels,
+    holdout_split,
+    load_samples,
+)
 from podium.errors import PodiumError
+from podium.schema import PodiumConfig
 from podium.tasks.spec import TaskSpec, drop_training_ages, label_samples, resolve_task
 
 
@@ -28,14 +36,36 @@ class PreparedData:
 
 
 def load_labeled(spec: str | Path, cfg: PodiumConfig, task: TaskSpec | None = None, log=print,
-                 crop: bool = True) -> pd.DataFrame:
+                 crop: bool = True, *, other_ids: Collection[str] = (), strict_fixes: bool = True) -> pd.DataFrame:
     """Samples with the label the model trains on (composite, one attribute, or plain),
-    pointing at cached crops when ``crop.detector`` is set."""
+    after the label fixes, pointing at cached crops when ``crop.detector`` is set.
+    ``other_ids`` and ``strict_fixes``: see `podium.tasks.spec.label_samples`."""
     task = task or resolve_task(cfg.task)
     labeled = None if task.attributes is not None else True
     frame = load_samples(spec, cfg.data, labeled, age_thresholds=cfg.task.age_thresholds, log=log)
-    frame = label_samples(frame, cfg, task, log)
+    frame = label_samples(frame, cfg, task, log, other_ids=other_ids, strict_fixes=strict_fixes)
     return maybe_crop(frame, cfg, log) if crop else frame
+
+
+def load_train_and_val(cfg: PodiumConfig, task: TaskSpec | None = None,
+                       log=print) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """``data.train`` and ``data.val`` (None when not set) with task labels; the label fixes
+    may name images or groups of either, and an id found in neither is an error."""
+    task = task or resolve_task(cfg.task)
+    train_spec = _require_train(cfg)
+    if not cfg.data.val:
+        return load_labeled(train_spec, cfg, task, log), None
+    train_ids = source_ids(train_spec, cfg) if cfg.task.label_fixes else set()
+    val_ids = source_ids(cfg.data.val, cfg) if cfg.task.label_fixes else set()
+    return (load_labeled(train_spec, cfg, task, log, other_ids=val_ids),
+            load_labeled(cfg.data.val, cfg, task, log, other_ids=train_ids))
+
+
+def source_ids(spec: str | Path, cfg: PodiumConfig) -> set[str]:
+    """Image ids and group ids of a labelled source, read quietly (what label fixes may name)."""
+    frame = load_samples(spec, cfg.data, None, age_thresholds=cfg.task.age_thresholds, log=lambda *a: None)
+    groups = set(frame["group"].dropna().astype(str)) if "group" in frame else set()
+    return set(frame["id"].astype(str)) | groups
 
 
 def maybe_crop(frame: pd.DataFrame, cfg: PodiumConfig, log=print) -> pd.DataFrame:
@@ -70,10 +100,9 @@ def prepare_data(cfg: PodiumConfig, classes: list[str] | None = None, log=print)
     """Load, check and split the samples named by ``cfg.data``."""
     d = cfg.data
     task = resolve_task(cfg.task)
-    frame = load_labeled(_require_train(cfg), cfg, task, log)
+    frame, val = load_train_and_val(cfg, task, log)
     frame, bad = check_images(frame, d.on_bad_image)
-    if d.val:
-        val = load_labeled(d.val, cfg, task, log)
+    if val is not None:
         val, bad_val = check_images(val, d.on_bad_image)
         bad += bad_val
         check_no_leakage(frame, val)

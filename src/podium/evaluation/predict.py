@@ -197,7 +197,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, out: str | Path | Non
     from podium.evaluation.metrics import save_classification_report
 
     info = load_run(run_dir)
-    frame = load_labeled(data, info.config)
+    frame = load_labeled(data, info.config, strict_fixes=False)  # the run's fixes may name other images
     y_true = encode_labels(frame["label"], info.classes, f"evaluation data {data}")
     module = load_module(info.checkpoint(checkpoint), info.classes)
     tta = resolve_tta(tta, info.config)

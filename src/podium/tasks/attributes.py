@@ -11,7 +11,7 @@ for mask (3) x gender (2) x age (3), ``code = mask * 6 + gender * 3 + age``,
 which is exactly the competition's numbering.
 
 DataFrame convention used by `AttributeTask.attribute_indices`,
-`AttributeTask.with_labels` and `apply_label_fixes`:
+`AttributeTask.with_labels` and the label fixes (`podium.tasks.fixes`):
 
 - a plain attribute ``a`` has a column ``a`` holding its class name
   (integer columns are read as class indices);
@@ -26,7 +26,6 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -393,135 +392,3 @@ def drop_ambiguous_ages(
         raise PodiumError(f"cannot drop ambiguous ages: no {column!r} column; columns: {columns}")
     drop = ambiguous_age_mask(train_df[column].to_numpy(dtype=float), bands)
     return train_df.loc[~drop].reset_index(drop=True), int(drop.sum())
-
-
-# ------------------------------------------------------------------ label fixes
-FIX_COLUMNS = ("id", "attribute", "new_value")
-
-
-def _parse_fix_value(task: AttributeTask, attr: str, raw: str) -> tuple[str, Any] | str:
-    """("class", index) or ("number", value); a string is the reason it is invalid."""
-    classes = task.classes(attr)
-    if raw in classes:
-        return ("class", classes.index(raw))
-    if attr in task.bins:
-        try:
-            number = float(raw)
-        except ValueError:
-            number = math.nan
-        if math.isfinite(number):
-            return ("number", int(number) if number.is_integer() else number)
-        return f"value {raw!r} is not allowed for {attr}; allowed: {', '.join(classes)} or a number"
-    hint = closest(raw, classes)
-    return f"value {raw!r} is not allowed for {attr}; allowed: {', '.join(classes)}" + (
-        f" (did you mean {hint[0]!r}?)" if hint else ""
-    )
-
-
-def _read_fixes(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise PodiumError(f"label fixes file not found: {path}")
-    fixes = pd.read_csv(path, dtype=str, keep_default_na=False)
-    fixes.columns = [str(c).strip() for c in fixes.columns]
-    missing = [c for c in FIX_COLUMNS if c not in fixes.columns]
-    if missing:
-        raise PodiumError(
-            f"{path}: missing columns {missing}; found {list(fixes.columns)}. "
-            f"Expected a CSV with header: {','.join(FIX_COLUMNS)}"
-        )
-    return fixes[list(FIX_COLUMNS)].apply(lambda col: col.str.strip())
-
-
-def apply_label_fixes(
-    df: pd.DataFrame, fixes_csv_path: str | Path, task: AttributeTask = MASK_TASK
-) -> tuple[pd.DataFrame, int]:
-    """Apply hand-made label corrections and recompute the composite label.
-
-    The CSV has columns ``id, attribute, new_value``. ``id`` is either a person
-    id (matched against the ``group`` column, e.g. ``000001``: the fix applies
-    to all of that person's photos - use it for gender and age) or an image id
-    (matched against the ``id`` column, e.g. ``000001_female_Asian_45/normal.jpg``:
-    one photo - use it for a swapped mask label). Image fixes are applied after
-    person fixes, so the more specific one wins. ``new_value`` is a class name of
-    the attribute; for a binned attribute (age) it may also be a number, which
-    sets the number and its bin.
-
-    Every row is validated before anything changes; bad rows raise one
-    `PodiumError` that lists the first few with the allowed values. Two rows
-    giving the same id and attribute different values are an error too.
-
-    Returns the fixed copy and the number of rows whose composite label changed
-    (a fix that leaves the class unchanged, e.g. age 45 -> 50, counts zero).
-    """
-    path = Path(fixes_csv_path)
-    fixes = _read_fixes(path)
-    image_ids = set(df["id"].astype(str)) if "id" in df else set()
-    person_ids = set(df["group"].astype(str)) if "group" in df else set()
-    problems: list[str] = []
-    parsed: list[tuple[str, str, str, tuple[str, Any]]] = []
-    seen: dict[tuple[str, str], tuple[int, str]] = {}
-    for i, (ident, attr, raw) in enumerate(fixes.itertuples(index=False, name=None)):
-        line = i + 2  # the header is line 1
-        row_problems = []
-        if ident in image_ids:
-            scope = "image"
-        elif ident in person_ids:
-            scope = "person"
-        else:
-            row_problems.append(f"unknown id {ident!r} (not a person id in 'group' nor an image id in 'id')")
-        if attr not in task.attributes:
-            hint = closest(attr, task.attributes)
-            row_problems.append(
-                f"unknown attribute {attr!r}; allowed: {', '.join(task.names)}"
-                + (f" (did you mean {hint[0]!r}?)" if hint else "")
-            )
-        else:
-            value = _parse_fix_value(task, attr, raw)
-            if isinstance(value, str):
-                row_problems.append(value)
-            elif (ident, attr) in seen and seen[(ident, attr)][1] != raw:
-                first_line, first_raw = seen[(ident, attr)]
-                row_problems.append(f"{ident} {attr} = {raw!r} conflicts with line {first_line} ({first_raw!r})")
-            seen.setdefault((ident, attr), (line, raw))
-        if row_problems:
-            problems.append(f"line {line}: " + "; ".join(row_problems))
-        else:
-            parsed.append((scope, ident, attr, value))
-    if problems:
-        shown = "\n  ".join(problems[:8])
-        more = f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else ""
-        example_image = next(iter(sorted(image_ids)), "?")
-        example_person = next(iter(sorted(person_ids)), "?")
-        raise PodiumError(
-            f"{path}: {len(problems)} invalid label fix row(s):\n  {shown}{more}\n"
-            f"ids are person ids (e.g. {example_person!r}) or image ids (e.g. {example_image!r}); "
-            f"values: " + "; ".join(f"{n}: {', '.join(c)}" for n, c in task.attributes.items())
-        )
-    return _apply_parsed_fixes(df, parsed, task)
-
-
-def _apply_parsed_fixes(
-    df: pd.DataFrame, parsed: list[tuple[str, str, str, tuple[str, Any]]], task: AttributeTask
-) -> tuple[pd.DataFrame, int]:
-    out = df.copy()
-    for name in task.bins:  # materialise the bin column so class-name fixes have a home
-        if task.bin_column(name) not in out and name in out:
-            out[task.bin_column(name)] = bin_values(out[name].to_numpy(dtype=float), task.bins[name])
-    before = task.encode_array(task.attribute_indices(out)) if len(out) else np.zeros(0, np.int64)
-    ordered = [p for p in parsed if p[0] == "person"] + [p for p in parsed if p[0] == "image"]
-    for scope, ident, attr, (kind, value) in ordered:
-        rows = (out["group"].astype(str) if scope == "person" else out["id"].astype(str)) == ident
-        if attr in task.bins:
-            if kind == "number":
-                if isinstance(value, float) and pd.api.types.is_integer_dtype(out[attr]):
-                    out[attr] = out[attr].astype(float)
-                out.loc[rows, attr] = value
-                out.loc[rows, task.bin_column(attr)] = bin_values(value, task.bins[attr])
-            else:
-                out.loc[rows, task.bin_column(attr)] = value
-        elif pd.api.types.is_integer_dtype(out[attr]):
-            out.loc[rows, attr] = value
-        else:
-            out.loc[rows, attr] = task.classes(attr)[value]
-    out = task.with_labels(out)
-    return out, int((out["label_index"].to_numpy() != before).sum())

@@ -7,14 +7,20 @@ mixed-radix code order, never alphabetical, so class index == competition code.
 """
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from podium.tasks.attributes import SEPARATOR, AttributeTask, apply_label_fixes, drop_ambiguous_ages, mask_task
-from podium.schema import PodiumConfig, TaskConfig
 from podium.errors import PodiumError
+from podium.schema import PodiumConfig, TaskConfig
+from podium.tasks.attributes import (
+    SEPARATOR,
+    AttributeTask,
+    drop_ambiguous_ages,
+    mask_task,
+)
 
 
 @dataclass
@@ -65,17 +71,28 @@ def _ordinal(cfg: TaskConfig, attributes: AttributeTask) -> tuple[str, ...]:
     return tuple(cfg.ordinal or ())
 
 
-def label_samples(frame: pd.DataFrame, cfg: PodiumConfig, spec: TaskSpec, log=print) -> pd.DataFrame:
-    """Set ``label`` from the attribute columns (after label fixes)."""
-    if spec.attributes is None:
-        return frame
+def label_samples(frame: pd.DataFrame, cfg: PodiumConfig, spec: TaskSpec, log=print, *,
+                  other_ids: Collection[str] = (), strict_fixes: bool = True) -> pd.DataFrame:
+    """Set ``label`` from the attribute columns, after the label fixes (`task.label_fixes`).
+
+    ``other_ids``: image and group ids of the other data the same run loads (its
+    validation source), which the fixes may name too; ``strict_fixes`` False
+    skips every id the data lacks (evaluation data that a run's fixes need not cover).
+    """
     task = spec.attributes
-    missing = [a for a in task.names if a not in frame.columns and task.bin_column(a) not in frame.columns]
-    if missing:
-        raise PodiumError(f"the data lacks attribute column(s) {missing}; it has {list(frame.columns)}")
+    if task is not None:
+        missing = [a for a in task.names if a not in frame.columns and task.bin_column(a) not in frame.columns]
+        if missing:
+            raise PodiumError(f"the data lacks attribute column(s) {missing}; it has {list(frame.columns)}")
     if cfg.task.label_fixes:
-        frame, changed = apply_label_fixes(frame, cfg.task.label_fixes, task)
-        log(f"label fixes from {cfg.task.label_fixes}: {changed} label(s) changed")
+        from podium.tasks.fixes import apply_label_fixes
+
+        outcome = apply_label_fixes(frame, cfg.task.label_fixes, task, classes=spec.classes,
+                                    other_ids=other_ids, strict=strict_fixes)
+        frame = outcome.frame
+        log(f"label fixes from {cfg.task.label_fixes}: {outcome.describe()}")
+    if task is None:
+        return frame
     frame = task.with_labels(frame)
     if spec.mode == "per_attribute":
         index = task.attribute_indices(frame)[spec.target]
