@@ -62,7 +62,11 @@ def test_submission_format_options(tmp_path, image_folder, val_folder):
     sub = pd.read_csv(tmp_path / "pred out" / "submission.csv")
     assert list(sub.columns) == ["image", "y"] and sub["y"].between(0, 2).all()
     assert sub["image"].iloc[0] == "cat_000"
-    assert main(["predict", str(run), "--data", str(val_folder), "--out", str(tmp_path / "pred out"), "--quiet"]) == 2
+    # the one output rule: a taken --out gets the next free sibling, the first submission stays as it was
+    before = (tmp_path / "pred out" / "submission.csv").read_bytes()
+    assert main(["predict", str(run), "--data", str(val_folder), "--out", str(tmp_path / "pred out"), "--quiet"]) == 0
+    assert (tmp_path / "pred out-2" / "submission.csv").is_file()
+    assert (tmp_path / "pred out" / "submission.csv").read_bytes() == before
 
 
 def test_existing_run_gets_a_new_folder(tmp_path, image_folder):
@@ -197,11 +201,11 @@ def test_predict_applies_logit_biases(trained_run, tmp_path, val_folder, capsys)
     assert set(pd.read_csv(tmp_path / "biased" / "submission.csv")["label"]) == {"fox"}
     biases.write_text(json.dumps({"classes": ["a", "b", "c"], "biases": [0.0, 0.0, 0.0]}))
     assert main(["predict", str(trained_run), "--data", str(val_folder), "--biases", str(biases), "--quiet"]) == 2
-    assert "not the run's" in capsys.readouterr().err
+    assert "not the model's" in capsys.readouterr().err
 
 
 def test_tta_auto_adds_hflip_only_when_training_flipped():
-    from podium.evaluation.predict import resolve_tta
+    from podium.inference.views import resolve_tta
 
     flipped = load_config(None, ["augment.preset=light"])
     assert resolve_tta(None, flipped) == ["identity", "hflip"]

@@ -47,5 +47,5 @@ def test_cv_user_errors_exit_2_with_a_message(tmp_path, capsys):
     assert cli.main(["average-checkpoints", str(tmp_path), "--last", "2"]) == 2
     assert "no per-epoch checkpoints" in capsys.readouterr().err
     assert cli.main(["ensemble", str(tmp_path / "nope.parquet")]) == 2
-    assert "neither a CV folder" in capsys.readouterr().err
+    assert "neither a cv folder" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()  # nothing created by refused commands

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from podium.evaluation import cv, ensemble_runs
+from podium.rundir import BIASES_FILE, OOF_FILE, TEST_PROBABILITIES_FILE, read_classes, read_folds
 from podium.schema import load_config
 from podium.evaluation.scores import macro_f1
 from podium.errors import PodiumError
@@ -62,8 +63,8 @@ def cv_run(tmp_path_factory):
 
 def test_oof_covers_every_image_exactly_once(cv_run):
     run = cv_run.run_dir
-    oof = pd.read_parquet(run / cv.OOF_FILE)
-    folds = cv.read_folds(run)
+    oof = pd.read_parquet(run / OOF_FILE)
+    folds = read_folds(run)
     assert sorted(oof["id"]) == sorted(folds["id"]) and not oof["id"].duplicated().any()
     merged = oof.merge(folds, on="id", suffixes=("", "_assigned"))
     assert (merged["fold"] == merged["fold_assigned"]).all()
@@ -77,22 +78,27 @@ def test_oof_covers_every_image_exactly_once(cv_run):
 
 def test_each_fold_is_a_normal_run_validating_on_its_fold(cv_run):
     run = cv_run.run_dir
-    folds = cv.read_folds(run)
+    folds = read_folds(run)
     for k in range(2):
         split = pd.read_csv(run / f"fold{k}" / "split.csv", dtype=str)
         val_ids = set(split.loc[split["split"] == "val", "id"])
         assert val_ids == set(folds.loc[folds["fold"] == k, "id"])
         assert not val_ids & set(split.loc[split["split"] == "train", "id"])
         assert (run / f"fold{k}" / "config.yaml").is_file()
-        assert cv._read_json(run / f"fold{k}" / "classes.json")["classes"] == sorted(COLORS)
+        assert read_classes(run / f"fold{k}") == sorted(COLORS)
 
 
 def test_test_probabilities_are_the_fold_average(cv_run):
+    from podium.inference.predictor import load_predictor
+    from podium.rundir import read_cv_meta
+
     run = cv_run.run_dir
     classes = sorted(COLORS)
-    per_fold = [pd.read_parquet(run / f"fold{k}" / cv.TEST_FILE).set_index("id")[classes] for k in range(2)]
-    avg = pd.read_parquet(run / cv.TEST_AVG_FILE).set_index("id")[classes]
-    np.testing.assert_allclose(avg.to_numpy(), ((per_fold[0] + per_fold[1].loc[per_fold[0].index]) / 2).loc[avg.index])
+    test = read_cv_meta(run)["test_data"]
+    per_fold = [load_predictor(run / f"fold{k}").predict(test, out=run.parent / f"fold{k}-test").set_index("id")[classes]
+                for k in range(2)]
+    avg = pd.read_parquet(run / TEST_PROBABILITIES_FILE).set_index("id")[classes]
+    np.testing.assert_allclose(avg.to_numpy(), ((per_fold[0] + per_fold[1].loc[per_fold[0].index]) / 2).loc[avg.index], atol=1e-6)
     submission = pd.read_csv(run / "submission.csv")
     assert len(submission) == 6 and set(submission["label"]) <= set(classes)
 
@@ -132,8 +138,8 @@ def test_tta_with_only_identity_equals_plain_predictions(cv_run):
     result = cv.oof_tta(cv_run.run_dir, ["identity"])
     assert result["macro_f1_tta"] == result["macro_f1_plain"] and result["gain"] == 0
     classes = sorted(COLORS)
-    plain = pd.read_parquet(cv_run.run_dir / cv.OOF_FILE).set_index("id")[classes]
-    tta = pd.read_parquet(Path(result["out_dir"]) / cv.OOF_FILE).set_index("id")[classes]
+    plain = pd.read_parquet(cv_run.run_dir / OOF_FILE).set_index("id")[classes]
+    tta = pd.read_parquet(Path(result["out_dir"]) / OOF_FILE).set_index("id")[classes]
     np.testing.assert_allclose(tta.loc[plain.index].to_numpy(), plain.to_numpy(), atol=1e-5)
     with pytest.raises(PodiumError, match="unknown TTA view"):
         cv.oof_tta(cv_run.run_dir, ["hflp"])
@@ -143,7 +149,7 @@ def test_bias_tuning_reports_a_nested_gain(cv_run):
     result = cv.tune_biases(cv_run.run_dir, n_splits=3)
     assert len(result["biases"]) == 3 and result["recommended"] == (result["gain"] > 0)
     assert result["f1_before"] == pytest.approx(cv_run.summary["cv_macro_f1"])
-    assert (cv_run.run_dir / cv.BIASES_FILE).is_file() and (cv_run.run_dir / "submission_biased.csv").is_file()
+    assert (cv_run.run_dir / BIASES_FILE).is_file() and (cv_run.run_dir / "submission_biased.csv").is_file()
 
 
 def test_bias_tuning_on_a_single_runs_validation_predictions(cv_run, tmp_path):
@@ -157,7 +163,7 @@ def test_bias_tuning_on_a_single_runs_validation_predictions(cv_run, tmp_path):
     classes = result["classes"]
     y = val["target"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     assert result["f1_before"] == pytest.approx(macro_f1(y, val[classes].to_numpy().argmax(1), 3))
-    assert (run / cv.BIASES_FILE).is_file()
+    assert (run / BIASES_FILE).is_file()
 
 
 @pytest.mark.parametrize("method", ["soft", "weighted", "hard"])
@@ -165,14 +171,14 @@ def test_ensemble_of_identical_members_equals_the_member(cv_run, tmp_path, metho
     run = cv_run.run_dir
     result = ensemble_runs.ensemble_members([str(run), str(run)], method, out=tmp_path / "ens")
     classes = sorted(COLORS)
-    member = pd.read_parquet(run / cv.OOF_FILE).set_index("id")
-    ens = pd.read_parquet(tmp_path / "ens" / cv.OOF_FILE).set_index("id").loc[member.index]
+    member = pd.read_parquet(run / OOF_FILE).set_index("id")
+    ens = pd.read_parquet(tmp_path / "ens" / OOF_FILE).set_index("id").loc[member.index]
     assert (ens["prediction"] == member["prediction"]).all()
     scores = result["scores"]
     assert scores["macro_f1"].nunique() == 1
     assert result["beats_best_member"] is False and "does NOT beat" in result["verdict"]  # nested check: a tie
     test = pd.read_parquet(tmp_path / "ens" / "test_probabilities.parquet").set_index("id")
-    member_test = pd.read_parquet(run / cv.TEST_AVG_FILE).set_index("id").loc[test.index]
+    member_test = pd.read_parquet(run / TEST_PROBABILITIES_FILE).set_index("id").loc[test.index]
     if method != "hard":  # hard voting returns vote shares, not probabilities
         np.testing.assert_allclose(ens[classes].to_numpy(), member[classes].to_numpy())
         np.testing.assert_allclose(test[classes].to_numpy(), member_test[classes].to_numpy())

@@ -11,7 +11,7 @@ import torch
 from conftest import fast_overrides, make_folder
 from podium.cli import main
 from podium.deploy.export import export_run
-from podium.deploy.runtime import load_predictor
+from podium.inference.predictor import load_predictor
 from podium.errors import PodiumError
 from podium.rundir import load_run
 
@@ -91,7 +91,7 @@ def test_torchscript_export_works(tv_run):
     with torch.inference_mode():
         expected = load_predictor(tv_run).module(images).softmax(1)
         assert (scripted(images).softmax(1) - expected).abs().max() < TOLERANCE
-    assert load_predictor(result.path).backend == "torchscript"
+    assert load_predictor(result.path, trust=True).backend == "torchscript"  # TorchScript is code: opt-in
 
 
 def test_failed_parity_writes_nothing(timm_run, monkeypatch):

@@ -104,10 +104,3 @@ def test_report_opens_with_the_rounded_headline(trained):
     assert "test_efficientnet" in summary and "1 of 1" in summary and " s<" in summary
     assert repr(trained.summary["val_metrics"]["acc"]) not in summary, "no 16-digit floats"
     assert "{" not in summary.split("Resolved config")[0], "no dicts dumped as JSON"
-
-
-def test_layout_names_match_the_modules_that_write_them():
-    from podium.evaluation import cv
-    from podium.reports import leaderboard
-
-    assert (leaderboard.CV_FILE, leaderboard.CV_SUMMARY) == (cv.CV_FILE, cv.SUMMARY_FILE)

@@ -23,7 +23,7 @@ from PIL import Image
 from conftest import COLORS, fast_overrides, make_folder, make_image
 from podium.cli import main
 from podium.deploy.export import export_run
-from podium.deploy.runtime import load_predictor
+from podium.inference.predictor import load_predictor
 from podium.deploy.serve import ServeSettings, create_app
 
 CLASSES = ["cat", "dog", "fox"]

@@ -132,3 +132,40 @@ def test_api_errors_are_podium_errors_with_the_dotted_key():
         make_config(train={"lossx": "ce"})
     with pytest.raises(PodiumError, match=r"train\.loss: unknown loss 'cee'.*Did you mean 'ce'"):
         make_config(None, "train.loss=cee")
+
+
+def test_only_rundir_spells_the_run_folder_file_names():
+    """rundir.py owns the run/cv/ensemble folder contract: every other module uses its constants
+    and readers, so a file name (and what "best checkpoint" means) is decided in one place."""
+    from podium import rundir
+
+    names = {v for k, v in vars(rundir).items() if k.endswith("_FILE") or k.endswith("_CHECKPOINT")}
+    assert {"summary.json", "classes.json", "best.ckpt", "oof_predictions.parquet", "ensemble.json"} <= names
+    offenders = []
+    for path in (SRC / "podium").rglob("*.py"):
+        if path.name == "rundir.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names:
+                offenders.append(f"{path.relative_to(SRC)}:{node.lineno} {node.value!r}")
+    assert offenders == []
+
+
+def test_cli_commands_call_the_public_api():
+    """Every `cmd_*` of the CLI reaches the library through `podium.<name>` (the public API), so
+    the notebook API never lags the commands; argparse objects never enter the library."""
+    from podium import cli
+
+    lagging = []
+    for module_name in cli.COMMAND_MODULES:
+        path = SRC / Path(*module_name.split(".")).with_suffix(".py")
+        for node in ast.parse(path.read_text()).body:
+            if not (isinstance(node, ast.FunctionDef) and node.name.startswith("cmd_")):
+                continue
+            calls = {n.value.id for n in ast.walk(node) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
+            imports_internal = [n for n in ast.walk(node) if isinstance(n, ast.ImportFrom) and n.module
+                                and n.module.startswith("podium.") and not n.module.startswith(("podium.cli", "podium.errors"))
+                                and not all(a.name[0].isupper() for a in n.names)]  # settings types and constants
+            if "podium" not in calls or imports_internal:
+                lagging.append(f"{module_name}.{node.name}")
+    assert lagging == []

@@ -1,4 +1,4 @@
-"""The Python API: what a notebook (and the CLI, which is built on it) calls.
+"""The Python API: what a notebook calls, and what every `podium` command calls.
 
 Every function takes the same validated config as ``podium train`` and raises
 `PodiumError` with the same messages; results are objects holding DataFrames.
@@ -10,34 +10,38 @@ Every function takes the same validated config as ``podium train`` and raises
     scores = run.evaluate("data/val")       # Evaluation: .metrics, .per_class, .confusion
     cv = podium.cross_validate(cfg, folds=5)
     ens = podium.ensemble([cv, other], method="weighted")
+    model = podium.load("runs/ens")         # any run, cv run, ensemble or exported .onnx
+    model.predict(pil_image)                # one image, a list, a folder or a CSV
     report = podium.eda("data/train")
-    run = podium.load_run("runs/exp")
 """
 from __future__ import annotations
 
-import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pandas as pd
 
-from podium.schema import PodiumConfig, deep_merge, load_config, parse_overrides, validate_config
 from podium.errors import PodiumError
+from podium.schema import PodiumConfig, deep_merge, load_config, parse_overrides, read_yaml, validate_config
+
+_DEFAULT = "default"
 
 
 def config(path: str | Path | None = None, *overrides: str, **sections: Any) -> PodiumConfig:
     """A validated config from an optional YAML file, ``"a.b=v"`` overrides and section dicts.
 
-    ``podium.config("cfg.yaml", "train.lr=0.003", model={"name": "resnet18"})``; a bad key or
-    value raises `PodiumError` naming the dotted key, as the CLI does.
+    ``podium.config("cfg.yaml", "train.lr=0.003", model={"name": "resnet18"})``; the
+    file, the sections and the overrides are merged first and validated once, as
+    the CLI does, so an override can fix what the file alone would not allow. A bad
+    key or value raises `PodiumError` naming the dotted key.
     """
     for name, value in sections.items():
         if not isinstance(value, dict):
             raise PodiumError(f"podium.config({name}=...): expected a dict of {name}.* keys, found {type(value).__name__}")
-    base = load_config(path).model_dump(mode="json") if path is not None else {}
-    raw = deep_merge(deep_merge(base, sections), parse_overrides(list(overrides)))
-    return validate_config(raw)
+    raw = read_yaml(path) if path is not None else {}
+    return validate_config(deep_merge(deep_merge(raw, sections), parse_overrides(list(overrides))))
 
 
 def _as_config(cfg: PodiumConfig | dict | str | Path | None) -> PodiumConfig | None:
@@ -48,82 +52,122 @@ def _as_config(cfg: PodiumConfig | dict | str | Path | None) -> PodiumConfig | N
     return load_config(cfg)
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _folder(model) -> Any:
+    """A folder or file path from a path or an API object (Run, CrossValidation, Ensemble)."""
+    return getattr(model, "dir", model)
 
 
-@dataclass
-class Evaluation:
-    """A run measured on labelled data."""
-    metrics: dict
-    per_class: pd.DataFrame
-    confusion: pd.DataFrame
-    predictions: pd.DataFrame
+# ---------------------------------------------------------------- predicting with anything
+
+
+def load(path: str | Path, *, checkpoint: str = "best", trust: bool = False):
+    """Any trained model, ready to predict (an `inference.predict.Model`): a run, a cv run (folds
+    averaged), an ensemble folder (members with their weights), or an exported ``.onnx`` (``.pt``
+    TorchScript only with ``trust=True``: TorchScript is code). ``.predict(data)`` takes a folder,
+    a CSV, or in-memory images (a PIL image, an HxWx3 uint8 array, or a list of them)."""
+    from podium.inference.predict import Model
+    from podium.inference.predictor import load_predictor
+
+    return Model(load_predictor(_folder(path), checkpoint=checkpoint, trust=trust))
+
+
+def predict(model, data, *, out: str | Path | None = None, checkpoint: str = "best", tta: Any = _DEFAULT,
+            tta_merge: str | None = None, batch_size: int | None = None, biases: str | Path | None = None,
+            progress: bool = False, trust: bool = False) -> pd.DataFrame:
+    """Probabilities of ``data`` with any model (`load`): id, one column per class, prediction.
+    For a folder or CSV, probabilities.parquet and submission.csv are written to a new folder
+    named in ``table.attrs``. `podium predict`."""
+    from podium.inference.predict import predict as run_predict
+
+    return run_predict(_folder(model), data, out=out, checkpoint=checkpoint, tta=tta, tta_merge=tta_merge,
+                       batch_size=batch_size, biases=biases, progress=progress, trust=trust)
+
+
+def evaluate(model, data, *, out: str | Path | None = None, checkpoint: str = "best", tta: Any = _DEFAULT,
+             tta_merge: str | None = None, batch_size: int | None = None, biases: str | Path | None = None,
+             progress: bool = False, trust: bool = False):
+    """Metrics, per-class table and confusion matrix of any model on labelled data (`Evaluation`).
+    `podium evaluate`."""
+    from podium.inference.predict import evaluate as run_evaluate
+
+    return run_evaluate(_folder(model), data, out=out, checkpoint=checkpoint, tta=tta, tta_merge=tta_merge,
+                        batch_size=batch_size, biases=biases, progress=progress, trust=trust)
+
+
+def compose(runs: Sequence, data: str | Path, *, out: str | Path | None = None, checkpoint: str = "best",
+            tta: Any = _DEFAULT, tta_merge: str | None = None, batch_size: int | None = None, progress: bool = False):
+    """One run per attribute (task.mode=per_attribute) -> composite probabilities and a submission
+    (`inference.predict.Predictions`). `podium compose`."""
+    from podium.inference.predict import compose as run_compose
+
+    return run_compose([_folder(r) for r in runs], data, out=out, checkpoint=checkpoint, tta=tta, tta_merge=tta_merge,
+                       batch_size=batch_size, progress=progress)
+
+
+class _Model:
+    """A folder that holds a trained model: predicts and evaluates through the one predictor."""
+
     dir: Path
 
-    def plot_confusion(self, ax=None, normalize: bool = False):
-        """The confusion matrix as a matplotlib figure (rows = truth), for notebooks."""
-        from podium.evaluation.metrics import draw_confusion
+    def load(self, checkpoint: str = "best"):
+        """This model loaded once, for many predictions (`podium.load`)."""
+        return load(self.dir, checkpoint=checkpoint)
 
-        return draw_confusion(self.confusion, ax=ax, normalize=normalize)
+    def predict(self, data, **kwargs) -> pd.DataFrame:
+        """Probabilities for a folder, CSV or in-memory images (see `podium.predict`)."""
+        return predict(self.dir, data, **kwargs)
+
+    def evaluate(self, data, **kwargs):
+        """Metrics on a labelled folder or CSV (see `podium.evaluate`)."""
+        return evaluate(self.dir, data, **kwargs)
+
+    def export(self, format: str = "onnx", **kwargs):
+        """One ONNX/TorchScript file, parity-checked (see `podium.export`)."""
+        from podium.deploy.export import export
+
+        return export(self.dir, format, **kwargs)
+
+
+# ---------------------------------------------------------------- runs
 
 
 @dataclass
-class Run:
+class Run(_Model):
     """A run folder: its summary, per-epoch metrics and class map; predicts and evaluates."""
     dir: Path
     _module: Any = field(default=None, repr=False)
 
     @property
     def summary(self) -> dict:
-        return _read_json(self.dir / "summary.json")
+        from podium.rundir import read_summary
+
+        return read_summary(self.dir)
 
     @property
     def metrics(self) -> pd.DataFrame:
         """Per-epoch metrics (metrics.csv): epoch, train_loss, val_loss, val_f1, ..."""
-        path = self.dir / "metrics.csv"
-        return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+        from podium.rundir import read_metrics
+
+        return read_metrics(self.dir)
 
     @property
     def classes(self) -> list[str]:
-        return list(_read_json(self.dir / "classes.json").get("classes", []))
+        from podium.rundir import read_classes
+
+        return read_classes(self.dir)
 
     @property
     def config(self) -> PodiumConfig:
-        return load_config(self.dir / "config.yaml")
+        from podium.rundir import read_config
+
+        return read_config(self.dir)
 
     @property
     def val_predictions(self) -> pd.DataFrame:
         """The best checkpoint's validation predictions (the prediction table)."""
-        return pd.read_parquet(self.dir / "val_predictions.parquet")
+        from podium.rundir import read_val_predictions
 
-    def predict(self, data: str | Path, *, out: str | Path | None = None, checkpoint: str = "best",
-                tta: list[str] | None = None, tta_merge: str | None = None, batch_size: int | None = None,
-                progress: bool = False) -> pd.DataFrame:
-        """Probabilities for a folder or CSV of images: id, one column per class, prediction."""
-        from podium.evaluation.predict import predict_run
-
-        result = predict_run(self.dir, data, out=out, checkpoint=checkpoint, tta=tta, tta_merge=tta_merge,
-                             batch_size=batch_size, progress=progress)
-        table = pd.read_parquet(result["probabilities"])
-        classes = [c for c in table.columns if c != "id"]
-        table["prediction"] = [classes[i] for i in table[classes].to_numpy().argmax(1)]
-        table.attrs.update(submission=str(result["submission"]), probabilities=str(result["probabilities"]),
-                           out_dir=str(result["out_dir"]))
-        return table
-
-    def evaluate(self, data: str | Path, *, out: str | Path | None = None, checkpoint: str = "best",
-                 tta: list[str] | None = None, tta_merge: str | None = None, batch_size: int | None = None,
-                 progress: bool = False) -> Evaluation:
-        """Metrics, per-class table and confusion matrix on labelled data."""
-        from podium.evaluation.predict import evaluate_run
-
-        r = evaluate_run(self.dir, data, out=out, checkpoint=checkpoint, tta=tta, tta_merge=tta_merge,
-                         batch_size=batch_size, progress=progress)
-        out_dir = Path(r["out_dir"])
-        return Evaluation(r["metrics"], pd.read_csv(out_dir / "per_class.csv"),
-                          pd.read_csv(out_dir / "confusion_matrix.csv", index_col=0),
-                          pd.read_parquet(out_dir / "predictions.parquet"), out_dir)
+        return read_val_predictions(self.dir)
 
     def __repr__(self) -> str:
         s = self.summary
@@ -148,23 +192,26 @@ def train(cfg: PodiumConfig | dict | str | Path | None = None, *, resume: str | 
     if cfg is None and resume is None:
         raise PodiumError("podium.train needs a config (podium.config(...)) or resume=RUN_FOLDER")
     result = fit(cfg, resume=resume, dry_run=dry_run, progress=progress, log=log, callbacks=callbacks, epochs=epochs)
+    if dry_run:
+        return _DryRun(Path(result.run_dir), result.summary)
     run = Run(Path(result.run_dir), result.module)
     run.__dict__["_result"] = result
-    return run if not dry_run else _DryRun(Path(result.run_dir), result.summary)
+    return run
 
 
-@dataclass
 class _DryRun(Run):
     """What a dry run reports: nothing is written, so the summary is held in memory."""
-    _summary: dict = field(default_factory=dict)
+
+    def __init__(self, path: Path, summary: dict):
+        super().__init__(path)
+        self._summary = summary
 
     @property
     def summary(self) -> dict:
         return self._summary
 
-    def __init__(self, path: Path, summary: dict):
-        super().__init__(path)
-        self._summary = summary
+
+# ---------------------------------------------------------------- cross-validation
 
 
 def lr_find(cfg: PodiumConfig | dict | str | Path, *, min_lr: float = 1e-6, max_lr: float = 1.0, steps: int = 100,
@@ -188,13 +235,15 @@ def lr_find(cfg: PodiumConfig | dict | str | Path, *, min_lr: float = 1e-6, max_
 
 
 @dataclass
-class CrossValidation:
-    """A cross-validation folder: OOF predictions, scores and fold runs."""
+class CrossValidation(_Model):
+    """A cross-validation folder: OOF predictions, scores and fold runs; predicts with its folds averaged."""
     dir: Path
 
     @property
     def summary(self) -> dict:
-        return _read_json(self.dir / "cv_summary.json")
+        from podium.rundir import read_cv_summary
+
+        return read_cv_summary(self.dir)
 
     @property
     def score(self) -> float | None:
@@ -202,11 +251,16 @@ class CrossValidation:
 
     @property
     def oof(self) -> pd.DataFrame:
-        return pd.read_parquet(self.dir / "oof_predictions.parquet")
+        from podium.rundir import OOF_FILE, read_table
+
+        return read_table(self.dir / OOF_FILE, "out-of-fold predictions")
 
     @property
     def folds(self) -> list[Run]:
-        return [Run(p) for p in sorted(self.dir.glob("fold*")) if p.is_dir() and (p / "summary.json").is_file()]
+        from podium.rundir import fold_dir, is_finished_run, read_cv_meta
+
+        k = int(read_cv_meta(self.dir)["k"])
+        return [Run(fold_dir(self.dir, f)) for f in range(k) if is_finished_run(fold_dir(self.dir, f))]
 
     @property
     def scores(self) -> pd.DataFrame:
@@ -224,16 +278,53 @@ def cross_validate(cfg: PodiumConfig | dict | str | Path, *, folds: int | None =
     return CrossValidation(Path(result.run_dir))
 
 
+def cv_gather(run, *, test: str | Path | None = None, progress: bool = False, log: Callable = print) -> CrossValidation:
+    """Gather a cv folder whose folds were trained separately (OOF table, CV score, and with
+    ``test`` the fold-averaged test predictions); `podium cv-gather`."""
+    from podium.evaluation.cv import gather_cv
+
+    gather_cv(_folder(run), test=test, progress=progress, log=log)
+    return CrossValidation(Path(_folder(run)))
+
+
+def cv_tta(run, views: Sequence[str], merge: str = "mean", *, batch_size: int | None = None,
+           progress: bool = False) -> dict:
+    """Macro F1 of a cv run's OOF images with and without TTA ``views``; `podium cv-tta`."""
+    from podium.evaluation.cv import oof_tta
+
+    return oof_tta(_folder(run), list(views), merge, batch_size=batch_size, progress=progress)
+
+
+def cv_biases(run, *, splits: int = 5, seed: int = 0) -> dict:
+    """Per-class macro-F1 logit biases of a cv run's OOF (or a run's validation) predictions,
+    with their nested gain; writes logit_biases.json. `podium cv-biases`."""
+    from podium.evaluation.cv import tune_biases
+
+    return tune_biases(_folder(run), n_splits=splits, seed=seed)
+
+
+# ---------------------------------------------------------------- ensembles and averages
+
+
 @dataclass
-class Ensemble:
+class Ensemble(_Model):
+    """An ensemble folder: members, fitted weights, OOF scores; predicts with its members."""
     dir: Path
-    scores: pd.DataFrame | None
-    result: dict
+    scores: pd.DataFrame | None = None
+    result: dict = field(default_factory=dict)
 
     @property
     def oof(self) -> pd.DataFrame | None:
-        path = self.dir / "oof_predictions.parquet"
-        return pd.read_parquet(path) if path.is_file() else None
+        from podium.rundir import OOF_FILE, read_table
+
+        path = self.dir / OOF_FILE
+        return read_table(path, "the ensemble's OOF predictions") if path.is_file() else None
+
+    @property
+    def record(self) -> dict:
+        from podium.rundir import read_ensemble
+
+        return read_ensemble(self.dir)
 
 
 def ensemble(members: Sequence[Run | CrossValidation | str | Path], method: str = "soft", *,
@@ -241,9 +332,21 @@ def ensemble(members: Sequence[Run | CrossValidation | str | Path], method: str 
     """Combine cv runs, runs or prediction files; the CLI's `podium ensemble`."""
     from podium.evaluation.ensemble_runs import ensemble_members
 
-    paths = [str(m.dir) if hasattr(m, "dir") else str(m) for m in members]
-    r = ensemble_members(paths, method, out=out, test_probs=list(test_probs) if test_probs else None)
+    paths = [str(_folder(m)) for m in members]
+    r = ensemble_members(paths, method, out=out, test_probs=[str(t) for t in test_probs] if test_probs else None)
     return Ensemble(Path(r["out_dir"]), r.get("scores"), r)
+
+
+def average_checkpoints(run, *, last: int | None = None, best: int | None = None, out: str | Path | None = None,
+                        evaluate: bool = True, progress: bool = False) -> dict:
+    """The mean of several epochs' weights (SWA-style), scored on the run's validation split;
+    `podium average-checkpoints`."""
+    from podium.evaluation.ensemble_runs import average_run_checkpoints
+
+    return average_run_checkpoints(_folder(run), last=last, best=best, out=out, evaluate=evaluate, progress=progress)
+
+
+# ---------------------------------------------------------------- looking at data and runs
 
 
 @dataclass
@@ -258,7 +361,10 @@ class EDA:
 
     @property
     def summary(self) -> dict:
-        return _read_json(self.dir / "eda.json")
+        from podium.rundir import read_json_file
+
+        path = self.dir / "eda.json"
+        return read_json_file(path, "the EDA summary") if path.is_file() else {}
 
     @property
     def tables(self) -> dict[str, pd.DataFrame]:
@@ -269,7 +375,7 @@ def eda(data: str | Path | PodiumConfig, *overrides: str, out: str | Path | None
     """The EDA report of a data folder, CSV or config; the CLI's `podium eda` (no Lightning import)."""
     from podium.data.samples import load_train_and_val
     from podium.reports.eda import run_eda
-    from podium.rundir import next_free_dir
+    from podium.rundir import output_dir
     from podium.tasks.spec import resolve_task
 
     if isinstance(data, PodiumConfig):
@@ -283,9 +389,30 @@ def eda(data: str | Path | PodiumConfig, *overrides: str, out: str | Path | None
     task = resolve_task(cfg.task)
     samples, test = load_train_and_val(cfg, task)
     attributes = list(task.attributes.names) if task.attributes is not None else None
-    out_dir = Path(out) if out else next_free_dir(Path(cfg.output.dir) / "eda", name or "data")
+    out_dir = output_dir(out, Path(cfg.output.dir) / "eda", name or "data")
     result = run_eda(samples, out_dir, attributes=attributes, test_samples=test, seed=cfg.train.seed)
     return EDA(out_dir, result)
+
+
+def report(run, *, gradcam: bool = False, gallery: int | None = None) -> Path:
+    """The offline HTML report of a run, cv run or ensemble (curves, confusions, worst errors,
+    suspect labels; ``gradcam`` adds heat maps to the worst errors). `podium report`."""
+    from podium.reports.report import build_run_report
+
+    folder = Path(_folder(run))
+    source = _gradcam_source(folder) if gradcam else None
+    kwargs = {} if gallery is None else {"max_gallery": gallery}
+    return build_run_report(folder, model_forward=source, **kwargs)
+
+
+def _gradcam_source(run_dir: Path):
+    from podium.model.checkpoints import load_module
+    from podium.reports.gradcam import gradcam_source
+    from podium.rundir import load_run
+
+    info = load_run(run_dir)
+    module = load_module(info.checkpoint("best"), info.classes)
+    return gradcam_source(module, info.config.data.size_hw)
 
 
 def runs(dir: str | Path = "runs", where: list[str] | str | None = None) -> pd.DataFrame:
@@ -294,3 +421,49 @@ def runs(dir: str | Path = "runs", where: list[str] | str | None = None) -> pd.D
     from podium.reports.leaderboard import leaderboard
 
     return leaderboard(dir, where)
+
+
+def compare_runs(folders: Sequence):
+    """The config keys that differ, the headline metrics side by side and per-class F1 with
+    deltas to the first run (`leaderboard.Comparison`); `podium runs compare`."""
+    from podium.reports.leaderboard import compare_runs as compare
+
+    return compare([str(_folder(f)) for f in folders])
+
+
+# ---------------------------------------------------------------- data tools
+
+
+def crop(cfg: PodiumConfig | dict | str | Path) -> dict:
+    """Face/box crops of ``data.train`` written once and cached (the config's ``crop.*``);
+    `podium preprocess crop`. Returns the crop report (counts, cache folder)."""
+    from podium.data.crops import crop_samples
+    from podium.data.samples import load_labeled
+    from podium.tasks.spec import resolve_task
+
+    resolved = _as_config(cfg)
+    assert resolved is not None
+    if resolved.crop.detector == "none":
+        raise PodiumError("crop.detector is none: set it, e.g. crop.detector=yunet crop.options.model_path=yunet.onnx")
+    if not resolved.data.train:
+        raise PodiumError("data.train is not set: the images to crop")
+    samples = load_labeled(resolved.data.train, resolved, resolve_task(resolved.task), crop=False)
+    _, result = crop_samples(samples, resolved)
+    return result
+
+
+def synth_mask(out: str | Path, *, people: int = 30, seed: int = 0, image_size: tuple[int, int] = (384, 512)) -> dict:
+    """A synthetic dataset in the exact mask-competition layout; `podium data synth-mask`."""
+    from podium.data.synth import synth_mask_dataset
+
+    return synth_mask_dataset(out, people=people, seed=seed, image_size=image_size)
+
+
+def check_submission(file: str | Path, info: str | Path, *, classes: int = 18) -> None:
+    """Raise `PodiumError` listing every problem of a competition submission (header, rows, ids,
+    order, label range); `podium submission check`."""
+    from podium.data.competition import check_submission as problems_of
+
+    problems = problems_of(file, info, n_classes=classes)
+    if problems:
+        raise PodiumError(f"{file} is not a valid submission:\n  " + "\n  ".join(problems))

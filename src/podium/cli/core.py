@@ -52,71 +52,75 @@ def _resume_epochs(items: list[str]) -> int | None:
 
 
 def _prediction_kwargs(args) -> dict:
-    return dict(out=args.out, checkpoint=args.checkpoint, batch_size=args.batch_size, tta=tta_list(args.tta),
+    return dict(out=args.out, checkpoint=args.checkpoint, batch_size=args.batch_size, tta=_tta_arg(args.tta),
                 tta_merge=args.tta_merge, progress=not args.quiet)
 
 
-def cmd_predict(args) -> int:
-    from podium.evaluation.predict import predict_run
+def _tta_arg(value):
+    """``--tta`` absent: the model's own views; ``--tta none``: none; else the listed views."""
+    return "default" if value is None else tta_list(value)
 
+
+def _model_arg(args) -> str:
+    """The model to use: the positional MODEL or ``--model FILE`` (the older spelling), exactly one."""
     if (args.run is None) == (args.model is None):
-        raise PodiumError("podium predict needs exactly one model: a run folder (podium predict runs/exp --data DIR) "
-                          "or an exported file (podium predict --model model.onnx --data DIR)"
+        raise PodiumError("podium predict needs exactly one model: a run, cv run or ensemble folder, or an exported "
+                          "file (podium predict runs/exp --data DIR, podium predict model.onnx --data DIR)"
                           + (f"; got both {args.run} and --model {args.model}" if args.run else "; got neither"))
-    if args.model is not None:
-        from podium.deploy.runtime import predict_exported
+    return args.run if args.run is not None else args.model
 
-        kwargs = _prediction_kwargs(args)
-        if kwargs.pop("checkpoint") != "best":
-            raise PodiumError("--checkpoint picks a run's checkpoint; an exported model was fixed at export "
-                              "(podium export RUN --checkpoint last)")
-        result = predict_exported(args.model, args.data, biases=args.biases, **kwargs)
-    else:
-        result = predict_run(args.run, args.data, biases=args.biases, **_prediction_kwargs(args))
-    table("predictions", {"images": result["n_images"], "probabilities": result["probabilities"],
-                          "submission": result["submission"], "predicted classes": result["predicted_counts"]})
+
+def cmd_predict(args) -> int:
+    import podium
+
+    table_ = podium.predict(_model_arg(args), args.data, biases=args.biases, trust=args.trust_model,
+                            **_prediction_kwargs(args))
+    a = table_.attrs
+    table("predictions", {"images": len(table_), "probabilities": a["probabilities"], "submission": a["submission"],
+                          "predicted classes": a["predicted_counts"]})
     return 0
 
 
 def cmd_compose(args) -> int:
-    from podium.evaluation.predict import compose_runs
+    import podium
 
-    result = compose_runs(args.runs, args.data, **_prediction_kwargs(args))
-    table("composed predictions", {"images": result["n_images"], "probabilities": result["probabilities"],
-                                   "submission": result["submission"]})
+    result = podium.compose(args.runs, args.data, **_prediction_kwargs(args))
+    table("composed predictions", {"images": result.n_images, "probabilities": result.probabilities,
+                                   "submission": result.submission})
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from podium.evaluation.predict import evaluate_run
+    import podium
 
-    result = evaluate_run(args.run, args.data, biases=args.biases, **_prediction_kwargs(args))
-    m = result["metrics"]
+    result = podium.evaluate(args.run, args.data, biases=args.biases, trust=args.trust_model, **_prediction_kwargs(args))
+    m = result.metrics
     table(f"evaluation on {args.data}", {
-        "images": result["n_images"], "accuracy": m["acc"], "macro F1": m["f1"], "macro precision": m["precision"],
-        "macro recall": m["recall"], "macro ROC-AUC": m["auroc"], "files": result["out_dir"]})
+        "images": len(result.predictions), "accuracy": m["acc"], "macro F1": m["f1"],
+        "macro precision": m["precision"], "macro recall": m["recall"], "macro ROC-AUC": m["auroc"],
+        "files": result.dir})
     return 0
 
 
 def cmd_config_show(args) -> int:
-    from podium.schema import config_to_yaml, load_config
+    import podium
 
     config, overrides = split_config_and_overrides(args.items)
-    print(config_to_yaml(load_config(config, overrides)), end="")
+    print(podium.config_to_yaml(podium.config(config, *overrides)), end="")
     return 0
 
 
 def cmd_config_reference(args) -> int:
-    from podium.schema import config_reference
+    import podium
 
-    print(config_reference())
+    print(podium.config_reference())
     return 0
 
 
 def cmd_demo(args) -> int:
-    from podium.demo import run_demo
+    import podium
 
-    run_demo(Path(args.workdir), epochs=args.epochs, progress=not args.quiet, console=console())
+    podium.run_demo(Path(args.workdir), epochs=args.epochs, progress=not args.quiet, console=console())
     return 0
 
 
@@ -124,18 +128,23 @@ TRAIN_EXAMPLE = ("podium train cfg.yaml model.name=resnet18 train.epochs=3\n"
                  "  podium train data.train=data/train model.pretrained_path=weights.pth\n"
                  "  podium train --resume runs/exp")
 PREDICT_EXAMPLE = ("podium predict runs/exp --data data/test --tta hflip\n"
-                   "  podium predict --model runs/exp/exports/onnx/model.onnx --data data/test")
+                   "  podium predict runs/cv5 --data data/test          (the folds averaged)\n"
+                   "  podium predict runs/ensemble --data data/test\n"
+                   "  podium predict runs/exp/exports/onnx/model.onnx --data data/test")
+
+
+MODEL_HELP = ("a run, cv run or ensemble folder (e.g. runs/exp), or an exported model.onnx from `podium export` "
+              "(a TorchScript .pt needs --trust-model)")
 
 
 def _add_inference_args(p, exported: bool = False) -> None:
-    if exported:  # `predict` also runs exported models: RUN or --model, exactly one
-        p.add_argument("run", nargs="?", help="run folder, e.g. runs/exp (or give --model)")
-        p.add_argument("--model", metavar="FILE", help="an exported model.onnx / model.pt (from `podium export`) "
-                                                       "instead of a run folder")
-    else:
-        p.add_argument("run", help="run folder, e.g. runs/exp")
-    p.add_argument("--data", required=True, help="folder of images or CSV (path column as in the run's config)")
+    p.add_argument("run", metavar="MODEL", nargs="?" if exported else None, help=MODEL_HELP)
+    if exported:  # the older spelling for exported files
+        p.add_argument("--model", metavar="FILE", help="an exported model file, instead of MODEL")
+    p.add_argument("--data", required=True, help="folder of images or CSV (only the path column is needed to predict)")
     p.add_argument("--biases", help="logit_biases.json from `podium cv-biases` (per-class macro-F1 biases)")
+    p.add_argument("--trust-model", action="store_true",
+                   help="allow a TorchScript .pt model: TorchScript is code that runs on load; only for files you made")
     add_prediction_options(p)
 
 
@@ -146,11 +155,11 @@ def register(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="build everything and run one batch; writes no run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = add_command(sub, "predict", "Predict probabilities and a submission CSV with a trained run.", cmd_predict,
+    p = add_command(sub, "predict", "Predict probabilities and a submission CSV with any trained model.", cmd_predict,
                     PREDICT_EXAMPLE)
     _add_inference_args(p, exported=True)
-    p = add_command(sub, "evaluate", "Measure a trained run on a labelled folder or CSV.", cmd_evaluate,
-                    "podium evaluate runs/exp --data data/val")
+    p = add_command(sub, "evaluate", "Measure any trained model on a labelled folder or CSV.", cmd_evaluate,
+                    "podium evaluate runs/exp --data data/val\n  podium evaluate runs/cv5 --data data/holdout")
     _add_inference_args(p)
     p = add_command(sub, "compose", "Combine one-model-per-attribute runs into composite predictions and a submission.",
                     cmd_compose, "podium compose runs/mask runs/gender runs/age --data data/mask")

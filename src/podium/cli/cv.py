@@ -15,7 +15,7 @@ EXAMPLES = {
     "cv": "podium cv cfg.yaml train.epochs=5 --folds 5 --test data/test\n"
           "  podium cv cfg.yaml output.name=cv5 --folds 5 --fold 2   (one fold per process/machine)\n"
           "  (overrides go before the --options)",
-    "cv-gather": "podium cv-gather runs/cv5      (also: podium cv gather runs/cv5)",
+    "cv-gather": "podium cv-gather runs/cv5 --test data/test     (also: podium cv gather runs/cv5)",
     "cv-tta": "podium cv-tta runs/cv --tta hflip,scale_1.1",
     "cv-biases": "podium cv-biases runs/cv",
     "ensemble": "podium ensemble runs/cv runs/cv-2 runs/cv-3 --method weighted --out runs/ens",
@@ -28,13 +28,17 @@ def register(sub) -> None:
     p.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE", help="a YAML config, then dotted.key=value overrides")
     p.add_argument("--folds", type=positive_int, help="number of folds (default: cv.folds)")
     p.add_argument("--fold", type=non_negative_int, help="train only this fold (0-based) into output.dir/output.name")
-    p.add_argument("--test", metavar="DIR", help="unlabeled images each fold predicts; averaged into a submission")
+    p.add_argument("--test", metavar="DIR", help="unlabeled images the folds predict once all are done (averaged) into "
+                                                 "a submission")
     p.add_argument("--save-epochs", action="store_true", help="keep every epoch's checkpoint (for average-checkpoints)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = add_command(sub, "cv-gather", "Collect a CV folder's folds: OOF table, CV score, averaged test predictions.",
                     cmd_cv_gather, EXAMPLES["cv-gather"])
     p.add_argument("run", help="CV folder, e.g. runs/cv")
+    p.add_argument("--test", metavar="DIR", help="unlabeled images to predict with the folds averaged (test_probabilities"
+                                                 ".parquet + submission.csv); default: the cv run's own --test")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = add_command(sub, "cv-tta", "Measure test-time augmentation on the out-of-fold images (F1 with vs without).",
                     cmd_cv_tta, EXAMPLES["cv-tta"])
@@ -69,8 +73,7 @@ def register(sub) -> None:
 
 
 def cmd_cv(args) -> int:
-    from podium.schema import load_config
-    from podium.evaluation.cv import run_cv
+    import podium
 
     if args.items and args.items[0] == "gather":
         if len(args.items) != 2 or any(v is not None for v in (args.folds, args.fold, args.test)):
@@ -78,15 +81,15 @@ def cmd_cv(args) -> int:
         args.run = args.items[1]
         return cmd_cv_gather(args)
     config, overrides = split_config_and_overrides(args.items)
-    cfg = load_config(config, overrides)
+    cfg = podium.config(config, *overrides)
     out = console()
-    result = run_cv(cfg, folds=args.folds, only_fold=args.fold, test_data=args.test, save_epochs=args.save_epochs,
-                    progress=not args.quiet, log=out.print)
+    result = podium.cross_validate(cfg, folds=args.folds, fold=args.fold, test=args.test, save_epochs=args.save_epochs,
+                                   progress=not args.quiet, log=out.print)
     if result.summary:
         _print_summary(result.summary, out)
     else:
-        table("cross-validation", {"folder": result.run_dir, "trained fold(s)": result.trained_folds,
-                                        "next": f"podium cv-gather {result.run_dir} once every fold is done"}, out)
+        table("cross-validation", {"folder": result.dir, "next": f"podium cv-gather {result.dir} once every fold is done"},
+              out)
     return 0
 
 
@@ -99,23 +102,23 @@ def _print_summary(s: dict, out=None) -> None:
         rows[f"fold {row['fold']} macro F1"] = row["macro_f1"]
     if s.get("submission"):
         rows["submission (fold average)"] = s["submission"]
-    if s.get("test_note"):
-        rows["test"] = s["test_note"]
     rows["folder"] = s["run_dir"]
     table("cross-validation", rows, out)
 
 
 def cmd_cv_gather(args) -> int:
-    from podium.evaluation.cv import gather_cv
+    import podium
 
-    _print_summary(gather_cv(args.run))
+    out = console()
+    _print_summary(podium.cv_gather(args.run, test=getattr(args, "test", None), progress=not getattr(args, "quiet", True),
+                                    log=out.print).summary, out)
     return 0
 
 
 def cmd_cv_tta(args) -> int:
-    from podium.evaluation.cv import oof_tta
+    import podium
 
-    r = oof_tta(args.run, tta_list(args.tta), args.tta_merge, batch_size=args.batch_size)
+    r = podium.cv_tta(args.run, tta_list(args.tta) or [], args.tta_merge, batch_size=args.batch_size)
     table(f"TTA on out-of-fold images ({r['n_views']} views, {r['merge']})", {
         "macro F1 without TTA": r["macro_f1_plain"], "macro F1 with TTA": r["macro_f1_tta"], "gain": r["gain"],
         "accuracy without / with": f"{r['accuracy_plain']:.4f} / {r['accuracy_tta']:.4f}", "files": r["out_dir"]})
@@ -123,9 +126,9 @@ def cmd_cv_tta(args) -> int:
 
 
 def cmd_cv_biases(args) -> int:
-    from podium.evaluation.cv import tune_biases
+    import podium
 
-    r = tune_biases(args.run, n_splits=args.splits)
+    r = podium.cv_biases(args.run, splits=args.splits)
     rows = {"macro F1 before (nested)": r["f1_before"], "macro F1 after (nested)": r["f1_after"], "gain": r["gain"],
             "recommended": r["recommended"], "biases": ", ".join(f"{c}={b:+.2f}" for c, b in zip(r["classes"], r["biases"]))}
     if r.get("biased_submission"):
@@ -135,9 +138,9 @@ def cmd_cv_biases(args) -> int:
 
 
 def cmd_ensemble(args) -> int:
-    from podium.evaluation.ensemble_runs import ensemble_members
+    import podium
 
-    r = ensemble_members(args.members, args.method, out=args.out, test_probs=args.test_probs)
+    r = podium.ensemble(args.members, args.method, out=args.out, test_probs=args.test_probs).result
     out = console()
     if "scores" in r:
         from rich.table import Table
@@ -156,8 +159,8 @@ def cmd_ensemble(args) -> int:
 
 
 def cmd_average_checkpoints(args) -> int:
-    from podium.evaluation.ensemble_runs import average_run_checkpoints
+    import podium
 
-    r = average_run_checkpoints(args.run, last=args.last, best=args.best, out=args.out, evaluate=not args.no_eval)
+    r = podium.average_checkpoints(args.run, last=args.last, best=args.best, out=args.out, evaluate=not args.no_eval)
     table("checkpoint average", {k.replace("_", " "): v for k, v in r.items()})
     return 0

@@ -1,4 +1,4 @@
-"""Deployment: export a run to ONNX/TorchScript, serve a run or an exported model over HTTP."""
+"""Deployment: export a run, cv run or ensemble to ONNX/TorchScript; serve any model over HTTP."""
 from __future__ import annotations
 
 import os
@@ -6,16 +6,17 @@ import os
 from podium.cli.common import add_command, console, non_negative_int, positive_float, positive_int, table
 
 EXPORT_EXAMPLE = ("podium export runs/exp --format onnx --dynamic-batch\n"
-                  "  podium predict --model runs/exp/exports/onnx/model.onnx --data data/test")
+                  "  podium export runs/cv5            (one graph averaging the folds)\n"
+                  "  podium predict runs/exp/exports/onnx/model.onnx --data data/test")
 SERVE_EXAMPLE = ("podium serve runs/exp/exports/onnx/model.onnx --port 8000\n"
                  "  curl -F files=@cat.jpg http://127.0.0.1:8000/predict")
 
 
 def cmd_export(args) -> int:
-    from podium.deploy.export import export_run
+    import podium
 
     out = console()
-    result = export_run(args.run, args.format, checkpoint=args.checkpoint, out=args.out,
+    result = podium.export(args.run, args.format, checkpoint=args.checkpoint, out=args.out,
                         dynamic_batch=args.dynamic_batch, tolerance=args.tolerance, opset=args.opset,
                         parity_images=args.parity_images, log=out.print)
     p = result.parity
@@ -27,7 +28,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from podium.deploy.serve import API_KEY_ENV, ServeSettings, serve
+    import podium
+    from podium.deploy.serve import API_KEY_ENV, ServeSettings
 
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     settings = ServeSettings(
@@ -40,15 +42,15 @@ def cmd_serve(args) -> int:
                   f"the model (set --api-key or ${API_KEY_ENV})")
     out.print(f"serving {args.model} on http://{args.host}:{args.port}/ (POST /predict, GET /health, /classes, "
               f"/stats); Ctrl+C stops")
-    serve(args.model, host=args.host, port=args.port, checkpoint=args.checkpoint, settings=settings,
-          threads=args.threads or None)
+    podium.serve(args.model, host=args.host, port=args.port, checkpoint=args.checkpoint, settings=settings,
+                 threads=args.threads or None, trust=args.trust_model)
     return 0
 
 
 def register(sub) -> None:
-    p = add_command(sub, "export", "Export a run's model to ONNX or TorchScript, checked against PyTorch.",
-                    cmd_export, EXPORT_EXAMPLE)
-    p.add_argument("run", help="run folder, e.g. runs/exp")
+    p = add_command(sub, "export", "Export a run, cv run or ensemble to one ONNX or TorchScript model, checked against "
+                                   "PyTorch.", cmd_export, EXPORT_EXAMPLE)
+    p.add_argument("run", metavar="MODEL", help="run, cv run or ensemble folder, e.g. runs/exp")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="export format (default: onnx)")
     p.add_argument("--checkpoint", default="best", help="best, last, or a .ckpt path (default: best)")
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: batch 1)")
@@ -57,15 +59,18 @@ def register(sub) -> None:
     p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (default: 17)")
     p.add_argument("--parity-images", type=positive_int, default=64,
                    help="validation images the parity check runs on (default: 64)")
-    p.add_argument("--out", help="model file to write (default: RUN/exports/<format>/model.onnx|.pt)")
+    p.add_argument("--out", help="model file to write (default: MODEL/exports/<format>/model.onnx|.pt)")
 
     p = add_command(sub, "serve", "Serve a run or an exported model over HTTP (FastAPI), micro-batched.",
                     cmd_serve, SERVE_EXAMPLE)
-    p.add_argument("model", help="run folder (PyTorch), model.onnx (onnxruntime) or model.pt (TorchScript)")
+    p.add_argument("model", help="run, cv run or ensemble folder (PyTorch), model.onnx (onnxruntime), or model.pt "
+                                 "(TorchScript, with --trust-model)")
+    p.add_argument("--trust-model", action="store_true",
+                   help="allow a TorchScript .pt model: TorchScript is code that runs on load; only for files you made")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=positive_int, default=8000, help="port (default: 8000)")
     p.add_argument("--api-key", help="require this key in the X-API-Key header (default: $PODIUM_API_KEY if set)")
-    p.add_argument("--checkpoint", default="best", help="for a run folder: best, last or a .ckpt path")
+    p.add_argument("--checkpoint", default="best", help="for a folder: best or last (every run inside), or a .ckpt path")
     p.add_argument("--max-batch-size", type=positive_int, default=16, help="images per micro-batch (default: 16)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long a batch waits for more images after its first (default: 5)")

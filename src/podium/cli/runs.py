@@ -31,10 +31,10 @@ def cmd_runs(args) -> int:
     if len(args.paths) > 1:
         raise PodiumError(f"podium runs takes one folder, got {len(args.paths)}: {' '.join(args.paths)}. "
                           "To compare runs: podium runs compare RUN_A RUN_B")
-    from podium.reports.leaderboard import leaderboard
+    import podium
 
     root = args.paths[0] if args.paths else "runs"
-    table = leaderboard(root, args.where)
+    table = podium.runs(root, args.where)
     if args.format == "csv":
         table.to_csv(sys.stdout, index=False)
     elif args.format == "json":
@@ -68,9 +68,9 @@ def _wide_console():
 
 
 def _compare(paths: list[str], fmt: str) -> int:
-    from podium.reports.leaderboard import compare_runs
+    import podium
 
-    result = compare_runs(paths)
+    result = podium.compare_runs(paths)
     if fmt == "json":
         import json
 

@@ -5,96 +5,54 @@ examples double as documentation (`podium <command> --help`).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from podium.cli.common import add_command, add_group, positive_int, split_config_and_overrides
-from podium.errors import PodiumError
-
-
-def _samples_for_eda(target: str, overrides: list[str]):
-    """A data folder/CSV, or a config file whose data.train (and data.val) are used."""
-    from podium.schema import load_config
-    from podium.data.samples import load_train_and_val
-    from podium.tasks.spec import resolve_task
-
-    path = Path(target)
-    if path.suffix.lower() in (".yaml", ".yml"):
-        cfg = load_config(path, overrides)
-    else:
-        cfg = load_config(None, [f"data.train={path}"] + overrides)
-    task = resolve_task(cfg.task)
-    samples, test = load_train_and_val(cfg, task)
-    attributes = list(task.attributes.names) if task.attributes is not None else None
-    return cfg, samples, test, attributes
 
 
 def cmd_eda(args) -> int:
-    from podium.reports.eda import run_eda
-    from podium.rundir import next_free_dir
+    import podium
 
-    cfg, samples, test, attributes = _samples_for_eda(args.data, args.items)
-    out = Path(args.out) if args.out else next_free_dir(Path(cfg.output.dir) / "eda", Path(args.data).stem or "data")
-    result = run_eda(samples, out, attributes=attributes, test_samples=test, seed=cfg.train.seed)
-    print(f"EDA report: {out / 'eda.html'}")
-    if result.get("yaml"):
-        print("paste into your config:\n" + result["yaml"])
+    result = podium.eda(args.data, *args.items, out=args.out)
+    print(f"EDA report: {result.html}")
+    if result.result.get("yaml"):
+        print("paste into your config:\n" + result.result["yaml"])
     return 0
 
 
-def _gradcam_source(run: Path):
-    from podium.model.checkpoints import load_module
-    from podium.reports.gradcam import gradcam_source
-    from podium.rundir import load_run
-
-    info = load_run(run)
-    module = load_module(info.checkpoint("best"), info.classes)
-    return gradcam_source(module, info.config.data.size_hw)
-
-
 def cmd_report(args) -> int:
-    from podium.reports.report import build_run_report
+    import podium
 
-    run = Path(args.run)
-    source = _gradcam_source(run) if args.gradcam else None
-    path = build_run_report(run, model_forward=source, max_gallery=args.gallery)
-    print(f"report: {path}\nsuspect labels (review, then feed to task.label_fixes): {run / 'suspect_labels.csv'}")
+    path = podium.report(args.run, gradcam=args.gradcam, gallery=args.gallery)
+    print(f"report: {path}\nsuspect labels (review, then feed to task.label_fixes): {path.parent / 'suspect_labels.csv'}")
     return 0
 
 
 def cmd_crop(args) -> int:
-    from podium.schema import load_config
-    from podium.data.crops import crop_samples
-    from podium.data.samples import load_labeled
-    from podium.tasks.spec import resolve_task
+    import podium
 
-    cfg = load_config(*split_config_and_overrides(args.items))
-    if cfg.crop.detector == "none":
-        raise PodiumError("crop.detector is none: set it, e.g. crop.detector=yunet crop.options.model_path=yunet.onnx")
-    if not cfg.data.train:
-        raise PodiumError("data.train is not set: the images to crop")
-    samples = load_labeled(cfg.data.train, cfg, resolve_task(cfg.task), crop=False)
-    _, report = crop_samples(samples, cfg)
+    report = podium.crop(podium.config(*_config_and_overrides(args.items)))
     print(f"cropped {report['n_images']} image(s) into {report['cache_dir']}: detected {report['detected']}, "
           f"reused {report['reused']}, fallback {report['fallback']}, from cache: {report['cached']}")
     return 0
 
 
-def cmd_synth_mask(args) -> int:
-    from podium.data.synth import synth_mask_dataset
+def _config_and_overrides(items: list[str]) -> list:
+    config, overrides = split_config_and_overrides(items)
+    return [config, *overrides]
 
-    summary = synth_mask_dataset(args.out, people=args.people, seed=args.seed,
-                                 image_size=(args.width, args.height))
+
+def cmd_synth_mask(args) -> int:
+    import podium
+
+    summary = podium.synth_mask(args.out, people=args.people, seed=args.seed, image_size=(args.width, args.height))
     print(f"wrote a synthetic mask-competition dataset to {args.out}: "
           f"{summary.get('train_images', '?')} train / {summary.get('eval_images', '?')} eval images")
     return 0
 
 
 def cmd_submission_check(args) -> int:
-    from podium.data.competition import check_submission
+    import podium
 
-    problems = check_submission(args.file, args.info, n_classes=args.classes)
-    if problems:
-        raise PodiumError(f"{args.file} is not a valid submission:\n  " + "\n  ".join(problems))
+    podium.check_submission(args.file, args.info, classes=args.classes)
     print(f"{args.file}: valid ({args.info} order, labels 0..{args.classes - 1})")
     return 0
 

@@ -56,13 +56,13 @@ def register(sub) -> None:
 
 
 def cmd_tune(args) -> int:
-    from podium.tuning import tune
+    import podium
 
     config, overrides = split_config_and_overrides(args.items)
     if config is None:
         raise PodiumError("podium tune needs a config file with a `search:` section, e.g. podium tune tune.yaml --trials 20")
     out = console()
-    result = tune(config, trials=args.trials, overrides=overrides, study=args.study, root=args.dir,
+    result = podium.tune(config, trials=args.trials, overrides=overrides, study=args.study, root=args.dir,
                   storage=args.storage, folds=args.folds, sampler=args.sampler, pruner=args.pruner,
                   seed=args.seed, timeout=args.timeout, jobs=args.jobs, heartbeat=args.heartbeat,
                   prune_startup=args.prune_startup, live=not args.quiet,

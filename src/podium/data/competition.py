@@ -228,7 +228,7 @@ def read_mask_train(
 
 
 # ----------------------------------------------------------------- evaluation
-def _eval_dir(root: Path) -> Path:
+def eval_dir(root: Path) -> Path:
     if (root / "eval" / "info.csv").is_file():
         return root / "eval"
     if (root / "info.csv").is_file():
@@ -257,14 +257,14 @@ def read_mask_eval(root: str | Path) -> pd.DataFrame:
     Columns: path (absolute), id (ImageID), label (None). The order is kept
     because the submission must follow it.
     """
-    eval_dir = _eval_dir(Path(root))
-    info = _read_info(eval_dir / "info.csv")
-    paths = [(eval_dir / "images" / image_id).absolute() for image_id in info["ImageID"]]
+    eval_folder = eval_dir(Path(root))
+    info = _read_info(eval_folder / "info.csv")
+    paths = [(eval_folder / "images" / image_id).absolute() for image_id in info["ImageID"]]
     missing = [i for i, p in zip(info["ImageID"], paths) if not p.is_file()]
     if missing:
         raise PodiumError(
-            f"{len(missing)} of {len(info)} images listed in {eval_dir / 'info.csv'} are missing from "
-            f"{eval_dir / 'images'}: {summarize_list(missing)}"
+            f"{len(missing)} of {len(info)} images listed in {eval_folder / 'info.csv'} are missing from "
+            f"{eval_folder / 'images'}: {summarize_list(missing)}"
         )
     return pd.DataFrame({"path": [str(p) for p in paths], "id": info["ImageID"].tolist(), "label": [None] * len(info)})
 

@@ -85,7 +85,8 @@ def read_csv_samples(csv_path: str | Path, cfg: DataConfig, labeled: bool = True
     if labeled is None:
         labeled = cfg.label_column in table.columns
     need = [cfg.path_column] + ([cfg.label_column] if labeled else [])
-    need += [c for c in (cfg.id_column, cfg.group_column) if c]
+    need += [cfg.id_column] if cfg.id_column else []
+    need += [cfg.group_column] if cfg.group_column and labeled is not False else []  # nothing is grouped at predict time
     missing = [c for c in need if c not in table.columns]
     if missing:
         raise PodiumError(
@@ -108,7 +109,7 @@ def read_csv_samples(csv_path: str | Path, cfg: DataConfig, labeled: bool = True
     if labeled and (frame["label"] == "").any():
         rows = (np.flatnonzero(frame["label"] == "") + 2).tolist()
         raise PodiumError(f"CSV {csv_path}: empty label in row(s) {summarize_list(rows)}")
-    if cfg.group_column:
+    if cfg.group_column and cfg.group_column in table.columns:
         frame["group"] = table[cfg.group_column].to_numpy()
     used = {cfg.path_column, cfg.label_column, cfg.id_column, cfg.group_column}
     for column in table.columns:

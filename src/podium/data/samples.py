@@ -117,10 +117,9 @@ def prepare_data(cfg: PodiumConfig, classes: list[str] | None = None, log=print)
 
 def load_split(run_dir: Path, classes: list[str]) -> PreparedData:
     """The exact train/validation split a run was started with (saved as split.csv)."""
-    path = Path(run_dir) / "split.csv"
-    if not path.is_file():
-        raise PodiumError(f"{path} is missing: cannot resume without the run's split")
-    table = pd.read_csv(path, dtype={"id": str, "label": str, "group": str}, keep_default_na=False)
+    from podium.rundir import read_split
+
+    table = read_split(run_dir)
     train = table[table["split"] == "train"].drop(columns="split").reset_index(drop=True)
     val = table[table["split"] == "val"].drop(columns="split").reset_index(drop=True)
     return PreparedData(train, val, classes)

@@ -310,7 +310,7 @@ async def _answer(scope, receive, send, refusal: ClientError) -> None:
 
 
 def create_app(predictor, settings: ServeSettings | None = None):
-    """The FastAPI app serving ``predictor`` (a `podium.deploy.runtime.Predictor`)."""
+    """The FastAPI app serving ``predictor`` (a `podium.inference.predictor.Predictor`)."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
@@ -453,16 +453,18 @@ async def predict_files(files, predictor, settings: ServeSettings, batcher: Micr
 
 
 def serve(model, *, host: str = "127.0.0.1", port: int = 8000, checkpoint: str = "best",
-          settings: ServeSettings | None = None, threads: int | None = None, log_level: str = "info") -> None:
-    """Serve a run folder (PyTorch) or an exported ``.onnx``/``.pt`` file until interrupted."""
+          settings: ServeSettings | None = None, threads: int | None = None, log_level: str = "info",
+          trust: bool = False) -> None:
+    """Serve a run, cv run or ensemble folder (PyTorch) or an exported ``.onnx`` file (a TorchScript
+    ``.pt`` only with ``trust=True``) until interrupted."""
     try:
         import fastapi  # noqa: F401
         import uvicorn
     except ImportError:
         raise PodiumError("serving needs FastAPI and uvicorn: pip install 'podium[serve]'") from None
-    from podium.deploy.runtime import load_predictor
+    from podium.inference.predictor import load_predictor
 
     settings = settings or ServeSettings(api_key=os.environ.get(API_KEY_ENV) or None)
-    predictor = load_predictor(getattr(model, "dir", model), checkpoint=checkpoint, threads=threads)
+    predictor = load_predictor(getattr(model, "dir", model), checkpoint=checkpoint, threads=threads, trust=trust)
     app = create_app(predictor, settings)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

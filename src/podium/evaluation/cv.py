@@ -7,10 +7,10 @@ Layout of a CV folder ``runs/<name>/``::
     folds.csv               id, path, label, [group], fold   (the fold of every image)
     config.yaml             the resolved config the folds were trained with
     fold0/ ... fold<k-1>/   normal run folders (train.train), val = that fold
-    fold<k>/test_predictions.parquet   the fold's probabilities on --test images
     oof_predictions.parquet  every image exactly once, predicted by the fold that never trained on it
     cv_summary.json          CV score (macro F1 over all OOF rows), per-fold mean +- std, accuracy
-    test_probabilities.parquet, submission.csv   fold-averaged test predictions
+    test_probabilities.parquet, submission.csv   fold-averaged test predictions (`--test`), made by
+                            the cv run's one predictor (`inference.predictor`) when the folds are gathered
 
 The fold assignment is written before any training and re-read by later
 ``--fold k`` calls, so separate processes or machines train disjoint folds of
@@ -19,31 +19,25 @@ probability columns line up.
 """
 from __future__ import annotations
 
-import json
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from podium.schema import PodiumConfig, config_to_yaml, load_config
-from podium.model.engine import epoch_checkpoint_callback
+from podium.data.splits import has_groups, make_folds
 from podium.errors import PodiumError, summarize_list
 from podium.fileio import write_csv, write_json, write_parquet, write_text
-from podium.data.splits import has_groups, make_folds
-
-CV_FILE = "cv.json"
-FOLDS_FILE = "folds.csv"
-OOF_FILE = "oof_predictions.parquet"
-SUMMARY_FILE = "cv_summary.json"
-TEST_FILE = "test_predictions.parquet"
-TEST_AVG_FILE = "test_probabilities.parquet"
-BIASES_FILE = "logit_biases.json"
+from podium.model.engine import epoch_checkpoint_callback
+from podium.rundir import (BIASES_FILE, CONFIG_FILE, CV_FILE, CV_SUMMARY_FILE, FOLDS_FILE, OOF_FILE,
+                           TEST_PROBABILITIES_FILE, fold_dir, is_finished_run, read_config, read_cv_meta, read_folds,
+                           read_summary, read_table, read_val_predictions)
+from podium.schema import PodiumConfig, config_to_yaml
 
 
-# ---------------------------------------------------------------- folds
+#: what `oof_tta` writes beside its OOF table, in ``tta/<views>/``
+TTA_SUMMARY_FILE = "tta_summary.json"
 
 
 # ---------------------------------------------------------------- training
@@ -66,14 +60,15 @@ def run_cv(cfg: PodiumConfig, *, folds: int | None = None, only_fold: int | None
     folds.csv, so that ``--fold 0`` .. ``--fold k-1`` launched separately fill
     the same folder. When every fold is done the OOF tables are gathered.
     """
-    existing = Path(cfg.output.dir) / cfg.output.name / CV_FILE
-    if folds is None and only_fold is not None and existing.is_file():
-        folds = _read_json(existing)["k"]  # later --fold calls follow the folder's fold count
+    existing = Path(cfg.output.dir) / cfg.output.name
+    if folds is None and only_fold is not None and (existing / CV_FILE).is_file():
+        folds = read_cv_meta(existing)["k"]  # later --fold calls follow the folder's fold count
     k = folds or cfg.cv.folds
     if only_fold is not None and not 0 <= only_fold < k:
         raise PodiumError(f"--fold {only_fold} is out of range: folds are numbered 0..{k - 1}")
     frame, classes = _load_pool(cfg, log)
-    test_frame = _load_test(cfg, test_data) if test_data else None  # fails before any folder is made
+    if test_data:
+        _load_test(cfg, test_data)  # a bad --test fails before any folder is made
     if only_fold is None:
         from podium.rundir import next_free_dir
 
@@ -87,12 +82,11 @@ def run_cv(cfg: PodiumConfig, *, folds: int | None = None, only_fold: int | None
     todo = range(k) if only_fold is None else [only_fold]
     for fold in todo:
         _check_fold_free(run_dir, fold)
-        train_fold(cfg, run_dir, frame, classes, fold, test_frame=test_frame, save_epochs=save_epochs,
-                   progress=progress, log=log)
-    done = [f for f in range(k) if fold_status(run_dir / f"fold{f}") == "done"]
+        train_fold(cfg, run_dir, frame, classes, fold, save_epochs=save_epochs, progress=progress, log=log)
+    done = [f for f in range(k) if fold_status(fold_dir(run_dir, f)) == "done"]
     summary = None
     if len(done) == k:
-        summary = gather_cv(run_dir)
+        summary = gather_cv(run_dir, progress=progress)
     else:
         missing = [f for f in range(k) if f not in done]
         log(f"{len(done)} of {k} folds done; train fold(s) {summarize_list(missing)} with --fold, "
@@ -101,7 +95,7 @@ def run_cv(cfg: PodiumConfig, *, folds: int | None = None, only_fold: int | None
 
 
 def train_fold(cfg: PodiumConfig, run_dir: Path, frame: pd.DataFrame, classes: list[str], fold: int, *,
-               test_frame: pd.DataFrame | None = None, save_epochs: bool = False, progress: bool = True, log=print):
+               save_epochs: bool = False, progress: bool = True, log=print):
     """One fold = one normal run named ``fold<k>`` whose validation set is that fold."""
     from podium.data.samples import PreparedData
     from podium.model.training import train
@@ -116,28 +110,12 @@ def train_fold(cfg: PodiumConfig, run_dir: Path, frame: pd.DataFrame, classes: l
 
     train_part = drop_training_ages(frame.loc[~is_val, columns].reset_index(drop=True), cfg.task, log)
     prepared = PreparedData(train_part, frame.loc[is_val, columns].reset_index(drop=True), list(classes))
-    callbacks = [epoch_checkpoint_callback(run_dir / f"fold{fold}")] if save_epochs else None
+    callbacks = [epoch_checkpoint_callback(fold_dir(run_dir, fold))] if save_epochs else None
     log(f"fold {fold}: {len(prepared.train)} train / {len(prepared.val)} validation images")
     result = train(fold_cfg, prepared=prepared, callbacks=callbacks, progress=progress, log=log)
-    if result.run_dir != run_dir / f"fold{fold}":
-        raise PodiumError(f"fold {fold} was written to {result.run_dir}, expected {run_dir / f'fold{fold}'}")
-    if test_frame is not None:
-        predict_fold_test(result.run_dir, test_frame, fold_cfg, progress=progress)
+    if result.run_dir != fold_dir(run_dir, fold):
+        raise PodiumError(f"fold {fold} was written to {result.run_dir}, expected {fold_dir(run_dir, fold)}")
     return result
-
-
-def predict_fold_test(fold_dir: Path, test_frame: pd.DataFrame, cfg: PodiumConfig, progress: bool = False) -> Path:
-    """The fold's best checkpoint on the test images (with the run's ``predict.tta``)."""
-    from podium.evaluation.predict import predict_frame, resolve_tta
-    from podium.model.checkpoints import load_module
-
-    summary = _read_json(fold_dir / "summary.json")
-    classes = summary["classes"]
-    module = load_module(fold_dir / summary.get("best_checkpoint", "best.ckpt"), classes)
-    probs = predict_frame(module, test_frame, cfg, tta=resolve_tta(None, cfg), tta_merge=cfg.predict.tta_merge,
-                          progress=progress)
-    table = pd.concat([pd.DataFrame({"id": test_frame["id"].to_numpy()}), pd.DataFrame(probs, columns=classes)], axis=1)
-    return write_parquet(fold_dir / TEST_FILE, table)
 
 
 def _load_pool(cfg: PodiumConfig, log) -> tuple[pd.DataFrame, list[str]]:
@@ -175,7 +153,7 @@ def _write_cv_files(run_dir: Path, cfg: PodiumConfig, frame: pd.DataFrame, class
     folds = make_folds(frame, k, cfg.cv.seed)
     table = _folds_table(frame, folds)
     write_csv(run_dir / FOLDS_FILE, table)
-    write_text(run_dir / "config.yaml", config_to_yaml(cfg))
+    write_text(run_dir / CONFIG_FILE, config_to_yaml(cfg))
     write_json(run_dir / CV_FILE, {
         "k": k, "seed": cfg.cv.seed, "classes": classes, "grouped": has_groups(frame),
         "n_images": len(table), "data": cfg.data.train, "test_data": str(test_data) if test_data else None,
@@ -189,7 +167,7 @@ def _reuse_or_write_cv_files(run_dir: Path, cfg: PodiumConfig, frame: pd.DataFra
     if not (run_dir / CV_FILE).is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
         return _write_cv_files(run_dir, cfg, frame, classes, k, test_data)
-    meta = _read_json(run_dir / CV_FILE)
+    meta = read_cv_meta(run_dir)
     if meta["k"] != k or meta["classes"] != classes:
         raise PodiumError(
             f"{run_dir} holds a {meta['k']}-fold CV over classes {summarize_list(meta['classes'])}; this call asks "
@@ -201,61 +179,45 @@ def _reuse_or_write_cv_files(run_dir: Path, cfg: PodiumConfig, frame: pd.DataFra
     return frame.assign(fold=frame["id"].astype(str).map(table.set_index("id")["fold"]).astype(int).to_numpy())
 
 
-def read_folds(run_dir: Path) -> pd.DataFrame:
-    path = Path(run_dir) / FOLDS_FILE
-    if not path.is_file():
-        raise PodiumError(f"{run_dir} is not a cross-validation folder: {FOLDS_FILE} is missing")
-    return pd.read_csv(path, dtype={"id": str, "label": str, "group": str, "path": str}, keep_default_na=False)
-
-
-def fold_status(fold_dir: Path) -> str:
+def fold_status(folder: Path) -> str:
     """``missing`` (no folder), ``unfinished`` (no summary / OOF table yet) or ``done``."""
-    if not fold_dir.is_dir():
+    if not folder.is_dir():
         return "missing"
-    if (fold_dir / "summary.json").is_file() and (fold_dir / "val_predictions.parquet").is_file():
-        return "done"
-    return "unfinished"
+    return "done" if is_finished_run(folder) else "unfinished"
 
 
 def _check_fold_free(run_dir: Path, fold: int) -> None:
-    fold_dir = run_dir / f"fold{fold}"
-    status = fold_status(fold_dir)
+    folder = fold_dir(run_dir, fold)
+    status = fold_status(folder)
     if status == "done":
-        raise PodiumError(f"fold {fold} is already trained in {fold_dir}; delete that folder to train it again")
+        raise PodiumError(f"fold {fold} is already trained in {folder}; delete that folder to train it again")
     if status == "unfinished":
-        raise PodiumError(f"fold {fold} in {fold_dir} is unfinished: continue it with `podium train --resume {fold_dir}` "
+        raise PodiumError(f"fold {fold} in {folder} is unfinished: continue it with `podium train --resume {folder}` "
                           f"(then `podium cv-gather {run_dir}`), or delete the folder to start the fold over")
 
 
 # ---------------------------------------------------------------- gathering
 
 
-def gather_cv(run_dir: str | Path) -> dict:
-    """OOF table, CV score and fold-averaged test predictions of a finished CV folder."""
+def gather_cv(run_dir: str | Path, *, test: str | Path | None = None, progress: bool = False, log=print) -> dict:
+    """OOF table, CV score and (with ``test``, or the ``--test`` the cv run was started with)
+    the fold-averaged test predictions of a finished CV folder."""
     from podium.data.dataset import encode_labels
-    from podium.evaluation.ensemble import align_members, soft_vote
-    from podium.evaluation.scores import macro_f1
     from podium.evaluation.metrics import save_classification_report
+    from podium.evaluation.scores import macro_f1
 
     run_dir = Path(run_dir)
-    meta = _read_meta(run_dir)
+    meta = read_cv_meta(run_dir)
     k, classes = meta["k"], meta["classes"]
     table = read_folds(run_dir)
-    problems = {f: fold_status(run_dir / f"fold{f}") for f in range(k)}
-    bad = {f: s for f, s in problems.items() if s != "done"}
-    if bad:
-        detail = ", ".join(f"fold {f} {s}" for f, s in bad.items())
-        raise PodiumError(
-            f"{run_dir}: {len(bad)} of {k} folds are not finished ({detail}). Train them with "
-            f"`podium cv CONFIG output.dir={run_dir.parent} output.name={run_dir.name} --folds {k} --fold N` for N in "
-            f"{summarize_list(list(bad))}, then gather again")
+    _check_all_folds_done(run_dir, k)
     parts, fold_rows = [], []
     for f in range(k):
-        part = pd.read_parquet(run_dir / f"fold{f}" / "val_predictions.parquet").assign(fold=f)
+        part = read_val_predictions(fold_dir(run_dir, f)).assign(fold=f)
         _check_fold_part(run_dir, f, part, table, classes)
         y = encode_labels(part["target"], classes, f"fold {f} predictions")
         pred = part[classes].to_numpy().argmax(1)
-        summary = _read_json(run_dir / f"fold{f}" / "summary.json")
+        summary = read_summary(fold_dir(run_dir, f))
         fold_rows.append({"fold": f, "n_images": len(part), "macro_f1": macro_f1(y, pred, len(classes)),
                           "accuracy": float((pred == y).mean()), "best_epoch": summary.get("best_epoch"),
                           "wall_time_s": summary.get("wall_time_s")})
@@ -277,30 +239,48 @@ def gather_cv(run_dir: str | Path) -> dict:
         "oof_metrics": report, "folds": fold_rows,
         "total_fold_time_s": float(sum(times)) if times else None,
     }
-    tests = [f for f in range(k) if (run_dir / f"fold{f}" / TEST_FILE).is_file()]
-    summary["test_folds"] = tests
-    if tests and len(tests) < k:
-        summary["test_note"] = (f"only fold(s) {tests} have test predictions; test probabilities were not averaged. "
-                                "Predict the other folds on the same images first")
-    elif tests:
-        frames = [pd.read_parquet(run_dir / f"fold{f}" / TEST_FILE) for f in tests]
-        arrays = align_members(frames, [f"fold {f} test predictions" for f in tests], classes)
-        avg = soft_vote(arrays)
-        ids = frames[0]["id"].astype(str)
-        summary.update(write_test_outputs(run_dir, ids, avg, classes, _submission_cfg(run_dir),
-                                          competition_root=_competition_root(run_dir, meta)))
-    write_json(run_dir / SUMMARY_FILE, summary)
+    summary.update(_gathered_test(run_dir, test or meta.get("test_data"), progress, log))
+    write_json(run_dir / CV_SUMMARY_FILE, summary)
     from podium.reports.report import build_run_report
 
     build_run_report(run_dir)  # OOF-based report.html, as train writes for a single run
     return summary
 
 
+def _check_all_folds_done(run_dir: Path, k: int) -> None:
+    bad = {f: s for f in range(k) if (s := fold_status(fold_dir(run_dir, f))) != "done"}
+    if bad:
+        detail = ", ".join(f"fold {f} {s}" for f, s in bad.items())
+        raise PodiumError(
+            f"{run_dir}: {len(bad)} of {k} folds are not finished ({detail}). Train them with "
+            f"`podium cv CONFIG output.dir={run_dir.parent} output.name={run_dir.name} --folds {k} --fold N` for N in "
+            f"{summarize_list(list(bad))}, then gather again")
+
+
+def _gathered_test(run_dir: Path, test: str | Path | None, progress: bool, log) -> dict:
+    """The cv run's one predictor (folds averaged, each with its own TTA) on the test images,
+    as test_probabilities.parquet + submission.csv; kept when an earlier gather wrote them."""
+    if not test:
+        return {}
+    done = run_dir / TEST_PROBABILITIES_FILE
+    if done.is_file():
+        log(f"test predictions {done} exist and are kept; predict other images with `podium predict {run_dir} --data DIR`")
+        return {"test_probabilities": str(done), "test_data": str(test)}
+    from podium.inference.predict import predict_probabilities
+    from podium.inference.predictor import load_predictor
+
+    predictor = load_predictor(run_dir)
+    frame, probs, root = predict_probabilities(predictor, test, progress=progress)
+    written = write_test_outputs(run_dir, frame["id"], probs, predictor.classes, predictor.config.output.submission,
+                                 competition_root=root)
+    return {**written, "test_data": str(test)}
+
+
 def write_test_outputs(out_dir: Path, ids: pd.Series, probs: np.ndarray, classes: list[str], sub_cfg,
                        stem: str = "", competition_root: str | None = None) -> dict:
     """``test_probabilities.parquet`` (id + class columns) and ``submission.csv``
     (the competition's own format when ``competition_root`` is its eval folder)."""
-    from podium.evaluation.predict import write_outputs
+    from podium.inference.predict import write_outputs
 
     probs_path, sub_path = write_outputs(Path(out_dir), ids, probs, classes, sub_cfg, competition_root=competition_root,
                                          probs_name=f"test_probabilities{stem}.parquet", sub_name=f"submission{stem}.csv")
@@ -330,37 +310,18 @@ def _check_oof_coverage(oof: pd.DataFrame, table: pd.DataFrame) -> None:
                           f"twice ({summarize_list(dup, 3)}), {len(missing)} never ({summarize_list(missing, 3)})")
 
 
-def _read_meta(run_dir: Path) -> dict:
-    if not (run_dir / CV_FILE).is_file():
-        raise PodiumError(f"{run_dir} is not a cross-validation folder ({CV_FILE} is missing); "
-                          "create one with `podium cv CONFIG --folds K`")
-    return _read_json(run_dir / CV_FILE)
-
-
 def _competition_root(run_dir: Path, meta: dict) -> str | None:
     test = meta.get("test_data")
-    cfg_path = Path(run_dir) / "config.yaml"
-    return test if test and cfg_path.is_file() and _is_competition(load_config(cfg_path), test) else None
-
-
-def _submission_cfg(run_dir: Path):
-    from podium.schema import SubmissionConfig
-
-    path = Path(run_dir) / "config.yaml"
-    return load_config(path).output.submission if path.is_file() else SubmissionConfig()
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+    return test if test and (run_dir / CONFIG_FILE).is_file() and _is_competition(read_config(run_dir), test) else None
 
 
 def _tune_run_biases(run_dir: Path, *, n_splits: int, seed: int) -> dict:
     """`tune_biases` for a single run: fitted on its validation predictions (the same nested
     estimate: biases are scored on validation images they were not fitted on)."""
-    from podium.rundir import load_run
+    from podium.rundir import read_classes
 
-    val = pd.read_parquet(run_dir / "val_predictions.parquet")
-    result = _fit_biases(val, load_run(run_dir).classes, f"{len(val)} validation images of {run_dir}",
+    val = read_val_predictions(run_dir)
+    result = _fit_biases(val, read_classes(run_dir), f"{len(val)} validation images of {run_dir}",
                          "validation predictions", n_splits=n_splits, seed=seed)
     write_json(run_dir / BIASES_FILE, result)
     return result
@@ -383,7 +344,7 @@ def load_oof(run_dir: str | Path) -> pd.DataFrame:
     run_dir = Path(run_dir)
     if not (run_dir / OOF_FILE).is_file():
         gather_cv(run_dir)
-    return pd.read_parquet(run_dir / OOF_FILE)
+    return read_table(run_dir / OOF_FILE, "out-of-fold predictions")
 
 
 # ---------------------------------------------------------------- measured improvements
@@ -398,23 +359,19 @@ def oof_tta(run_dir: str | Path, views: list[str], merge: str = "mean", *, batch
     """
     from podium.data.dataset import encode_labels
     from podium.evaluation.scores import macro_f1
-    from podium.evaluation.predict import predict_frame
-    from podium.model.checkpoints import load_module
-    from podium.rundir import load_run
     from podium.evaluation.tta import parse_views
+    from podium.inference.predict import predict_frame
+    from podium.inference.predictor import load_predictor
 
     run_dir = Path(run_dir)
     views = ["identity", *[v for v in views if v != "identity"]]  # as predict does: the plain image plus views
     parse_views(views)  # fail on a bad name before any work
     oof = load_oof(run_dir)
-    classes = _read_meta(run_dir)["classes"]
+    classes = read_cv_meta(run_dir)["classes"]
     parts = []
     for fold, part in oof.groupby("fold", sort=True):
-        info = load_run(run_dir / f"fold{fold}")
-        summary = _read_json(info.dir / "summary.json")
-        module = load_module(info.checkpoint(str(info.dir / summary.get("best_checkpoint", "best.ckpt"))), classes)
-        probs = predict_frame(module, part, info.config, batch_size=batch_size, tta=list(views), tta_merge=merge,
-                              progress=progress)
+        fold_model = load_predictor(fold_dir(run_dir, int(fold)), tta=list(views))
+        probs = predict_frame(fold_model, part, batch_size=batch_size, tta_merge=merge, progress=progress)
         parts.append(part.drop(columns=classes).reset_index(drop=True).join(pd.DataFrame(probs, columns=classes)))
     tta = pd.concat(parts, ignore_index=True)
     tta["prediction"] = np.asarray(classes)[tta[classes].to_numpy().argmax(1)]
@@ -436,7 +393,7 @@ def oof_tta(run_dir: str | Path, views: list[str], merge: str = "mean", *, batch
     result["gain"] = result["macro_f1_tta"] - result["macro_f1_plain"]
     out = run_dir / "tta" / re.sub(r"[^A-Za-z0-9_.+-]", "_", "+".join(views) + f"_{merge}")
     write_parquet(out / OOF_FILE, tta)
-    write_json(out / "summary.json", result)
+    write_json(out / TTA_SUMMARY_FILE, result)
     result["out_dir"] = str(out)
     return result
 
@@ -451,18 +408,19 @@ def tune_biases(run_dir: str | Path, *, n_splits: int = 5, seed: int = 0) -> dic
     from podium.evaluation.ensemble import apply_logit_biases
 
     run_dir = Path(run_dir)
-    if not (run_dir / CV_FILE).is_file() and (run_dir / "val_predictions.parquet").is_file():
+    if not (run_dir / CV_FILE).is_file() and is_finished_run(run_dir):
         return _tune_run_biases(run_dir, n_splits=n_splits, seed=seed)
     oof = load_oof(run_dir)
-    classes = _read_meta(run_dir)["classes"]
+    meta = read_cv_meta(run_dir)
+    classes = meta["classes"]
     result = _fit_biases(oof, classes, f"{len(oof)} OOF images of {run_dir}", "OOF predictions",
                          n_splits=n_splits, seed=seed)
-    test_path = run_dir / TEST_AVG_FILE
+    test_path = run_dir / TEST_PROBABILITIES_FILE
     if test_path.is_file():
-        test = pd.read_parquet(test_path)
+        test = read_table(test_path, "fold-averaged test probabilities")
         biased = apply_logit_biases(test[classes].to_numpy(dtype=np.float64), result["biases"])
         result.update({f"biased_{k}": v for k, v in write_test_outputs(
-            run_dir, test["id"].astype(str), biased, classes, _submission_cfg(run_dir), stem="_biased",
-            competition_root=_competition_root(run_dir, _read_meta(run_dir))).items()})
+            run_dir, test["id"].astype(str), biased, classes, read_config(run_dir).output.submission, stem="_biased",
+            competition_root=_competition_root(run_dir, meta)).items()})
     write_json(run_dir / BIASES_FILE, result)
     return result

@@ -26,11 +26,8 @@ from sklearn.model_selection import StratifiedKFold
 from podium.errors import PodiumError, lookup, summarize_list
 from podium.evaluation.scores import macro_f1
 from podium.tasks.attributes import decode_digits, encode_digits, joint_from_marginals
+from podium.evaluation.tables import probability_columns
 from podium.fileio import atomic_path
-
-# Columns of a prediction table that are never class probabilities
-# (``val_predictions.parquet`` carries these next to the class columns).
-METADATA_COLUMNS = ("id", "path", "target", "prediction", "label", "group", "fold")
 
 _EPS = 1e-15
 _TIE_TOL = 1e-9
@@ -368,11 +365,6 @@ def vote_per_attribute(
 
 
 # ---------------------------------------------------------------- prediction tables
-
-
-def probability_columns(frame: pd.DataFrame) -> list[str]:
-    """Class columns of a prediction table: every column that is not known metadata."""
-    return [str(c) for c in frame.columns if str(c) not in METADATA_COLUMNS]
 
 
 def align_members(

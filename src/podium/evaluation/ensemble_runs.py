@@ -6,6 +6,7 @@ images and classes, and writes the combined submission and score table.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from podium.evaluation.cv import CV_FILE, OOF_FILE, TEST_AVG_FILE, _read_json, _read_meta, _submission_cfg, load_oof, write_test_outputs
-from podium.model.engine import EPOCHS_DIR
 from podium.errors import PodiumError, summarize_list
+from podium.evaluation.cv import load_oof, write_test_outputs
 from podium.fileio import write_csv, write_json, write_parquet
+from podium.rundir import (BEST_CHECKPOINT, ENSEMBLE_FILE, EPOCHS_DIR, OOF_FILE, SCORES_FILE, TEST_PROBABILITIES_FILE,
+                           folder_kind, read_classes, read_config, read_metrics, read_table, read_val_predictions)
 from podium.tasks.spec import composite_task
 
 
@@ -60,7 +62,7 @@ def select_epochs(run_dir: str | Path, *, last: int | None = None, best: int | N
     if last is not None:
         return [available[e] for e in list(available)[-k:]]
     cfg = load_run(run_dir).config
-    metrics = pd.read_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").is_file() else pd.DataFrame()
+    metrics = read_metrics(run_dir)
     monitor = cfg.train.monitor
     if monitor not in metrics.columns:
         raise PodiumError(f"{run_dir}/metrics.csv has no {monitor} column to rank epochs by; use --last K")
@@ -87,26 +89,25 @@ def average_run_checkpoints(run_dir: str | Path, *, last: int | None = None, bes
     save_averaged_checkpoint(paths, out)
     result = {"checkpoint": str(out), "averaged": [p.name for p in paths]}
     if evaluate:
-        result.update(_score_checkpoints(run_dir, {"averaged": out, "best": run_dir / "best.ckpt"}, progress))
+        result.update(_score_checkpoints(run_dir, {"averaged": out, "best": run_dir / BEST_CHECKPOINT}, progress))
     return result
 
 
 def _score_checkpoints(run_dir: Path, ckpts: dict[str, Path], progress: bool) -> dict:
     from podium.data.dataset import encode_labels
-    from podium.evaluation.scores import macro_f1
-    from podium.evaluation.predict import predict_frame
-    from podium.model.checkpoints import load_module
-    from podium.rundir import load_run
     from podium.data.samples import load_split
+    from podium.evaluation.scores import macro_f1
+    from podium.inference.predict import predict_frame
+    from podium.inference.predictor import load_predictor
 
-    info = load_run(run_dir)
-    val = load_split(run_dir, info.classes).val
-    y = encode_labels(val["label"], info.classes, "validation split")
+    classes = read_classes(run_dir)
+    val = load_split(run_dir, classes).val
+    y = encode_labels(val["label"], classes, "validation split")
     scores = {}
     for name, path in ckpts.items():
         if path.is_file():
-            probs = predict_frame(load_module(path, info.classes), val, info.config, progress=progress)
-            scores[f"val_macro_f1_{name}"] = macro_f1(y, probs.argmax(1), len(info.classes))
+            probs = predict_frame(load_predictor(run_dir, checkpoint=str(path)), val, tta=None, progress=progress)
+            scores[f"val_macro_f1_{name}"] = macro_f1(y, probs.argmax(1), len(classes))
     return scores
 
 
@@ -122,6 +123,7 @@ class Member:
     oof: pd.DataFrame | None
     test: pd.DataFrame | None
     submission: object | None = None  # the member's SubmissionConfig when known
+    model: Path | None = None  # the run or cv folder, when the member is a model that can predict new images
 
 
 def load_member(spec: str | Path, test_probs: str | Path | None = None) -> Member:
@@ -129,30 +131,29 @@ def load_member(spec: str | Path, test_probs: str | Path | None = None) -> Membe
 
     A parquet with a ``target`` column is an OOF/validation table, otherwise a test table.
     """
-    from podium.evaluation.ensemble import probability_columns
+    from podium.evaluation.tables import probability_columns
 
     path = Path(spec)
-    sub, test = None, None
-    if path.is_dir() and (path / CV_FILE).is_file():
-        oof, classes = load_oof(path), _read_meta(path)["classes"]
-        test = pd.read_parquet(path / TEST_AVG_FILE) if (path / TEST_AVG_FILE).is_file() else None
-        sub = _submission_cfg(path)
-    elif path.is_dir() and (path / "val_predictions.parquet").is_file():
-        oof = pd.read_parquet(path / "val_predictions.parquet")
-        classes = _read_json(path / "classes.json")["classes"]
-        sub = _submission_cfg(path)
+    sub, test, model = None, None, None
+    kind = folder_kind(path) if path.is_dir() else None
+    if kind == "cv":
+        oof, classes, model = load_oof(path), read_classes(path), path
+        test_path = path / TEST_PROBABILITIES_FILE
+        test = read_table(test_path, f"test probabilities of member {spec}") if test_path.is_file() else None
+        sub = read_config(path).output.submission
+    elif kind == "run":
+        oof, classes, model = read_val_predictions(path), read_classes(path), path
+        sub = read_config(path).output.submission
     elif path.is_file() and path.suffix == ".parquet":
-        table = pd.read_parquet(path)
+        table = read_table(path, f"ensemble member {spec}")
         classes = probability_columns(table)
         oof, test = (table, None) if "target" in table.columns else (None, table)
     else:
-        raise PodiumError(f"ensemble member {spec} is neither a CV folder (with {CV_FILE}), a run folder (with "
-                          "val_predictions.parquet) nor a .parquet prediction table")
+        raise PodiumError(f"ensemble member {spec} is neither a cv folder, a finished run folder nor a .parquet "
+                          "prediction table")
     if test_probs is not None:
-        if not Path(test_probs).is_file():
-            raise PodiumError(f"test probabilities {test_probs} (for member {spec}) not found")
-        test = pd.read_parquet(test_probs)
-    return Member(str(spec), list(classes), oof, test, sub)
+        test = read_table(test_probs, f"test probabilities for member {spec}")
+    return Member(str(spec), list(classes), oof, test, sub, model)
 
 
 def ensemble_members(specs: list[str], method: str = "soft", *, out: str | Path | None = None,
@@ -202,17 +203,20 @@ def ensemble_members(specs: list[str], method: str = "soft", *, out: str | Path 
         test_ids, test_probs_avg = members[0].test["id"].astype(str), vote(arrays, weights)
     if oof_table is None and test_probs_avg is None:
         raise PodiumError("the members have neither OOF nor test predictions to combine")
-    out_dir = _ensemble_dir(out)
+    from podium.rundir import output_dir
+
+    out_dir = output_dir(out, Path("runs"), "ensemble")
     result["out_dir"] = str(out_dir)
+    result["member_models"] = _member_models(members, out_dir)
     if oof_table is not None:
-        write_csv(out_dir / "scores.csv", result["scores"])
+        write_csv(out_dir / SCORES_FILE, result["scores"])
         write_parquet(out_dir / OOF_FILE, oof_table)
     if test_probs_avg is not None:
         from podium.schema import SubmissionConfig
 
         sub = next((m.submission for m in members if m.submission is not None), None) or SubmissionConfig()
         result.update(write_test_outputs(out_dir, test_ids, test_probs_avg, classes, sub))
-    write_json(out_dir / "ensemble.json", {k: v for k, v in result.items() if k != "scores"})
+    write_json(out_dir / ENSEMBLE_FILE, {k: v for k, v in result.items() if k != "scores"})
     if oof_table is not None and "path" in oof_table.columns:
         from podium.reports.report import build_run_report
 
@@ -305,13 +309,12 @@ def _common_targets(members: list[Member], classes: list[str]) -> tuple[np.ndarr
     return encode_labels(targets, classes, "ensemble OOF targets"), ids, targets
 
 
-def _ensemble_dir(out: str | Path | None) -> Path:
-    from podium.rundir import next_free_dir
-
-    if out is None:
-        return next_free_dir(Path("runs"), "ensemble")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise PodiumError(f"output folder {out} exists and is not empty; choose a new --out (nothing is overwritten)")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def _member_models(members: list[Member], out_dir: Path) -> list[dict]:
+    """Where each member lives (absolute, and relative to the ensemble folder so a tree moved as a
+    whole still resolves), so the ensemble can be loaded as one predictor (`inference.predictor`)."""
+    entries = []
+    for m in members:
+        where = (m.model or Path(m.name)).resolve()
+        entries.append({"name": m.name, "path": str(where), "relative": os.path.relpath(where, out_dir.resolve()),
+                        "kind": folder_kind(where) if where.is_dir() else "table"})
+    return entries

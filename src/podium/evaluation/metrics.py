@@ -127,11 +127,13 @@ def save_classification_report(out_dir: str | Path, y_true: np.ndarray, probs: n
     """metrics.json, per_class.csv, confusion_matrix.csv and .png in ``out_dir``."""
     out_dir = Path(out_dir)
     summary = summary_metrics(y_true, probs)
-    write_csv(out_dir / "per_class.csv", per_class_table(y_true, probs, classes))
+    from podium.rundir import CONFUSION_FILE, METRICS_JSON_FILE, PER_CLASS_FILE
+
+    write_csv(out_dir / PER_CLASS_FILE, per_class_table(y_true, probs, classes))
     cm = confusion_table(y_true, probs.argmax(1), classes)
-    write_atomic(out_dir / "confusion_matrix.csv", lambda p: cm.to_csv(p))
-    plot_confusion(cm, out_dir / "confusion_matrix.png")
-    write_json(out_dir / "metrics.json", {**summary, "n_images": int(len(y_true)), **(extra or {})})
+    write_atomic(out_dir / CONFUSION_FILE, lambda p: cm.to_csv(p))
+    plot_confusion(cm, out_dir / Path(CONFUSION_FILE).with_suffix(".png"))
+    write_json(out_dir / METRICS_JSON_FILE, {**summary, "n_images": int(len(y_true)), **(extra or {})})
     return summary
 
 

@@ -44,7 +44,7 @@ def prediction_table(ids: Sequence, probs: np.ndarray, classes: Sequence[str], *
 
 def probability_columns(frame: pd.DataFrame) -> list[str]:
     """The class columns of a prediction table (everything that is not metadata)."""
-    return [c for c in frame.columns if c not in METADATA_COLUMNS]
+    return [str(c) for c in frame.columns if str(c) not in METADATA_COLUMNS]
 
 
 def save_probabilities(frame: pd.DataFrame, path: str | Path) -> Path:

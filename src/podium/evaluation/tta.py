@@ -11,6 +11,7 @@ some names expand to several views (``five_crop`` -> 5, ``shift`` -> 4,
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,11 +53,30 @@ def _like(result: Tensor, batch: Tensor) -> Tensor:
     return result.round().clamp(info.min, info.max).to(batch.dtype)
 
 
-def _resize(batch: Tensor, size: tuple[int, int]) -> Tensor:
-    if tuple(batch.shape[-2:]) == tuple(size):
+@functools.lru_cache(maxsize=64)
+def resize_matrix(n_in: int, n_out: int) -> Tensor:
+    """(n_out, n_in) weights of antialiased bilinear resizing along one axis.
+
+    Resizing is separable, so ``Mh @ image @ Mw.T`` equals ``F.interpolate(...,
+    antialias=True)`` (to ~1e-4 of 255) while being two matrix products: ONNX
+    exporters have no antialiased resize, and TTA views and ensemble members
+    must export as one graph.
+    """
+    basis = torch.eye(n_in, dtype=torch.float64).reshape(1, 1, n_in, n_in)
+    rows = F.interpolate(basis, size=(n_out, n_in), mode="bilinear", align_corners=False, antialias=True)
+    return rows[0, 0].float()
+
+
+def resize(batch: Tensor, size: tuple[int, int]) -> Tensor:
+    """An NCHW batch resized to ``size`` (antialiased bilinear), in the batch's dtype."""
+    h, w = int(size[0]), int(size[1])
+    if tuple(batch.shape[-2:]) == (h, w):
         return batch
-    out = F.interpolate(_to_float(batch), size=size, mode="bilinear", align_corners=False, antialias=True)
-    return _like(out, batch)
+    x = _to_float(batch)
+    mh = resize_matrix(int(batch.shape[-2]), h).to(x.device, x.dtype)
+    mw = resize_matrix(int(batch.shape[-1]), w).to(x.device, x.dtype)
+    return _like(torch.matmul(torch.matmul(mh, x), mw.transpose(0, 1)), batch)
+
 
 
 def _pad(batch: Tensor, left: int, right: int, top: int, bottom: int) -> Tensor:
@@ -85,7 +105,7 @@ def scale(batch: Tensor, factor: float) -> Tensor:
     """Zoom by ``factor`` about the centre, then centre-crop or pad back to the input size."""
     h, w = batch.shape[-2:]
     nh, nw = max(1, round(h * factor)), max(1, round(w * factor))
-    out = _resize(batch, (nh, nw))
+    out = resize(batch, (nh, nw))
     if nh < h or nw < w:
         ph, pw = max(h - nh, 0), max(w - nw, 0)
         out = _pad(out, pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
@@ -100,7 +120,7 @@ def crop_resized(batch: Tensor, where: str, fraction: float = CROP_FRACTION) -> 
     tops = {"tl": 0, "tr": 0, "bl": h - ch, "br": h - ch, "center": (h - ch) // 2}
     lefts = {"tl": 0, "tr": w - cw, "bl": 0, "br": w - cw, "center": (w - cw) // 2}
     top, left = tops[where], lefts[where]
-    return _resize(batch[..., top : top + ch, left : left + cw], (h, w))
+    return resize(batch[..., top : top + ch, left : left + cw], (h, w))
 
 
 def shift(batch: Tensor, dx: float, dy: float) -> Tensor:

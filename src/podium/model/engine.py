@@ -23,6 +23,7 @@ from podium.model.losses import create_loss
 from podium.evaluation.metrics import create_metrics
 from podium.model.models import create_model, head_name, split_parameters
 from podium.model.optim import WarmupPlateau, create_optimizer, create_scheduler, end_epoch, step_scheduler
+from podium.rundir import EPOCHS_DIR, METRICS_FILE
 
 
 class Classifier(pl.LightningModule):
@@ -452,7 +453,6 @@ def resolve_precision(requested: str, accelerator: str) -> str:
     return requested
 
 
-EPOCHS_DIR = "epochs"
 
 
 def epoch_checkpoint_callback(run_dir: Path) -> ModelCheckpoint:
@@ -474,7 +474,7 @@ def build_callbacks(cfg: PodiumConfig, run_dir: Path, extra: list[Callback] | No
         # Lightning's save_last only follows top-k saves; a monitor-free checkpoint is truly the latest.
         ModelCheckpoint(dirpath=run_dir, filename="last", monitor=None, save_top_k=1,
                         enable_version_counter=False, auto_insert_metric_name=False),
-        EpochCSVLogger(run_dir / "metrics.csv"),
+        EpochCSVLogger(run_dir / METRICS_FILE),
         RNGStateCallback(),
         NonFiniteGuard(),  # stops a run whose loss turns nan before any nan weights are saved
     ]

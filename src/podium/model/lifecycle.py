@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import Callback
 from podium.schema import PodiumConfig, config_to_yaml
 from podium.errors import PodiumError, RunInterrupted
 from podium.fileio import write_text
-from podium.rundir import RunInfo, read_status, write_status
+from podium.rundir import CONFIG_FILE, METRICS_FILE, RunInfo, read_status, write_status
 
 SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
@@ -69,7 +69,7 @@ def resume_point(info: RunInfo, epochs: int | None = None) -> ResumePoint:
     extended = epochs is not None and epochs != cfg.train.epochs
     if extended:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
-        write_text(info.dir / "config.yaml", config_to_yaml(cfg))  # the run now says what it trains to
+        write_text(info.dir / CONFIG_FILE, config_to_yaml(cfg))  # the run now says what it trains to
     return ResumePoint(cfg, path, done, extended)
 
 
@@ -103,7 +103,7 @@ def completed_epochs(ckpt: dict) -> int:
 
 def epochs_in_metrics(run_dir: Path) -> int:
     """Completed epochs as metrics.csv records them (one row each)."""
-    path = Path(run_dir) / "metrics.csv"
+    path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return 0
     with path.open() as f:

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from podium.rundir import ORDINAL_CUTS_FILE
+
 #: written beside a run's checkpoints: the tuned bin edges (see `tune_module_cuts`)
-ORDINAL_CUTS_FILE = "ordinal_cuts.json"
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from podium.tasks.spec import TaskSpec, attribute_metrics, ordinal_values, resol
 from podium.fileio import write_csv, write_json
 from podium.data.images import load_resized
 from podium.model.losses import compute_class_weights
-from podium.rundir import RUN_DIR_ENV, create_run_dir, git_commit, library_versions, load_run, save_run_files
+from podium.rundir import (LAST_CHECKPOINT, METRICS_FILE, RUN_DIR_ENV, SPLIT_FILE, SUMMARY_FILE, VAL_PREDICTIONS_FILE,
+                           create_run_dir, git_commit, library_versions, load_run, save_run_files)
 from podium.data.transforms import build_train_pipeline, channel_stats, resolve_normalization
 
 
@@ -202,7 +203,7 @@ def _new_run_dir(cfg: PodiumConfig, start: _Start, ddp_worker: bool) -> Path:
         os.environ[RUN_DIR_ENV] = str(run_dir.resolve())  # DDP workers re-run this command: same folder
         prepared = start.prepared
         save_run_files(run_dir, cfg, prepared.classes, start.mean, start.std, {"seed": cfg.train.seed})
-        write_csv(run_dir / "split.csv", pd.concat([prepared.train.assign(split="train"),
+        write_csv(run_dir / SPLIT_FILE, pd.concat([prepared.train.assign(split="train"),
                                                     prepared.val.assign(split="val")]))
     return run_dir
 
@@ -228,20 +229,20 @@ def finish_run(cfg: PodiumConfig, run_dir: Path, prepared: PreparedData, module,
     rebuilt or decoded twice.
     """
     from podium.evaluation.metrics import save_classification_report
-    from podium.evaluation.predict import predict_loader, save_probabilities
-    from podium.evaluation.tables import prediction_table
+    from podium.evaluation.tables import prediction_table, save_probabilities
+    from podium.inference.predict import predict_loader
     from podium.model.checkpoints import read_checkpoint
     from podium.model.engine import uses_cuda
 
     ckpt = trainer.checkpoint_callback
-    best_path = Path(ckpt.best_model_path) if ckpt and ckpt.best_model_path else run_dir / "last.ckpt"
+    best_path = Path(ckpt.best_model_path) if ckpt and ckpt.best_model_path else run_dir / LAST_CHECKPOINT
     module.load_state_dict(read_checkpoint(best_path)["state_dict"], strict=True)
     module.eval()
     probs = predict_loader(module, datamodule.val_dataloader(), module.device, progress=False)
     y_true = encode_labels(prepared.val["label"], prepared.classes, "validation data")
     table = prediction_table(prepared.val["id"], probs, prepared.classes, paths=prepared.val["path"],
                              targets=prepared.val["label"])
-    save_probabilities(table, run_dir / "val_predictions.parquet")
+    save_probabilities(table, run_dir / VAL_PREDICTIONS_FILE)
     val_metrics = save_classification_report(run_dir, y_true, probs, prepared.classes)
     per_attribute = attribute_metrics(resolve_task(cfg.task), y_true, probs)
     if per_attribute:
@@ -249,7 +250,7 @@ def finish_run(cfg: PodiumConfig, run_dir: Path, prepared: PreparedData, module,
     if module.ordinal:
         val_metrics["ordinal"] = save_ordinal_cuts(run_dir, module, datamodule.val_dataloader(), y_true)
     best_score = float(ckpt.best_model_score) if ckpt and ckpt.best_model_score is not None else None
-    best_epoch = _best_epoch(run_dir / "metrics.csv", cfg.train.monitor, cfg.train.monitor_mode)
+    best_epoch = _best_epoch(run_dir / METRICS_FILE, cfg.train.monitor, cfg.train.monitor_mode)
     summary = {
         "run_dir": str(run_dir), "monitor": cfg.train.monitor, "best_metric": best_score,
         "best_epoch": best_epoch, "epochs_trained": int(trainer.current_epoch),
@@ -261,7 +262,7 @@ def finish_run(cfg: PodiumConfig, run_dir: Path, prepared: PreparedData, module,
         "device": "cuda" if uses_cuda(cfg.train.accelerator) else "cpu",
     }
     summary.update(_time_limit_record(trainer))
-    write_json(run_dir / "summary.json", summary)
+    write_json(run_dir / SUMMARY_FILE, summary)
     from podium.reports.tracking import log_final_metrics
 
     log_final_metrics(trainer.loggers, summary, step=int(trainer.global_step))

@@ -20,10 +20,9 @@ import pandas as pd
 import yaml
 
 from podium.errors import PodiumError, closest
+from podium.rundir import (CLASSES_FILE, CONFIG_FILE, CV_FILE, CV_SUMMARY_FILE, ENSEMBLE_FILE, METRICS_FILE,
+                           PER_CLASS_FILE, SUMMARY_FILE)
 
-# the layouts written by evaluation/cv.py and evaluation/ensemble_runs.py (not imported here: they
-# import training, which imports the report, which imports this module; a test keeps them equal)
-CV_FILE, CV_SUMMARY, ENSEMBLE_FILE = "cv.json", "cv_summary.json", "ensemble.json"
 MAX_DEPTH = 4  # runs/<group>/<sub>/<run>: deep enough for tuning trials, shallow enough to stay fast
 
 #: leaderboard columns, in display order; ``score`` (CV/OOF macro F1 where there is one, else
@@ -69,7 +68,7 @@ def _date(path: Path) -> str | None:
 def _worst_class(folder: Path) -> tuple[str | None, float | None]:
     """The class with the lowest F1 in per_class.csv (the run's weakest spot)."""
     try:
-        table = pd.read_csv(folder / "per_class.csv")
+        table = pd.read_csv(folder / PER_CLASS_FILE)
     except (OSError, ValueError):
         return None, None
     if table.empty or not {"class", "f1"} <= set(table.columns):
@@ -80,7 +79,7 @@ def _worst_class(folder: Path) -> tuple[str | None, float | None]:
 
 def _metrics_csv(folder: Path) -> pd.DataFrame | None:
     try:
-        table = pd.read_csv(folder / "metrics.csv")
+        table = pd.read_csv(folder / METRICS_FILE)
     except (OSError, ValueError):
         return None
     return table if "epoch" in table.columns else None
@@ -132,9 +131,9 @@ def run_row(run_dir: str | Path) -> dict:
 
     folder = Path(run_dir)
     row = _empty_row(folder, "run")
-    config = _yaml(folder / "config.yaml")
-    classes = _json(folder / "classes.json").get("classes") or []
-    summary = _json(folder / "summary.json")
+    config = _yaml(folder / CONFIG_FILE)
+    classes = _json(folder / CLASSES_FILE).get("classes") or []
+    summary = _json(folder / SUMMARY_FILE)
     train = config.get("train") or {}
     monitor = summary.get("monitor") or train.get("monitor") or "val_f1"
     curve = _metrics_csv(folder)
@@ -142,7 +141,7 @@ def run_row(run_dir: str | Path) -> dict:
     val = summary.get("val_metrics") or {}
     worst, worst_f1 = _worst_class(folder)
     row.update(
-        status=read_status(folder)["status"], date=_date(folder / "classes.json"),
+        status=read_status(folder)["status"], date=_date(folder / CLASSES_FILE),
         task=_task_label(config, len(classes) or None), model=(config.get("model") or {}).get("name"),
         image_size=_size_label(config), epochs=len(curve) if curve is not None else summary.get("epochs_trained"),
         max_epochs=train.get("epochs"), monitor=monitor,
@@ -164,8 +163,8 @@ def cv_row(cv_dir: str | Path) -> dict:
 
     folder = Path(cv_dir)
     row = _empty_row(folder, "cv")
-    meta, summary = _json(folder / CV_FILE), _json(folder / CV_SUMMARY)
-    config = _yaml(folder / "config.yaml")
+    meta, summary = _json(folder / CV_FILE), _json(folder / CV_SUMMARY_FILE)
+    config = _yaml(folder / CONFIG_FILE)
     k = meta.get("k")
     folds = [folder / f"fold{f}" for f in range(k)] if isinstance(k, int) else sorted(folder.glob("fold*"))
     statuses = [read_status(f)["status"] for f in folds if f.is_dir()]
@@ -227,7 +226,7 @@ def classify(folder: Path) -> str | None:
         return "cv"
     if (folder / ENSEMBLE_FILE).is_file():
         return "ensemble"
-    if (folder / "config.yaml").is_file() and (folder / "classes.json").is_file():
+    if (folder / CONFIG_FILE).is_file() and (folder / CLASSES_FILE).is_file():
         return "run"
     return None
 
@@ -253,7 +252,7 @@ ROW_BUILDERS = {"run": run_row, "cv": cv_row, "ensemble": ensemble_row}
 def _config_of(found: Found) -> dict[str, Any]:
     from podium.schema import flatten_dict
 
-    return flatten_dict(_yaml(found.path / "config.yaml"))
+    return flatten_dict(_yaml(found.path / CONFIG_FILE))
 
 
 def _normalize(value: Any) -> str:
@@ -439,7 +438,7 @@ def _per_class_deltas(paths: list[Path], names: list[str]) -> pd.DataFrame:
     tables = {}
     for name, path in zip(names, paths):
         try:
-            table = pd.read_csv(path / "per_class.csv")
+            table = pd.read_csv(path / PER_CLASS_FILE)
         except (OSError, ValueError):
             continue
         if {"class", "f1"} <= set(table.columns):

@@ -10,7 +10,6 @@ noise, worth reviewing and feeding into a label-fix CSV.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -139,19 +138,22 @@ def _fold_dirs(run_dir: Path) -> list[Path]:
 
 
 def _read_classes(run_dir: Path, preds: pd.DataFrame) -> list[str]:
+    from podium.rundir import folder_kind, read_classes
+
     for candidate in [run_dir, *_fold_dirs(run_dir)]:
-        path = candidate / "classes.json"
-        if path.exists():
-            return [str(c) for c in json.loads(path.read_text())["classes"]]
+        if folder_kind(candidate) is not None:
+            return read_classes(candidate)
     # No class map: the probability columns are whatever is numeric beyond the base columns.
     return [c for c in preds.columns if c not in BASE_COLUMNS and pd.api.types.is_float_dtype(preds[c])]
 
 
 def load_predictions(run_dir: Path) -> tuple[pd.DataFrame, str]:
     """The validation table of a run: OOF predictions for a CV run, else val_predictions."""
-    for name in ("oof_predictions.parquet", "val_predictions.parquet"):
+    from podium.rundir import OOF_FILE, VAL_PREDICTIONS_FILE, read_table
+
+    for name in (OOF_FILE, VAL_PREDICTIONS_FILE):
         if (run_dir / name).exists():
-            preds = pd.read_parquet(run_dir / name)
+            preds = read_table(run_dir / name, "the prediction table the report reads")
             missing = [c for c in ("target", "prediction") if c not in preds.columns]
             if missing:
                 raise PodiumError(
@@ -166,9 +168,11 @@ def load_predictions(run_dir: Path) -> tuple[pd.DataFrame, str]:
 
 
 def _metrics_tables(run_dir: Path) -> dict[str, pd.DataFrame]:
-    if (run_dir / "metrics.csv").exists():
-        return {"run": pd.read_csv(run_dir / "metrics.csv")}
-    return {f.name: pd.read_csv(f / "metrics.csv") for f in _fold_dirs(run_dir) if (f / "metrics.csv").exists()}
+    from podium.rundir import METRICS_FILE, read_metrics
+
+    if (run_dir / METRICS_FILE).exists():
+        return {"run": read_metrics(run_dir)}
+    return {f.name: read_metrics(f) for f in _fold_dirs(run_dir) if (f / METRICS_FILE).exists()}
 
 
 # --------------------------------------------------------------------------- sections
@@ -182,13 +186,15 @@ def _summary_section(page: Page, run_dir: Path, preds_name: str, preds: pd.DataF
     sec = page.section("Summary")
     rows: list[tuple[str, Any]] = list(headline_for(run_dir).items())
     rows += [("validation images", len(preds)), ("classes", len(classes)), ("predictions", preds_name)]
-    if (run_dir / "summary.json").exists():
-        summary = json.loads((run_dir / "summary.json").read_text())
+    from podium.rundir import CONFIG_FILE, read_summary
+
+    summary = read_summary(run_dir)
+    if summary:
         labels = {"seed": "seed", "device": "device", "skipped_images": "skipped images", "git_commit": "git commit"}
         rows += [(label, summary[key]) for key, label in labels.items() if summary.get(key) not in (None, "")]
     sec.table(pd.DataFrame(rows, columns=["quantity", "value"]).astype({"value": str}))
-    if (run_dir / "config.yaml").exists():
-        sec.details("Resolved config", (run_dir / "config.yaml").read_text())
+    if (run_dir / CONFIG_FILE).exists():
+        sec.details("Resolved config", (run_dir / CONFIG_FILE).read_text())
 
 
 def _curves_section(page: Page, out: Path, run_dir: Path) -> None:

@@ -391,11 +391,12 @@ class Objective:
         import optuna
 
         from podium.evaluation.cv import run_cv
+        from podium.rundir import fold_dir, read_summary
 
         scores, epochs, result = [], 0, None
         for fold in range(self.settings.folds):
             result = run_cv(cfg, folds=self.settings.folds, only_fold=fold, progress=False, log=log)
-            summary = json.loads((result.run_dir / f"fold{fold}" / "summary.json").read_text())
+            summary = read_summary(fold_dir(result.run_dir, fold))
             scores.append(float(summary["val_metrics"]["f1"]))
             epochs += int(summary.get("epochs_trained") or 0)
             trial.set_user_attr("epochs_run", epochs)
