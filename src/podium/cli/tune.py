@@ -71,12 +71,12 @@ def cmd_tune(args) -> int:
 
 
 def cmd_lr_find(args) -> int:
-    from podium.api import config, lr_find
+    import podium
     from podium.cli.common import table
 
     path, overrides = split_config_and_overrides(args.items)
     out = console()
-    found = lr_find(config(path, *overrides), min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps,
+    found = podium.lr_find(podium.config(path, *overrides), min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps,
                     scale_batch=args.batch_size_find, out=args.out, progress=not args.quiet,
                     log=lambda message: out.print(message, markup=False))
     rows = {"suggested lr": f"{found.suggestion:.3g}" if found.suggestion else "none (curve too short or flat)",
