@@ -60,3 +60,51 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} (real data and weights) is absent on this machine")
     return SHARED
+
+
+def colour_images(root: Path, per_class: int, seed: int = 0, labeled: bool = True) -> list[Path]:
+    """32x32 images of three plain colours (class = colour) with pixel noise: what a tiny
+    network learns in two epochs, so tests can rely on what it predicts."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for name, rgb in COLORS.items():
+        folder = root / name if labeled else root
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            noise = rng.integers(-30, 30, (32, 32, 3))
+            path = folder / f"{name}_{seed}_{i:02d}.png"
+            cv2.imwrite(str(path), np.clip(np.array(rgb[::-1])[None, None] + noise, 0, 255).astype(np.uint8))
+            paths.append(path)
+    return paths
+
+
+def learnable_overrides(data: Path, runs: Path, name: str, epochs: int = 3) -> list[str]:
+    """A config a tiny network learns the colours with (test_resnet, Adam), in seconds."""
+    return [f"data.train={data}", "model.name=test_resnet", "model.pretrained=false", "data.image_size=32",
+            f"train.epochs={epochs}", "train.batch_size=8", "train.precision='32'", "data.num_workers=0",
+            "output.tensorboard=false", "output.report=false", f"output.dir={runs}", f"output.name={name}",
+            "train.accelerator=cpu", "train.devices=1", "train.optimizer=adam", "train.lr=0.01"]
+
+
+@pytest.fixture(scope="session")
+def noisy_cv(tmp_path_factory):
+    """A finished 3-fold cv run on colour images of which 6 of 54 carry a wrong label (a CSV
+    path,label): (cv folder, ids of the flipped images). Shared by audit, distil and pseudo-label tests."""
+    import pandas as pd
+
+    from podium.evaluation.cv import run_cv
+    from podium.schema import load_config
+
+    root = tmp_path_factory.mktemp("noisy")
+    paths = colour_images(root / "data", per_class=18)
+    table = pd.DataFrame({"path": [p.relative_to(root / "data").as_posix() for p in paths],
+                          "label": [p.parent.name for p in paths]})
+    names = list(COLORS)
+    flipped = table.index[::9][:6]
+    table.loc[flipped, "label"] = [names[(names.index(c) + 1) % 3] for c in table.loc[flipped, "label"]]
+    table.to_csv(root / "data" / "labels.csv", index=False)
+    cfg = load_config(None, learnable_overrides(root / "data" / "labels.csv", root / "runs", "noisy"))
+    result = run_cv(cfg, folds=3, progress=False, log=lambda *a: None)
+    return result.run_dir, set(table.loc[flipped, "path"])

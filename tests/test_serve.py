@@ -5,22 +5,19 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import uvicorn
+from browser import DevTools, chromium, wait_for
+from conftest import COLORS, fast_overrides, make_folder, make_image
 from PIL import Image
 
-from conftest import COLORS, fast_overrides, make_folder, make_image
 from podium.cli import main
 from podium.deploy.export import export_run
 from podium.inference.predictor import load_predictor
@@ -279,121 +276,39 @@ def test_50_concurrent_requests_are_correct_and_batched(predictor):
 # ---------------------------------------------------------------- the page in headless Chromium
 
 
-def _chromium() -> str | None:
-    found = shutil.which("chromium")
-    return found or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
-
-
-class DevTools:
-    """The Chrome DevTools Protocol over --remote-debugging-pipe (fds 3 and 4): no extra package."""
-
-    def __init__(self, chromium: str, profile: Path):
-        to_browser_r, self._to_browser = os.pipe()
-        self._from_browser, from_browser_w = os.pipe()
-
-        def wire_fds():  # in the child: the browser reads commands on fd 3 and writes replies on fd 4
-            import fcntl
-
-            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_browser_r, from_browser_w)]
-            for fd, target in zip(high, (3, 4)):
-                os.dup2(fd, target)
-                os.set_inheritable(target, True)
-
-        self.proc = subprocess.Popen(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-             f"--user-data-dir={profile}", "--window-size=1000,800", "about:blank"],
-            close_fds=False, preexec_fn=wire_fds,  # other fds are close-on-exec (Python's default)
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        os.close(to_browser_r)
-        os.close(from_browser_w)
-        self._buffer = b""
-        self._id = 0
-        self.events: list[dict] = []
-
-    def send(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 30) -> dict:
-        self._id += 1
-        message = {"id": self._id, "method": method, "params": params or {}}
-        if session:
-            message["sessionId"] = session
-        os.write(self._to_browser, json.dumps(message).encode() + b"\0")
-        deadline = time.monotonic() + timeout
-        while True:
-            reply = self._read(deadline)
-            if reply.get("id") == self._id:
-                assert "error" not in reply, reply
-                return reply.get("result", {})
-            self.events.append(reply)
-
-    def _read(self, deadline: float) -> dict:
-        import select
-
-        while b"\0" not in self._buffer:
-            left = deadline - time.monotonic()
-            assert left > 0, "Chromium did not answer in time"
-            ready, _, _ = select.select([self._from_browser], [], [], left)
-            if ready:
-                chunk = os.read(self._from_browser, 1 << 20)
-                assert chunk, "Chromium closed the DevTools pipe: " + self.proc.stderr.read().decode()[-2000:]
-                self._buffer += chunk
-        message, self._buffer = self._buffer.split(b"\0", 1)
-        return json.loads(message)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.send("Browser.close", timeout=5)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        if self.proc.poll() is None:
-            self.proc.kill()
-        os.close(self._to_browser)
-        os.close(self._from_browser)
-
-
-def _wait_for(tools: DevTools, session: str, expression: str, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = tools.send("Runtime.evaluate", {"expression": expression, "returnByValue": True},
-                           session)["result"].get("value")
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"page never satisfied {expression}")
-
-
 RESULTS_JS = ("Array.from(document.querySelectorAll('.result')).map(r => ({file: r.querySelector('.file').textContent,"
               " image: r.querySelector('img').naturalWidth, bars: Array.from(r.querySelectorAll('.row')).map(row =>"
               " [row.querySelector('.label').textContent, row.querySelector('.fill').style.width])}))")
 
 
-@pytest.mark.skipif(_chromium() is None, reason="chromium not installed (apt-get install -y chromium)")
+@pytest.mark.skipif(chromium() is None, reason="chromium not installed (apt-get install -y chromium)")
 def test_page_in_headless_chromium_pick_and_drop(predictor, tmp_path):
     cat = tmp_path / "cat.png"
     cat.write_bytes(png_bytes(7, COLORS["cat"], size=64))
     fox = tmp_path / "fox.png"
     fox.write_bytes(png_bytes(8, COLORS["fox"], size=64))
     with serving(predictor) as url:
-        tools = DevTools(_chromium(), tmp_path / "profile")
+        tools = DevTools(chromium(), tmp_path / "profile")
         try:
             target = tools.send("Target.createTarget", {"url": "about:blank"})["targetId"]
             session = tools.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
             for domain in ("Page", "Runtime", "DOM"):
                 tools.send(f"{domain}.enable", session=session)
             tools.send("Page.navigate", {"url": url + "/"}, session)
-            _wait_for(tools, session, "document.readyState === 'complete' && !!document.getElementById('picker')")
+            wait_for(tools, session, "document.readyState === 'complete' && !!document.getElementById('picker')")
             # pick: the file chooser input, as a person choosing a file does
             root = tools.send("DOM.getDocument", session=session)["root"]["nodeId"]
             picker = tools.send("DOM.querySelector", {"nodeId": root, "selector": "#picker"}, session)["nodeId"]
             tools.send("DOM.setFileInputFiles", {"nodeId": picker, "files": [str(cat)]}, session)
-            _wait_for(tools, session, "document.querySelectorAll('.result').length === 1")
+            wait_for(tools, session, "document.querySelectorAll('.result').length === 1")
             # drop: a real drag of a file onto the drop zone
-            box = _wait_for(tools, session, "(() => { const r = document.getElementById('drop')"
+            box = wait_for(tools, session, "(() => { const r = document.getElementById('drop')"
                                             ".getBoundingClientRect(); "
                                             "return [r.x + r.width / 2, r.y + r.height / 2]; })()")
             drag = {"items": [], "files": [str(fox)], "dragOperationsMask": 1}
             for kind in ("dragEnter", "dragOver", "drop"):
                 tools.send("Input.dispatchDragEvent", {"type": kind, "x": box[0], "y": box[1], "data": drag}, session)
-            _wait_for(tools, session, "document.querySelectorAll('.result').length === 2 && "
+            wait_for(tools, session, "document.querySelectorAll('.result').length === 2 && "
                                       "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
             results = tools.send("Runtime.evaluate", {"expression": RESULTS_JS, "returnByValue": True},
                                  session)["result"]["value"]

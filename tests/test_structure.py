@@ -95,7 +95,7 @@ def _loaded_after(code: str) -> set[str]:
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["predict", "--help"], ["cv", "--help"],
                                   ["eda", "--help"], ["config", "--help"], ["export", "--help"], ["serve", "--help"],
-                                  ["lr-find", "--help"]])
+                                  ["lr-find", "--help"], ["audit", "--help"]])
 def test_help_imports_no_torch(argv):
     code = ("import sys\nfrom podium.cli import main\n"
             f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass")

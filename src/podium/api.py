@@ -13,6 +13,7 @@ Every function takes the same validated config as ``podium train`` and raises
     model = podium.load("runs/ens")         # any run, cv run, ensemble or exported .onnx
     model.predict(pil_image)                # one image, a list, a folder or a CSV
     report = podium.eda("data/train")
+    audit = podium.audit("runs/cv")         # Audit: .issues, .summary, .review_page
 """
 from __future__ import annotations
 
@@ -467,3 +468,13 @@ def check_submission(file: str | Path, info: str | Path, *, classes: int = 18) -
     problems = problems_of(file, info, n_classes=classes)
     if problems:
         raise PodiumError(f"{file} is not a valid submission:\n  " + "\n  ".join(problems))
+
+
+def audit(source: str | Path | CrossValidation | Run, *, out: str | Path | None = None, features: bool = True,
+          max_review: int = 300, log: Callable = print):
+    """The images whose labels are probably wrong (cleanlab on out-of-fold probabilities; a single
+    run: its validation part only), duplicates and outliers, with an offline review page whose
+    choices export a label_fixes.csv. The CLI's `podium audit`. Returns `podium.curation.audit.Audit`."""
+    from podium.curation.audit import run_audit
+
+    return run_audit(_folder(source), out=out, features=features, max_review=max_review, log=log)

@@ -41,6 +41,7 @@ class ImageScan:
     height: int | None = None
     phash: int | None = None
     dhash: int | None = None
+    gray_std: float | None = None  # spread of the grey levels (0..255) of the small view: ~0 for a blank image
     error: str | None = None
     pixel_sum: np.ndarray | None = None
     pixel_sumsq: np.ndarray | None = None
@@ -119,6 +120,21 @@ def near_duplicate_pairs(
     return pairs[0], pairs[1], pairs[2]
 
 
+def duplicate_pairs(scans: Sequence[ImageScan], phash_threshold: int = 8, dhash_threshold: int = 12) -> pd.DataFrame:
+    """Exact and near duplicates among scanned images: rows (a, b, kind, distance) with a < b
+    indices into ``scans``; ``kind`` is exact (same bytes) or near (within both hash thresholds).
+    What `podium eda` reports and `podium audit` checks against labels and groups."""
+    hashed = [k for k, s in enumerate(scans) if s.phash is not None]
+    ph = np.array([scans[k].phash for k in hashed], dtype=np.uint64)
+    dh = np.array([scans[k].dhash for k in hashed], dtype=np.uint64)
+    ii, jj, dist = near_duplicate_pairs(ph, dh, phash_threshold, dhash_threshold)
+    idx = np.array(hashed, dtype=np.int64)
+    a, b = idx[ii], idx[jj]
+    same = np.array([scans[i].sha1 == scans[j].sha1 for i, j in zip(a, b, strict=True)], dtype=bool)
+    return pd.DataFrame({"a": a, "b": b, "kind": np.where(same, "exact", "near") if len(a) else np.array([], dtype=object),
+                         "distance": dist})
+
+
 # --------------------------------------------------------------------------- scanning
 
 
@@ -138,6 +154,7 @@ def scan_image(path: str, with_stats: bool) -> ImageScan:
         return scan
     gray = _gray(rgb)
     scan.phash, scan.dhash = phash(gray), dhash(gray)
+    scan.gray_std = float(gray.std())
     if with_stats:
         # Value histograms give exact sums in a fraction of the time of float arithmetic.
         hist = np.stack([np.bincount(rgb[..., c].ravel(), minlength=256) for c in range(3)]).astype(np.float64)
@@ -488,15 +505,11 @@ def _duplicate_section(page: Page, out_dir: Path, fig_dir: Path, table: pd.DataF
     sec = page.section("Duplicates")
     sha = table["sha1"].dropna()
     exact_groups = int((sha.value_counts() > 1).sum())
-    hashed = [k for k, s in enumerate(scans) if s.phash is not None]
-    ph = np.array([scans[k].phash for k in hashed], dtype=np.uint64)
-    dh = np.array([scans[k].dhash for k in hashed], dtype=np.uint64)
-    ii, jj, dist = near_duplicate_pairs(ph, dh, phash_threshold, dhash_threshold)
-    idx = np.array(hashed, dtype=np.int64)
-    a, b = table.iloc[idx[ii]].reset_index(drop=True), table.iloc[idx[jj]].reset_index(drop=True)
+    found = duplicate_pairs(scans, phash_threshold, dhash_threshold)
+    a, b = table.iloc[found["a"]].reset_index(drop=True), table.iloc[found["b"]].reset_index(drop=True)
     pairs = pd.DataFrame({
-        "kind": np.where(a["sha1"].to_numpy() == b["sha1"].to_numpy(), "exact", "near"),
-        "distance": dist,
+        "kind": found["kind"].to_numpy(),
+        "distance": found["distance"].to_numpy(),
         "path_a": a["path"], "label_a": a["_label"], "split_a": a["_split"],
         "path_b": b["path"], "label_b": b["_label"], "split_b": b["_split"],
     })

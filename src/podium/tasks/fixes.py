@@ -148,11 +148,12 @@ def _parse_rows(fixes: pd.DataFrame, task: AttributeTask | None, classes: list[s
 
 def _conflict(rows: list[tuple[int, str, str, str]], action: str, attr: str, raw: str) -> str | None:
     """The earlier row of the same id this one contradicts: a drop against anything but a drop;
-    a relabel or keep of the same attribute (or of the whole image) that means something else."""
+    a relabel or keep of the same attribute, or of the whole image (no attribute, or `label`),
+    that means something else."""
     for line, e_action, e_attr, e_raw in rows:
         if "drop" in (action, e_action):
             same = action == e_action
-        elif attr == e_attr or not attr or not e_attr:
+        elif attr == e_attr or not attr or not e_attr or LABEL in (attr, e_attr):
             same = (action, raw if action == "relabel" else "") == (e_action, e_raw)
         else:
             continue

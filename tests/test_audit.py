@@ -1,0 +1,259 @@
+"""`podium audit`: label issues from out-of-fold probabilities (cleanlab), per attribute and per
+group, duplicates and outliers, bad input, and the review page's choices round-tripping into
+`task.label_fixes` in headless Chromium.
+
+Most tests plant a cv folder whose OOF probabilities come from a simulated model that knows
+the true labels, with known flipped labels: exact and fast. `test_a_trained_cv_run_flags_its_flips`
+trains a real (tiny) cv run on generated images with flipped labels.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from browser import DevTools, chromium, wait_for
+from conftest import make_image
+
+from podium.cli import main
+from podium.curation.audit import run_audit
+from podium.errors import PodiumError
+from podium.evaluation.tables import prediction_table
+from podium.fileio import write_json, write_parquet, write_text
+from podium.schema import config_to_yaml, load_config
+
+COMPOSITE = {"mask": ["on", "off"], "gender": ["female", "male"], "age": ["young", "old"]}
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _images(root: Path, n: int, seed: int = 0) -> list[str]:
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = root / f"img_{i:03d}.png"
+        make_image((40 + 5 * (i % 40), 90, 200 - 3 * (i % 50)), size=32, seed=seed * 1000 + i).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def plant_cv(root: Path, given: list[str], probs: np.ndarray, classes: list[str], *, groups=None,
+             extra: list[str] = (), k: int = 3) -> Path:
+    """A finished cv folder as `podium cv` leaves it (cv.json, folds.csv, config.yaml, OOF table)."""
+    paths = _images(root / "data", len(given))
+    table = pd.DataFrame({"path": paths, "label": given})
+    ids = [Path(p).name for p in paths]
+    folds = np.arange(len(given)) % k
+    run = root / "runs" / "cv"
+    run.mkdir(parents=True)
+    cfg = load_config(None, ["data.train=" + str(root / "data.csv"), "data.image_size=32", *extra])
+    write_text(run / "config.yaml", config_to_yaml(cfg))
+    write_json(run / "cv.json", {"k": k, "seed": 0, "classes": classes, "grouped": groups is not None,
+                                 "n_images": len(given), "data": cfg.data.train})
+    fold_table = pd.DataFrame({"id": ids, "path": paths, "label": given, "fold": folds})
+    if groups is not None:
+        fold_table.insert(3, "group", groups)
+    fold_table.to_csv(run / "folds.csv", index=False)
+    write_parquet(run / "oof_predictions.parquet",
+                  prediction_table(ids, probs, classes, paths=paths, targets=given, extra={"fold": folds}))
+    table.assign(id=ids).to_csv(root / "data.csv", index=False)
+    return run
+
+
+def test_flipped_labels_are_flagged_far_above_chance(tmp_path):
+    rng = np.random.default_rng(0)
+    classes = ["cat", "dog", "fox"]
+    true = rng.integers(0, 3, 150)
+    given = true.copy()
+    flips = rng.choice(150, 20, replace=False)
+    given[flips] = (given[flips] + rng.integers(1, 3, 20)) % 3
+    probs = _softmax(3.0 * np.eye(3)[true] + rng.normal(0, 1, (150, 3)))
+    run = plant_cv(tmp_path, [classes[c] for c in given], probs, classes)
+    result = run_audit(run, features=False, log=lambda *a: None)
+    labels = result.issues[result.issues["kind"] == "label"]
+    flagged = {int(i[4:7]) for i in labels["id"]}
+    hits = flagged & set(flips.tolist())
+    assert len(hits) / len(flagged) > 0.7 and len(hits) / len(flips) > 0.7, (len(flagged), len(hits))
+    assert len(flips) / 150 < 0.15  # chance: the noise rate
+    row = labels.iloc[0]
+    assert row["attribute"] == "label" and row["suggested"] != row["given"]
+    assert result.summary["kind"] == "cv" and "all 150 images" in result.summary["note"]
+    quality = pd.read_csv(result.dir / "label_quality.csv")
+    assert len(quality) == 150 and quality["flagged"].sum() == len(labels)
+    assert result.dir == run / "audit" and (run / "audit" / "review.html").is_file()
+    assert run_audit(run, features=False, log=lambda *a: None).dir == run / "audit-2"  # never overwritten
+
+
+def _composite(tmp_path: Path):
+    """30 people x 4 images: gender and age belong to the person, the mask to the image.
+    Planted: person p03's gender is wrong on all 4 images; one image of p07 has the wrong age;
+    two images carry the wrong mask."""
+    rng = np.random.default_rng(1)
+    people = [f"p{i:02d}" for i in range(30) for _ in range(4)]
+    person = {p: (rng.integers(0, 2), rng.integers(0, 2)) for p in sorted(set(people))}
+    truth = np.array([[rng.integers(0, 2), *person[p]] for p in people])
+    given = truth.copy()
+    given[[12, 13, 14, 15], 1] = 1 - given[[12, 13, 14, 15], 1]  # p03's gender
+    given[29, 2] = 1 - given[29, 2]                              # one image of p07: age
+    given[[40, 77], 0] = 1 - given[[40, 77], 0]                  # two masks
+    names = list(COMPOSITE)
+    marginals = [_softmax(4.0 * np.eye(2)[truth[:, j]] + rng.normal(0, 0.7, (len(people), 2))) for j in range(3)]
+    from podium.tasks.attributes import AttributeTask, joint_from_marginals
+
+    task = AttributeTask(COMPOSITE)
+    classes = task.composite_names()
+    label_names = ["/".join(COMPOSITE[n][g[j]] for j, n in enumerate(names)) for g in given]
+    extra = [f"task.attributes={json.dumps(COMPOSITE)}"]
+    return plant_cv(tmp_path, label_names, joint_from_marginals(marginals), classes, groups=people, extra=extra)
+
+
+def test_a_composite_task_names_the_attribute_and_the_person(tmp_path):
+    run = _composite(tmp_path)
+    result = run_audit(run, features=False, log=lambda *a: None)
+    issues = result.issues
+    assert result.summary["group_attributes"] == ["gender", "age"]  # the mask changes within a person
+    person = issues[(issues["kind"] == "group_label") & (issues["id"] == "p03")]
+    assert len(person) == 1 and person.iloc[0]["attribute"] == "gender" and person.iloc[0]["scope"] == "group"
+    assert "gender of the whole group probably wrong" in person.iloc[0]["detail"]
+    disagree = issues[issues["kind"] == "group_disagrees"]
+    assert disagree[["id", "attribute"]].values.tolist() == [["p07", "age"]]
+    masks = issues[(issues["kind"] == "label")]
+    assert set(masks["attribute"]) == {"mask"} and {"img_040.png", "img_077.png"} <= set(masks["id"])
+    assert result.summary["label_issues_by_attribute"]["gender"] >= 1
+
+
+def test_duplicates_with_other_labels_and_outliers(tmp_path):
+    rng = np.random.default_rng(2)
+    classes = ["a", "b"]
+    true = np.arange(40) % 2
+    probs = _softmax(3.0 * np.eye(2)[true] + rng.normal(0, 0.5, (40, 2)))
+    run = plant_cv(tmp_path, [classes[c] for c in true], probs, classes)
+    data = tmp_path / "data"
+    (data / "img_001.png").write_bytes((data / "img_000.png").read_bytes())  # the same picture, labels a and b
+    from PIL import Image
+
+    Image.new("RGB", (6, 6), (10, 200, 10)).save(data / "img_002.png")      # tiny
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(data / "img_004.png")  # blank
+    issues = run_audit(run, features=False, log=lambda *a: None).issues
+    dup = issues[issues["kind"] == "duplicate"]
+    assert dup[["id", "other_id"]].values.tolist() == [["img_000.png", "img_001.png"]]
+    assert "labels differ ('a' / 'b')" in dup.iloc[0]["detail"]
+    outliers = issues[issues["kind"] == "outlier"].set_index("id")["detail"]
+    assert outliers["img_002.png"].startswith("tiny: 6x6 px") and outliers["img_004.png"].startswith("near-blank")
+
+
+def test_bad_input_gets_one_message(tmp_path, capsys):
+    from podium.rundir import write_status
+
+    run = tmp_path / "run"
+    cfg = load_config(None, ["data.image_size=32"])
+    write_text(run / "config.yaml", config_to_yaml(cfg))
+    write_json(run / "classes.json", {"classes": ["a", "b"]})
+    write_status(run, "interrupted", epoch=1)
+    with pytest.raises(PodiumError, match="no validation predictions .* the run has not finished"):
+        run_audit(run)
+    cv = tmp_path / "cv"
+    write_text(cv / "config.yaml", config_to_yaml(cfg))
+    write_json(cv / "cv.json", {"k": 2, "classes": ["a", "b"]})
+    (cv / "fold0").mkdir()
+    with pytest.raises(PodiumError, match=r"no out-of-fold predictions .* fold\(s\) 0, 1 of 2 are not finished"):
+        run_audit(cv)
+    ensemble = tmp_path / "ens"
+    write_json(ensemble / "ensemble.json", {"classes": ["a", "b"], "members": []})
+    assert main(["audit", str(ensemble)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "ensemble folder; audit one of its cv runs" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- the review page in a browser
+
+
+def _choose(tools, session, ident: str, value: str, nth: int = 0) -> None:
+    expression = (f"(() => {{ const s = Array.from(document.querySelectorAll('select.choice'))"
+                  f".filter(e => e.dataset.id === {json.dumps(ident)})[{nth}]; s.value = {json.dumps(value)}; "
+                  "s.dispatchEvent(new Event('change')); return s.value; })()")
+    got = tools.send("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
+    assert got["result"].get("value") == value, got
+
+
+@pytest.mark.skipif(chromium() is None, reason="chromium not installed (apt-get install -y chromium)")
+def test_review_page_choices_round_trip_into_label_fixes(tmp_path):
+    run = _composite(tmp_path)
+    old_fixes = tmp_path / "old_fixes.csv"
+    old_fixes.write_text("id,attribute,new_value\nimg_077.png,mask,off\nimg_100.png,age,old\n")
+    cfg = load_config(run / "config.yaml", [f"task.label_fixes={old_fixes}"])
+    write_text(run / "config.yaml", config_to_yaml(cfg))  # the run was trained with earlier fixes
+    audit = run_audit(run, features=False, log=lambda *a: None)
+    page = audit.review_page
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    tools = DevTools(chromium(), tmp_path / "profile")
+    try:
+        target = tools.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = tools.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime"):
+            tools.send(f"{domain}.enable", session=session)
+        tools.send("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads),
+                                                   "eventsEnabled": True})
+        tools.send("Page.navigate", {"url": page.as_uri()}, session)
+        wait_for(tools, session, "document.readyState === 'complete' && !!document.getElementById('export')")
+        undecided = wait_for(tools, session, "document.getElementById('csv').value")
+        assert undecided.splitlines()[1:] == ["img_077.png,mask,off,relabel", "img_100.png,age,old,relabel"]
+        _choose(tools, session, "p03", "relabel:" + _suggested(audit, "p03"))  # the person's gender
+        _choose(tools, session, "img_040.png", "keep")                        # a mask label checked: right
+        _choose(tools, session, "img_077.png", "drop")                        # replaces the earlier mask fix
+        tools.send("Runtime.evaluate", {"expression": "document.getElementById('export').click()"}, session)
+        deadline = time.monotonic() + 30
+        while not (downloads / "label_fixes.csv").is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        errors = [e for e in tools.events if e.get("method") == "Runtime.exceptionThrown"]
+    finally:
+        tools.close()
+    assert not errors, errors
+    exported = pd.read_csv(downloads / "label_fixes.csv", dtype=str, keep_default_na=False)
+    assert sorted(exported.values.tolist()) == sorted([
+        ["img_100.png", "age", "old", "relabel"], ["p03", "gender", _suggested(audit, "p03"), "relabel"],
+        ["img_040.png", "mask", "", "keep"], ["img_077.png", "", "", "drop"]])
+    # the next run reads them through task.label_fixes: p03 relabelled, img_077 left out
+    from podium.data.samples import load_pool
+
+    data = load_config(None, [f"data.train={tmp_path / 'data.csv'}", "data.group_column=group", "data.id_column=id",
+                              f"task.attributes={json.dumps(COMPOSITE)}",
+                              f"task.label_fixes={downloads / 'label_fixes.csv'}"])
+    table = pd.read_csv(tmp_path / "data.csv").assign(group=pd.read_csv(run / "folds.csv")["group"])
+    parts = table.pop("label").str.split("/", expand=True)
+    for j, name in enumerate(COMPOSITE):
+        table[name] = parts[j]
+    table.to_csv(tmp_path / "data.csv", index=False)
+    frame, _, _ = load_pool(data, log=lambda *a: None)
+    assert "img_077.png" not in set(frame["id"]) and len(frame) == 119
+    assert set(frame.loc[frame["group"] == "p03", "gender"]) == {_suggested(audit, "p03")}
+    assert frame.set_index("id").loc["img_100.png", "age"] == "old"
+
+
+def _suggested(audit, ident: str) -> str:
+    rows = audit.issues[audit.issues["id"] == ident]
+    return str(rows.iloc[0]["suggested"])
+
+
+# ---------------------------------------------------------------- a real (tiny) cv run
+
+
+def test_a_trained_cv_run_flags_its_flips(noisy_cv):
+    run, flipped = noisy_cv
+    result = run_audit(run, log=lambda *a: None)
+    labels = result.issues[result.issues["kind"] == "label"]
+    flagged = set(labels["id"])
+    precision = len(flagged & flipped) / max(len(flagged), 1)
+    rate = len(flipped) / result.summary["n_images"]
+    assert precision > 2 * rate and len(flagged & flipped) >= len(flipped) / 2, (labels, flipped)
+    single = run_audit(run / "fold0", features=False, log=lambda *a: None)
+    assert single.summary["kind"] == "run" and single.summary["note"].startswith("validation part only")
+    assert single.summary["n_images"] < result.summary["n_images"]
+    assert "This audit saw only the run&#x27;s validation images" in single.review_page.read_text()
