@@ -150,14 +150,15 @@ def test_cv_gather_predicts_a_test_set_afterwards(models, tmp_path):
 
 
 def test_prediction_csv_needs_only_its_path_column(models, tmp_path):
-    """A cv run trained on a grouped CSV predicts an unlabelled CSV that has no group column."""
-    rows = [{"path": str(p), "label": p.parent.name, "person": f"p{i // 2}"}
-            for i, p in enumerate(sorted((models["root"] / "train").rglob("*.png")))]
-    pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
+    """A model trained on a grouped CSV (data.group_column) reads an unlabelled CSV without that column."""
+    from podium.data.samples import prediction_samples
+
     pd.DataFrame({"path": [str(p) for p in sorted(models["flat"].iterdir())]}).to_csv(tmp_path / "test.csv", index=False)
-    cv = _cv(tmp_path, tmp_path / "train.csv", "grouped", "data.group_column=person", "train.epochs=1",
-             test=tmp_path / "test.csv")
-    assert len(pd.read_parquet(cv / TEST_PROBABILITIES_FILE)) == len(list(models["flat"].iterdir()))
+    cfg = podium.config(None, "data.group_column=person", "data.label_column=label")
+    frame = prediction_samples(cfg, tmp_path / "test.csv", competition=False)
+    assert len(frame) == len(list(models["flat"].iterdir())) and "group" not in frame.columns
+    with pytest.raises(PodiumError, match="lacks column"):  # training data still needs its groups
+        podium.eda(tmp_path / "test.csv", "data.group_column=person")
 
 
 def test_outputs_are_never_overwritten(models, tmp_path):

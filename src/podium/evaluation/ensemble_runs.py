@@ -262,10 +262,10 @@ def ensemble_verdict(method: str, nested: dict) -> str:
 def _groups(member: Member, ids: np.ndarray) -> np.ndarray | None:
     """Each OOF row's group (person, source photo) when the member is a grouped cv folder."""
     from podium.data.splits import group_ids, has_groups
-    from podium.evaluation.cv import read_folds
+    from podium.rundir import read_folds
 
-    path = Path(member.name)
-    if not (path / CV_FILE).is_file():
+    path = member.model
+    if path is None or folder_kind(path) != "cv":
         return None
     folds = read_folds(path)
     if not has_groups(folds):

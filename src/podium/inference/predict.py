@@ -18,7 +18,7 @@ import pandas as pd
 
 from podium.errors import PodiumError
 from podium.inference.predictor import DEFAULT, Predictor, encode_images, load_predictor
-from podium.inference.views import requested_views, resolve_tta
+from podium.inference.views import requested_views
 from podium.schema import SubmissionConfig
 
 #: the labelled prediction table `evaluate` writes beside its metrics

@@ -25,7 +25,6 @@ from podium.errors import PodiumError, summarize_list
 from podium.schema import PodiumConfig, validate_config
 
 if TYPE_CHECKING:
-    import pandas as pd
     import torch
 
 #: exported file suffix -> format

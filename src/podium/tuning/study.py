@@ -22,7 +22,6 @@ died) before it leaves.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import threading
