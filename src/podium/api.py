@@ -14,6 +14,7 @@ Every function takes the same validated config as ``podium train`` and raises
     model.predict(pil_image)                # one image, a list, a folder or a CSV
     report = podium.eda("data/train")
     audit = podium.audit("runs/cv")         # Audit: .issues, .summary, .review_page
+    student = podium.distill("runs/cv", model="resnet18")   # a normal Run
 """
 from __future__ import annotations
 
@@ -478,3 +479,18 @@ def audit(source: str | Path | CrossValidation | Run, *, out: str | Path | None 
     from podium.curation.audit import run_audit
 
     return run_audit(_folder(source), out=out, features=features, max_review=max_review, log=log)
+
+
+def distill(teacher: str | Path | CrossValidation | Ensemble, *, model: str | None = None,
+            config: str | Path | None = None, overrides: Sequence[str] = (), unlabeled: str | Path | None = None,
+            temperature: float | None = None, alpha: float | None = None, progress: bool = False,
+            log: Callable = print) -> Run:
+    """A student trained on a teacher's soft probabilities (a cv run's or an ensemble's out-of-fold
+    table for the training images; its predictions for ``unlabeled`` images), blended with the true
+    labels (``alpha``), at ``temperature``; configured like the teacher but with ``model``. The
+    result is a normal run. The CLI's `podium distill`."""
+    from podium.curation.distill import distill as fit
+
+    result = fit(_folder(teacher), model=model, config=config, overrides=overrides, unlabeled=unlabeled,
+                 temperature=temperature, alpha=alpha, progress=progress, log=log)
+    return Run(Path(result.run_dir), result.module)

@@ -46,6 +46,7 @@ LAST_CHECKPOINT = "last.ckpt"
 EPOCHS_DIR = "epochs"                # per-epoch checkpoints (train.save_epoch_checkpoints)
 BIASES_FILE = "logit_biases.json"    # per-class macro-F1 logit biases (cv-biases)
 ORDINAL_CUTS_FILE = "ordinal_cuts.json"
+SOFT_TARGETS_FILE = "soft_targets.parquet"  # training rows' soft targets (distillation, pseudo-labels)
 CV_FILE = "cv.json"                  # a cv folder: k, seed, classes, data, grouped
 FOLDS_FILE = "folds.csv"             # the fold of every image
 OOF_FILE = "oof_predictions.parquet"  # every image once, predicted by the fold that never trained on it

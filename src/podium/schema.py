@@ -120,6 +120,9 @@ class DataConfig(Section):
     resize: ResizeMode = Field("squash", description="How images reach `image_size`: squash (stretch to it), crop (short side to size, center crop) or pad (long side to size, black borders); crop and pad keep the aspect ratio.")
     eval_crop_pct: float = Field(1.0, gt=0.0, le=1.0, description="Validation and prediction view: resize (by `resize`) to image_size / eval_crop_pct, then keep the center image_size, like torchvision's resize 256 + crop 224 (0.875) or timm's crop_pct. 1.0 = the whole image.")
 
+    pseudo_labels: str | None = Field(None, description="Table (parquet: path, [id, group, fold], one probability column per class) of unlabelled images added to TRAINING only, never to validation or to the OOF score (`podium pseudo-label` writes it); an image whose group is in the validation part is left out of that run or fold.")
+    pseudo_mode: Literal["soft", "hard"] = Field("soft", description="How `pseudo_labels` images are learned: their probabilities as soft targets, or their most likely class as a hard label.")
+
     @field_validator("image_size")
     @classmethod
     def _positive_size(cls, v):
@@ -302,6 +305,13 @@ class CropConfig(Section):
     cache_dir: str | None = Field(None, description="Where cropped copies are written (default: .podium-cache/crops beside the data).")
 
 
+class DistillConfig(Section):
+    teacher: str | None = Field(None, description="A cv run or ensemble folder whose out-of-fold probabilities are the soft targets of the training images (knowledge distillation; `podium distill`). Its classes must be the data's.")
+    temperature: float = Field(2.0, gt=0.0, description="Softmax temperature of the teacher's and student's distributions in the distillation term (its loss is scaled by temperature^2, Hinton et al. 2015).")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the teacher's soft targets; the true labels get 1 - alpha.")
+    unlabeled: str | None = Field(None, description="A folder or CSV of unlabelled images the teacher predicts (folds averaged) for the student to learn from too (soft targets only).")
+
+
 class CVConfig(Section):
     folds: int = Field(5, ge=2, description="Number of folds (stratified; grouped when the data has groups).")
     seed: int = Field(42, description="Seed of the fold assignment.")
@@ -324,6 +334,7 @@ class PodiumConfig(Section):
     crop: CropConfig = Field(default_factory=CropConfig, description="Face/box crop preprocessing.")
     cv: CVConfig = Field(default_factory=CVConfig, description="Cross-validation.")
     predict: PredictConfig = Field(default_factory=PredictConfig, description="Inference options.")
+    distill: DistillConfig = Field(default_factory=DistillConfig, description="Knowledge distillation from a teacher.")
 
     @model_validator(mode="after")
     def _check_cross_fields(self):
@@ -340,6 +351,15 @@ class PodiumConfig(Section):
             if self.task.mode == "multihead":
                 raise ValueError("train.mixup_alpha/cutmix_alpha are not supported with task.mode=multihead "
                                  "(mixed composite targets); use task.mode=single or per_attribute, or set both to 0")
+        soft = [k for k, v in (("distill.teacher", self.distill.teacher), ("data.pseudo_labels", self.data.pseudo_labels)) if v]
+        if soft and (self.train.mixup_alpha > 0 or self.train.cutmix_alpha > 0):
+            raise ValueError(f"{soft[0]} trains on soft targets, which MixUp/CutMix would mix again; set "
+                             "train.mixup_alpha and train.cutmix_alpha to 0")
+        if soft and self.task.ordinal:
+            raise ValueError(f"{soft[0]} is not supported with ordinal heads (task.ordinal): they learn exact values, "
+                             "not class probabilities. Remove task.ordinal")
+        if self.distill.unlabeled and not self.distill.teacher:
+            raise ValueError("distill.unlabeled needs distill.teacher (the model that labels those images)")
         if self.train.layer_decay is not None and self.train.backbone_lr_mult != 1.0:
             raise ValueError(f"train.layer_decay ({self.train.layer_decay}) and train.backbone_lr_mult "
                              f"({self.train.backbone_lr_mult}) both scale the backbone's learning rate; set one of them "

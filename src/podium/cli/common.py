@@ -67,6 +67,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def unit_float(text: str) -> float:
+    """An argparse type: a number in [0, 1] (weights, shares)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, found {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, found {value}")
+    return value
+
+
 def split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
     """``[cfg.yaml, a.b=1, ...]`` -> the config file (or None) and the dotted overrides."""
     config, overrides = None, []

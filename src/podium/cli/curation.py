@@ -1,15 +1,37 @@
 """Data-centric commands: audit labels (and review them), pseudo-label, distil."""
 from __future__ import annotations
 
-from podium.cli.common import add_command, console, positive_int, table
+from podium.cli.common import (
+    add_command,
+    console,
+    positive_float,
+    positive_int,
+    split_config_and_overrides,
+    table,
+    unit_float,
+)
 
 EXAMPLES = {
+    "distill": "podium distill runs/cv --model resnet18 train.epochs=10\n"
+               "  podium distill runs/ens --model tv/mobilenet_v2 --unlabeled data/test --temperature 4 --alpha 0.7",
     "audit": "podium audit runs/cv            (a cv run: every image, out-of-fold)\n"
              "  podium audit runs/exp --out audit/   (a single run: its validation part only)",
 }
 
 
 def register(sub) -> None:
+    p = add_command(sub, "distill", "Train a student on a teacher's soft probabilities (a cv run's or ensemble's "
+                    "out-of-fold predictions), blended with the true labels; the result is a normal run.",
+                    cmd_distill, EXAMPLES["distill"])
+    p.add_argument("teacher", help="a cv run or ensemble folder")
+    p.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE",
+                   help="optional YAML config and dotted.key=value overrides on top of the teacher's config")
+    p.add_argument("--model", help="the student's model.name (default: the teacher's)")
+    p.add_argument("--unlabeled", metavar="DIR|CSV", help="unlabelled images the teacher predicts for the student")
+    p.add_argument("--temperature", type=positive_float, help="softmax temperature (default: distill.temperature, 2)")
+    p.add_argument("--alpha", type=unit_float, help="weight of the soft targets, 0..1 (default: distill.alpha, 0.5)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = add_command(sub, "audit", "Find labels that are probably wrong (cleanlab on out-of-fold probabilities), "
                     "duplicates and outliers; write an offline review page that exports label_fixes.csv.",
                     cmd_audit, EXAMPLES["audit"])
@@ -19,6 +41,25 @@ def register(sub) -> None:
                    help="skip the feature-space outliers (they run each fold's model over its images once)")
     p.add_argument("--max-review", type=positive_int, default=300, metavar="N",
                    help="cards per section of the review page, most suspicious first (default 300)")
+
+
+def cmd_distill(args) -> int:
+    import podium
+
+    config, overrides = split_config_and_overrides(args.items)
+    out = console()
+    run = podium.distill(args.teacher, model=args.model, config=config, overrides=overrides, unlabeled=args.unlabeled,
+                         temperature=args.temperature, alpha=args.alpha, progress=not args.quiet, log=out.print)
+    s = run.summary
+    m = s["val_metrics"]
+    teacher = s.get("soft_targets", {}).get("teacher", {})
+    table(f"distilled {s['run_dir']}", {
+        "teacher": teacher.get("path"), "temperature / alpha": f"{teacher.get('temperature')} / {teacher.get('alpha')}",
+        "training images with soft targets": teacher.get("labelled_rows"),
+        "unlabelled images": teacher.get("unlabeled_rows", 0),
+        f"best {s['monitor']} (epoch {s['best_epoch']})": s["best_metric"], "val macro F1": m["f1"],
+        "val accuracy": m["acc"], "wall time (s)": s["wall_time_s"], "run folder": s["run_dir"]}, out)
+    return 0
 
 
 def cmd_audit(args) -> int:

@@ -22,7 +22,7 @@ class PodiumDataModule(pl.LightningDataModule):
 
     def __init__(self, train: pd.DataFrame, val: pd.DataFrame, classes: list[str], cfg: DataConfig,
                  train_pipeline: Pipeline, augment: AugmentConfig, batch_size: int,
-                 sampler: str = "random", seed: int = 0, start_epoch: int = 0, train_values=None):
+                 sampler: str = "random", seed: int = 0, start_epoch: int = 0, train_values=None, train_soft=None):
         super().__init__()
         self.seed = seed
         self.start_epoch = start_epoch  # the epoch a resumed run continues with
@@ -37,6 +37,8 @@ class PodiumDataModule(pl.LightningDataModule):
         self.val_targets = encode_labels(val["label"], classes, "validation data")
         # ordinal heads also learn from exact values: rows of (composite class, value, ...)
         rows = self.train_targets if train_values is None else np.column_stack([self.train_targets, train_values])
+        if train_soft is not None:  # float rows (class, hard weight, soft weight, distribution): `SoftTargets`
+            rows = train_soft.rows(self.train_targets)
         self.train_set = ImageDataset(train["path"], rows, train_pipeline, cfg.size_hw, train=True,
                                       draft=cfg.draft_decode, on_bad_image=cfg.on_bad_image, resize=cfg.resize,
                                       cache=build_cache(train["path"], cfg, "train"))

@@ -310,7 +310,9 @@ class ImageDataset(Dataset):
                  size: tuple[int, int], *, train: bool = False, draft: bool = True,
                  on_bad_image: str = "error", cache=None, resize: str = "squash"):
         self.paths = list(paths)
-        self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
+        self.targets = None if targets is None else np.asarray(targets)
+        if self.targets is not None and not np.issubdtype(self.targets.dtype, np.floating):
+            self.targets = self.targets.astype(np.int64)  # class indices (rows with exact values); floats: soft targets
         self.pipeline = pipeline
         self.size = tuple(size)
         self.train = train

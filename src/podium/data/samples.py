@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -28,11 +29,17 @@ from podium.tasks.spec import TaskSpec, drop_training_ages, label_samples, resol
 
 @dataclass
 class PreparedData:
-    """A train/validation split with its class map (and images skipped as unreadable)."""
+    """A train/validation split with its class map (and images skipped as unreadable).
+
+    ``fold``: the cv fold whose validation part ``val`` is (None for a holdout); ``soft``: the
+    training rows' soft targets (`podium.model.soft_targets.SoftTargets`) when a teacher or
+    pseudo-labels supply them."""
     train: pd.DataFrame
     val: pd.DataFrame
     classes: list[str]
     skipped: list[str] = field(default_factory=list)
+    fold: int | None = None
+    soft: Any = None
 
 
 def load_labeled(spec: str | Path, cfg: PodiumConfig, task: TaskSpec | None = None, log=print,

@@ -109,7 +109,7 @@ def train_fold(cfg: PodiumConfig, run_dir: Path, frame: pd.DataFrame, classes: l
     from podium.tasks.spec import drop_training_ages
 
     train_part = drop_training_ages(frame.loc[~is_val, columns].reset_index(drop=True), cfg.task, log)
-    prepared = PreparedData(train_part, frame.loc[is_val, columns].reset_index(drop=True), list(classes))
+    prepared = PreparedData(train_part, frame.loc[is_val, columns].reset_index(drop=True), list(classes), fold=fold)
     callbacks = [epoch_checkpoint_callback(fold_dir(run_dir, fold))] if save_epochs else None
     log(f"fold {fold}: {len(prepared.train)} train / {len(prepared.val)} validation images")
     result = train(fold_cfg, prepared=prepared, callbacks=callbacks, progress=progress, log=log)

@@ -37,7 +37,8 @@ class Classifier(pl.LightningModule):
     def __init__(self, model_cfg: ModelConfig | dict, train_cfg: TrainConfig | dict, classes: list[str], mean, std,
                  class_weights: list[float] | None = None, load_pretrained: bool = True,
                  heads: list[int] | None = None, head_weights: list[float] | None = None,
-                 class_counts: list[int] | None = None, ordinal: list[dict] | None = None):
+                 class_counts: list[int] | None = None, ordinal: list[dict] | None = None,
+                 soft_temperature: float | None = None):
         super().__init__()
         # Typed configs in, plain dicts into the checkpoint (loadable with weights_only=True);
         # a dict from a checkpoint is validated by the schema, so defaults live in one place.
@@ -50,7 +51,8 @@ class Classifier(pl.LightningModule):
             "heads": None if not heads else [int(h) for h in heads],
             "head_weights": None if head_weights is None else [float(w) for w in head_weights],
             "class_counts": None if class_counts is None else [int(c) for c in class_counts],
-            "ordinal": None if not ordinal else [dict(o) for o in ordinal]})
+            "ordinal": None if not ordinal else [dict(o) for o in ordinal],
+            "soft_temperature": None if soft_temperature is None else float(soft_temperature)})
         m, t = self.model_cfg, self.train_cfg
         self.classes = list(classes)
         n = len(classes)
@@ -83,6 +85,8 @@ class Classifier(pl.LightningModule):
             if self.drw_from_epoch:
                 self.criterion_unweighted = create_loss(t.loss, n, class_counts=class_counts, **loss_kw)
         self.mixup = _build_mixup(t, n)
+        # training rows with soft targets (distillation, pseudo-labels): see `soft_target_loss`
+        self.soft_temperature = soft_temperature
         self.val_metrics = create_metrics(n)
         self.skipped_images = 0
         self.channels_last = bool(t.channels_last)
@@ -157,13 +161,16 @@ class Classifier(pl.LightningModule):
 
     def loss_on_inputs(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The training loss on normalized inputs; ``targets`` class indices or (N, C) soft targets."""
+        return self.loss_on_outputs(self._run_model(x), targets)
+
+    def loss_on_outputs(self, raw: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The configured loss of the model's raw outputs (class logits, or the heads' outputs)."""
         weighted = self.reweighting()
         if not self.heads:
             criterion = self.criterion if weighted else self.criterion_unweighted
-            return criterion(self._run_model(x), targets)
+            return criterion(raw, targets)
         from podium.model.ordinal import ordinal_loss
 
-        raw = self._run_model(x)
         losses = self.head_losses if weighted else self.head_losses_unweighted
         composite, values = (targets[:, 0], targets[:, 1:]) if targets.ndim == 2 and not targets.is_floating_point() \
             else (targets, None)
@@ -177,6 +184,27 @@ class Classifier(pl.LightningModule):
                 total = total + w * loss_fn(logits, digit)
         return total / sum(self.head_weights)
 
+    def soft_target_loss(self, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The loss of training rows that carry soft targets (`podium.model.soft_targets`): (N, 3 + C)
+        floats = class index, weight of that hard label, weight of the soft target, the target
+        distribution. The hard part is the configured loss on the rows that have a hard label (so
+        label smoothing and class weights still apply); the soft part is Hinton's distillation term
+        at `soft_temperature`. Each part is weighted per row and averaged over the batch."""
+        from podium.model.losses import distillation_loss
+
+        raw = self._run_model(self._prepare(images))
+        labels, w_hard, w_soft, target = rows[:, 0].long(), rows[:, 1], rows[:, 2], rows[:, 3:]
+        total = raw.new_zeros((), dtype=torch.float32)
+        hard = w_hard > 0
+        if hard.any():
+            total = total + w_hard[hard].mean() * hard.float().mean() * self.loss_on_outputs(raw[hard], labels[hard])
+        soft = w_soft > 0
+        if soft.any():
+            log_probs = self.composite_log_probs(raw[soft]) if self.heads else raw[soft].float().log_softmax(1)
+            per_row = distillation_loss(log_probs, target[soft], float(self.soft_temperature or 1.0))
+            total = total + (w_soft[soft] * per_row).sum() / len(rows)
+        return total
+
     def _unpack(self, batch):
         images, targets, skipped = batch
         self.skipped_images += int(skipped)
@@ -186,7 +214,9 @@ class Classifier(pl.LightningModule):
         images, targets = self._unpack(batch)
         if images.numel() == 0:
             return None
-        if self.mixup is not None and len(targets) >= 2:
+        if self.soft_temperature is not None:
+            loss = self.soft_target_loss(images, targets)
+        elif self.mixup is not None and len(targets) >= 2:
             keep = len(targets) - len(targets) % 2  # timm's Mixup pairs the batch with its reverse: even sizes only
             x, soft = self.mixup(self._prepare(images[:keep]), targets[:keep])
             loss = self.loss_on_inputs(x, soft)

@@ -85,6 +85,18 @@ class LogitAdjustedLoss(nn.Module):
         return F.cross_entropy(logits, target, weight=self.weight, label_smoothing=self.label_smoothing)
 
 
+def distillation_loss(student_log_probs: torch.Tensor, target_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per row: ``T^2 * KL(target_T || student_T)`` (Hinton et al., 2015), both distributions
+    softened by the temperature ``T``. The target comes as probabilities (a teacher's OOF table,
+    pseudo-labels); its softened form is ``softmax(log p / T)``. ``T^2`` keeps the gradients'
+    scale independent of ``T``; at ``T = 1`` this is cross-entropy with soft targets minus their
+    (constant) entropy."""
+    t = float(temperature)
+    target = (target_probs.float().clamp_min(1e-12).log() / t).log_softmax(1)
+    student = (student_log_probs.float() / t).log_softmax(1)
+    return (t * t) * (target.exp() * (target - student)).sum(1)
+
+
 def class_priors(counts: Sequence[int] | None) -> torch.Tensor | None:
     """Training-set class frequencies (absent classes get a tiny prior, never log(0))."""
     if counts is None:

@@ -74,7 +74,8 @@ def build_module(cfg: PodiumConfig, prepared: PreparedData, mean, std):
     return Classifier(cfg.model, cfg.train, prepared.classes, mean, std,
                       class_weights=None if weights is None else [float(w) for w in np.asarray(weights, dtype=float)],
                       heads=task.heads, head_weights=head_weights, class_counts=train_counts,
-                      ordinal=ordinal_specs(task, prepared.train))
+                      ordinal=ordinal_specs(task, prepared.train),
+                      soft_temperature=None if prepared.soft is None else prepared.soft.temperature)
 
 
 def ordinal_specs(task: TaskSpec, train: pd.DataFrame) -> list[dict] | None:
@@ -103,14 +104,17 @@ class _Start:
 
 
 def _starting_point(cfg: PodiumConfig, resume, epochs: int | None, prepared: PreparedData | None, log) -> _Start:
+    from podium.model.soft_targets import attach_soft_targets, load_soft_targets
+
     if resume is None:
-        prepared = prepared or prepare_data(cfg, log=log)
+        prepared = attach_soft_targets(cfg, prepared or prepare_data(cfg, log=log), log)
         return _Start(cfg, prepared, *normalization(cfg, prepared))
     from podium.model.lifecycle import ExtendSchedule, resume_point
 
     info = load_run(resume)
     point = resume_point(info, epochs)  # a safe read of last.ckpt, its classes, finished runs
-    return _Start(point.cfg, prepared or load_split(info.dir, info.classes), info.mean, info.std, run_dir=info.dir,
+    prepared = load_soft_targets(info.dir, point.cfg, prepared or load_split(info.dir, info.classes))
+    return _Start(point.cfg, prepared, info.mean, info.std, run_dir=info.dir,
                   ckpt_path=str(point.checkpoint), start_epoch=point.start_epoch,
                   extend=[ExtendSchedule()] if point.extended else [])
 
@@ -120,7 +124,8 @@ def build_datamodule(cfg: PodiumConfig, prepared: PreparedData, start_epoch: int
     return PodiumDataModule(prepared.train, prepared.val, prepared.classes, cfg.data,
                             build_train_pipeline(cfg.augment, cfg.data.size_hw), cfg.augment,
                             cfg.train.batch_size, cfg.train.sampler, seed=cfg.train.seed, start_epoch=start_epoch,
-                            train_values=ordinal_values(prepared.train, resolve_task(cfg.task)))
+                            train_values=ordinal_values(prepared.train, resolve_task(cfg.task)),
+                            train_soft=prepared.soft)
 
 
 def train(cfg: PodiumConfig, *, resume: str | Path | None = None, dry_run: bool = False,
@@ -205,6 +210,9 @@ def _new_run_dir(cfg: PodiumConfig, start: _Start, ddp_worker: bool) -> Path:
         save_run_files(run_dir, cfg, prepared.classes, start.mean, start.std, {"seed": cfg.train.seed})
         write_csv(run_dir / SPLIT_FILE, pd.concat([prepared.train.assign(split="train"),
                                                     prepared.val.assign(split="val")]))
+        from podium.model.soft_targets import save_soft_targets
+
+        save_soft_targets(run_dir, prepared)
     return run_dir
 
 
@@ -261,6 +269,8 @@ def finish_run(cfg: PodiumConfig, run_dir: Path, prepared: PreparedData, module,
         "git_commit": git_commit(), "versions": library_versions(),
         "device": "cuda" if uses_cuda(cfg.train.accelerator) else "cpu",
     }
+    if prepared.soft is not None:
+        summary["soft_targets"] = prepared.soft.record
     summary.update(_time_limit_record(trainer))
     write_json(run_dir / SUMMARY_FILE, summary)
     from podium.reports.tracking import log_final_metrics

@@ -1,0 +1,252 @@
+"""Soft targets of a run's training rows: a teacher's probabilities (`distill.*`) and
+pseudo-labelled images (`data.pseudo_labels`), in the form the loss reads them
+(`Classifier.soft_target_loss`).
+
+* Distillation: each labelled training image gets the teacher's out-of-fold
+  probability (a cv run's or an ensemble's OOF table: predicted by models that never
+  trained on it, the only honest soft target for a training image), weighted
+  ``distill.alpha``, and keeps its true label, weighted ``1 - alpha``. Images of
+  ``distill.unlabeled`` join with the teacher's prediction (folds averaged) as their
+  only target.
+* Pseudo-labels: the images of the ``data.pseudo_labels`` table join the training part
+  only, never validation; one whose group is in the validation part is left out (its
+  group would otherwise straddle the split). A table with a ``fold`` column gives each cv
+  fold the probabilities of the model that never saw that fold's validation images.
+
+The rows are saved as ``soft_targets.parquet`` in the run, so a resumed run trains on
+exactly them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from podium.data.samples import PreparedData
+from podium.errors import PodiumError, summarize_list
+from podium.evaluation.tables import probability_columns
+from podium.schema import PodiumConfig
+
+#: the ``origin`` of training rows that are not the data's own labelled images
+PSEUDO, UNLABELED = "pseudo", "unlabeled"
+
+
+@dataclass
+class SoftTargets:
+    """Per training row: a target distribution, the weight of its hard label and of that distribution."""
+
+    probs: np.ndarray        # (N, C)
+    hard: np.ndarray         # (N,)
+    soft: np.ndarray         # (N,)
+    temperature: float = 1.0
+    record: dict = field(default_factory=dict)
+
+    def rows(self, labels: np.ndarray) -> np.ndarray:
+        """(N, 3 + C) float32 rows: class index, hard weight, soft weight, distribution."""
+        return np.column_stack([labels, self.hard, self.soft, self.probs]).astype(np.float32)
+
+
+def attach_soft_targets(cfg: PodiumConfig, prepared: PreparedData, log=print) -> PreparedData:
+    """``prepared`` with pseudo-labelled / teacher-labelled images added to its training part and
+    ``prepared.soft`` set; unchanged when the config asks for neither."""
+    if not (cfg.distill.teacher or cfg.data.pseudo_labels):
+        return prepared
+    classes = prepared.classes
+    train = prepared.train.copy()
+    train["origin"] = train["origin"] if "origin" in train else ""
+    n = len(train)
+    parts = [SoftTargets(np.zeros((n, len(classes)), np.float32), np.ones(n, np.float32), np.zeros(n, np.float32))]
+    frames = [train]
+    if cfg.distill.teacher:
+        teacher = Path(cfg.distill.teacher)
+        alpha = float(cfg.distill.alpha)
+        parts[0].probs = teacher_oof(teacher, classes, train["id"])
+        parts[0].hard[:], parts[0].soft[:] = 1.0 - alpha, alpha
+        if cfg.distill.unlabeled:
+            frame, probs = teacher_predictions(teacher, cfg, classes, log)
+            frames.append(frame)
+            parts.append(SoftTargets(probs, np.zeros(len(frame), np.float32), np.ones(len(frame), np.float32)))
+    if cfg.data.pseudo_labels:
+        frame, part = pseudo_rows(cfg, prepared, log)
+        frames.append(frame)
+        parts.append(part)
+    prepared.train = pd.concat(frames, ignore_index=True)
+    prepared.soft = SoftTargets(np.concatenate([p.probs for p in parts]), np.concatenate([p.hard for p in parts]),
+                                np.concatenate([p.soft for p in parts]), _temperature(cfg), _record(cfg, prepared.train))
+    return prepared
+
+
+def _temperature(cfg: PodiumConfig) -> float:
+    return float(cfg.distill.temperature) if cfg.distill.teacher else 1.0
+
+
+def _record(cfg: PodiumConfig, train: pd.DataFrame) -> dict:
+    """What summary.json says about the soft targets: the teacher and how many rows of each origin."""
+    origin = train["origin"].fillna("").astype(str) if "origin" in train else pd.Series([""] * len(train))
+    record: dict = {}
+    if cfg.distill.teacher:
+        record["teacher"] = {"path": cfg.distill.teacher, "alpha": cfg.distill.alpha,
+                             "temperature": cfg.distill.temperature, "labelled_rows": int((origin == "").sum()),
+                             "unlabeled_rows": int((origin == UNLABELED).sum())}
+    if cfg.data.pseudo_labels:
+        record["pseudo_labels"] = {"path": cfg.data.pseudo_labels, "mode": cfg.data.pseudo_mode,
+                                   "rows": int((origin == PSEUDO).sum())}
+    return record
+
+
+# ---------------------------------------------------------------- teachers
+
+
+def teacher_kind(teacher: Path) -> str:
+    from podium.rundir import folder_kind
+
+    kind = folder_kind(teacher)
+    if kind == "run":
+        raise PodiumError(f"distill.teacher {teacher} is a single run: its predictions on its own training images are "
+                          "not honest soft targets (it fitted them). Distil from a cv run (podium cv) or an ensemble")
+    if kind is None:
+        raise PodiumError(f"distill.teacher {teacher} is not a cv run or ensemble folder (no cv.json or ensemble.json)")
+    return kind
+
+
+def check_teacher_classes(teacher: Path, classes: list[str]) -> None:
+    from podium.rundir import read_classes
+
+    found = read_classes(teacher)
+    if list(found) != list(classes):
+        raise PodiumError(f"the teacher {teacher} predicts other classes than the data has: teacher "
+                          f"{summarize_list(found, 10)}, data {summarize_list(classes, 10)}. Distil on the data "
+                          "the teacher was trained on (or with the same task settings)")
+
+
+def teacher_oof(teacher: Path, classes: list[str], ids: pd.Series) -> np.ndarray:
+    """(N, C) the teacher's out-of-fold probabilities of the images ``ids``, in that order."""
+    from podium.rundir import OOF_FILE, read_table
+
+    kind = teacher_kind(teacher)
+    check_teacher_classes(teacher, classes)
+    path = teacher / OOF_FILE
+    if not path.is_file():
+        how = (f"finish its folds and run podium cv-gather {teacher}" if kind == "cv" else
+               "its members had no out-of-fold predictions; ensemble cv runs")
+        raise PodiumError(f"the teacher {teacher} has no out-of-fold predictions ({OOF_FILE}): {how}")
+    table = read_table(path, "the teacher's out-of-fold predictions")
+    by_id = table.assign(id=table["id"].astype(str)).drop_duplicates("id").set_index("id")
+    wanted = ids.astype(str)
+    missing = sorted(set(wanted) - set(by_id.index))
+    if missing:
+        raise PodiumError(f"the teacher {teacher} has no out-of-fold probability for {len(missing)} of the "
+                          f"{len(wanted)} training images (e.g. {summarize_list(missing, 3)}): distil on the images "
+                          "the teacher was cross-validated on")
+    return _normalized(by_id.loc[wanted.to_numpy(), classes].to_numpy(dtype=np.float64))
+
+
+def teacher_predictions(teacher: Path, cfg: PodiumConfig, classes: list[str], log=print) -> tuple[pd.DataFrame, np.ndarray]:
+    """The images of ``distill.unlabeled`` as training rows, with the teacher's predictions (folds averaged)."""
+    from podium.inference.predict import predict_frame
+    from podium.inference.predictor import load_predictor
+
+    teacher_kind(teacher)
+    check_teacher_classes(teacher, classes)
+    frame = unlabeled_frame(cfg.distill.unlabeled, cfg)
+    log(f"teacher {teacher} predicts {len(frame)} unlabelled image(s) of {cfg.distill.unlabeled}")
+    probs = predict_frame(load_predictor(teacher), frame)
+    frame = frame.assign(id=[f"{UNLABELED}/{i}" for i in frame["id"]], label=np.asarray(classes)[probs.argmax(1)],
+                         origin=UNLABELED)
+    return frame, _normalized(probs)
+
+
+def unlabeled_frame(spec: str | Path, cfg: PodiumConfig, group_by_folder: bool = False) -> pd.DataFrame:
+    """Unlabelled images (a folder, or a CSV with ``data.path_column`` and optionally
+    ``data.group_column``), read as training reads them (crops); ``group_by_folder``: each image's
+    folder is its group (a person's photos in one folder)."""
+    from podium.data.samples import prediction_samples
+
+    frame = prediction_samples(cfg, spec, competition=False, log=lambda *a: None)
+    if group_by_folder:
+        frame["group"] = [str(Path(i).parent) if Path(i).parent != Path(".") else "" for i in frame["id"]]
+    return frame.reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- pseudo-labels
+
+
+def pseudo_rows(cfg: PodiumConfig, prepared: PreparedData, log=print) -> tuple[pd.DataFrame, SoftTargets]:
+    """The ``data.pseudo_labels`` images this run or fold trains on, as rows and targets."""
+    from podium.rundir import read_table
+
+    table = read_table(cfg.data.pseudo_labels, "pseudo-labels (data.pseudo_labels)")
+    classes = prepared.classes
+    found = probability_columns(table)
+    if "path" not in table.columns or found != list(classes):
+        raise PodiumError(f"data.pseudo_labels {cfg.data.pseudo_labels} must have a path column and one probability "
+                          f"column per class of the data ({summarize_list(classes, 10)}); found "
+                          f"{summarize_list(list(table.columns), 12)}. Were they made for another class set?")
+    table = _for_fold(table, prepared.fold)
+    if "group" in table.columns and "group" in prepared.val.columns:
+        held = set(prepared.val["group"].astype(str)) - {""}
+        inside = table["group"].astype(str).isin(held).to_numpy()
+        if inside.any():
+            log(f"pseudo-labels: {int(inside.sum())} image(s) left out: their group is in the validation part")
+            table = table[~inside]
+    probs = _normalized(table[classes].to_numpy(dtype=np.float64))
+    ids = table["id"].astype(str) if "id" in table.columns else table["path"].astype(str)
+    frame = pd.DataFrame({"path": table["path"].astype(str).to_numpy(), "id": [f"{PSEUDO}/{i}" for i in ids],
+                          "label": np.asarray(classes)[probs.argmax(1)], "origin": PSEUDO})
+    if "group" in table.columns:
+        frame["group"] = table["group"].astype(str).to_numpy()
+    n = len(frame)
+    if cfg.data.pseudo_mode == "hard":
+        return frame, SoftTargets(np.eye(len(classes), dtype=np.float32)[probs.argmax(1)], np.ones(n, np.float32),
+                                  np.zeros(n, np.float32))
+    return frame, SoftTargets(probs, np.zeros(n, np.float32), np.ones(n, np.float32))
+
+
+def _for_fold(table: pd.DataFrame, fold: int | None) -> pd.DataFrame:
+    """The rows meant for ``fold`` (probabilities from the model that never saw its validation
+    images) when the table has them, else the rows for every run (fold -1 or no fold column)."""
+    if "fold" not in table.columns:
+        return table.reset_index(drop=True)
+    folds = table["fold"].astype(int)
+    chosen = folds == fold if fold is not None and (folds == fold).any() else folds == -1
+    return table[chosen.to_numpy()].reset_index(drop=True)
+
+
+def _normalized(probs: np.ndarray) -> np.ndarray:
+    probs = np.clip(np.asarray(probs, dtype=np.float64), 0.0, None)
+    total = probs.sum(1, keepdims=True)
+    return (probs / np.where(total > 0, total, 1.0)).astype(np.float32)
+
+
+# ---------------------------------------------------------------- saved with the run
+
+
+def save_soft_targets(run_dir: Path, prepared: PreparedData) -> None:
+    """``soft_targets.parquet``: id, hard, soft, one column per class (what a resumed run reloads)."""
+    from podium.fileio import write_parquet
+    from podium.rundir import SOFT_TARGETS_FILE
+
+    soft = prepared.soft
+    if soft is None:
+        return
+    table = pd.concat([pd.DataFrame({"id": prepared.train["id"].astype(str).to_numpy(), "hard": soft.hard,
+                                     "soft": soft.soft}),
+                       pd.DataFrame(soft.probs, columns=list(prepared.classes))], axis=1)
+    write_parquet(Path(run_dir) / SOFT_TARGETS_FILE, table)
+
+
+def load_soft_targets(run_dir: Path, cfg: PodiumConfig, prepared: PreparedData) -> PreparedData:
+    """A resumed run's soft targets, in the order of its saved training rows."""
+    from podium.rundir import SOFT_TARGETS_FILE, read_table
+
+    path = Path(run_dir) / SOFT_TARGETS_FILE
+    if not (cfg.distill.teacher or cfg.data.pseudo_labels):
+        return prepared
+    table = read_table(path, "the run's soft targets").assign(id=lambda t: t["id"].astype(str)).set_index("id")
+    ids = prepared.train["id"].astype(str).to_numpy()
+    rows = table.loc[ids]
+    prepared.soft = SoftTargets(rows[prepared.classes].to_numpy(np.float32), rows["hard"].to_numpy(np.float32),
+                                rows["soft"].to_numpy(np.float32), _temperature(cfg), _record(cfg, prepared.train))
+    return prepared
