@@ -89,13 +89,13 @@ def test_each_fold_is_a_normal_run_validating_on_its_fold(cv_run):
 
 
 def test_test_probabilities_are_the_fold_average(cv_run):
-    from podium.inference.predictor import load_predictor
+    import podium
     from podium.rundir import read_cv_meta
 
     run = cv_run.run_dir
     classes = sorted(COLORS)
     test = read_cv_meta(run)["test_data"]
-    per_fold = [load_predictor(run / f"fold{k}").predict(test, out=run.parent / f"fold{k}-test").set_index("id")[classes]
+    per_fold = [podium.predict(run / f"fold{k}", test, out=run.parent / f"fold{k}-test").set_index("id")[classes]
                 for k in range(2)]
     avg = pd.read_parquet(run / TEST_PROBABILITIES_FILE).set_index("id")[classes]
     np.testing.assert_allclose(avg.to_numpy(), ((per_fold[0] + per_fold[1].loc[per_fold[0].index]) / 2).loc[avg.index], atol=1e-6)
