@@ -183,22 +183,20 @@ class Study:
                              *dataset_overrides(dataset), *extra)
 
     def train(self, cfg) -> Path:
+        """A finished run of this config: an earlier one (``name``, ``name-2``... after an
+        interruption), or a new one."""
         import podium
         from podium.rundir import is_finished_run
 
-        run = Path(cfg.output.dir) / cfg.output.name
-        if not is_finished_run(run):
-            podium.train(cfg, log=QUIET)
-        return run
+        found = finished(cfg, is_finished_run)
+        return found or Path(podium.train(cfg, log=QUIET).dir)
 
     def cv(self, cfg, folds: int = 3) -> Path:
         import podium
         from podium.rundir import CV_SUMMARY_FILE
 
-        run = Path(cfg.output.dir) / cfg.output.name
-        if not (run / CV_SUMMARY_FILE).is_file():
-            podium.cross_validate(cfg, folds=folds, log=QUIET)
-        return run
+        found = finished(cfg, lambda d: (d / CV_SUMMARY_FILE).is_file())
+        return found or Path(podium.cross_validate(cfg, folds=folds, log=QUIET).dir)
 
     def test_f1(self, model: Path, test: Path) -> float:
         import podium
@@ -208,6 +206,15 @@ class Study:
         if metrics.is_file():
             return float(json.loads(metrics.read_text())["f1"])
         return float(podium.evaluate(model, test, out=out).metrics["f1"])
+
+
+def finished(cfg, is_done: Callable[[Path], bool]) -> Path | None:
+    parent, name = Path(cfg.output.dir), cfg.output.name
+    for k in range(1, 20):
+        candidate = parent / (name if k == 1 else f"{name}-{k}")
+        if candidate.is_dir() and is_done(candidate):
+            return candidate
+    return None
 
 
 def with_ids(table: pd.DataFrame) -> pd.DataFrame:
@@ -231,7 +238,7 @@ def audit_cell(study: Study, dataset: str, seed: int, noise: float, pool: pd.Dat
         cv / "audit-bench" / "issues.csv").is_file() else _read_audit(cv / "audit-bench")
     issues = audit.issues
     labels = issues[issues["kind"] == "label"]
-    flagged = {(str(i), str(a if a != "label" else "label")) for i, a in zip(labels["id"], labels["attribute"])}
+    flagged = {(str(i), str(a)) for i, a in zip(labels["id"], labels["attribute"], strict=True)}
     hits = flagged & flips
     precision, recall = len(hits) / max(len(flagged), 1), len(hits) / max(len(flips), 1)
     per_attribute = {a: {"flagged": sum(1 for f in flagged if f[1] == a), "injected": sum(1 for f in flips if f[1] == a),
@@ -265,6 +272,96 @@ def clean_cell(study: Study, dataset: str, seed: int, pool: Path, test: Path) ->
     return run
 
 
+# ---------------------------------------------------------------- pseudo-label study
+
+
+def halves(dataset: str, pool: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(labelled, unlabelled) halves of the pool, fixed for every seed (grouped for faces)."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    strata = pool["label"] if dataset == "faces" else pool["gender"] + "/" + pool["age"]
+    if dataset == "faces":
+        a, b = next(StratifiedGroupKFold(2, shuffle=True, random_state=0).split(pool, strata, groups=pool["group"]))
+    else:
+        a, b = next(StratifiedKFold(2, shuffle=True, random_state=0).split(pool, strata))
+    unlabelled = pool.iloc[b][[c for c in ("path", "id", "group") if c in pool]]
+    return pool.iloc[a].reset_index(drop=True), unlabelled.reset_index(drop=True)
+
+
+def pseudo_cell(study: Study, dataset: str, seed: int, pool: pd.DataFrame, test: Path) -> None:
+    import podium
+
+    if study.done(study="pseudo", dataset=dataset, seed=seed, variant="round2"):
+        return
+    labelled, unlabelled = halves(dataset, pool)
+    train = study.csv(dataset, "half-labelled", labelled)
+    unlabelled_csv = study.csv(dataset, "half-unlabelled", unlabelled)
+    model = study.cv(study.config(dataset, train, f"pseudo-r0-s{seed}", seed))
+    if not study.done(study="pseudo", dataset=dataset, seed=seed, variant="round0"):
+        study.record(study="pseudo", dataset=dataset, seed=seed, variant="round0", macro_f1=study.test_f1(model, test),
+                     run_dir=str(model), extra=json.dumps({"cv_macro_f1": podium.CrossValidation(model).score,
+                                                           "labelled": len(labelled), "unlabelled": len(unlabelled)}))
+    for r in (1, 2):
+        out = model.parent / f"pseudo-r{r}-s{seed}"
+        record = out / "pseudo.json"
+        if record.is_file() and json.loads(record.read_text())["rounds"]:
+            entry = json.loads(record.read_text())["rounds"][0]
+        else:
+            t0 = time.time()
+            entry = podium.pseudo_label(model, unlabelled_csv, rounds=1, precision=0.9, mode="soft", out=out,
+                                        log=QUIET).record["rounds"][0]
+            entry["wall_s"] = round(time.time() - t0, 1)
+        model = Path(entry["model"])
+        if not study.done(study="pseudo", dataset=dataset, seed=seed, variant=f"round{r}"):
+            study.record(study="pseudo", dataset=dataset, seed=seed, variant=f"round{r}",
+                         macro_f1=study.test_f1(model, test), run_dir=str(model),
+                         extra=json.dumps({"cv_macro_f1": entry["score"], "n_pseudo": entry["n_pseudo"],
+                                           "per_class": entry["per_class"], "thresholds": entry["thresholds"]}))
+
+
+# ---------------------------------------------------------------- distillation study
+
+
+def distill_cell(study: Study, dataset: str, seed: int, pool: Path, test: Path) -> None:
+    import podium
+    from podium.rundir import is_finished_run
+
+    if study.done(study="distill", dataset=dataset, seed=seed, variant="student"):
+        return
+    teacher = study.cv(study.config(dataset, pool, f"teacher-cv-s{seed}", seed))
+    baseline = study.train(study.config(dataset, pool, f"clean-s{seed}", seed))
+    name = f"student-s{seed}"
+    student = finished(study.config(dataset, pool, name, seed), is_finished_run) or Path(
+        podium.distill(teacher, overrides=[f"output.name={name}"], log=QUIET).dir)
+    speeds = images_per_second({"teacher": teacher, "student": student, "baseline": baseline}, test)
+    for variant, model in (("teacher", teacher), ("baseline", baseline), ("student", student)):
+        study.record(study="distill", dataset=dataset, seed=seed, variant=variant, macro_f1=study.test_f1(model, test),
+                     images_per_s=speeds[variant], run_dir=str(model))
+
+
+def images_per_second(models: dict[str, Path], test: Path, batch: int = 32, repeats: int = 7) -> dict[str, float]:
+    """Throughput of each model's ONNX export on one uint8 batch of held-back images (onnxruntime,
+    2 threads), the median of ``repeats`` timed calls after a warm-up, all measured in this one run."""
+    import podium
+
+    paths = pd.read_csv(test)["path"].tolist()[:batch]
+    out = {}
+    for name, model in models.items():
+        target = model / "exports" / "bench" / "model.onnx"
+        if not target.is_file():
+            podium.export(model, out=target, dynamic_batch=True, log=QUIET)
+        predictor = podium.load_predictor(target, threads=2)
+        images = np.stack([predictor.dataset(paths)[i][0].numpy() for i in range(len(paths))])
+        predictor.logits(images)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            predictor.logits(images)
+            times.append(time.perf_counter() - t0)
+        out[name] = round(len(images) / float(np.median(times)), 1)
+    return out
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -272,11 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "podium-datacentric")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
-    parser.add_argument("--studies", default="audit")
+    parser.add_argument("--studies", default="audit,pseudo,distill")
     parser.add_argument("--datasets", default="faces,utk")
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--noise", default="0.05,0.15")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--noise", default="0.15,0.05")
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--report", action="store_true", help="only write RESULTS tables from results.csv")
     args = parser.parse_args(argv)
     study = Study(args.work.expanduser(), args.epochs, args.out)
@@ -286,22 +383,23 @@ def main(argv: list[str] | None = None) -> int:
         write_report(study.results, args.out / "tables.md")
         return 0
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    for dataset in args.datasets.split(","):
-        pool, test = (with_ids(t) for t in DATASETS[dataset]())
-        test_csv = study.csv(dataset, "test", test)
-        pool_csv = study.csv(dataset, "pool", pool)
-        for seed in (int(s) for s in args.seeds.split(",")):
+    data = {name: tuple(with_ids(t) for t in DATASETS[name]()) for name in args.datasets.split(",")}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for dataset, (pool, test) in data.items():
+            test_csv = study.csv(dataset, "test", test)
+            pool_csv = study.csv(dataset, "pool", pool)
             for name in args.studies.split(","):
                 if name == "audit":
                     clean_cell(study, dataset, seed, pool_csv, test_csv)
                     for noise in (float(n) for n in args.noise.split(",")):
                         audit_cell(study, dataset, seed, noise, pool, test_csv)
+                elif name == "pseudo":
+                    pseudo_cell(study, dataset, seed, pool, test_csv)
+                elif name == "distill":
+                    distill_cell(study, dataset, seed, pool_csv, test_csv)
                 else:
-                    STUDIES[name](study, dataset, seed, pool, test_csv)
+                    raise SystemExit(f"unknown study {name!r}: audit, pseudo, distill")
     return 0
-
-
-STUDIES: dict[str, Callable] = {}
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -15,6 +15,7 @@ Every function takes the same validated config as ``podium train`` and raises
     report = podium.eda("data/train")
     audit = podium.audit("runs/cv")         # Audit: .issues, .summary, .review_page
     student = podium.distill("runs/cv", model="resnet18")   # a normal Run
+    rounds = podium.pseudo_label("runs/cv", "data/unlabeled", rounds=2)
 """
 from __future__ import annotations
 
@@ -494,3 +495,19 @@ def distill(teacher: str | Path | CrossValidation | Ensemble, *, model: str | No
     result = fit(_folder(teacher), model=model, config=config, overrides=overrides, unlabeled=unlabeled,
                  temperature=temperature, alpha=alpha, progress=progress, log=log)
     return Run(Path(result.run_dir), result.module)
+
+
+def pseudo_label(model: str | Path | Run | CrossValidation | Ensemble, unlabeled: str | Path, *, rounds: int = 1,
+                 precision: float = 0.9, mode: str = "soft", folds: int | None = None,
+                 config: str | Path | None = None, overrides: Sequence[str] = (), group_by_folder: bool = False,
+                 out: str | Path | None = None, progress: bool = False, log: Callable = print):
+    """Rounds of training on labelled + pseudo-labelled images: the model of each round labels the
+    unlabelled images whose class clears a per-class threshold chosen on its out-of-fold (or
+    validation) predictions for ``precision``; every round is a normal run, or cv run with
+    ``folds`` (default: a cv model's own). Pseudo-labelled images never enter validation or the
+    OOF score. The CLI's `podium pseudo-label`; returns `podium.curation.pseudo.PseudoLabelResult`."""
+    from podium.curation.pseudo import pseudo_label as run_rounds
+
+    return run_rounds(_folder(model), unlabeled, rounds=rounds, precision=precision, mode=mode, folds=folds,
+                      config=config, overrides=overrides, group_by_folder=group_by_folder, out=out,
+                      progress=progress, log=log)

@@ -12,6 +12,8 @@ from podium.cli.common import (
 )
 
 EXAMPLES = {
+    "pseudo-label": "podium pseudo-label runs/cv --unlabeled data/test --rounds 2 --precision 0.9\n"
+                    "  podium pseudo-label runs/exp --unlabeled pool.csv data.group_column=person --mode hard --folds 5",
     "distill": "podium distill runs/cv --model resnet18 train.epochs=10\n"
                "  podium distill runs/ens --model tv/mobilenet_v2 --unlabeled data/test --temperature 4 --alpha 0.7",
     "audit": "podium audit runs/cv            (a cv run: every image, out-of-fold)\n"
@@ -20,6 +22,25 @@ EXAMPLES = {
 
 
 def register(sub) -> None:
+    p = add_command(sub, "pseudo-label", "Rounds of training on labelled + pseudo-labelled images: per-class "
+                    "confidence thresholds chosen on out-of-fold predictions for a target precision; each round "
+                    "a normal run or cv run.", cmd_pseudo_label, EXAMPLES["pseudo-label"])
+    p.add_argument("model", help="a run, cv run or ensemble folder: labels the first round")
+    p.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE",
+                   help="optional YAML config and dotted.key=value overrides on top of the model's config")
+    p.add_argument("--unlabeled", required=True, metavar="DIR|CSV", help="the unlabelled images")
+    p.add_argument("--rounds", type=positive_int, default=1, help="rounds of labelling and training (default 1)")
+    p.add_argument("--precision", type=unit_float, default=0.9,
+                   help="per-class pseudo-label precision to keep on the out-of-fold predictions (default 0.9)")
+    p.add_argument("--mode", choices=("soft", "hard"), default="soft",
+                   help="train on the probabilities (soft) or on the most likely class (hard)")
+    p.add_argument("--folds", type=positive_int,
+                   help="train each round as a cv run with K folds (default: a cv model's own K; else single runs)")
+    p.add_argument("--group-by-folder", action="store_true",
+                   help="the unlabelled images of one folder are one group (e.g. one person)")
+    p.add_argument("--out", help="output folder (default: MODEL-pseudo beside the model)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = add_command(sub, "distill", "Train a student on a teacher's soft probabilities (a cv run's or ensemble's "
                     "out-of-fold predictions), blended with the true labels; the result is a normal run.",
                     cmd_distill, EXAMPLES["distill"])
@@ -59,6 +80,25 @@ def cmd_distill(args) -> int:
         "unlabelled images": teacher.get("unlabeled_rows", 0),
         f"best {s['monitor']} (epoch {s['best_epoch']})": s["best_metric"], "val macro F1": m["f1"],
         "val accuracy": m["acc"], "wall time (s)": s["wall_time_s"], "run folder": s["run_dir"]}, out)
+    return 0
+
+
+def cmd_pseudo_label(args) -> int:
+    import podium
+
+    config, overrides = split_config_and_overrides(args.items)
+    out = console()
+    result = podium.pseudo_label(args.model, args.unlabeled, rounds=args.rounds, precision=args.precision,
+                                 mode=args.mode, folds=args.folds, config=config, overrides=overrides,
+                                 group_by_folder=args.group_by_folder, out=args.out, progress=not args.quiet,
+                                 log=out.print)
+    rows = {"unlabelled images": result.record["n_unlabeled"], "mode": result.record["mode"]}
+    for entry in result.record["rounds"]:
+        score = entry["score"]
+        rows[f"round {entry['round']}"] = (f"{entry['n_pseudo']} pseudo-labelled, macro F1 "
+                                           f"{'-' if score is None else f'{score:.4f}'} ({entry['model']})")
+    rows["folder"] = str(result.dir)
+    table("pseudo-labelling", rows, out)
     return 0
 
 

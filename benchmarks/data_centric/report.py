@@ -1,0 +1,73 @@
+"""Markdown tables of benchmarks/data_centric/results.csv (mean +- std over seeds, n = seeds)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def _stat(values: pd.Series, digits: int = 3) -> str:
+    values = pd.to_numeric(values, errors="coerce").dropna()
+    if values.empty:
+        return "-"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.{digits}f} (n=1)"
+    return f"{values.mean():.{digits}f} +- {values.std(ddof=1):.{digits}f} (n={len(values)})"
+
+
+def audit_table(results: pd.DataFrame) -> str:
+    rows = ["| dataset | noise | flagged / injected | precision | recall | macro F1 noisy | after dropping the flagged | "
+            "clean labels | share of the lost F1 recovered |", "|---|---|---|---|---|---|---|---|---|"]
+    audit = results[results["study"] == "audit"]
+    for (dataset, noise), part in audit[audit["variant"] == "audit"].groupby(["dataset", "noise"]):
+        cells = audit[(audit["dataset"] == dataset)]
+        by = {v: cells[(cells["variant"] == v) & (cells["noise"].isin([noise, 0.0]) if v == "clean" else
+                                                   cells["noise"] == noise)].set_index("seed")["macro_f1"]
+              for v in ("noisy", "cleaned", "clean")}
+        recovered = ((by["cleaned"] - by["noisy"]) / (by["clean"].reindex(by["noisy"].index) - by["noisy"])).dropna()
+        counts = f"{part['n_flagged'].mean():.0f} / {part['n_injected'].mean():.0f}"
+        rows.append(f"| {dataset} | {noise:.0%} | {counts} | {_stat(part['precision'])} | {_stat(part['recall'])} | "
+                    f"{_stat(by['noisy'])} | {_stat(by['cleaned'])} | {_stat(by['clean'])} | {_stat(recovered, 2)} |")
+    return "\n".join(rows)
+
+
+def attribute_table(results: pd.DataFrame) -> str:
+    rows = ["| dataset | noise | seed | attribute | flagged | injected | right | precision | recall |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    audit = results[(results["study"] == "audit") & (results["variant"] == "audit")]
+    for r in audit.itertuples(index=False):
+        for name, c in json.loads(r.extra)["per_attribute"].items():
+            p = c["hits"] / c["flagged"] if c["flagged"] else float("nan")
+            rows.append(f"| {r.dataset} | {r.noise:.0%} | {r.seed} | {name} | {c['flagged']} | {c['injected']} | "
+                        f"{c['hits']} | {p:.3f} | {c['hits'] / max(c['injected'], 1):.3f} |")
+    return "\n".join(rows)
+
+
+def pseudo_table(results: pd.DataFrame) -> str:
+    rows = ["| dataset | rounds | macro F1 (held-back) | CV macro F1 | pseudo-labelled images |", "|---|---|---|---|---|"]
+    part = results[results["study"] == "pseudo"]
+    for (dataset, variant), cells in part.groupby(["dataset", "variant"]):
+        extra = [json.loads(e) for e in cells["extra"]]
+        added = [e["n_pseudo"] for e in extra if e.get("n_pseudo") is not None]
+        cv = pd.Series([e.get("cv_macro_f1") for e in extra])
+        n = f"{np.mean(added):.0f}" if added else "0"
+        rows.append(f"| {dataset} | {variant.removeprefix('round')} | {_stat(cells['macro_f1'])} | {_stat(cv)} | {n} |")
+    return "\n".join(rows)
+
+
+def distill_table(results: pd.DataFrame) -> str:
+    rows = ["| dataset | model | macro F1 (held-back) | images/s (ONNX, batch 32, 2 threads) |", "|---|---|---|---|"]
+    part = results[results["study"] == "distill"]
+    for (dataset, variant), cells in part.groupby(["dataset", "variant"], sort=False):
+        rows.append(f"| {dataset} | {variant} | {_stat(cells['macro_f1'])} | {_stat(cells['images_per_s'], 0)} |")
+    return "\n".join(rows)
+
+
+def write_report(results: Path, out: Path) -> Path:
+    table = pd.read_csv(results)
+    text = "\n\n".join(["## Audit\n\n" + audit_table(table), "### Per attribute\n\n" + attribute_table(table),
+                        "## Pseudo-labels\n\n" + pseudo_table(table), "## Distillation\n\n" + distill_table(table)])
+    out.write_text(text + "\n")
+    return out

@@ -1,0 +1,104 @@
+"""Pseudo-labelling: per-class thresholds chosen on OOF for a target precision, rounds as normal
+cv runs whose validation folds and OOF never hold a pseudo-labelled image, per-fold labels from
+the fold model that never saw the fold, groups of the validation part kept out, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import colour_images
+from podium.curation.pseudo import class_thresholds, select
+from podium.errors import PodiumError
+
+
+def test_thresholds_keep_each_class_at_the_target_precision():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 600)
+    confidence = rng.uniform(0.34, 1.0, 600)
+    right = rng.random(600) < confidence  # the more confident, the more often right
+    predicted = np.where(right, y, (y + 1) % 3)
+    predicted[y == 2] = 0  # class 2 is never predicted right: it must get no pseudo-labels
+    probs = np.full((600, 3), 0.0)
+    probs[np.arange(600), predicted] = confidence
+    probs[np.arange(600), (predicted + 1) % 3] = 1 - confidence
+    table = class_thresholds(probs, y, ["a", "b", "c"], precision=0.9)
+    for k, row in table.iterrows():
+        chosen = (probs.argmax(1) == k) & (probs.max(1) >= row["threshold"])
+        if np.isfinite(row["threshold"]):
+            assert chosen.sum() >= 5 and (y[chosen] == k).mean() >= 0.9
+            looser = (probs.argmax(1) == k) & (probs.max(1) >= row["threshold"] - 0.05)
+            assert (y[looser] == k).mean() < 0.9 or looser.sum() == chosen.sum()  # the lowest such threshold
+    assert table.loc[2, "threshold"] == np.inf and not select(probs[predicted == 2], table).any()
+
+
+def test_pseudo_images_whose_group_is_in_validation_are_left_out(tmp_path):
+    from podium.data.samples import PreparedData
+    from podium.model.soft_targets import pseudo_rows
+    from podium.schema import load_config
+
+    table = pd.DataFrame({"path": [f"/x/{i}.png" for i in range(6)], "group": ["p1", "p1", "p2", "p3", "p3", "p4"],
+                          "fold": [-1] * 6, "a": [0.9, 0.8, 0.1, 0.2, 0.3, 0.6], "b": [0.1, 0.2, 0.9, 0.8, 0.7, 0.4]})
+    table.to_parquet(tmp_path / "labels.parquet")
+    cfg = load_config(None, [f"data.pseudo_labels={tmp_path / 'labels.parquet'}", "data.pseudo_mode=hard"])
+    prepared = PreparedData(pd.DataFrame({"path": [], "label": [], "group": []}),
+                            pd.DataFrame({"path": ["/v.png"], "label": ["a"], "group": ["p3"]}), ["a", "b"])
+    frame, targets = pseudo_rows(cfg, prepared, log=lambda *a: None)
+    assert frame["group"].tolist() == ["p1", "p1", "p2", "p4"] and frame["label"].tolist() == ["a", "a", "b", "a"]
+    assert (targets.hard == 1).all() and (targets.soft == 0).all() and targets.probs[2].tolist() == [0.0, 1.0]
+    table.rename(columns={"b": "zebra"}).to_parquet(tmp_path / "other.parquet")
+    cfg = load_config(None, [f"data.pseudo_labels={tmp_path / 'other.parquet'}"])
+    with pytest.raises(PodiumError, match="one probability column per class of the data .* another class set"):
+        pseudo_rows(cfg, prepared, log=lambda *a: None)
+
+
+@pytest.fixture(scope="module")
+def round_one(noisy_cv, tmp_path_factory):
+    import podium
+
+    teacher, _ = noisy_cv
+    pool = tmp_path_factory.mktemp("pool")
+    for person in ("p1", "p2", "p3"):
+        colour_images(pool / person, per_class=2, seed=int(person[1]) + 10, labeled=False)
+    return teacher, pool, podium.pseudo_label(teacher, pool, rounds=1, precision=0.8, group_by_folder=True,
+                                              overrides=["train.epochs=1"], log=lambda *a: None)
+
+
+def test_a_round_is_a_cv_run_that_never_validates_on_pseudo_labels(round_one):
+    from podium.rundir import fold_dir, read_folds, read_split, read_table
+
+    teacher, _, result = round_one
+    entry = result.record["rounds"][0]
+    model = result.rounds[0]
+    assert entry["n_pseudo"] > 0 and entry["per_fold_labels"] and entry["score"] is not None
+    labels = read_table(entry["labels"], "pseudo-labels")
+    assert set(labels["fold"]) <= {-1, 0, 1, 2} and set(labels["group"]) <= {"p1", "p2", "p3"}
+    assert not read_folds(model)["id"].str.startswith("pseudo/").any()  # folds, hence the OOF, hold no pseudo image
+    assert not read_table(model / "oof_predictions.parquet", "oof")["id"].str.startswith("pseudo/").any()
+    assert read_folds(model)[["id", "fold"]].equals(read_folds(teacher)[["id", "fold"]])  # the teacher's folds
+    for f in range(3):
+        split = read_split(fold_dir(model, f))
+        pseudo = split[split["origin"] == "pseudo"]
+        assert len(pseudo) and (pseudo["split"] == "train").all()
+        soft = read_table(fold_dir(model, f) / "soft_targets.parquet", "soft").set_index("id")
+        mine = labels[labels["fold"] == f].assign(id=lambda t: "pseudo/" + t["id"]).set_index("id")
+        classes = [c for c in mine.columns if c not in ("path", "group", "fold")]
+        assert set(pseudo["id"]) == set(mine.index)  # fold f learns the labels of the teacher's fold-f model
+        assert np.allclose(soft.loc[mine.index, classes].to_numpy(), mine[classes].to_numpy(), atol=1e-5)
+
+
+def test_bad_pseudo_label_input_gets_one_message(noisy_cv, tmp_path, capsys):
+    from podium.cli import main
+
+    teacher, _ = noisy_cv
+    paths = colour_images(tmp_path / "pool", per_class=1)
+    pd.DataFrame({"path": [str(p) for p in paths], "label": ["zebra", "lion", "cat"]}).to_csv(tmp_path / "pool.csv",
+                                                                                        index=False)
+    assert main(["pseudo-label", str(teacher), "--unlabeled", str(tmp_path / "pool.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "carry labels of another class set: lion, zebra" in err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text((teacher / "config.yaml").read_text())
+    (tmp_path / "run" / "classes.json").write_text('{"classes": ["cat", "dog", "fox"]}')
+    assert main(["pseudo-label", str(tmp_path / "run"), "--unlabeled", str(tmp_path / "pool")]) == 2
+    assert "has no validation predictions: the run has not finished" in capsys.readouterr().err
