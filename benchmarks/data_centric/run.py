@@ -21,7 +21,8 @@ Studies (each cell one seed of one dataset; runs are tv/mobilenet_v2 from ImageN
           which does not change label issues), precision / recall of the flagged (image,
           attribute) pairs against the injected ones; then macro F1 of single runs trained on
           the noisy pool, on the noisy pool minus the flagged images (`task.label_fixes`
-          drops them) and on the clean labels.
+          drops them), on the noisy pool with the flagged labels replaced by the audit's
+          suggestion (relabel) and on the clean labels.
   pseudo  the training pool split 50/50 (grouped) into labelled images and an unlabelled
           pool whose labels are hidden; rounds of `podium pseudo-label` (3-fold cv runs):
           macro F1 of the cv run (folds averaged) with 0, 1 and 2 rounds, same epochs.
@@ -53,7 +54,7 @@ DATA = Path.home() / ".cache" / "podium-data"
 COLUMNS = ["study", "dataset", "seed", "noise", "variant", "macro_f1", "precision", "recall", "n_flagged",
            "n_injected", "images_per_s", "wall_s", "run_dir", "extra"]
 UTK_ATTRIBUTES = {"gender": ["female", "male"], "age": ["young", "middle", "old"]}
-QUIET: Callable = lambda *a, **k: None  # noqa: E731
+QUIET: Callable = lambda *a, **k: None
 
 
 # ---------------------------------------------------------------- data
@@ -126,7 +127,7 @@ def inject_noise(table: pd.DataFrame, columns: list[str], rate: float, seed: int
         freq = pd.Series(values).value_counts()
         for c in classes:
             idx = np.flatnonzero(values == c)
-            chosen = rng.choice(idx, size=int(round(rate * len(idx))), replace=False)
+            chosen = rng.choice(idx, size=round(rate * len(idx)), replace=False)
             others = _targets(c, classes, column)
             weights = np.array([freq.get(o, 0) for o in others], dtype=float)
             new = rng.choice(others, size=len(chosen), p=weights / weights.sum())
@@ -228,7 +229,8 @@ def audit_cell(study: Study, dataset: str, seed: int, noise: float, pool: pd.Dat
     import podium
 
     tag = f"n{int(noise * 100)}-s{seed}"
-    if study.done(study="audit", dataset=dataset, seed=seed, noise=noise, variant="cleaned"):
+    if all(study.done(study="audit", dataset=dataset, seed=seed, noise=noise, variant=v)
+           for v in ("cleaned", "relabelled")):
         return
     noisy, flips = inject_noise(pool, label_views(dataset), noise, seed)
     train = study.csv(dataset, f"noisy-{tag}", noisy)
@@ -243,19 +245,24 @@ def audit_cell(study: Study, dataset: str, seed: int, noise: float, pool: pd.Dat
     precision, recall = len(hits) / max(len(flagged), 1), len(hits) / max(len(flips), 1)
     per_attribute = {a: {"flagged": sum(1 for f in flagged if f[1] == a), "injected": sum(1 for f in flips if f[1] == a),
                          "hits": sum(1 for f in hits if f[1] == a)} for a in label_views(dataset)}
-    study.record(study="audit", dataset=dataset, seed=seed, noise=noise, variant="audit", precision=precision,
-                 recall=recall, n_flagged=len(flagged), n_injected=len(flips), wall_s=round(time.time() - t0, 1),
-                 run_dir=str(cv), extra=json.dumps({"per_attribute": per_attribute,
-                                                    "cv_macro_f1": podium.CrossValidation(cv).score}))
+    if not study.done(study="audit", dataset=dataset, seed=seed, noise=noise, variant="audit"):
+        study.record(study="audit", dataset=dataset, seed=seed, noise=noise, variant="audit", precision=precision,
+                     recall=recall, n_flagged=len(flagged), n_injected=len(flips), wall_s=round(time.time() - t0, 1),
+                     run_dir=str(cv), extra=json.dumps({"per_attribute": per_attribute,
+                                                        "cv_macro_f1": podium.CrossValidation(cv).score}))
     noisy_run = study.train(study.config(dataset, train, f"audit-noisy-{tag}", seed))
-    study.record(study="audit", dataset=dataset, seed=seed, noise=noise, variant="noisy",
-                 macro_f1=study.test_f1(noisy_run, test), run_dir=str(noisy_run))
-    fixes = audit.suggested_fixes(kinds=("label",), action="drop")
-    fixes_path = study.work / "data" / dataset / f"drop-{tag}.csv"
-    fixes.to_csv(fixes_path, index=False)
-    cleaned = study.train(study.config(dataset, train, f"audit-cleaned-{tag}", seed, f"task.label_fixes={fixes_path}"))
-    study.record(study="audit", dataset=dataset, seed=seed, noise=noise, variant="cleaned",
-                 macro_f1=study.test_f1(cleaned, test), n_flagged=len(fixes), run_dir=str(cleaned))
+    if not study.done(study="audit", dataset=dataset, seed=seed, noise=noise, variant="noisy"):
+        study.record(study="audit", dataset=dataset, seed=seed, noise=noise, variant="noisy",
+                     macro_f1=study.test_f1(noisy_run, test), run_dir=str(noisy_run))
+    for action, variant in (("relabel", "relabelled"), ("drop", "cleaned")):
+        if study.done(study="audit", dataset=dataset, seed=seed, noise=noise, variant=variant):
+            continue
+        fixes = audit.suggested_fixes(kinds=("label",), action=action)
+        fixes_path = study.work / "data" / dataset / f"{action}-{tag}.csv"
+        fixes.to_csv(fixes_path, index=False)
+        run = study.train(study.config(dataset, train, f"audit-{variant}-{tag}", seed, f"task.label_fixes={fixes_path}"))
+        study.record(study="audit", dataset=dataset, seed=seed, noise=noise, variant=variant,
+                     macro_f1=study.test_f1(run, test), n_flagged=len(fixes), run_dir=str(run))
 
 
 def _read_audit(folder: Path):
@@ -302,7 +309,7 @@ def pseudo_cell(study: Study, dataset: str, seed: int, pool: pd.DataFrame, test:
                      run_dir=str(model), extra=json.dumps({"cv_macro_f1": podium.CrossValidation(model).score,
                                                            "labelled": len(labelled), "unlabelled": len(unlabelled)}))
     for r in (1, 2):
-        out = model.parent / f"pseudo-r{r}-s{seed}"
+        out = study.work / "runs" / dataset / f"pseudo-r{r}-s{seed}"
         record = out / "pseudo.json"
         if record.is_file() and json.loads(record.read_text())["rounds"]:
             entry = json.loads(record.read_text())["rounds"][0]
