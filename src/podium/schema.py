@@ -115,7 +115,7 @@ class DataConfig(Section):
     on_bad_image: Literal["error", "skip"] = Field("error", description="Unreadable images: stop naming the file, or skip them and report the count.")
     max_image_pixels: int | None = Field(178_956_970, ge=1, description="Images with more pixels (width x height, read from the header) are bad images, refused or skipped like unreadable ones: decompression bombs never get decoded. null = no limit.")
     draft_decode: bool = Field(True, description="Decode JPEGs at reduced size when the target is much smaller (never changes the result size).")
-    cache: Literal["none", "memory", "disk"] = Field("none", description="Cache decoded, resized images in memory or a memory-mapped file, shared across epochs and runs.")
+    cache: Literal["none", "memory", "disk", "device"] = Field("none", description="Cache decoded, resized images in memory or a memory-mapped file, shared across epochs and runs; `device` keeps them on the training device (GPU) and augments batches there, without loader workers (presets none, flip, light, reference).")
     cache_dir: str | None = Field(None, description="Folder of the disk cache (default: ~/.cache/podium/images or $PODIUM_CACHE_DIR).")
     resize: ResizeMode = Field("squash", description="How images reach `image_size`: squash (stretch to it), crop (short side to size, center crop) or pad (long side to size, black borders); crop and pad keep the aspect ratio.")
     eval_crop_pct: float = Field(1.0, gt=0.0, le=1.0, description="Validation and prediction view: resize (by `resize`) to image_size / eval_crop_pct, then keep the center image_size, like torchvision's resize 256 + crop 224 (0.875) or timm's crop_pct. 1.0 = the whole image.")
@@ -364,6 +364,12 @@ class PodiumConfig(Section):
             raise ValueError(f"train.layer_decay ({self.train.layer_decay}) and train.backbone_lr_mult "
                              f"({self.train.backbone_lr_mult}) both scale the backbone's learning rate; set one of them "
                              "(layer_decay=null or backbone_lr_mult=1)")
+        if self.data.cache == "device":
+            from podium.data.device import unsupported_on_device
+
+            problem = unsupported_on_device(self.augment)
+            if problem:
+                raise ValueError(problem)
         if self.task.ordinal and self.task.mode != "multihead":
             raise ValueError(f"task.ordinal needs task.mode=multihead (a head per attribute); found task.mode="
                              f"{self.task.mode}. Set task.mode=multihead or remove task.ordinal")

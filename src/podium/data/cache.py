@@ -215,6 +215,10 @@ class ImageCache:
 
     __getitem__ = get
 
+    def array(self) -> np.ndarray:
+        """Every image, (N, h, w, 3) uint8 (read-only when memory-mapped): for a whole-set copy."""
+        return self._data()
+
     @property
     def bad_paths(self) -> list[str]:
         """Files that failed to decode (``on_bad_image="skip"``), for the run log."""

@@ -5,6 +5,8 @@ prediction) never imports Lightning.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
@@ -12,9 +14,12 @@ from torch.utils.data import DataLoader
 
 from podium.schema import AugmentConfig, DataConfig
 from podium.data.dataset import (ImageDataset, SeededSampler, balanced_weights, build_cache, build_eval_dataset,
-                                 encode_labels, make_loader, resolve_num_workers)
+                                 encode_labels, eval_load_size, make_loader, resolve_num_workers)
 from podium.data.images import set_max_image_pixels
 from podium.data.transforms import Pipeline
+
+if TYPE_CHECKING:
+    from podium.data.device import DeviceBatches
 
 
 class PodiumDataModule(pl.LightningDataModule):
@@ -39,20 +44,50 @@ class PodiumDataModule(pl.LightningDataModule):
         rows = self.train_targets if train_values is None else np.column_stack([self.train_targets, train_values])
         if train_soft is not None:  # float rows (class, hard weight, soft weight, distribution): `SoftTargets`
             rows = train_soft.rows(self.train_targets)
+        self.preset = augment.preset
+        if cfg.cache == "device":
+            self._device_sets(train["path"], rows, val["path"])
+            self.num_workers = 0  # batches are cut and augmented on the device: no loader workers
+            return
         self.train_set = ImageDataset(train["path"], rows, train_pipeline, cfg.size_hw, train=True,
                                       draft=cfg.draft_decode, on_bad_image=cfg.on_bad_image, resize=cfg.resize,
                                       cache=build_cache(train["path"], cfg, "train"))
         self.val_set = build_eval_dataset(val["path"], self.val_targets, cfg, augment, cache=True,
                                           on_bad_image=cfg.on_bad_image)
 
-    def train_dataloader(self) -> DataLoader:
+    def _device_sets(self, train_paths, train_rows, val_paths) -> None:
+        """`data.cache=device`: decoded uint8 images that move to the training device (`DeviceImages`)."""
+        from podium.data.device import DeviceImages
+
+        cfg = self.cfg
+        self.train_set = DeviceImages.from_cache(build_cache(train_paths, cfg, "train"), train_rows)
+        load_size = eval_load_size(cfg.size_hw, cfg.eval_crop_pct)
+        self.val_set = DeviceImages.from_cache(build_cache(val_paths, cfg, "val", size=load_size), self.val_targets)
+
+    def _device(self):
+        """The device the Trainer trains on (the CPU before a Trainer is attached)."""
+        import torch
+
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
         weights = balanced_weights(self.train_targets, len(self.classes)) if self.sampler == "balanced" else None
         sampler = SeededSampler(len(self.train_set), self.seed, weights, epoch=self.start_epoch)
         drop_last = len(self.train_set) > self.batch_size
+        if self.cfg.cache == "device":
+            from podium.data.device import DeviceBatches, device_augment
+
+            return DeviceBatches(self.train_set.to(self._device()), self.batch_size, sampler=sampler,
+                                 augment=device_augment(self.preset), drop_last=drop_last)
         return make_loader(self.train_set, self.batch_size, sampler=sampler, num_workers=self.num_workers,
                            drop_last=drop_last, seed=self.seed)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | DeviceBatches:
+        if self.cfg.cache == "device":
+            from podium.data.device import DeviceBatches
+
+            return DeviceBatches(self.val_set.to(self._device()), self.batch_size, crop=self.cfg.size_hw)
         return make_loader(self.val_set, self.batch_size, num_workers=self.num_workers)
 
     def publish_caches(self) -> None:

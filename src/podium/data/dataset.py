@@ -414,8 +414,10 @@ def build_cache(paths: Sequence[str], cfg: DataConfig, desc: str, size: tuple[in
         return None
     from podium.data.cache import ImageCache
 
-    # Disk caches fill during the first epoch instead of decoding everything up front.
-    return ImageCache.build(list(paths), size or cfg.size_hw, mode=cfg.cache, cache_dir=cfg.cache_dir,
+    # Disk caches fill during the first epoch instead of decoding everything up front; the
+    # device cache (`podium.data.device`) is decoded into memory first, then moved.
+    mode = "memory" if cfg.cache == "device" else cfg.cache
+    return ImageCache.build(list(paths), size or cfg.size_hw, mode=mode, cache_dir=cfg.cache_dir,
                             draft=cfg.draft_decode, on_bad_image=cfg.on_bad_image, lazy=cfg.cache == "disk",
                             resize=cfg.resize)
 

@@ -240,13 +240,14 @@ def finish_run(cfg: PodiumConfig, run_dir: Path, prepared: PreparedData, module,
     from podium.evaluation.tables import prediction_table, save_probabilities
     from podium.inference.predict import predict_loader
     from podium.model.checkpoints import read_checkpoint
-    from podium.model.engine import uses_cuda
+    from podium.model.engine import inference_device, uses_cuda
 
     ckpt = trainer.checkpoint_callback
     best_path = Path(ckpt.best_model_path) if ckpt and ckpt.best_model_path else run_dir / LAST_CHECKPOINT
     module.load_state_dict(read_checkpoint(best_path)["state_dict"], strict=True)
     module.eval()
-    probs = predict_loader(module, datamodule.val_dataloader(), module.device, progress=False)
+    # Lightning hands the module back on the CPU: predict where it trained (the GPU), not there
+    probs = predict_loader(module, datamodule.val_dataloader(), inference_device(cfg.train.accelerator), progress=False)
     y_true = encode_labels(prepared.val["label"], prepared.classes, "validation data")
     table = prediction_table(prepared.val["id"], probs, prepared.classes, paths=prepared.val["path"],
                              targets=prepared.val["label"])

@@ -1,0 +1,1 @@
+"""The GPU benchmark: one prepared script for a lent GPU machine (see `benchmarks.gpu.run`)."""
