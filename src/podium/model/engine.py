@@ -543,8 +543,6 @@ def build_trainer(cfg: PodiumConfig, run_dir: Path, *, callbacks: list[Callback]
         accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
         callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir),
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-        # podium's inputs have one size (data.image_size): on a GPU, let cuDNN time its algorithms once
-        benchmark=True if uses_cuda(t.accelerator) else None,
         fast_dev_run=1 if dry_run else False, log_every_n_steps=10,
         max_time=None if t.max_time is None or dry_run else lightning_duration(t.max_time_s),
     )
