@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Callback
 import podium
 from podium.model.checkpoints import load_module
 from podium.model.engine import resolve_precision
+from podium.rundir import load_run
 from podium.schema import load_config
 
 from conftest import fast_overrides, make_folder
@@ -26,7 +27,8 @@ pytestmark = [pytest.mark.cuda,
 
 def _module(run):
     """The run's best weights as a Classifier on the GPU (compiled again when the run compiled)."""
-    return load_module(run.dir / "best.ckpt", run.classes).cuda().eval()
+    info = load_run(run.dir)
+    return load_module(info.checkpoint("best"), info.classes).cuda().eval()
 
 
 def _gpu_config(root, **extra):
@@ -122,7 +124,7 @@ def test_onnx_export_matches_pytorch_on_cuda(gpu_run, record_property):
     reference is the same weights in PyTorch on CUDA (float32), against onnxruntime with its CUDA
     provider when installed, else its CPU one (recorded as ``onnx_providers``)."""
     from podium.deploy.export import export_run
-    from podium.deploy.runtime import load_predictor
+    from podium.inference.predictor import load_predictor
 
     run = gpu_run[0]
     result = export_run(run.dir, "onnx", dynamic_batch=True)

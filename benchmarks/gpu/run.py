@@ -341,7 +341,9 @@ def stage_podium(bench: Bench, extra: tuple[str, ...] = ()) -> dict:
         "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
         "device": summary.get("device"), "run_dir": str(run.dir),
     }
-    _copy(run.dir / "metrics.csv", bench.out / f"podium{'_large' if extra else ''}_metrics.csv")
+    from podium.rundir import METRICS_FILE
+
+    _copy(run.dir / METRICS_FILE, bench.out / f"podium{'_large' if extra else ''}_metrics.csv")
     return result
 
 
