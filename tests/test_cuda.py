@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import fast_overrides, make_folder
 from lightning.pytorch.callbacks import Callback
 
 import podium
@@ -18,8 +19,6 @@ from podium.model.checkpoints import load_module
 from podium.model.engine import resolve_precision
 from podium.rundir import load_run
 from podium.schema import load_config
-
-from conftest import fast_overrides, make_folder
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -8,17 +8,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import fast_overrides
 from lightning.pytorch.callbacks import Callback
 
 import podium
 from podium.data.dataset import SeededSampler, build_eval_dataset
-from podium.data.device import (DEVICE_AUGMENTS, DeviceBatches, DeviceImages, _crop_boxes, device_augment, resample,
-                                unsupported_on_device)
+from podium.data.device import (
+    DEVICE_AUGMENTS,
+    DeviceBatches,
+    DeviceImages,
+    _crop_boxes,
+    device_augment,
+    resample,
+    unsupported_on_device,
+)
 from podium.data.transforms import ALBU_PRESETS
 from podium.errors import PodiumError
 from podium.schema import load_config
-
-from conftest import fast_overrides
 
 
 def _gradient_images(n: int = 6, size: int = 16) -> np.ndarray:
@@ -117,7 +123,7 @@ def test_undecodable_rows_are_dropped_and_counted():
 
 
 def test_ranks_take_disjoint_equal_shares_of_the_epoch(monkeypatch):
-    import podium.data.device as device
+    from podium.data import device
 
     images = DeviceImages(_gradient_images(11), np.arange(11))
     order = [i for i, _ in SeededSampler(11, 3)]

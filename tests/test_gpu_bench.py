@@ -6,10 +6,9 @@ import argparse
 import json
 
 import pytest
+from conftest import SHARED
 
 from benchmarks.gpu import run as gpu
-
-from conftest import SHARED
 
 CIFAR = SHARED / "data" / "cifar10.tar.gz"
 

@@ -1,3 +1,4 @@
+# ruff: noqa  (vendored upstream code, kept as published apart from the marked changes)
 # Vendored from https://github.com/KellerJordan/cifar10-airbench (legacy/airbench94.py, commit
 # f1c599c4af24aca803e3e65a6a7e52a502e09d0e) by benchmarks/gpu, to run the airbench94 recipe next to
 # podium on the same GPU and the same (JPEG) CIFAR-10 copy. Licence (MIT), as in that repository:

@@ -80,7 +80,7 @@ class Bench:
             t = time.perf_counter()
             try:
                 record = {"status": "ok", **stage(self)}
-            except Exception as exc:  # a broken stage must not cost the stages after it
+            except Exception as exc:  # noqa: BLE001 - a broken stage must not cost the stages after it
                 record = {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:2000],
                           "traceback": traceback.format_exc()[-4000:]}
             record["seconds"] = round(time.perf_counter() - t, 2)
@@ -153,7 +153,7 @@ def _nvidia_smi() -> str:
     query = "name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit,temperature.gpu,utilization.gpu"
     try:
         done = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv"], capture_output=True,
-                              text=True, timeout=20)
+                              text=True, timeout=20, check=False)
         return done.stdout.strip() or done.stderr.strip()
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"nvidia-smi failed: {exc}"
@@ -265,9 +265,9 @@ def _step_throughput(cfg, prepared, steps: int) -> dict:
     in the run's precision, with cudnn autotuning off (Lightning's default) and on."""
     import torch
 
+    from podium.data.transforms import resolve_normalization
     from podium.model.engine import resolve_precision
     from podium.model.training import build_module
-    from podium.data.transforms import resolve_normalization
 
     device = cuda_device()
     mean, std = resolve_normalization(cfg.augment)
@@ -302,8 +302,6 @@ def _step_throughput(cfg, prepared, steps: int) -> dict:
                                                 "ms_per_step": 1000 * seconds / steps}
         log(f"  step cudnn.benchmark={benchmark}: {rows[f'cudnn.benchmark={benchmark}']['images_per_s']:.0f} img/s")
     torch.backends.cudnn.benchmark = before
-    del module, optimizer, images
-    gc.collect()
     return rows
 
 
@@ -431,7 +429,8 @@ def stage_airbench(bench: Bench) -> dict:
     out = bench.out / "airbench.json"
     timeout = max(20.0, min(bench.args.airbench_timeout, bench.left() - bench.args.reserve))
     done = subprocess.run([sys.executable, str(AIRBENCH), "--data", str(folder), "--runs", str(bench.args.airbench_runs),
-                           "--out", str(out)], capture_output=True, text=True, timeout=timeout, cwd=bench.work)
+                           "--out", str(out)], capture_output=True, text=True, timeout=timeout, cwd=bench.work,
+                          check=False)
     (bench.out / "airbench.log").write_text(done.stdout[-20000:] + "\n--- stderr ---\n" + done.stderr[-20000:])
     if done.returncode != 0:
         raise RuntimeError(f"airbench94 exited {done.returncode}: {done.stderr[-1500:]}")
@@ -469,7 +468,7 @@ def stage_cuda_tests(bench: Bench) -> dict:
     cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "tests/test_cuda.py", "-q", "-rA", "-p", "no:cacheprovider",
            f"--junitxml={xml}"]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False)
         output, code = done.stdout + done.stderr, done.returncode
     except subprocess.TimeoutExpired as exc:
         text = "".join(part.decode(errors="replace") if isinstance(part, bytes) else (part or "")
@@ -501,8 +500,8 @@ def _junit_cases(xml: Path) -> list[dict]:
 def summary_lines(results: dict) -> list[str]:
     """A short table of the headline numbers (the last thing printed)."""
     s = results["stages"]
-    lines = [f"GPU run{' (dry run, CPU)' if results['dry_run'] else ''}: {results.get('elapsed_s')} s, "
-             f"commit {results.get('commit') or '?'}"]
+    lines = [(f"GPU run{' (dry run, CPU)' if results['dry_run'] else ''}: {results.get('elapsed_s')} s, "
+              f"commit {results.get('commit') or '?'}")]
     m = s.get("machine", {})
     lines.append(f"machine: {m.get('gpu') or 'no GPU'}, torch {m.get('torch')}, cuda {m.get('cuda')}, "
                  f"{m.get('usable_cpus', '?')} CPUs")
@@ -546,20 +545,21 @@ def to_markdown(results: dict) -> str:
         out += [f"### {name} ({' '.join(p.get('overrides', [])) or CONFIG.name})", "",
                 "| epoch | test acc | train s | val s | elapsed s (train + val) | train-only elapsed s |",
                 "|---|---|---|---|---|---|"]
-        out += [f"| {e['epoch']} | {e['val_acc']:.4f} | {e['train_s']:.2f} | {e['val_s']:.2f} | {e['elapsed_s']:.2f} | "
-                f"{e['train_elapsed_s']:.2f} |" for e in p["epochs"]]
-        out += ["", f"setup before the first step {p['setup_s']} s, end to end {p['end_to_end_wall_s']} s, "
-                f"peak GPU memory {p['peak_gpu_memory_gib']} GiB, stopped at the time box: {p['stopped_at_budget']}", ""]
+        out += [(f"| {e['epoch']} | {e['val_acc']:.4f} | {e['train_s']:.2f} | {e['val_s']:.2f} | "
+                 f"{e['elapsed_s']:.2f} | {e['train_elapsed_s']:.2f} |") for e in p["epochs"]]
+        out += ["", (f"setup before the first step {p['setup_s']} s, end to end {p['end_to_end_wall_s']} s, "
+                     f"peak GPU memory {p['peak_gpu_memory_gib']} GiB, stopped at the time box: "
+                     f"{p['stopped_at_budget']}"), ""]
     a = s.get("airbench", {})
     if a.get("status") == "ok" and "accs" in a:
         out += ["### airbench94 on the same JPEGs", "", "| run | test acc (TTA) | timed s |", "|---|---|---|"]
         out += [f"| {i} | {acc:.4f} | {sec:.3f} |" for i, (acc, sec) in enumerate(zip(a["accs"], a["times_s"]))]
-        out += ["", f"warmup run (upstream's, random labels) {a['warmup_wall_s']:.1f} s wall; data conversion "
-                f"{a['convert_s']} s", ""]
+        out += ["", (f"warmup run (upstream's, random labels) {a['warmup_wall_s']:.1f} s wall; data conversion "
+                     f"{a['convert_s']} s"), ""]
     lo = s.get("loader", {})
     if lo.get("status") == "ok":
-        out += [f"### loader against step ({lo['model']}, {lo['image_size'][0]} px, batch {lo['batch_size']}, "
-                f"augment {lo['augment']}, {lo['cpu_cores']} CPU cores)", "",
+        out += [(f"### loader against step ({lo['model']}, {lo['image_size'][0]} px, batch {lo['batch_size']}, "
+                 f"augment {lo['augment']}, {lo['cpu_cores']} CPU cores)"), "",
                 "| training loader | workers | build s | first batch s | img/s | loader / step | starves the GPU |",
                 "|---|---|---|---|---|---|---|"]
         out += [f"| {n} | {r['workers']} | {r['build_s']} | {r['first_batch_s']} | {r['images_per_s']:.0f} | "

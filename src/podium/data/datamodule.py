@@ -5,8 +5,6 @@ prediction) never imports Lightning.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
@@ -15,11 +13,9 @@ from torch.utils.data import DataLoader
 from podium.schema import AugmentConfig, DataConfig
 from podium.data.dataset import (ImageDataset, SeededSampler, balanced_weights, build_cache, build_eval_dataset,
                                  encode_labels, eval_load_size, make_loader, resolve_num_workers)
+from podium.data.device import DeviceBatches, DeviceImages, device_augment
 from podium.data.images import set_max_image_pixels
 from podium.data.transforms import Pipeline
-
-if TYPE_CHECKING:
-    from podium.data.device import DeviceBatches
 
 
 class PodiumDataModule(pl.LightningDataModule):
@@ -45,6 +41,8 @@ class PodiumDataModule(pl.LightningDataModule):
         if train_soft is not None:  # float rows (class, hard weight, soft weight, distribution): `SoftTargets`
             rows = train_soft.rows(self.train_targets)
         self.preset = augment.preset
+        self.train_set: ImageDataset | DeviceImages
+        self.val_set: ImageDataset | DeviceImages
         if cfg.cache == "device":
             self._device_sets(train["path"], rows, val["path"])
             self.num_workers = 0  # batches are cut and augmented on the device: no loader workers
@@ -57,8 +55,6 @@ class PodiumDataModule(pl.LightningDataModule):
 
     def _device_sets(self, train_paths, train_rows, val_paths) -> None:
         """`data.cache=device`: decoded uint8 images that move to the training device (`DeviceImages`)."""
-        from podium.data.device import DeviceImages
-
         cfg = self.cfg
         self.train_set = DeviceImages.from_cache(build_cache(train_paths, cfg, "train"), train_rows)
         load_size = eval_load_size(cfg.size_hw, cfg.eval_crop_pct)
@@ -75,18 +71,14 @@ class PodiumDataModule(pl.LightningDataModule):
         weights = balanced_weights(self.train_targets, len(self.classes)) if self.sampler == "balanced" else None
         sampler = SeededSampler(len(self.train_set), self.seed, weights, epoch=self.start_epoch)
         drop_last = len(self.train_set) > self.batch_size
-        if self.cfg.cache == "device":
-            from podium.data.device import DeviceBatches, device_augment
-
+        if isinstance(self.train_set, DeviceImages):
             return DeviceBatches(self.train_set.to(self._device()), self.batch_size, sampler=sampler,
                                  augment=device_augment(self.preset), drop_last=drop_last)
         return make_loader(self.train_set, self.batch_size, sampler=sampler, num_workers=self.num_workers,
                            drop_last=drop_last, seed=self.seed)
 
     def val_dataloader(self) -> DataLoader | DeviceBatches:
-        if self.cfg.cache == "device":
-            from podium.data.device import DeviceBatches
-
+        if isinstance(self.val_set, DeviceImages):
             return DeviceBatches(self.val_set.to(self._device()), self.batch_size, crop=self.cfg.size_hw)
         return make_loader(self.val_set, self.batch_size, num_workers=self.num_workers)
 
