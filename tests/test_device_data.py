@@ -144,3 +144,30 @@ def test_device_presets_are_cpu_presets_and_others_fail_at_config_time():
         load_config(None, ["data.cache=device", "augment.preset=strong", "augment.trivial_augment=true"])
     with pytest.raises(PodiumError, match="augment.train_ops"):
         load_config(None, ["data.cache=device", "augment.train_ops=[{name: HorizontalFlip}]"])
+
+
+@pytest.mark.parametrize("cache", ["none", "device"])
+def test_soft_target_rows_reach_the_batches_unrounded(tmp_path, image_folder, cache):
+    """Distillation / pseudo-label rows are floats (class, hard weight, soft weight, distribution):
+    the device cache hands them over exactly as the CPU loader does, in the sampler's order."""
+    import pandas as pd
+
+    from podium.data.datamodule import PodiumDataModule
+    from podium.data.transforms import build_train_pipeline
+    from podium.model.soft_targets import SoftTargets
+
+    cfg = load_config(None, [*fast_overrides(tmp_path), f"data.cache={cache}", "data.num_workers=0"])
+    paths = sorted(str(p) for p in image_folder.rglob("*.png"))
+    frame = pd.DataFrame({"path": paths, "label": [p.split("/")[-2] for p in paths]})
+    classes = sorted(frame["label"].unique())
+    probs = np.random.default_rng(0).dirichlet(np.ones(len(classes)), len(frame)).astype(np.float32)
+    soft = SoftTargets(probs, hard=np.full(len(frame), 0.3), soft=np.full(len(frame), 0.7))
+    module = PodiumDataModule(frame, frame, classes, cfg.data, build_train_pipeline(cfg.augment, cfg.data.size_hw), cfg.augment,
+                              batch_size=4, seed=5, train_soft=soft)
+    batches = list(module.train_dataloader())
+    targets = torch.cat([b[1] for b in batches])
+    assert targets.dtype == torch.float32 and targets.shape[1] == 3 + len(classes)
+    order = [i for i, _ in SeededSampler(len(frame), 5)][:len(targets)]
+    expected = soft.rows(np.array([classes.index(c) for c in frame["label"]]))[order]
+    np.testing.assert_array_equal(targets.numpy(), expected)
+    assert not np.allclose(expected[:, 3:], np.round(expected[:, 3:]))  # the distribution is not whole numbers
