@@ -123,7 +123,7 @@ def test_bad_teachers_get_one_message(noisy_cv, tmp_path):
     other = tmp_path / "other"
     paths = colour_images(other, per_class=3)
     pd.DataFrame({"path": [p.relative_to(other).as_posix() for p in paths],
-                  "label": ["x" if "red" in p.name else "y" for p in paths]}).to_csv(other / "labels.csv", index=False)
+                  "label": ["x" if "cat" in p.name else "y" for p in paths]}).to_csv(other / "labels.csv", index=False)
     with pytest.raises(PodiumError, match="predicts other classes than the data has"):
         podium.distill(teacher, overrides=[f"data.train={other / 'labels.csv'}", "train.epochs=1"],
                        log=lambda *a: None)
@@ -131,3 +131,14 @@ def test_bad_teachers_get_one_message(noisy_cv, tmp_path):
     write_json(ensemble / "ensemble.json", {"classes": podium.load_run(teacher / "fold0").classes, "members": []})
     with pytest.raises(PodiumError):
         podium.distill(ensemble, log=lambda *a: None)
+    ungathered = tmp_path / "cv"
+    ungathered.mkdir()
+    for name in ("config.yaml", "cv.json"):
+        (ungathered / name).write_text((teacher / name).read_text())
+    with pytest.raises(PodiumError, match=r"has no out-of-fold predictions .* podium cv-gather"):
+        podium.distill(ungathered, overrides=["train.epochs=1"], log=lambda *a: None)
+    pool = tmp_path / "pool.csv"
+    pd.DataFrame({"path": [str(p) for p in paths[:2]], "label": ["cat", "zebra"]}).to_csv(pool, index=False)
+    with pytest.raises(PodiumError, match="carry labels of another class set: column 'label' has zebra"):
+        podium.distill(teacher, unlabeled=pool, overrides=["train.epochs=1"], log=lambda *a: None)
+    assert not list((teacher.parent).glob("*-distilled*"))  # nothing trained, nothing left behind

@@ -3,11 +3,13 @@ cv runs whose validation folds and OOF never hold a pseudo-labelled image, per-f
 the fold model that never saw the fold, groups of the validation part kept out, bad input."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import colour_images
+
 from podium.curation.pseudo import class_thresholds, select
 from podium.errors import PodiumError
 
@@ -96,9 +98,60 @@ def test_bad_pseudo_label_input_gets_one_message(noisy_cv, tmp_path, capsys):
                                                                                         index=False)
     assert main(["pseudo-label", str(teacher), "--unlabeled", str(tmp_path / "pool.csv")]) == 2
     err = capsys.readouterr().err
-    assert err.count("error:") == 1 and "carry labels of another class set: lion, zebra" in err
+    assert err.count("error:") == 1 and "carry labels of another class set: column 'label' has lion, zebra" in err
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text((teacher / "config.yaml").read_text())
     (tmp_path / "run" / "classes.json").write_text('{"classes": ["cat", "dog", "fox"]}')
     assert main(["pseudo-label", str(tmp_path / "run"), "--unlabeled", str(tmp_path / "pool")]) == 2
     assert "has no validation predictions: the run has not finished" in capsys.readouterr().err
+
+
+def test_rounds_from_a_single_run_with_hard_labels_keep_validation_clean(noisy_cv, tmp_path):
+    import podium
+    from podium.rundir import SOFT_TARGETS_FILE, read_config, read_split, read_table
+
+    teacher, _ = noisy_cv
+    pool = tmp_path / "pool"
+    colour_images(pool, per_class=3, seed=21, labeled=False)
+    result = podium.pseudo_label(teacher / "fold0", pool, rounds=2, precision=0.8, mode="hard", out=tmp_path / "ps",
+                                 overrides=["data.val_fraction=0.5"], log=lambda *a: None)  # 5+ per class to judge
+    first, second = result.record["rounds"]
+    assert result.dir == tmp_path / "ps" and second["teacher"] == first["model"]  # round 2 learns from round 1
+    assert first["teacher"] == str(teacher / "fold0") and not first["per_fold_labels"]
+    for entry in (first, second):
+        model = Path(entry["model"])
+        cfg = read_config(model)
+        assert cfg.data.pseudo_mode == "hard" and cfg.data.pseudo_labels == entry["labels"]
+        split = read_split(model)
+        pseudo = split[split["origin"].fillna("") == "pseudo"]
+        assert len(pseudo) == entry["n_pseudo"] > 0 and (pseudo["split"] == "train").all()
+        assert not split.loc[split["split"] == "val", "id"].str.startswith("pseudo/").any()
+        soft = read_table(model / SOFT_TARGETS_FILE, "soft").set_index("id").loc[pseudo["id"]]
+        probs = soft[podium.load_run(model).classes].to_numpy()
+        assert (soft["hard"] == 1).all() and (soft["soft"] == 0).all() and set(np.unique(probs)) == {0.0, 1.0}
+        labels = read_table(entry["labels"], "pseudo-labels")
+        assert set(labels["fold"]) == {-1} and len(labels) == entry["n_pseudo"]  # one set: the teacher is a run
+
+
+def test_a_model_without_honest_predictions_or_a_pool_of_another_task_is_refused(noisy_cv, tmp_path):
+    import podium
+    from podium.model.soft_targets import check_unlabeled_labels
+    from podium.schema import load_config
+
+    teacher, _ = noisy_cv
+    cv = tmp_path / "cv"
+    cv.mkdir()
+    for name in ("config.yaml", "cv.json"):
+        (cv / name).write_text((teacher / name).read_text())
+    with pytest.raises(PodiumError, match=r"has no out-of-fold predictions \(oof_predictions.parquet\) .* cv-gather"):
+        podium.pseudo_label(cv, tmp_path, log=lambda *a: None)
+    assert not (tmp_path / "cv-pseudo").exists()  # refused before any work
+    csv = tmp_path / "pool.csv"
+    pd.DataFrame({"path": ["a.png", "b.png"], "gender": ["female", "robot"], "age": ["young", ""]}).to_csv(csv,
+                                                                                                         index=False)
+    cfg = load_config(None, ['task.attributes={"gender": ["female", "male"], "age": ["young", "old"]}'])
+    with pytest.raises(PodiumError, match="column 'gender' has robot, not among the model's female, male"):
+        check_unlabeled_labels(csv, cfg, ["female/young", "female/old", "male/young", "male/old"])
+    binned = load_config(None, ['task.attributes={"gender": ["female", "robot"], "age": ["young", "old"]}',
+                                "task.bins={age: [30]}"])
+    check_unlabeled_labels(csv, binned, ["female/young", "female/old", "robot/young", "robot/old"])  # fine

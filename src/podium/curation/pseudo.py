@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from podium.errors import PodiumError, summarize_list
+from podium.errors import PodiumError
 from podium.fileio import write_csv, write_json, write_parquet
 from podium.schema import (
     PodiumConfig,
@@ -219,7 +219,7 @@ def _round(r: int, teacher: Path, pool: pd.DataFrame, classes: list[str], cfg: P
         "data": {"pseudo_labels": str(folder / LABELS_FILE), "pseudo_mode": mode},
         "output": {"dir": str(folder), "name": "model"}}))
     model_dir = _train_round(round_cfg, folds, progress, log)
-    return {"round": r, "teacher": str(teacher), "labels": str(folder / LABELS_FILE), "n_pseudo": int(len(chosen)),
+    return {"round": r, "teacher": str(teacher), "labels": str(folder / LABELS_FILE), "n_pseudo": len(chosen),
             "per_fold_labels": per_fold,
             "per_class": {str(k): int(v) for k, v in counts.items()},
             "thresholds": dict(zip(thresholds["class"], thresholds["threshold"], strict=True)),
@@ -262,22 +262,7 @@ def unlabeled_pool(spec: str | Path, cfg: PodiumConfig, classes: list[str], grou
     from podium.model.soft_targets import unlabeled_frame
 
     spec = Path(spec)
-    if spec.suffix.lower() == ".csv":
-        _check_pool_labels(spec, cfg, classes)
-    pool = unlabeled_frame(spec, cfg, group_by_folder)
+    pool = unlabeled_frame(spec, cfg, group_by_folder, classes=classes)
     if pool.empty:
         raise PodiumError(f"no unlabelled images in {spec}")
     return pool
-
-
-def _check_pool_labels(csv: Path, cfg: PodiumConfig, classes: list[str]) -> None:
-    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    column = cfg.data.label_column
-    if column in table.columns:
-        found = sorted(set(table[column]) - {""})
-        unknown = sorted(set(found) - set(classes))
-        if unknown:
-            raise PodiumError(f"the unlabelled images in {csv} carry labels of another class set: "
-                              f"{summarize_list(unknown)} are not among the model's classes "
-                              f"({summarize_list(classes, 10)}). Pseudo-label images of the same task, or drop "
-                              f"the {column!r} column")

@@ -216,8 +216,9 @@ def _select(ident: str, attribute: str, options: list[str], given: str, suggeste
     choices.append(("drop", f"{prefix}drop (leave out)"))
     assert {c.partition(":")[0] for c, _ in choices if c} <= set(ACTIONS)
     opts = "".join(f'<option value="{esc(v)}">{esc(text)}</option>' for v, text in choices)
-    return (f'<select class="choice" data-key="{key}" data-id="{esc(ident)}" data-attribute="{esc(attribute)}">'
-            f"{opts}</select>", key + 1)
+    select = (f'<select class="choice" data-key="{key}" data-id="{esc(ident)}" data-attribute="{esc(attribute)}">'
+              f"{opts}</select>")
+    return select, key + 1
 
 
 def _thumb(path: str) -> str:

@@ -55,7 +55,7 @@ def attach_soft_targets(cfg: PodiumConfig, prepared: PreparedData, log=print) ->
         return prepared
     classes = prepared.classes
     train = prepared.train.copy()
-    train["origin"] = train["origin"] if "origin" in train else ""
+    train["origin"] = train.get("origin", "")
     n = len(train)
     parts = [SoftTargets(np.zeros((n, len(classes)), np.float32), np.ones(n, np.float32), np.zeros(n, np.float32))]
     frames = [train]
@@ -150,7 +150,7 @@ def teacher_predictions(teacher: Path, cfg: PodiumConfig, classes: list[str], lo
 
     teacher_kind(teacher)
     check_teacher_classes(teacher, classes)
-    frame = unlabeled_frame(cfg.distill.unlabeled, cfg)
+    frame = unlabeled_frame(cfg.distill.unlabeled, cfg, classes=classes)
     log(f"teacher {teacher} predicts {len(frame)} unlabelled image(s) of {cfg.distill.unlabeled}")
     probs = predict_frame(load_predictor(teacher), frame)
     frame = frame.assign(id=[f"{UNLABELED}/{i}" for i in frame["id"]], label=np.asarray(classes)[probs.argmax(1)],
@@ -158,16 +158,41 @@ def teacher_predictions(teacher: Path, cfg: PodiumConfig, classes: list[str], lo
     return frame, _normalized(probs)
 
 
-def unlabeled_frame(spec: str | Path, cfg: PodiumConfig, group_by_folder: bool = False) -> pd.DataFrame:
+def unlabeled_frame(spec: str | Path, cfg: PodiumConfig, group_by_folder: bool = False,
+                    classes: list[str] | None = None) -> pd.DataFrame:
     """Unlabelled images (a folder, or a CSV with ``data.path_column`` and optionally
     ``data.group_column``), read as training reads them (crops); ``group_by_folder``: each image's
-    folder is its group (a person's photos in one folder)."""
+    folder is its group (a person's photos in one folder). With ``classes`` (the model's), a CSV
+    whose label columns name other classes is refused: images of another task are no pool."""
     from podium.data.samples import prediction_samples
 
+    if classes is not None and Path(spec).suffix.lower() == ".csv":
+        check_unlabeled_labels(Path(spec), cfg, classes)
     frame = prediction_samples(cfg, spec, competition=False, log=lambda *a: None)
     if group_by_folder:
         frame["group"] = [str(Path(i).parent) if Path(i).parent != Path(".") else "" for i in frame["id"]]
     return frame.reset_index(drop=True)
+
+
+def check_unlabeled_labels(csv: Path, cfg: PodiumConfig, classes: list[str]) -> None:
+    """A CSV of unlabelled images may carry labels (e.g. a held-back part), but only of the
+    model's class set: ``data.label_column`` among ``classes``, and for a composite task
+    (``task.attributes``) each attribute column among that attribute's values (binned numbers
+    excepted)."""
+    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    allowed = {cfg.data.label_column: list(classes)}
+    for name, values in (cfg.task.attributes or {}).items():
+        if name not in (cfg.task.bins or {}):
+            allowed[name] = list(values)
+    for column, values in allowed.items():
+        if column not in table.columns:
+            continue
+        unknown = sorted(set(table[column]) - set(values) - {""})
+        if unknown:
+            raise PodiumError(f"the unlabelled images in {csv} carry labels of another class set: column "
+                              f"{column!r} has {summarize_list(unknown)}, not among the model's "
+                              f"{summarize_list(values, 10)}. Use images of the same task, or drop the "
+                              f"{column!r} column")
 
 
 # ---------------------------------------------------------------- pseudo-labels
