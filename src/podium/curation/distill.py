@@ -38,7 +38,7 @@ def distill_config(teacher: str | Path, *, model: str | None = None, config: str
     base["output"]["name"] = f"{teacher.name}-distilled"
     raw = deep_merge(base, read_yaml(config)) if config is not None else base
     raw = deep_merge(raw, parse_overrides(list(overrides)))
-    distill = {"teacher": str(teacher)}
+    distill: dict[str, str | float] = {"teacher": str(teacher)}
     distill.update({k: v for k, v in (("unlabeled", None if unlabeled is None else str(unlabeled)),
                                       ("temperature", temperature), ("alpha", alpha)) if v is not None})
     raw["distill"] = deep_merge(raw.get("distill") or {}, distill)

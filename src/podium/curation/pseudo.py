@@ -174,13 +174,14 @@ def pseudo_label(model: str | Path, unlabeled: str | Path, *, rounds: int = 1, p
     if folds is None and folder_kind(model) == "cv":
         folds = int(read_cv_meta(model)["k"])
     out_dir = output_dir(out, model.parent, f"{model.name}-pseudo")
+    done: list[dict] = []
     record = {"model": str(model), "unlabeled": str(unlabeled), "n_unlabeled": len(pool), "precision": precision,
-              "mode": mode, "folds": folds, "rounds": []}
+              "mode": mode, "folds": folds, "rounds": done}
     teacher = model
     for r in range(1, rounds + 1):
         per_fold = _same_folds(teacher, cfg, folds)
         entry = _round(r, teacher, pool, classes, cfg, out_dir, precision, mode, folds, per_fold, progress, log)
-        record["rounds"].append(entry)
+        done.append(entry)
         write_json(out_dir / PSEUDO_FILE, record)
         teacher = Path(entry["model"])
     return PseudoLabelResult(out_dir, record)

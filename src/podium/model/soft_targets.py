@@ -150,8 +150,11 @@ def teacher_predictions(teacher: Path, cfg: PodiumConfig, classes: list[str], lo
 
     teacher_kind(teacher)
     check_teacher_classes(teacher, classes)
-    frame = unlabeled_frame(cfg.distill.unlabeled, cfg, classes=classes)
-    log(f"teacher {teacher} predicts {len(frame)} unlabelled image(s) of {cfg.distill.unlabeled}")
+    source = cfg.distill.unlabeled
+    if source is None:
+        raise PodiumError("distill.unlabeled is not set: no unlabelled images for the teacher to predict")
+    frame = unlabeled_frame(source, cfg, classes=classes)
+    log(f"teacher {teacher} predicts {len(frame)} unlabelled image(s) of {source}")
     probs = predict_frame(load_predictor(teacher), frame)
     frame = frame.assign(id=[f"{UNLABELED}/{i}" for i in frame["id"]], label=np.asarray(classes)[probs.argmax(1)],
                          origin=UNLABELED)
@@ -202,6 +205,8 @@ def pseudo_rows(cfg: PodiumConfig, prepared: PreparedData, log=print) -> tuple[p
     """The ``data.pseudo_labels`` images this run or fold trains on, as rows and targets."""
     from podium.rundir import read_table
 
+    if cfg.data.pseudo_labels is None:
+        raise PodiumError("data.pseudo_labels is not set: no pseudo-labelled images to add")
     table = read_table(cfg.data.pseudo_labels, "pseudo-labels (data.pseudo_labels)")
     classes = prepared.classes
     found = probability_columns(table)
