@@ -61,11 +61,11 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS_cv.md"))
     args = parser.parse_args()
 
-    from podium.schema import load_config
-    from podium.evaluation.cv import ensemble_members, oof_tta, run_cv
     from podium.data.dataset import load_samples
+    from podium.evaluation.cv import ensemble_members, oof_tta, run_cv
     from podium.evaluation.predict import evaluate_run, predict_frame
     from podium.model.checkpoints import load_module
+    from podium.schema import load_config
 
     work = Path(args.workdir)
     data = extract(work)

@@ -139,8 +139,8 @@ def benchmark_images(quick: bool, n: int, data: str | Path | None = None,
     Quick runs always use a few generated JPEGs so smoke tests are hermetic.
     Fewer real images than ``n`` are cycled (same files read again).
     """
-    from podium.schema import DataConfig
     from podium.data.dataset import build_class_map, encode_labels, load_samples
+    from podium.schema import DataConfig
 
     root = data_root or default_data_dir()
     folder: Path | None = None

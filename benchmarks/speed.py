@@ -142,9 +142,9 @@ def _usual_dataset(paths: list[str], targets: np.ndarray, size: int):
 
 
 def _podium_dataset(paths, targets, size: int, *, cache=None, train: bool = False, draft: bool = True):
-    from podium.schema import AugmentConfig
     from podium.data.dataset import ImageDataset
     from podium.data.transforms import build_eval_pipeline, build_train_pipeline
+    from podium.schema import AugmentConfig
 
     build = build_train_pipeline if train else build_eval_pipeline
     return ImageDataset(paths, targets, build(AugmentConfig(), (size, size)), (size, size),
@@ -194,9 +194,9 @@ def _epochs(make_loader_fn: Callable[[], Iterable], epochs: int, consume=None, s
 
 
 def _classifier(model: str, n_classes: int = 2):
-    from podium.schema import TrainConfig
-    from podium.model.engine import Classifier
     from podium.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from podium.model.engine import Classifier
+    from podium.schema import TrainConfig
 
     train_cfg = TrainConfig(scheduler="none", precision="32", accelerator="cpu", devices=1).model_dump()
     return Classifier({"name": model, "pretrained": False, "dropout": 0.0}, train_cfg,
@@ -354,8 +354,8 @@ def bench_loop_overhead(ctx: Context) -> Result:
     """B3: podium's Lightning loop vs a hand-written PyTorch loop, same module and batches."""
     from lightning.pytorch.callbacks import Callback
 
-    from podium.schema import PodiumConfig
     from podium.model.engine import build_trainer
+    from podium.schema import PodiumConfig
 
     s = ctx.sizes
     res = Result("B3", "Per-step overhead of podium's training loop", {
@@ -456,9 +456,9 @@ def bench_kfold(ctx: Context) -> Result:
     """
     import pandas as pd
 
-    from podium.schema import PodiumConfig
     from podium.data.samples import PreparedData
     from podium.model.training import train
+    from podium.schema import PodiumConfig
 
     s = ctx.sizes
     unique = list(dict.fromkeys(ctx.paths))[: s.fold_images]

@@ -21,14 +21,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import fast_overrides, make_folder, make_image
 from PIL import Image
 
-from conftest import fast_overrides, make_folder, make_image
 from podium.cli import main
-from podium.schema import load_config
-from podium.errors import PodiumError
 from podium.model.training import train
 from podium.rundir import read_status
+from podium.schema import load_config
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -258,8 +257,9 @@ def test_sigterm_exits_143_marks_run_interrupted_and_leaves_it_resumable(tmp_pat
 
 def test_sigint_exits_130_and_marks_run_interrupted(tmp_path, capsys, image_folder, monkeypatch):
     """Ctrl+C during the second epoch: a real SIGINT to this process (Lightning turns it into exit 1)."""
-    import podium
     from lightning.pytorch.callbacks import Callback
+
+    import podium
 
     class CtrlC(Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):

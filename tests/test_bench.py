@@ -4,10 +4,8 @@ No timing assertions: the numbers depend on the machine and its load.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest

@@ -15,8 +15,8 @@ from PIL import Image
 
 from podium.data import cache as cache_mod
 from podium.data.cache import ImageCache, cache_key, default_num_workers, worker_init
-from podium.errors import PodiumError
 from podium.data.images import BadImageError, load_resized, load_rgb
+from podium.errors import PodiumError
 
 SHARED_PORTRAITS = (
     Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "portraits_mask2.tar"

@@ -5,9 +5,10 @@ import shutil
 import pandas as pd
 import pytest
 import torch
-
 from conftest import fast_overrides, make_folder
+
 from podium.cli import main
+from podium.errors import PodiumError
 from podium.schema import load_config
 
 
@@ -87,7 +88,7 @@ def test_user_errors_exit_2_without_traceback(tmp_path, image_folder, capsys):
     assert main(["train", *fast_overrides(tmp_path), "model.name=resnet181", f"data.train={image_folder}"]) == 2
     assert "Closest timm models: resnet18" in capsys.readouterr().err
     assert not (tmp_path / "runs dir").exists()  # nothing half-created
-    with pytest.raises(Exception):
+    with pytest.raises(PodiumError, match="data folder not found"):  # --debug: the error itself, not exit 2
         main(["train", *fast_overrides(tmp_path), f"data.train={tmp_path / 'missing'}", "--debug"])
 
 

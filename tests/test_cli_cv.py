@@ -1,10 +1,8 @@
 """`podium cv`, `cv-gather`, `cv gather`, `ensemble`, `average-checkpoints` end to end, in-process."""
 import pandas as pd
-import pytest
+from test_cv import make_images, skip_html_report, tiny_overrides
 
 from podium import cli
-
-from test_cv import make_images, skip_html_report, tiny_overrides
 
 
 def test_cv_one_fold_per_call_then_gather_and_ensemble(tmp_path, capsys, monkeypatch):

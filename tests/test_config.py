@@ -1,8 +1,8 @@
 import pytest
 
 from podium.cli import main
-from podium.schema import config_reference, load_config, parse_overrides
 from podium.errors import PodiumError
+from podium.schema import config_reference, load_config, parse_overrides
 
 
 def test_overrides_parse_yaml_values():

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from podium.errors import PodiumError
 from podium.evaluation import cv, ensemble_runs
+from podium.evaluation.scores import macro_f1
 from podium.rundir import BIASES_FILE, OOF_FILE, TEST_PROBABILITIES_FILE, read_classes, read_folds
 from podium.schema import load_config
-from podium.evaluation.scores import macro_f1
-from podium.errors import PodiumError
 
 COLORS = {"blue": (220, 0, 0), "green": (0, 200, 0), "red": (0, 0, 220)}  # BGR for cv2
 
@@ -213,8 +213,8 @@ def test_average_checkpoints_of_the_last_epochs(cv_run, tmp_path):
 
 
 def test_multi_attribute_members_vote_per_attribute(tmp_path):
-    from podium.tasks.attributes import MASK_TASK
     from podium.evaluation.ensemble import vote_per_attribute
+    from podium.tasks.attributes import MASK_TASK
 
     rng = np.random.default_rng(0)
     classes = MASK_TASK.composite_names()

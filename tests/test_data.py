@@ -1,8 +1,7 @@
 import pandas as pd
 import pytest
-
 from conftest import make_folder
-from podium.schema import DataConfig
+
 from podium.data.dataset import (
     build_class_map,
     check_images,
@@ -13,6 +12,7 @@ from podium.data.dataset import (
     scan_image_folder,
 )
 from podium.errors import PodiumError
+from podium.schema import DataConfig
 
 
 def test_image_folder_scan(image_folder):

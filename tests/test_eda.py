@@ -12,8 +12,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from podium.reports.eda import class_weights, dhash, hamming, phash, run_eda
 from podium.errors import PodiumError
+from podium.reports.eda import class_weights, dhash, hamming, phash, run_eda
 
 SECTIONS = ["Overview", "Class balance", "Attributes", "Image sizes", "Channel statistics", "Sample images",
             "Unreadable files", "Duplicates", "Groups", "Config snippet"]

@@ -1,9 +1,9 @@
 import lightning.pytorch as pl
 import torch
-
 from conftest import fast_overrides
-from podium.schema import load_config
+
 from podium.model.training import train
+from podium.schema import load_config
 
 
 class _Probe(pl.Callback):

@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 import torch
 
-from podium.evaluation import ensemble as ens
 from podium.errors import PodiumError
+from podium.evaluation import ensemble as ens
 
 
 def _probs(n=60, c=4, seed=0):

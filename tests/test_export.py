@@ -7,12 +7,12 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 import torch
-
 from conftest import fast_overrides, make_folder
+
 from podium.cli import main
 from podium.deploy.export import export_run
-from podium.inference.predictor import load_predictor
 from podium.errors import PodiumError
+from podium.inference.predictor import load_predictor
 from podium.rundir import load_run
 
 TOLERANCE = 1e-4

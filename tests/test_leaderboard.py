@@ -11,9 +11,9 @@ from conftest import fast_overrides, make_folder
 
 import podium
 from podium.cli import main
-from podium.schema import load_config
 from podium.errors import PodiumError
 from podium.rundir import write_status
+from podium.schema import load_config
 
 
 @pytest.fixture(scope="module")

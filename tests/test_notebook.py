@@ -1,7 +1,6 @@
 """examples/quickstart.ipynb runs top to bottom (1 epoch) and shows its results."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

@@ -25,7 +25,7 @@ def _run(name, epochs=4, steps=5, **kw):
     opt = create_optimizer("sgd", _model(), lr=0.1)
     cfg = create_scheduler(name, opt, epochs=epochs, steps_per_epoch=steps, **kw)
     lrs, step = [], 0
-    for epoch in range(epochs):
+    for _epoch in range(epochs):
         for _ in range(steps):
             opt.step()
             step += 1

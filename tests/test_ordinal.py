@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import fast_overrides
+
 from podium.cli import main
 from podium.data.synth import synth_mask_dataset
 from podium.errors import PodiumError
@@ -108,7 +108,6 @@ def test_ordinal_head_trains_tunes_and_predicts(tmp_path):
     assert cuts["default_cuts"] == [30, 60] and len(cuts["tuned_cuts"]) == 2
     assert cuts["val_f1_tuned"] >= cuts["val_f1_default"] and cuts["applied"] == (cuts["nested_gain"] > 0)
     from podium.model.checkpoints import load_module
-
     from podium.model.engine import Classifier
 
     module = load_module(run / "best.ckpt")

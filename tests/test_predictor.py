@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import fast_overrides, make_folder
 from PIL import Image
 
 import podium
-from conftest import fast_overrides, make_folder
 from podium.cli import main
 from podium.data.synth import synth_mask_dataset
 from podium.errors import PodiumError

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import make_folder
 
 study = pytest.importorskip("benchmarks.recipes.study")

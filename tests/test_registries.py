@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from podium.schema import RegistryName, load_config
 from podium.data.crops import DETECTORS, create_detector
 from podium.data.images import RESIZE_MODES
 from podium.data.statistics import CLASS_WEIGHTS, class_weight_values
@@ -19,6 +18,7 @@ from podium.evaluation.ensemble import VOTING
 from podium.evaluation.tta import MERGES, VIEWS, merge_view_logits, parse_views
 from podium.model.losses import LOSSES, create_loss
 from podium.model.optim import OPTIMIZERS, SCHEDULERS, create_optimizer, create_scheduler
+from podium.schema import RegistryName, load_config
 
 CONFIG_REGISTRIES = {  # dotted config key -> (registry, a valid override value format)
     "train.loss": LOSSES, "train.optimizer": OPTIMIZERS, "train.scheduler": SCHEDULERS,

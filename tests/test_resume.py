@@ -2,12 +2,12 @@
 import pandas as pd
 import pytest
 import torch
-
 from conftest import fast_overrides
+
 from podium.cli import main
-from podium.schema import load_config
 from podium.model.engine import StopAfterEpochs
 from podium.model.training import train
+from podium.schema import load_config
 
 
 @pytest.mark.parametrize("scheduler", ["cosine", "plateau"])

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import fast_overrides
 from sklearn.metrics import f1_score
 from torchmetrics.classification import MulticlassF1Score
 
-from conftest import fast_overrides
 from podium.evaluation.scores import macro_f1, macro_f1_of_labels
 
 

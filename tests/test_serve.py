@@ -20,8 +20,8 @@ from PIL import Image
 
 from podium.cli import main
 from podium.deploy.export import export_run
-from podium.inference.predictor import load_predictor
 from podium.deploy.serve import ServeSettings, create_app
+from podium.inference.predictor import load_predictor
 
 CLASSES = ["cat", "dog", "fox"]
 

@@ -8,7 +8,6 @@ from podium.data.splits import group_ids, has_groups, make_folds
 from podium.errors import PodiumError
 
 
-
 def _frame(n_per_class=(30, 12, 6), groups_of: int | None = None) -> pd.DataFrame:
     labels = np.concatenate([[c] * n for c, n in zip("abc", n_per_class)])
     frame = pd.DataFrame({"id": [f"img{i}" for i in range(len(labels))], "path": "x", "label": labels})

@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from podium.tasks.attributes import MASK_TASK
 from podium.data.competition import check_submission, read_mask_eval, read_mask_train, write_mask_submission
-from podium.errors import PodiumError
 from podium.data.images import load_rgb
 from podium.data.synth import synth_mask_dataset
+from podium.errors import PodiumError
+from podium.tasks.attributes import MASK_TASK
 
 
 @pytest.fixture(scope="module")

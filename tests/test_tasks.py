@@ -5,14 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import fast_overrides
+
 from podium.cli import main
 from podium.data.competition import check_submission
-from podium.schema import load_config
-from podium.model.engine import compose_log_probs, split_heads
-from podium.errors import PodiumError
 from podium.data.synth import synth_mask_dataset
+from podium.errors import PodiumError
+from podium.model.engine import compose_log_probs, split_heads
+from podium.schema import load_config
 from podium.tasks.spec import resolve_task
 
 

@@ -3,11 +3,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import fast_overrides, make_folder
-from podium.schema import ModelConfig, TrainConfig, load_config
+
 from podium.errors import PodiumError
 from podium.model.engine import Classifier
+from podium.schema import ModelConfig, TrainConfig, load_config
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-from podium.schema import load_config
-from podium.errors import PodiumError
 from conftest import fast_overrides, make_folder
+
+from podium.errors import PodiumError
+from podium.schema import load_config
 
 
 def read_wandb_records(path: Path) -> list:

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from podium.schema import AugmentConfig
 from podium.data.transforms import ALBU_PRESETS, TV_PRESETS, build_train_pipeline, extra_train_ops
+from podium.schema import AugmentConfig
 
 
 def _image(seed=0):

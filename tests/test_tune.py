@@ -16,11 +16,11 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import fast_overrides, make_folder
+
 from podium.cli import main
-from podium.schema import parse_overrides
 from podium.errors import PodiumError
+from podium.schema import parse_overrides
 from podium.tuning.space import parse_search, split_search
 from podium.tuning.study import prepare_settings, retry_callback_class
 

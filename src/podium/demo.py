@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from podium.schema import load_config
 from podium.errors import PodiumError
+from podium.schema import load_config
 
 DEMO_OVERRIDES = [
     "model.name=resnet10t", "model.pretrained=false", "model.dropout=0.1",

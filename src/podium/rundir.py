@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from podium.schema import PodiumConfig, config_to_yaml, load_config
 from podium.errors import PodiumError
 from podium.fileio import write_json, write_text
+from podium.schema import PodiumConfig, config_to_yaml, load_config
 
 if TYPE_CHECKING:
     import pandas as pd

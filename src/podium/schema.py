@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -110,7 +110,7 @@ class DataConfig(Section):
     group_column: str | None = Field(None, description="CSV column of group ids (e.g. person): a group never straddles train and validation.")
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Fraction of `train` held out for validation when `val` is empty.")
     split_seed: int = Field(42, description="Seed of the holdout split (fixed so runs are comparable).")
-    image_size: Union[int, tuple[int, int]] = Field(224, description="Network input size: an int (square) or [height, width].")
+    image_size: int | tuple[int, int] = Field(224, description="Network input size: an int (square) or [height, width].")
     num_workers: int | None = Field(None, ge=0, description="DataLoader worker processes (default: chosen from the CPU count).")
     on_bad_image: Literal["error", "skip"] = Field("error", description="Unreadable images: stop naming the file, or skip them and report the count.")
     max_image_pixels: int | None = Field(178_956_970, ge=1, description="Images with more pixels (width x height, read from the header) are bad images, refused or skipped like unreadable ones: decompression bombs never get decoded. null = no limit.")
@@ -165,7 +165,7 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="Smoothing of the `label_smoothing` loss.")
     focal_gamma: float = Field(2.0, ge=0.0, description="Focusing parameter of the focal loss.")
     logit_adjust_tau: float = Field(1.0, ge=0.0, description="`logit_adjusted` loss: scale of the log class priors added to the logits in training (0 = cross-entropy).")
-    class_weights: Union[list[float], ClassWeights] = Field(
+    class_weights: list[float] | ClassWeights = Field(
         "sqrt", description="Loss class weights: none, auto (inverse frequency), sqrt (its square root, milder) or an explicit list.")
     drw_epochs: int = Field(0, ge=0, description="Deferred re-weighting: apply `class_weights` only in the last N epochs (0 = in every epoch).")
     sampler: Literal["random", "balanced"] = Field("random", description="`balanced` draws classes equally often (WeightedRandomSampler).")
@@ -198,7 +198,7 @@ class TrainConfig(Section):
     monitor: Literal["val_f1", "val_acc", "val_loss", "val_auroc", "val_precision", "val_recall", "epoch"] = Field(
         "val_f1", description="Metric that selects the best checkpoint (macro F1 by default); `epoch` keeps the last epoch.")
     accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu, mps, ...")
-    devices: Union[int, str, list[int]] = Field("auto", description="Lightning devices: a count, a list of ids, or auto.")
+    devices: int | str | list[int] = Field("auto", description="Lightning devices: a count, a list of ids, or auto.")
     strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ddp_spawn, fsdp, ...")
     num_nodes: int = Field(1, ge=1, description="Number of nodes for multi-node DDP.")
 
@@ -318,7 +318,7 @@ class CVConfig(Section):
 
 
 class PredictConfig(Section):
-    tta: Union[Literal["auto"], Annotated[list[str], AfterValidator(_check_tta_views)]] = Field(
+    tta: Literal["auto"] | Annotated[list[str], AfterValidator(_check_tta_views)] = Field(
         "auto", description="Test-time views added to the plain image, e.g. [hflip, scale_0.9]; [] = none; `auto` = hflip when training flipped images.")
     tta_merge: TTAMerge = Field("mean", description="How TTA views are merged.")
     logit_biases: str | None = Field(None, description="JSON of per-class logit biases fitted for macro F1 (`podium cv-biases`), applied to predictions.")

@@ -7,7 +7,7 @@ rich and the standard library are imported here, so ``podium --help`` stays fast
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from collections.abc import Callable
 
 from podium.errors import PodiumError
 

@@ -3,8 +3,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from podium.cli.common import (add_command, add_config_items, add_group, add_prediction_options, console,
-                               positive_int, split_config_and_overrides, table, tta_list)
+from podium.cli.common import (
+    add_command,
+    add_config_items,
+    add_group,
+    add_prediction_options,
+    console,
+    positive_int,
+    split_config_and_overrides,
+    table,
+    tta_list,
+)
 from podium.errors import PodiumError
 
 

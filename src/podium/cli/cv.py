@@ -8,7 +8,15 @@ spelling of ``podium cv-gather RUN``.
 """
 from __future__ import annotations
 
-from podium.cli.common import add_command, console, positive_int, non_negative_int, split_config_and_overrides, table, tta_list
+from podium.cli.common import (
+    add_command,
+    console,
+    non_negative_int,
+    positive_int,
+    split_config_and_overrides,
+    table,
+    tta_list,
+)
 from podium.errors import PodiumError
 
 EXAMPLES = {

@@ -6,7 +6,14 @@ torch, Lightning or Optuna until the command runs.
 """
 from __future__ import annotations
 
-from podium.cli.common import add_command, add_config_items, console, positive_float, positive_int, split_config_and_overrides
+from podium.cli.common import (
+    add_command,
+    add_config_items,
+    console,
+    positive_float,
+    positive_int,
+    split_config_and_overrides,
+)
 from podium.errors import PodiumError
 
 EXAMPLE = ("podium tune tune.yaml --trials 20                    (studies/<output.name>/, SQLite)\n"

@@ -31,8 +31,8 @@ from typing import Any, Literal
 import numpy as np
 
 from podium import fileio
-from podium.errors import PodiumError, summarize_list
 from podium.data.images import BadImageError, load_resized
+from podium.errors import PodiumError, summarize_list
 
 FORMAT_VERSION = 1
 CACHE_DIR_ENV = "PODIUM_CACHE_DIR"

@@ -24,10 +24,10 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from podium.tasks.attributes import DEFAULT_AGE_THRESHOLDS, age_bin, mask_task
+from podium.data.images import IMAGE_EXTENSIONS, is_image_file
 from podium.errors import PodiumError, closest, summarize_list
 from podium.fileio import write_csv
-from podium.data.images import IMAGE_EXTENSIONS, is_image_file
+from podium.tasks.attributes import DEFAULT_AGE_THRESHOLDS, age_bin, mask_task
 
 PHOTO_MASK = {
     "mask1": "wear",

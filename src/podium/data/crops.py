@@ -32,9 +32,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from podium.data.images import load_rgb
 from podium.errors import PodiumError, lookup, summarize_list
 from podium.fileio import atomic_path, write_json
-from podium.data.images import load_rgb
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels, x1/y1 exclusive
 

@@ -10,12 +10,21 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from podium.schema import AugmentConfig, DataConfig
-from podium.data.dataset import (ImageDataset, SeededSampler, balanced_weights, build_cache, build_eval_dataset,
-                                 encode_labels, eval_load_size, make_loader, resolve_num_workers)
+from podium.data.dataset import (
+    ImageDataset,
+    SeededSampler,
+    balanced_weights,
+    build_cache,
+    build_eval_dataset,
+    encode_labels,
+    eval_load_size,
+    make_loader,
+    resolve_num_workers,
+)
 from podium.data.device import DeviceBatches, DeviceImages, device_augment
 from podium.data.images import set_max_image_pixels
 from podium.data.transforms import Pipeline
+from podium.schema import AugmentConfig, DataConfig
 
 
 class PodiumDataModule(pl.LightningDataModule):

@@ -17,10 +17,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from podium.schema import AugmentConfig, DataConfig
-from podium.errors import PodiumError, summarize_list
 from podium.data.images import BadImageError, image_size, is_image_file, load_resized, load_rgb, set_max_image_pixels
 from podium.data.transforms import Pipeline, build_eval_pipeline
+from podium.errors import PodiumError, summarize_list
+from podium.schema import AugmentConfig, DataConfig
 
 SAMPLE_COLUMNS = ("path", "id", "label")
 

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from podium.tasks.attributes import MASK_TASK
 from podium.data.competition import PHOTO_MASK, PHOTO_STEMS
 from podium.errors import PodiumError
 from podium.fileio import atomic_path, write_csv
+from podium.tasks.attributes import MASK_TASK
 
 RACES = {  # skin tone per race name used in the folder names
     "Asian": (236, 200, 165),

@@ -21,9 +21,9 @@ dependency, and passes the parity check on timm and torchvision models.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

@@ -30,11 +30,24 @@ from podium.data.splits import has_groups, make_folds
 from podium.errors import PodiumError, summarize_list
 from podium.fileio import write_csv, write_json, write_parquet, write_text
 from podium.model.engine import epoch_checkpoint_callback
-from podium.rundir import (BIASES_FILE, CONFIG_FILE, CV_FILE, CV_SUMMARY_FILE, FOLDS_FILE, OOF_FILE,
-                           TEST_PROBABILITIES_FILE, fold_dir, is_finished_run, read_config, read_cv_meta, read_folds,
-                           read_summary, read_table, read_val_predictions)
+from podium.rundir import (
+    BIASES_FILE,
+    CONFIG_FILE,
+    CV_FILE,
+    CV_SUMMARY_FILE,
+    FOLDS_FILE,
+    OOF_FILE,
+    TEST_PROBABILITIES_FILE,
+    fold_dir,
+    is_finished_run,
+    read_config,
+    read_cv_meta,
+    read_folds,
+    read_summary,
+    read_table,
+    read_val_predictions,
+)
 from podium.schema import PodiumConfig, config_to_yaml
-
 
 #: what `oof_tta` writes beside its OOF table, in ``tta/<views>/``
 TTA_SUMMARY_FILE = "tta_summary.json"

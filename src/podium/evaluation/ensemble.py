@@ -25,9 +25,9 @@ from sklearn.model_selection import StratifiedKFold
 
 from podium.errors import PodiumError, lookup, summarize_list
 from podium.evaluation.scores import macro_f1
-from podium.tasks.attributes import decode_digits, encode_digits, joint_from_marginals
 from podium.evaluation.tables import probability_columns
 from podium.fileio import atomic_path
+from podium.tasks.attributes import decode_digits, encode_digits, joint_from_marginals
 
 _EPS = 1e-15
 _TIE_TOL = 1e-9

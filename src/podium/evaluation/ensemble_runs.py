@@ -17,10 +17,21 @@ import pandas as pd
 from podium.errors import PodiumError, summarize_list
 from podium.evaluation.cv import load_oof, write_test_outputs
 from podium.fileio import write_csv, write_json, write_parquet
-from podium.rundir import (BEST_CHECKPOINT, ENSEMBLE_FILE, EPOCHS_DIR, OOF_FILE, SCORES_FILE, TEST_PROBABILITIES_FILE,
-                           folder_kind, read_classes, read_config, read_metrics, read_table, read_val_predictions)
+from podium.rundir import (
+    BEST_CHECKPOINT,
+    ENSEMBLE_FILE,
+    EPOCHS_DIR,
+    OOF_FILE,
+    SCORES_FILE,
+    TEST_PROBABILITIES_FILE,
+    folder_kind,
+    read_classes,
+    read_config,
+    read_metrics,
+    read_table,
+    read_val_predictions,
+)
 from podium.tasks.spec import composite_task
-
 
 # ---------------------------------------------------------------- checkpoint averaging
 

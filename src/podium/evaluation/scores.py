@@ -11,7 +11,7 @@ fold that happens to lack a rare class look worse than it is.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -16,14 +16,14 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from podium.durations import lightning_duration
-from podium.schema import ModelConfig, PodiumConfig, TrainConfig
 from podium.errors import PodiumError
+from podium.evaluation.metrics import create_metrics
 from podium.model.guards import FiniteCheckpoint, NonFiniteGuard
 from podium.model.losses import create_loss
-from podium.evaluation.metrics import create_metrics
 from podium.model.models import create_model, head_name, split_parameters
 from podium.model.optim import WarmupPlateau, create_optimizer, create_scheduler, end_epoch, step_scheduler
 from podium.rundir import EPOCHS_DIR, METRICS_FILE
+from podium.schema import ModelConfig, PodiumConfig, TrainConfig
 
 
 class Classifier(pl.LightningModule):

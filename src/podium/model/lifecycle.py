@@ -22,10 +22,10 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
-from podium.schema import PodiumConfig, config_to_yaml
 from podium.errors import PodiumError, RunInterrupted
 from podium.fileio import write_text
 from podium.rundir import CONFIG_FILE, METRICS_FILE, RunInfo, read_status, write_status
+from podium.schema import PodiumConfig, config_to_yaml
 
 SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 

@@ -14,10 +14,9 @@ task's thresholds and can be tuned for macro F1 on validation (`fit_cuts`).
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import json
 from pathlib import Path
 
 import numpy as np
@@ -135,7 +134,7 @@ def nested_cut_gain(score_on: Callable[[np.ndarray, tuple[int, ...]], float], n:
     gains = []
     for k, held in enumerate(folds):
         fit_idx = np.concatenate([f for j, f in enumerate(folds) if j != k])
-        tuned, _ = fit_cuts(lambda c: score_on(fit_idx, c), cuts, lo, hi)
+        tuned, _ = fit_cuts(lambda c, fit_idx=fit_idx: score_on(fit_idx, c), cuts, lo, hi)
         gains.append(score_on(held, tuned) - score_on(held, tuple(cuts)))
     return float(np.mean(gains))
 
@@ -165,8 +164,8 @@ def tune_module_cuts(module, raw: torch.Tensor, y_true: np.ndarray) -> dict:
     report = {}
     for head, spec in module.ordinal.items():
         default = current[head]
-        tuned, tuned_f1 = fit_cuts(lambda c: score_on(everyone, head, c), default, spec.lo, spec.hi)
-        gain = nested_cut_gain(lambda idx, c: score_on(idx, head, c), len(y_true), default, spec.lo, spec.hi)
+        tuned, tuned_f1 = fit_cuts(lambda c, head=head: score_on(everyone, head, c), default, spec.lo, spec.hi)
+        gain = nested_cut_gain(lambda idx, c, head=head: score_on(idx, head, c), len(y_true), default, spec.lo, spec.hi)
         report[str(head)] = {"default_cuts": list(default), "tuned_cuts": list(tuned),
                              "val_f1_default": score_on(everyone, head, default), "val_f1_tuned": tuned_f1,
                              "nested_gain": gain}

@@ -15,18 +15,28 @@ import numpy as np
 import pandas as pd
 import torch
 
-from podium.schema import PodiumConfig
 from podium.data.datamodule import PodiumDataModule
 from podium.data.dataset import class_counts, describe_split, encode_labels
-from podium.data.samples import PreparedData, load_split, prepare_data
-from podium.errors import PodiumError
-from podium.tasks.spec import TaskSpec, attribute_metrics, ordinal_values, resolve_task
-from podium.fileio import write_csv, write_json
 from podium.data.images import load_resized
-from podium.model.losses import compute_class_weights
-from podium.rundir import (LAST_CHECKPOINT, METRICS_FILE, RUN_DIR_ENV, SPLIT_FILE, SUMMARY_FILE, VAL_PREDICTIONS_FILE,
-                           create_run_dir, git_commit, library_versions, load_run, save_run_files)
+from podium.data.samples import PreparedData, load_split, prepare_data
 from podium.data.transforms import build_train_pipeline, channel_stats, resolve_normalization
+from podium.fileio import write_csv, write_json
+from podium.model.losses import compute_class_weights
+from podium.rundir import (
+    LAST_CHECKPOINT,
+    METRICS_FILE,
+    RUN_DIR_ENV,
+    SPLIT_FILE,
+    SUMMARY_FILE,
+    VAL_PREDICTIONS_FILE,
+    create_run_dir,
+    git_commit,
+    library_versions,
+    load_run,
+    save_run_files,
+)
+from podium.schema import PodiumConfig
+from podium.tasks.spec import TaskSpec, attribute_metrics, ordinal_values, resolve_task
 
 
 @dataclass

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from podium.data.images import BadImageError, image_size, load_rgb, resize_rgb
 from podium.errors import PodiumError, summarize_list
 from podium.fileio import write_csv, write_json
 from podium.reports.html import Page, Section
-from podium.data.images import BadImageError, image_size, load_rgb, resize_rgb
 
 HASH_DECODE_SIZE = (64, 64)  # (w, h) draft size: hashes only need a 32x32 view
 THUMB = 88

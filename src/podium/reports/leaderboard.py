@@ -20,8 +20,16 @@ import pandas as pd
 import yaml
 
 from podium.errors import PodiumError, closest
-from podium.rundir import (CLASSES_FILE, CONFIG_FILE, CV_FILE, CV_SUMMARY_FILE, ENSEMBLE_FILE, METRICS_FILE,
-                           PER_CLASS_FILE, SUMMARY_FILE)
+from podium.rundir import (
+    CLASSES_FILE,
+    CONFIG_FILE,
+    CV_FILE,
+    CV_SUMMARY_FILE,
+    ENSEMBLE_FILE,
+    METRICS_FILE,
+    PER_CLASS_FILE,
+    SUMMARY_FILE,
+)
 
 MAX_DEPTH = 4  # runs/<group>/<sub>/<run>: deep enough for tuning trials, shallow enough to stay fast
 

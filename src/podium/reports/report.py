@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
+from podium.data.images import BadImageError, load_rgb, resize_rgb
 from podium.errors import PodiumError, summarize_list
 from podium.fileio import write_csv
 from podium.reports.html import Page
-from podium.data.images import BadImageError, load_rgb, resize_rgb
 
 if TYPE_CHECKING:
     import torch
@@ -458,7 +458,6 @@ def _attribute_section(page: Page, preds: pd.DataFrame, classes: list[str]) -> N
 def _composite_section(page: Page, preds: pd.DataFrame, classes: list[str]) -> None:
     """Composite classes (``mask/gender/age``): where are the errors - in which attribute?"""
     from podium.evaluation.scores import macro_f1_of_labels
-
     from podium.tasks.attributes import SEPARATOR
     from podium.tasks.spec import composite_task
 

@@ -21,8 +21,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from podium.schema import PodiumConfig, deep_merge, format_validation_error
 from podium.errors import PodiumError, closest
+from podium.schema import PodiumConfig, deep_merge, format_validation_error
 
 SEARCH_KEY = "search"
 RANGE_KEYS = {"low", "high", "log", "step", "type", "choices"}

@@ -27,13 +27,14 @@ import os
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
-from podium.schema import deep_merge, parse_overrides, read_yaml, validate_config
 from podium.errors import PodiumError, lookup
-from podium.tuning.results import TuneResult, redact as _redact, retry_callback_class  # noqa: F401 (re-exported)
+from podium.schema import deep_merge, parse_overrides, read_yaml, validate_config
+from podium.tuning.results import TuneResult, retry_callback_class  # noqa: F401 (re-exported)
+from podium.tuning.results import redact as _redact
 from podium.tuning.space import SearchParam, apply_values, parse_search, split_search
 
 SAMPLERS = ("tpe", "random", "grid")
