@@ -19,10 +19,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Static gate (CI runs it before the tests): ruff's F, I, B, UP rules over all Python files,
-# configured in pyproject.toml.
+# Static gate (CI runs it before the tests), configured in pyproject.toml: ruff's F, I, B, UP rules over
+# all Python files, then mypy on src/podium.
 check: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -37,20 +37,17 @@ class RegistryName:
         return value
 
 
-def registry_name(registry: str, kind: str, *also: str):
-    """``Annotated[str, ...]`` whose allowed values are the keys of ``registry``."""
-    return Annotated[str, AfterValidator(RegistryName(registry, kind, also))]
-
-
-Loss = registry_name("podium.model.losses.LOSSES", "loss")
-Optimizer = registry_name("podium.model.optim.OPTIMIZERS", "optimizer")
-Scheduler = registry_name("podium.model.optim.SCHEDULERS", "scheduler")
-ClassWeights = registry_name("podium.data.statistics.CLASS_WEIGHTS", "class-weights mode (or give a list of floats)")
-Preset = registry_name("podium.data.transforms.ALBU_PRESETS", "augmentation preset")
-Detector = registry_name("podium.data.crops.DETECTORS", "crop detector", "none")
-TTAMerge = registry_name("podium.evaluation.tta.MERGES", "TTA merge")
-ResizeMode = registry_name("podium.data.images.RESIZE_MODES", "resize mode")
-TrackerName = registry_name("podium.reports.tracking.LOGGERS", "logger")
+# ``Annotated[str, ...]`` aliases whose allowed values are the keys of a registry (spelled out, not built by a
+# function, so type checkers see them as types).
+Loss: TypeAlias = Annotated[str, AfterValidator(RegistryName("podium.model.losses.LOSSES", "loss"))]
+Optimizer: TypeAlias = Annotated[str, AfterValidator(RegistryName("podium.model.optim.OPTIMIZERS", "optimizer"))]
+Scheduler: TypeAlias = Annotated[str, AfterValidator(RegistryName("podium.model.optim.SCHEDULERS", "scheduler"))]
+ClassWeights: TypeAlias = Annotated[str, AfterValidator(RegistryName("podium.data.statistics.CLASS_WEIGHTS", "class-weights mode (or give a list of floats)"))]
+Preset: TypeAlias = Annotated[str, AfterValidator(RegistryName("podium.data.transforms.ALBU_PRESETS", "augmentation preset"))]
+Detector: TypeAlias = Annotated[str, AfterValidator(RegistryName("podium.data.crops.DETECTORS", "crop detector", ("none",)))]
+TTAMerge: TypeAlias = Annotated[str, AfterValidator(RegistryName("podium.evaluation.tta.MERGES", "TTA merge"))]
+ResizeMode: TypeAlias = Annotated[str, AfterValidator(RegistryName("podium.data.images.RESIZE_MODES", "resize mode"))]
+TrackerName: TypeAlias = Annotated[str, AfterValidator(RegistryName("podium.reports.tracking.LOGGERS", "logger"))]
 
 
 def _check_tta_views(value):
