@@ -1,20 +1,88 @@
-"""One epoch with strategy=ddp on 2 CPU processes, through the real console entry point."""
+"""DDP on CPU (gloo): each rank's share of the data, validation over every image once, and
+runs launched through the real console entry point."""
 import json
 import os
 import subprocess
 import sys
 
-from conftest import fast_overrides
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import fast_overrides, make_folder
+
+from podium.data.dataset import EvalShare, SeededSampler, balanced_weights
 
 
-def test_ddp_two_cpu_processes(tmp_path, image_folder):
-    cmd = [sys.executable, "-m", "podium", "train", *fast_overrides(tmp_path), f"data.train={image_folder}",
-           "train.strategy=ddp", "train.devices=2", "train.accelerator=cpu", "output.name=ddp", "--quiet"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(p) for p in sys.path if p])}
+def _shares(n, world, **kw):
+    return [list(SeededSampler(n, 7, rank=r, world_size=world, **kw)) for r in range(world)]
+
+
+@pytest.mark.parametrize("n,world", [(12, 2), (11, 2), (10, 3), (5, 4)])
+@pytest.mark.parametrize("balanced", [False, True])
+def test_rank_shares_are_disjoint_and_together_are_the_epoch(n, world, balanced):
+    kw = {}
+    if balanced:
+        targets = np.array([0] * (n - 2) + [1, 1])
+        kw["weights"] = balanced_weights(targets, 2)
+    epoch = SeededSampler(n, 7, **kw).epoch_draws()
+    shares = _shares(n, world, **kw)
+    assert {len(s) for s in shares} == {n // world}  # equal: no rank waits on an all-reduce others skip
+    positions = [[epoch.index(pair) for pair in share] for share in shares]
+    flat = sorted(p for share in positions for p in share)
+    # each draw of the epoch (a balanced epoch repeats images, never a draw) on one rank, once;
+    # only the < world leftover draws at the end are dropped, none padded
+    assert flat == list(range(world * (n // world)))
+    if balanced:  # the option took effect: the rare class is drawn far above its 2/n share
+        drawn = [i for share in shares for i, _ in share]
+        assert sum(i >= n - 2 for i in drawn) >= len(drawn) // 4
+
+
+def test_rank_shares_follow_the_epoch_and_batches_match_one_process():
+    """Rank r's k-th batch of B/2 draws holds half of one process's k-th batch of B."""
+    single = list(SeededSampler(16, 3, epoch=2))
+    r0, r1 = _shares_at(16, 3, epoch=2)
+    for k in range(2):
+        assert sorted(r0[4 * k:4 * k + 4] + r1[4 * k:4 * k + 4]) == sorted(single[8 * k:8 * k + 8])
+    assert _shares_at(16, 3, epoch=3) != [r0, r1]  # a new order each epoch
+
+
+def _shares_at(n, seed, epoch):
+    return [list(SeededSampler(n, seed, epoch=epoch, rank=r, world_size=2)) for r in range(2)]
+
+
+def test_eval_shares_hold_every_image_once():
+    shares = [list(EvalShare(11, r, 2)) for r in range(2)]
+    assert sorted(shares[0] + shares[1]) == list(range(11)) and [len(s) for s in shares] == [6, 5]
+
+
+@pytest.mark.parametrize("rank,world", [(2, 2), (-1, 2), (0, 0)])
+def test_rank_share_refuses_a_rank_outside_the_world(rank, world):
+    with pytest.raises(ValueError, match="0 <= rank < world_size"):
+        SeededSampler(10, 0, rank=rank, world_size=world)
+    with pytest.raises(ValueError, match="0 <= rank < world_size"):
+        EvalShare(10, rank, world)
+
+
+def _env():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(p) for p in sys.path if p]), "OMP_NUM_THREADS": "1"}
     env.pop("PODIUM_RUN_DIR", None)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=540, env=env)
+    return env
+
+
+def test_ddp_two_cpu_processes_validate_every_image_once(tmp_path, image_folder):
+    """11 validation images on 2 ranks: DistributedSampler would pad one repeat; the metrics
+    logged during training must equal rank 0's single-process evaluation of the same weights."""
+    val = make_folder(tmp_path / "data dir" / "val", {"cat": 4, "dog": 4, "fox": 3}, seed=7)
+    cmd = [sys.executable, "-m", "podium", "train", *fast_overrides(tmp_path), f"data.train={image_folder}",
+           f"data.val={val}", "train.strategy=ddp", "train.devices=2", "train.accelerator=cpu",
+           "output.name=ddp", "output.report=false", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    runs = sorted(p.name for p in (tmp_path / "runs dir").iterdir())
-    assert runs == ["ddp"]  # both ranks wrote into one run folder
-    summary = json.loads((tmp_path / "runs dir" / "ddp" / "summary.json").read_text())
-    assert summary["epochs_trained"] == 1 and 0 <= summary["val_metrics"]["f1"] <= 1
+    assert sorted(p.name for p in (tmp_path / "runs dir").iterdir()) == ["ddp"]  # one run folder
+    run = tmp_path / "runs dir" / "ddp"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs_trained"] == 1 and summary["val_images"] == 11
+    logged = pd.read_csv(run / "metrics.csv").iloc[-1]
+    assert logged["val_f1"] == pytest.approx(summary["val_metrics"]["f1"], abs=1e-5)
+    assert logged["val_acc"] == pytest.approx(summary["val_metrics"]["acc"], abs=1e-5)
+    assert len(pd.read_parquet(run / "val_predictions.parquet")) == 11

@@ -122,15 +122,12 @@ def test_undecodable_rows_are_dropped_and_counted():
     assert [s for _, _, s in batches] == [1, 1]
 
 
-def test_ranks_take_disjoint_equal_shares_of_the_epoch(monkeypatch):
-    from podium.data import device
-
+def test_ranks_take_disjoint_equal_shares_of_the_epoch():
     images = DeviceImages(_gradient_images(11), np.arange(11))
     order = [i for i, _ in SeededSampler(11, 3)]
     shares = []
     for rank in (0, 1):
-        monkeypatch.setattr(device, "_rank_and_world", lambda rank=rank: (rank, 2))
-        loader = DeviceBatches(images, 2, sampler=SeededSampler(11, 3), drop_last=True)
+        loader = DeviceBatches(images, 2, sampler=SeededSampler(11, 3, rank=rank, world_size=2), drop_last=True)
         shares.append(torch.cat([t for _, t, _ in loader]).tolist())
     assert len(shares[0]) == len(shares[1]) == 4  # 11 // 2 = 5 per rank, 2 batches of 2
     assert not set(shares[0]) & set(shares[1])

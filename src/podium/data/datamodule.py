@@ -11,6 +11,7 @@ import pandas as pd
 from torch.utils.data import DataLoader
 
 from podium.data.dataset import (
+    EvalShare,
     ImageDataset,
     SeededSampler,
     balanced_weights,
@@ -76,10 +77,18 @@ class PodiumDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
+    def _rank_share(self) -> tuple[int, int]:
+        """(rank, world size) of the attached Trainer: each rank loads its own share
+        (the Trainer runs with use_distributed_sampler=False: no padded repeats)."""
+        trainer = getattr(self, "trainer", None)
+        return (int(trainer.global_rank), int(trainer.world_size)) if trainer is not None else (0, 1)
+
     def train_dataloader(self) -> DataLoader | DeviceBatches:
         weights = balanced_weights(self.train_targets, len(self.classes)) if self.sampler == "balanced" else None
-        sampler = SeededSampler(len(self.train_set), self.seed, weights, epoch=self.start_epoch)
-        drop_last = len(self.train_set) > self.batch_size
+        rank, world = self._rank_share()
+        sampler = SeededSampler(len(self.train_set), self.seed, weights, epoch=self.start_epoch,
+                                rank=rank, world_size=world)
+        drop_last = len(sampler) > self.batch_size
         if isinstance(self.train_set, DeviceImages):
             return DeviceBatches(self.train_set.to(self._device()), self.batch_size, sampler=sampler,
                                  augment=device_augment(self.preset), drop_last=drop_last)
@@ -87,9 +96,18 @@ class PodiumDataModule(pl.LightningDataModule):
                            drop_last=drop_last, seed=self.seed)
 
     def val_dataloader(self) -> DataLoader | DeviceBatches:
+        """This rank's share of validation (each image on one rank once; metrics gather the shares)."""
+        return self.eval_loader(whole=False)
+
+    def eval_loader(self, whole: bool) -> DataLoader | DeviceBatches:
+        """Validation batches: this rank's share, or ``whole`` (every image, in order: the end-of-run
+        evaluation rank 0 does alone, after fitting, with the Trainer still attached)."""
+        rank, world = (0, 1) if whole else self._rank_share()
         if isinstance(self.val_set, DeviceImages):
-            return DeviceBatches(self.val_set.to(self._device()), self.batch_size, crop=self.cfg.size_hw)
-        return make_loader(self.val_set, self.batch_size, num_workers=self.num_workers)
+            return DeviceBatches(self.val_set.to(self._device()), self.batch_size, crop=self.cfg.size_hw,
+                                 rank_share=(rank, world))
+        return make_loader(self.val_set, self.batch_size, sampler=EvalShare(len(self.val_set), rank, world),
+                           num_workers=self.num_workers)
 
     def publish_caches(self) -> None:
         """Publish caches the epochs have filled, so later runs, folds and trials reuse them."""

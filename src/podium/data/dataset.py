@@ -266,16 +266,27 @@ def class_counts(targets: np.ndarray, num_classes: int) -> np.ndarray:
 
 class SeededSampler(Sampler):
     """Shuffled (or class-balanced) order plus one augmentation seed per sample,
-    both drawn from (seed, epoch) alone.
+    both drawn from (seed, epoch) alone; under DDP, this rank's share of it.
 
     Because neither the order nor the augmentation depends on global RNG state
     or on which worker process decodes an image, a resumed run sees exactly
     the batches an uninterrupted one would, and workers never repeat each
     other's augmentations.
+
+    Every rank draws the same epoch order and takes every ``world_size``-th
+    entry from ``rank`` on, cut to ``n // world_size``: the shares are disjoint,
+    equally long (so no rank waits on a gradient all-reduce another never
+    joins) and together are the epoch's first ``world_size * (n // world_size)``
+    draws; the few left over (fewer than ``world_size``) are dropped instead of
+    padded with repeats as DistributedSampler does. Rank r's k-th batch of
+    size B/W holds the draws a single process's batch of size B would hold.
     """
 
-    def __init__(self, n: int, seed: int, weights: np.ndarray | None = None, epoch: int = 0):
+    def __init__(self, n: int, seed: int, weights: np.ndarray | None = None, epoch: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        check_rank_share(rank, world_size)
         self.n, self.seed, self.weights = n, seed, weights
+        self.rank, self.world_size = rank, world_size
         # A resumed run starts at its next epoch: Lightning creates the loader iterator (and
         # DataLoader workers prefetch their first batches) before it calls set_epoch.
         self.epoch = epoch
@@ -285,18 +296,48 @@ class SeededSampler(Sampler):
         self.epoch, self._epoch_set = epoch, True
 
     def __len__(self) -> int:
-        return self.n
+        return self.n // self.world_size
 
-    def __iter__(self):
+    def epoch_draws(self) -> list[tuple[int, int]]:
+        """The whole epoch's (index, seed) pairs, as every rank draws them."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        if not self._epoch_set:  # wrapped (e.g. by DDP): advance on our own
-            self.epoch += 1
         if self.weights is None:
             order = torch.randperm(self.n, generator=g)
         else:
             order = torch.multinomial(torch.as_tensor(self.weights, dtype=torch.double), self.n, True, generator=g)
         seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=g)
-        return iter(list(zip(order.tolist(), seeds.tolist())))
+        return list(zip(order.tolist(), seeds.tolist()))
+
+    def __iter__(self):
+        draws = self.epoch_draws()
+        if not self._epoch_set:  # not driven by Lightning: advance on our own
+            self.epoch += 1
+        return iter(draws[self.rank::self.world_size][:len(self)])
+
+
+class EvalShare(Sampler):
+    """This rank's share of an evaluation set: indices ``rank, rank + W, ...``.
+
+    Unlike DistributedSampler, nothing is padded, so no image is scored twice;
+    shares may differ by one image (validation has no gradient all-reduce, and
+    the metrics gather every rank's states once per epoch).
+    """
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1):
+        check_rank_share(rank, world_size)
+        self.n, self.rank, self.world_size = n, rank, world_size
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.world_size))
+
+
+def check_rank_share(rank: int, world_size: int) -> None:
+    """A rank share needs 0 <= rank < world_size (a programming error otherwise, not a user one)."""
+    if not (isinstance(rank, int) and isinstance(world_size, int) and world_size >= 1 and 0 <= rank < world_size):
+        raise ValueError(f"rank share needs 0 <= rank < world_size, found rank={rank!r}, world_size={world_size!r}")
 
 
 class ImageDataset(Dataset):
@@ -367,6 +408,7 @@ def resolve_num_workers(requested: int | None) -> int:
 
 def make_loader(dataset: ImageDataset, batch_size: int, *, shuffle: bool = False, sampler=None,
                 num_workers: int = 0, drop_last: bool = False, seed: int = 0) -> DataLoader:
+    """A DataLoader over ``dataset``; ``sampler`` (a `SeededSampler` or `EvalShare`) picks this rank's share."""
     from podium.data.cache import worker_init
     from podium.data.images import cv2_module
 

@@ -170,23 +170,27 @@ class DeviceImages:
 class DeviceBatches:
     """Batches of a `DeviceImages` set: an iterable Lightning takes like a DataLoader.
 
-    Training batches follow ``sampler`` (a `SeededSampler`: Lightning calls its
-    ``set_epoch``), each rank taking every world-size-th sample of the epoch's order
-    (equal counts, the remainder dropped, as DistributedSampler with drop_last), and
+    Training batches follow ``sampler`` (a `SeededSampler` built for this rank's
+    share: Lightning calls its ``set_epoch``), and
     are augmented on the device with parameters drawn from the batch's sample seeds.
-    Evaluation batches keep the set's order; a larger stored image is cut to its
+    Evaluation batches keep the set's order, ``rank_share`` (rank, world size) taking
+    indices rank, rank + W, ... (default: the process group's); a larger stored image is cut to its
     centre ``crop`` (`data.eval_crop_pct`).
     """
 
     def __init__(self, images: DeviceImages, batch_size: int, *, sampler=None, augment=None,
-                 drop_last: bool = False, crop: tuple[int, int] | None = None):
+                 drop_last: bool = False, crop: tuple[int, int] | None = None,
+                 rank_share: tuple[int, int] | None = None):
         self.images, self.batch_size, self.sampler = images, int(batch_size), sampler
         self.augment, self.drop_last, self.crop = augment, drop_last, crop
+        self.rank_share = rank_share
         self.batch_sampler = None  # Lightning reads a loader's samplers (set_epoch, shuffle checks)
 
     def _share(self) -> int:
-        rank, world = _rank_and_world()
-        return len(self.images) // world if self.sampler is not None else len(range(rank, len(self.images), world))
+        if self.sampler is not None:
+            return len(self.sampler)  # the sampler holds this rank's share already
+        rank, world = self.rank_share or _rank_and_world()
+        return len(range(rank, len(self.images), world))
 
     def __len__(self) -> int:
         n = self._share()
@@ -196,8 +200,7 @@ class DeviceBatches:
         if self.sampler is None:
             yield from self._eval_batches()
             return
-        rank, world = _rank_and_world()
-        pairs = list(self.sampler)[rank::world][:self._share()]
+        pairs = list(self.sampler)
         order = torch.tensor([i for i, _ in pairs], dtype=torch.long).to(self.images.device)
         seeds = [s for _, s in pairs]
         for b in range(len(self)):
@@ -208,7 +211,7 @@ class DeviceBatches:
             yield images, targets, skipped
 
     def _eval_batches(self):
-        rank, world = _rank_and_world()
+        rank, world = self.rank_share or _rank_and_world()
         order = torch.arange(rank, len(self.images), world)
         for b in range(len(self)):
             images, targets, skipped = self.images.batch(order[b * self.batch_size:(b + 1) * self.batch_size])

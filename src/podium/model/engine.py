@@ -544,5 +544,7 @@ def build_trainer(cfg: PodiumConfig, run_dir: Path, *, callbacks: list[Callback]
         callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir),
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         fast_dev_run=1 if dry_run else False, log_every_n_steps=10,
+        # the data module's samplers give each rank its own share (no padded repeats in validation)
+        use_distributed_sampler=False,
         max_time=None if t.max_time is None or dry_run else lightning_duration(t.max_time_s),
     )

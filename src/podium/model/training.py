@@ -257,7 +257,7 @@ def finish_run(cfg: PodiumConfig, run_dir: Path, prepared: PreparedData, module,
     module.load_state_dict(read_checkpoint(best_path)["state_dict"], strict=True)
     module.eval()
     # Lightning hands the module back on the CPU: predict where it trained (the GPU), not there
-    probs = predict_loader(module, datamodule.val_dataloader(), inference_device(cfg.train.accelerator), progress=False)
+    probs = predict_loader(module, datamodule.eval_loader(whole=True), inference_device(cfg.train.accelerator), progress=False)
     y_true = encode_labels(prepared.val["label"], prepared.classes, "validation data")
     table = prediction_table(prepared.val["id"], probs, prepared.classes, paths=prepared.val["path"],
                              targets=prepared.val["label"])
@@ -267,7 +267,7 @@ def finish_run(cfg: PodiumConfig, run_dir: Path, prepared: PreparedData, module,
     if per_attribute:
         val_metrics["attributes"] = per_attribute
     if module.ordinal:
-        val_metrics["ordinal"] = save_ordinal_cuts(run_dir, module, datamodule.val_dataloader(), y_true)
+        val_metrics["ordinal"] = save_ordinal_cuts(run_dir, module, datamodule.eval_loader(whole=True), y_true)
     best_score = float(ckpt.best_model_score) if ckpt and ckpt.best_model_score is not None else None
     best_epoch = _best_epoch(run_dir / METRICS_FILE, cfg.train.monitor, cfg.train.monitor_mode)
     summary = {
