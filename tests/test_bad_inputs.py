@@ -204,6 +204,43 @@ def test_resume_of_finished_run_refuses_then_extends(run_copy, capsys):
     assert load_config(run / "config.yaml").train.epochs == 4
 
 
+HOLDER = """
+import sys, time
+from podium.rundir import run_lock, write_status
+with run_lock(sys.argv[1]):
+    write_status(sys.argv[1], "running", epoch=2)
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_second_writer_is_refused_and_a_killed_writer_reads_as_interrupted(run_copy, capsys):
+    """`train --resume RUN` while another process writes RUN is refused naming that PID; after
+    kill -9 of the writer, status readers and `podium runs` say interrupted (process gone), and
+    --resume takes the run over."""
+    run, _ = run_copy
+    env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONWARNINGS": "ignore"}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert read_status(run)["status"] == "running"
+        config = (run / "config.yaml").read_text()
+        code, err = run_cli(["train", "--resume", run, "--quiet", "train.epochs=3"], capsys)
+        assert code == 2 and f"PID {holder.pid}" in err and "one writer per run" in err, err
+        assert (run / "config.yaml").read_text() == config  # the refused resume touched nothing
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        holder.stdout.close()
+    status = read_status(run)
+    assert status["status"] == "interrupted" and status["reason"] == "process gone"
+    assert main(["runs", str(run.parent), "--format", "json"]) == 0
+    assert [r["status"] for r in json.loads(capsys.readouterr().out)] == ["interrupted"]
+    code, err = run_cli(["train", "--resume", run, "--quiet", "train.epochs=3"], capsys)
+    assert code == 0, err
+    assert read_status(run)["status"] == "finished"
+
+
 def test_kill_9_mid_epoch_then_resume_is_exact(tmp_path, capsys):
     """SIGKILL in epoch 2 of 3 with a DataLoader worker, then --resume: every tensor of
     last.ckpt and the optimizer state equal an uninterrupted run's."""
@@ -218,7 +255,8 @@ def test_kill_9_mid_epoch_then_resume_is_exact(tmp_path, capsys):
     proc.wait(timeout=30)
     proc.stderr.close()
     assert len(pd.read_csv(killed / "metrics.csv")) == 1, "the kill did not land in epoch 2"
-    assert read_status(killed)["status"] == "running"  # SIGKILL cannot be recorded; resume still works
+    # SIGKILL cannot be recorded, but the run's lock died with its process: readers see that
+    assert read_status(killed)["status"] == "interrupted" and read_status(killed)["reason"] == "process gone"
     code, err = run_cli(["train", "--resume", killed, "--quiet"], capsys)
     assert code == 0, err
     assert uninterrupted.wait(timeout=120) == 0, uninterrupted.stderr.read()[-2000:]

@@ -13,11 +13,15 @@ module reads a run, a cv run or an ensemble folder. A damaged file is a
 """
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -35,6 +39,7 @@ CONFIG_FILE = "config.yaml"          # the resolved config
 CLASSES_FILE = "classes.json"        # class map, normalization, seed
 SUMMARY_FILE = "summary.json"        # best metric and epoch, wall time, versions (finished runs)
 STATUS_FILE = "status.json"          # running / finished / interrupted / failed
+LOCK_FILE = "run.lock"               # held (fcntl lock) by the one process writing the run; PID, host, start
 SPLIT_FILE = "split.csv"             # the exact train/validation split
 METRICS_FILE = "metrics.csv"         # one row per epoch
 VAL_PREDICTIONS_FILE = "val_predictions.parquet"  # the best checkpoint's validation prediction table
@@ -355,24 +360,31 @@ STATUSES = ("running", "finished", "interrupted", "failed")
 
 def write_status(run_dir: str | Path, status: str, **info) -> Path:
     """Record how a run stands (running / finished / interrupted / failed) in ``status.json``,
-    with details such as ``epoch``, ``error`` or ``signal``; rewritten atomically at each change."""
-    import datetime as _dt
-
+    with details such as ``epoch``, ``error`` or ``signal``; rewritten atomically at each change.
+    ``running`` also records the writer's PID and host, so readers can tell a dead writer."""
     if status not in STATUSES:
         raise ValueError(f"unknown run status {status!r}; expected one of {STATUSES}")
-    record = {"status": status, "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **info}
+    if status == "running":
+        info = {"pid": os.getpid(), "host": socket.gethostname(), **info}
+    record = {"status": status, "updated": _now(), **info}
     return write_json(Path(run_dir) / STATUS_FILE, record)
 
 
 def read_status(run_dir: str | Path) -> dict:
     """The run's status record; folders from before status.json are inferred:
-    summary.json -> finished, a checkpoint -> interrupted, else failed."""
+    summary.json -> finished, a checkpoint -> interrupted, else failed.
+
+    A ``running`` record whose writer is gone (kill -9, a power cut: nothing could record it)
+    reads as ``interrupted`` with ``reason: process gone``: the run's lock is free, or, for
+    runs without a lock file, its PID no longer exists on this host. ``--resume`` continues it."""
     run_dir = Path(run_dir)
     path = run_dir / STATUS_FILE
     if path.is_file():
         try:
             record = json.loads(path.read_text())
             if isinstance(record, dict) and record.get("status") in STATUSES:
+                if record["status"] == "running" and not _writer_alive(run_dir, record):
+                    return {**record, "status": "interrupted", "reason": "process gone"}
                 return record
         except (OSError, ValueError):
             pass
@@ -381,3 +393,105 @@ def read_status(run_dir: str | Path) -> dict:
     if any(run_dir.glob("*.ckpt")):
         return {"status": "interrupted", "inferred": True}
     return {"status": "failed", "inferred": True}
+
+
+# ---------------------------------------------------------------- one writer per run
+
+_HELD: dict[str, int] = {}  # lock files this process holds -> their descriptors
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except (OSError, OverflowError, ValueError):
+        return False
+    return True
+
+
+def _lock_free(lock: Path) -> bool:
+    """Whether nobody holds ``lock`` (probed with a shared lock taken and dropped at once)."""
+    import fcntl
+
+    if str(lock.resolve()) in _HELD:
+        return False
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return True
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # also drops the probe's lock
+
+
+def _writer_alive(run_dir: Path, record: dict) -> bool:
+    lock = run_dir / LOCK_FILE
+    if lock.is_file():
+        return not _lock_free(lock)
+    pid, host = record.get("pid"), record.get("host")
+    if isinstance(pid, int) and host in (None, socket.gethostname()):
+        return _pid_alive(pid)
+    return True  # another machine's run without a lock file: cannot tell
+
+
+def lock_holder(run_dir: str | Path) -> dict:
+    """What the run's lock file says about its writer (PID, host, since); {} when unreadable."""
+    lock = Path(run_dir) / LOCK_FILE
+    try:
+        held = _HELD.get(str(lock.resolve()))
+        # never open and close the file while this process holds it: that would drop the fcntl lock
+        text = os.pread(held, 4096, 0).decode() if held is not None else lock.read_text()
+        record = json.loads(text or "{}")
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path, command: str = "train", log: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the run's writer lock for the block: a second writer (``train --resume RUN`` while
+    RUN trains) is refused with the PID and host holding it. The lock is an fcntl record lock on
+    ``run.lock``: the kernel drops it when its process dies however it dies (kill -9 included) and
+    forked DataLoader workers do not inherit it, so a dead writer's lock is taken over, with a note."""
+    import fcntl
+
+    lock = Path(run_dir) / LOCK_FILE
+    key = str(lock.resolve())
+    if key in _HELD:
+        raise PodiumError(f"{run_dir} is already being written by this process; one writer per run")
+    previous = lock_holder(run_dir) if lock.is_file() else {}
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        held = lock_holder(run_dir)
+        raise PodiumError(
+            f"{run_dir} is being written by another process (PID {held.get('pid', '?')} on host "
+            f"{held.get('host', '?')}, {held.get('command', 'train')} since {held.get('since', '?')}); one writer per "
+            "run. Wait for it to finish or stop it, then run this again") from None
+    if previous and log is not None:
+        log(f"note: {run_dir}: its previous writer (PID {previous.get('pid', '?')} on {previous.get('host', '?')}) "
+            "is gone; taking the run over")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                              "since": _now()}).encode(), 0)
+    _HELD[key] = fd
+    try:
+        yield
+    finally:
+        _HELD.pop(key, None)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # a free lock with no holder recorded: the run ended cleanly
+        os.close(fd)

@@ -5,6 +5,7 @@ before the run folder is created, so a mistake never leaves an empty run.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from podium.rundir import (
     git_commit,
     library_versions,
     load_run,
+    run_lock,
     save_run_files,
 )
 from podium.schema import PodiumConfig
@@ -147,7 +149,25 @@ def train(cfg: PodiumConfig, *, resume: str | Path | None = None, dry_run: bool 
 
     ``prepared`` supplies already-split data (cross-validation folds) instead of ``cfg.data``.
     """
+    with contextlib.ExitStack() as held:
+        return _train(cfg, held, resume=resume, dry_run=dry_run, callbacks=callbacks, progress=progress, log=log,
+                      prepared=prepared, epochs=epochs)
+
+
+def is_ddp_worker() -> bool:
+    """A process Lightning launched for another DDP rank: it trains in rank 0's run folder and
+    leaves the folder's records (status, lock) to rank 0."""
+    return bool(os.environ.get(RUN_DIR_ENV)) or os.environ.get("LOCAL_RANK", "0") != "0"
+
+
+def _train(cfg: PodiumConfig, held: contextlib.ExitStack, *, resume, dry_run: bool, callbacks, progress: bool, log,
+           prepared: PreparedData | None, epochs: int | None) -> TrainResult:
+    """`train` with the run's writer lock held in ``held`` (taken before a resumed run is touched,
+    right after a new run's folder is made) until the caller's block ends."""
     started = time.time()
+    ddp_worker = is_ddp_worker()
+    if resume is not None and not ddp_worker:
+        held.enter_context(run_lock(load_run(resume).dir, "train --resume", log))
     start = _starting_point(cfg, resume, epochs, prepared, log)
     cfg, prepared, run_dir = start.cfg, start.prepared, start.run_dir
     ckpt_path, start_epoch, extend = start.ckpt_path, start.start_epoch, start.extend
@@ -167,9 +187,10 @@ def train(cfg: PodiumConfig, *, resume: str | Path | None = None, dry_run: bool 
     from podium.reports.tracking import check_installed
 
     check_installed(cfg.output)  # a missing W&B/MLflow stops here, before the run folder exists
-    ddp_worker = bool(os.environ.get(RUN_DIR_ENV))  # a process launched by rank 0 for DDP
     if resume is None:
         run_dir = _new_run_dir(cfg, start, ddp_worker)
+        if not ddp_worker:
+            held.enter_context(run_lock(run_dir, "train", log))
     log(f"run folder: {run_dir}")
     log(describe_split(prepared.train, prepared.val).to_string())
 
