@@ -363,19 +363,32 @@ def test_loss_that_turns_nan_stops_the_run_without_nan_checkpoints(tmp_path, cap
 
 
 def test_best_checkpoint_never_comes_from_a_nan_metric(tmp_path):
-    """Lightning saves a first epoch's best checkpoint whatever its value; podium's does not."""
-    from unittest import mock
-
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    """Lightning saves a first epoch's best checkpoint whatever its value (nan as -inf) and takes +inf
+    as the best score; podium's best checkpoint comes only from finite scores."""
+    import lightning.pytorch as pl
 
     from podium.model.guards import FiniteCheckpoint
 
+    class Scores(pl.LightningModule):  # val_f1: nan in epoch 0, then 0.5, inf
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, _):
+            return (self.w - batch[0]).pow(2).sum()
+
+        def validation_step(self, batch, _):
+            self.log("val_f1", [float("nan"), 0.5, float("inf")][self.current_epoch])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(2, 1)), batch_size=2)
     cb = FiniteCheckpoint(dirpath=tmp_path, filename="best", monitor="val_f1", mode="max", save_top_k=1)
-    with mock.patch.object(ModelCheckpoint, "_update_best_and_save") as save:
-        cb._save_monitor_checkpoint(mock.MagicMock(), {"val_f1": torch.tensor(float("nan")), "epoch": 0, "step": 1})
-        assert not save.called
-        cb._save_monitor_checkpoint(mock.MagicMock(), {"val_f1": torch.tensor(0.5), "epoch": 1, "step": 2})
-        assert save.called
+    pl.Trainer(max_epochs=3, callbacks=[cb], logger=False, enable_progress_bar=False, enable_model_summary=False,
+               num_sanity_val_steps=0, accelerator="cpu").fit(Scores(), data, data)
+    assert float(cb.best_model_score) == 0.5
+    assert torch.load(tmp_path / "best.ckpt", weights_only=True)["epoch"] == 1
     assert cb.state_key.startswith("ModelCheckpoint{")  # older runs resume their best score
 
 

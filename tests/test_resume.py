@@ -3,11 +3,22 @@ import pandas as pd
 import pytest
 import torch
 from conftest import fast_overrides
+from lightning.pytorch.callbacks import Callback
 
 from podium.cli import main
-from podium.model.engine import StopAfterEpochs
 from podium.model.training import train
 from podium.schema import load_config
+
+
+class StopAfterEpochs(Callback):
+    """Ends fit after N epochs without changing the schedule (an interruption to resume from)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
 
 
 @pytest.mark.parametrize("scheduler", ["cosine", "plateau"])

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -135,7 +134,3 @@ def save_classification_report(out_dir: str | Path, y_true: np.ndarray, probs: n
     plot_confusion(cm, out_dir / Path(CONFUSION_FILE).with_suffix(".png"))
     write_json(out_dir / METRICS_JSON_FILE, {**summary, "n_images": int(len(y_true)), **(extra or {})})
     return summary
-
-
-def probs_to_numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().float().cpu().numpy()

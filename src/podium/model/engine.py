@@ -334,11 +334,6 @@ def split_heads(raw: torch.Tensor, targets: torch.Tensor, heads: list[int], widt
     return [(chunk, (targets // place) % k) for chunk, place, k in zip(chunks, places, heads)]
 
 
-def compose_log_probs(raw: torch.Tensor, heads: list[int]) -> torch.Tensor:
-    """log p(composite) of softmax heads (see `combine_log_probs`)."""
-    return combine_log_probs([chunk.log_softmax(1) for chunk in torch.split(raw.float(), heads, dim=1)])
-
-
 def combine_log_probs(parts: list[torch.Tensor]) -> torch.Tensor:
     """log p(composite) = sum of the heads' log-probabilities, in the mixed-radix order of
     `podium.tasks.attributes` (first head most significant), computed in log space."""
@@ -441,17 +436,6 @@ class FreezeBackbone(Callback):
         for module in pl_module.model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.eval()
-
-
-class StopAfterEpochs(Callback):
-    """Ends fit after N epochs without changing the schedule (used to test resume)."""
-
-    def __init__(self, epochs: int):
-        self.epochs = epochs
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.current_epoch + 1 >= self.epochs:
-            trainer.should_stop = True
 
 
 # ---------------------------------------------------------------- trainer

@@ -52,11 +52,11 @@ class FiniteCheckpoint(ModelCheckpoint):
     """``best.ckpt`` by the monitored metric, never from an epoch whose metric is inf/nan
     (Lightning saves the first epoch's checkpoint whatever its value)."""
 
-    def _save_monitor_checkpoint(self, trainer, monitor_candidates: dict) -> None:
-        current = monitor_candidates.get(self.monitor)
+    def check_monitor_top_k(self, trainer, current: torch.Tensor | None = None) -> bool:
+        # Lightning's public decision "does this value enter the top k?": an inf/nan value never does.
         if current is not None and not bool(torch.isfinite(torch.as_tensor(current, dtype=torch.float64)).all()):
-            return
-        super()._save_monitor_checkpoint(trainer, monitor_candidates)
+            return False
+        return super().check_monitor_top_k(trainer, current)
 
     @property
     def state_key(self) -> str:
