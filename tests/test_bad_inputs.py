@@ -472,6 +472,30 @@ def test_max_image_pixels_is_configurable(tmp_path):
         set_max_image_pixels(load_config(None).data.max_image_pixels)
 
 
+
+def test_pillow_limit_is_left_as_the_caller_has_it(tmp_path, monkeypatch):
+    """data.max_image_pixels is podium's: loading data never rewrites Pillow's process-wide limit,
+    and a podium limit above Pillow's still lets such an image through (and one above podium's not)."""
+    from PIL import Image
+
+    from podium.data.dataset import load_samples
+    from podium.data.images import BadImageError, load_rgb, set_max_image_pixels
+
+    make_folder(tmp_path / "data", {"cat": 1})
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses above 200 pixels
+    try:
+        load_samples(tmp_path / "data", load_config(None, ["data.max_image_pixels=5000"]).data)
+        assert Image.MAX_IMAGE_PIXELS == 100
+        make_image((1, 2, 3), size=40).save(tmp_path / "b.png")  # 1,600 pixels
+        assert load_rgb(tmp_path / "b.png").shape == (40, 40, 3)
+        assert Image.MAX_IMAGE_PIXELS == 100
+        set_max_image_pixels(1000)
+        with pytest.raises(BadImageError, match="1,600 pixels, above data.max_image_pixels=1,000"):
+            load_rgb(tmp_path / "b.png")
+    finally:
+        set_max_image_pixels(load_config(None).data.max_image_pixels)
+
+
 # ---------------------------------------------------------------- silent data surprises
 
 def _load(spec, log, **data):

@@ -28,3 +28,15 @@ def test_freeze_backbone_then_fine_tune_everything(tmp_path, image_folder):
     assert all(torch.equal(frozen[0][4], r[4]) for r in frozen)  # backbone weights did not move
     assert all(r[1] and r[3] for r in thawed)  # BN back in train mode, backbone trainable
     assert not torch.equal(frozen[-1][4], thawed[-1][4])
+
+
+def test_train_gives_the_caller_its_torch_thread_count_back(tmp_path, image_folder):
+    """Training lowers torch's (process-wide) thread count for its loader workers, then restores it."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(7)
+        cfg = load_config(None, fast_overrides(tmp_path) + [f"data.train={image_folder}"])
+        train(cfg, progress=False, dry_run=True)
+        assert torch.get_num_threads() == 7
+    finally:
+        torch.set_num_threads(before)

@@ -7,10 +7,12 @@ decoding are handled once, the same way at train and predict time.
 from __future__ import annotations
 
 import functools
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from podium.errors import PodiumError, lookup
 
@@ -29,23 +31,36 @@ def set_max_image_pixels(limit: int | None) -> None:
     """``data.max_image_pixels``: images with more pixels are bad images (refused or skipped),
     found from the header before anything is decoded. ``None`` lifts the limit.
 
-    A process-wide setting (like Pillow's own), set when data is loaded so that
-    DataLoader workers forked afterwards inherit it.
+    podium's own setting, set when data is loaded so that DataLoader workers forked afterwards
+    inherit it. Pillow's ``Image.MAX_IMAGE_PIXELS`` is left as the caller has it: a limit above
+    Pillow's is honoured per file in `_open`.
     """
     global _max_pixels
     _max_pixels = None if limit is None else int(limit)
-    default = DEFAULT_MAX_IMAGE_PIXELS // 2
-    # Pillow raises at 2 x MAX_IMAGE_PIXELS: keep its check out of the way of a higher limit.
-    Image.MAX_IMAGE_PIXELS = None if limit is None else max(default, int(limit) // 2 + 1)
 
 
-def _open(path: str | Path) -> Image.Image:
+_pillow_limit = threading.Lock()
+
+
+def _open_beyond_pillow_limit(path: str | Path) -> ImageFile.ImageFile:
+    """``Image.open`` without Pillow's bomb check, for an image podium's limit allows but Pillow's
+    (a process-wide setting) refuses; Pillow's value is put back before returning."""
+    with _pillow_limit, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _open(path: str | Path) -> ImageFile.ImageFile:
     """``Image.open`` (lazy: header only) that refuses decompression bombs as bad images."""
     try:
         im = Image.open(path)
-    except Image.DecompressionBombError as exc:
-        raise BadImageError(f"image {path} is too large to decode safely ({exc}); raise data.max_image_pixels "
-                            f"(now {_max_pixels}) if it is genuine") from None
+    except Image.DecompressionBombError:
+        im = _open_beyond_pillow_limit(path)  # data.max_image_pixels decides, checked below from the header
     w, h = im.size
     if _max_pixels is not None and w * h > _max_pixels:
         im.close()

@@ -63,8 +63,8 @@ def find_lr(cfg: PodiumConfig, *, prepared=None, min_lr: float = 1e-6, max_lr: f
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg, prepared)
     module = build_module(cfg, prepared, mean, std)
-    share_cpu_cores(cfg, datamodule.num_workers)
-    with tempfile.TemporaryDirectory(prefix="podium-lr-find-") as tmp, _quiet(not progress):
+    with share_cpu_cores(cfg, datamodule.num_workers), tempfile.TemporaryDirectory(prefix="podium-lr-find-") as tmp, \
+            _quiet(not progress):
         tuner = Tuner(_tuning_trainer(cfg, Path(tmp)))
         batch_note = _scale_batch(tuner, module, datamodule, cfg, scale_batch, log)
         finder = tuner.lr_find(module, datamodule=datamodule, min_lr=min_lr, max_lr=max_lr, num_training=steps,
