@@ -149,9 +149,12 @@ def test_rebuilt_when_size_or_order_or_draft_changes(image_paths, tmp_path):
 
 def test_cache_dir_from_environment(image_paths, tmp_path, monkeypatch):
     monkeypatch.setenv("PODIUM_CACHE_DIR", str(tmp_path / "from_env"))
-    assert cache_mod.default_cache_dir() == tmp_path / "from_env"
+    assert cache_mod.default_cache_dir() == tmp_path / "from_env" / "images"
+    from podium.data.crops import default_crop_dir
+
+    assert default_crop_dir() == tmp_path / "from_env" / "crops"  # one meaning: the root of every cache
     cache = ImageCache.build(image_paths[:2], (8, 8))
-    assert cache.path.parent == tmp_path / "from_env"
+    assert cache.path.parent == tmp_path / "from_env" / "images"
     monkeypatch.delenv("PODIUM_CACHE_DIR")
     assert cache_mod.default_cache_dir() == Path("~/.cache/podium/images").expanduser()
 

@@ -113,7 +113,7 @@ class DataConfig(Section):
     max_image_pixels: int | None = Field(178_956_970, ge=1, description="Images with more pixels (width x height, read from the header) are bad images, refused or skipped like unreadable ones: decompression bombs never get decoded. null = no limit.")
     draft_decode: bool = Field(True, description="Decode JPEGs at reduced size when the target is much smaller (never changes the result size).")
     cache: Literal["none", "memory", "disk", "device"] = Field("none", description="Cache decoded, resized images in memory or a memory-mapped file, shared across epochs and runs; `device` keeps them on the training device (GPU) and augments batches there, without loader workers (presets none, flip, light, reference).")
-    cache_dir: str | None = Field(None, description="Folder of the disk cache (default: ~/.cache/podium/images or $PODIUM_CACHE_DIR).")
+    cache_dir: str | None = Field(None, description="Folder of the disk cache (default: images/ in podium's cache root, $PODIUM_CACHE_DIR or ~/.cache/podium).")
     resize: ResizeMode = Field("squash", description="How images reach `image_size`: squash (stretch to it), crop (short side to size, center crop) or pad (long side to size, black borders); crop and pad keep the aspect ratio.")
     eval_crop_pct: float = Field(1.0, gt=0.0, le=1.0, description="Validation and prediction view: resize (by `resize`) to image_size / eval_crop_pct, then keep the center image_size, like torchvision's resize 256 + crop 224 (0.875) or timm's crop_pct. 1.0 = the whole image.")
 
@@ -299,7 +299,7 @@ class CropConfig(Section):
     aspect: str | None = Field("3:4", description="Width:height of the crop box, or null to keep the box's own.")
     fallback_box: tuple[float, float, float, float] | None = Field(None, description="Box (fractions or pixels) used when no face is found; null = whole image.")
     group_reuse: bool = Field(False, description="Detect on each group's `normal` photo and reuse that box for its other photos.")
-    cache_dir: str | None = Field(None, description="Where cropped copies are written (default: .podium-cache/crops beside the data).")
+    cache_dir: str | None = Field(None, description="Where cropped copies are written (default: crops/ in podium's cache root, $PODIUM_CACHE_DIR or ~/.cache/podium).")
 
 
 class DistillConfig(Section):

@@ -35,8 +35,8 @@ from podium.data.images import BadImageError, load_resized
 from podium.errors import PodiumError, summarize_list
 
 FORMAT_VERSION = 1
-CACHE_DIR_ENV = "PODIUM_CACHE_DIR"
-DEFAULT_CACHE_DIR = Path("~/.cache/podium/images")
+CACHE_DIR_ENV = "PODIUM_CACHE_DIR"  # podium's cache root: images/ (this cache) and crops/ (data.crops) inside
+DEFAULT_CACHE_ROOT = Path("~/.cache/podium")
 
 CacheMode = Literal["disk", "memory"]
 OnBadImage = Literal["error", "skip"]
@@ -51,10 +51,16 @@ _ON_BAD = ("error", "skip")
 # Keys and locations
 # ----------------------------------------------------------------------------
 
-def default_cache_dir() -> Path:
-    """``$PODIUM_CACHE_DIR`` if set, else ``~/.cache/podium/images``."""
+def cache_root() -> Path:
+    """podium's cache root, one meaning for every cache: ``$PODIUM_CACHE_DIR`` if set, else
+    ``~/.cache/podium``. Each cache is a named folder inside it (``images``, ``crops``)."""
     env = os.environ.get(CACHE_DIR_ENV)
-    return Path(env).expanduser() if env else DEFAULT_CACHE_DIR.expanduser()
+    return Path(env).expanduser() if env else DEFAULT_CACHE_ROOT.expanduser()
+
+
+def default_cache_dir() -> Path:
+    """The decoded-image disk cache: ``<cache root>/images`` (see `cache_root`)."""
+    return cache_root() / "images"
 
 
 def _file_fingerprint(path: str) -> list:

@@ -552,7 +552,11 @@ def _write_crop(plan: _Plan, image: np.ndarray, box: tuple[int, int, int, int], 
 
 
 def default_crop_dir() -> Path:
-    return Path(os.environ.get("PODIUM_CACHE_DIR", Path.home() / ".cache" / "podium")) / "crops"
+    """Cropped copies when ``crop.cache_dir`` is unset: ``<cache root>/crops``, beside the image
+    cache (``$PODIUM_CACHE_DIR`` or ``~/.cache/podium``; see `podium.data.cache.cache_root`)."""
+    from podium.data.cache import cache_root
+
+    return cache_root() / "crops"
 
 
 def crop_samples(samples: pd.DataFrame, cfg, log=print) -> tuple[pd.DataFrame, dict[str, Any]]:
