@@ -264,7 +264,9 @@ def cell_overrides(task: Task, recipe: str, seed: int, *, epochs: int, size: int
 
 def score_run(run_dir: Path, train_csv: Path) -> dict:
     """Macro F1, accuracy and the rarest training class's recall from the run's val_predictions."""
-    from sklearn.metrics import accuracy_score, f1_score, recall_score
+    from sklearn.metrics import accuracy_score, recall_score
+
+    from podium.evaluation.scores import macro_f1_of_labels
 
     summary = json.loads((run_dir / "summary.json").read_text())
     table = pd.read_parquet(run_dir / "val_predictions.parquet")
@@ -275,7 +277,7 @@ def score_run(run_dir: Path, train_csv: Path) -> dict:
     counts = pd.read_csv(train_csv)["label"].astype(str).value_counts()
     rare = str(counts.idxmin())
     return {
-        "macro_f1": f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0),
+        "macro_f1": macro_f1_of_labels(y_true, y_pred),  # podium's one macro F1, as training and evaluate score
         "accuracy": accuracy_score(y_true, y_pred),
         "rare_recall": recall_score(y_true, y_pred, labels=[rare], average="macro", zero_division=0),
         "rare_class": rare, "wall_s": summary["wall_time_s"], "epochs": summary["epochs_trained"],

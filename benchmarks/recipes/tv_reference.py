@@ -90,7 +90,8 @@ def train_reference(train_csv: Path, val_csv: Path, out: Path, *, size: int, epo
                     weights: Path | None = None, log=print, **knobs) -> Path:
     """Train the reference recipe; returns the run folder (podium-shaped files)."""
     import torch
-    from sklearn.metrics import f1_score
+
+    from podium.evaluation.scores import macro_f1
 
     opts = {**DEFAULTS, **knobs}
     torch.manual_seed(seed)
@@ -115,7 +116,7 @@ def train_reference(train_csv: Path, val_csv: Path, out: Path, *, size: int, epo
             optimizer.step()
         scheduler.step()
         probs, targets = _evaluate(model, val_loader)
-        f1 = f1_score(targets, probs.argmax(1), labels=range(len(classes)), average="macro", zero_division=0)
+        f1 = macro_f1(targets, probs.argmax(1), len(classes))  # podium's one macro F1: the two recipes compare
         rows.append({"epoch": epoch, "val_f1": f1, "val_acc": float((probs.argmax(1) == targets).mean())})
         log(f"  reference loop epoch {epoch}: val macro F1 {f1:.3f}")
     return _write_run(out, classes, probs, targets, rows, wall=time.time() - started, seed=seed, opts=opts)
