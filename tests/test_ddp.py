@@ -65,7 +65,6 @@ def test_rank_share_refuses_a_rank_outside_the_world(rank, world):
 
 def _env():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(p) for p in sys.path if p]), "OMP_NUM_THREADS": "1"}
-    env.pop("PODIUM_RUN_DIR", None)
     return env
 
 
@@ -86,3 +85,41 @@ def test_ddp_two_cpu_processes_validate_every_image_once(tmp_path, image_folder)
     assert logged["val_f1"] == pytest.approx(summary["val_metrics"]["f1"], abs=1e-5)
     assert logged["val_acc"] == pytest.approx(summary["val_metrics"]["acc"], abs=1e-5)
     assert len(pd.read_parquet(run / "val_predictions.parquet")) == 11
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(tmp_path, image_folder, nnodes, nproc, name):
+    """`torchrun ... -m podium train` as ``nnodes`` local "nodes" of ``nproc`` processes each."""
+    port = _free_port()
+    overrides = [*fast_overrides(tmp_path), f"data.train={image_folder}", "train.strategy=ddp",
+                 f"train.devices={nproc}", f"train.num_nodes={nnodes}", f"output.name={name}", "output.report=false"]
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}",
+                               f"--nproc_per_node={nproc}", f"--node_rank={node}", "--rdzv-backend=c10d",
+                               f"--rdzv-endpoint=127.0.0.1:{port}", "-m", "podium", "train", *overrides, "--quiet"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+                              cwd=tmp_path)
+             for node in range(nnodes)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-4000:]
+    return outputs
+
+
+@pytest.mark.parametrize("nnodes,nproc", [(2, 1), (1, 2)])
+def test_torchrun_makes_one_run_folder_and_trains(tmp_path, image_folder, nnodes, nproc):
+    """Every rank starts `podium train` on its own; only rank 0 makes (and names) the folder."""
+    before = sorted(p.name for p in tmp_path.iterdir())
+    _torchrun(tmp_path, image_folder, nnodes, nproc, "multi")
+    assert sorted(p.name for p in (tmp_path / "runs dir").iterdir()) == ["multi"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before + ["runs dir"]  # nothing else made, in cwd either
+    run = tmp_path / "runs dir" / "multi"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs_trained"] == 1 and (run / "last.ckpt").is_file()
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"

@@ -68,14 +68,10 @@ EXPORTS_DIR = "exports"
 
 FolderKind = Literal["run", "cv", "ensemble"]
 
-RUN_DIR_ENV = "PODIUM_RUN_DIR"  # lets DDP worker processes reuse rank 0's run folder
-
 
 def create_run_dir(parent: str | Path, name: str) -> Path:
-    """``parent/name``, or ``name-2``, ``name-3``... when taken (atomic mkdir, no races)."""
-    inherited = os.environ.get(RUN_DIR_ENV)
-    if inherited:
-        return Path(inherited)
+    """``parent/name``, or ``name-2``, ``name-3``... when taken (atomic mkdir, no races).
+    Under DDP only rank 0 calls it (`podium.model.distributed`)."""
     return next_free_dir(Path(parent), name)
 
 

@@ -85,7 +85,6 @@ def run_cv(cfg: PodiumConfig, *, folds: int | None = None, only_fold: int | None
     if only_fold is None:
         from podium.rundir import next_free_dir
 
-        # next_free_dir, not create_run_dir: the latter follows PODIUM_RUN_DIR (a DDP fold run's folder)
         run_dir = next_free_dir(Path(cfg.output.dir), cfg.output.name)
         frame = _write_cv_files(run_dir, cfg, frame, classes, k, test_data)
     else:

@@ -510,13 +510,15 @@ def build_callbacks(cfg: PodiumConfig, run_dir: Path, extra: list[Callback] | No
 
 
 def build_trainer(cfg: PodiumConfig, run_dir: Path, *, callbacks: list[Callback] | None = None,
-                  dry_run: bool = False, progress: bool = True) -> pl.Trainer:
+                  dry_run: bool = False, progress: bool = True, loggers: bool = True) -> pl.Trainer:
+    """The run's Trainer; ``loggers=False`` (DDP ranks >= 1) builds no tracking loggers, which
+    would otherwise make folders or remote runs of their own."""
     t = cfg.train
-    loggers = []
-    if not dry_run:
+    made: list = []
+    if loggers and not dry_run:
         from podium.reports.tracking import create_loggers
 
-        loggers = create_loggers(cfg, run_dir)
+        made = create_loggers(cfg, run_dir)
     if progress:
         from lightning.pytorch.callbacks import RichProgressBar
 
@@ -525,7 +527,7 @@ def build_trainer(cfg: PodiumConfig, run_dir: Path, *, callbacks: list[Callback]
         max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
         num_nodes=t.num_nodes, precision=resolve_precision(t.precision, t.accelerator),
         accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
-        callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir),
+        callbacks=callbacks, logger=made or False, default_root_dir=str(run_dir),
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         fast_dev_run=1 if dry_run else False, log_every_n_steps=10,
         # the data module's samplers give each rank its own share (no padded repeats in validation)

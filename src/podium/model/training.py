@@ -6,7 +6,6 @@ before the run folder is created, so a mistake never leaves an empty run.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ from podium.model.losses import compute_class_weights
 from podium.rundir import (
     LAST_CHECKPOINT,
     METRICS_FILE,
-    RUN_DIR_ENV,
     SPLIT_FILE,
     SUMMARY_FILE,
     VAL_PREDICTIONS_FILE,
@@ -155,18 +153,14 @@ def train(cfg: PodiumConfig, *, resume: str | Path | None = None, dry_run: bool 
                       prepared=prepared, epochs=epochs)
 
 
-def is_ddp_worker() -> bool:
-    """A process Lightning launched for another DDP rank: it trains in rank 0's run folder and
-    leaves the folder's records (status, lock) to rank 0."""
-    return bool(os.environ.get(RUN_DIR_ENV)) or os.environ.get("LOCAL_RANK", "0") != "0"
-
-
 def _train(cfg: PodiumConfig, held: contextlib.ExitStack, *, resume, dry_run: bool, callbacks, progress: bool, log,
            prepared: PreparedData | None, epochs: int | None) -> TrainResult:
     """`train` with the run's writer lock held in ``held`` (taken before a resumed run is touched,
     right after a new run's folder is made) until the caller's block ends."""
     started = time.time()
-    ddp_worker = is_ddp_worker()
+    from podium.model.distributed import ShareRunDir, launched_rank
+
+    ddp_worker = launched_rank() != 0  # ranks >= 1 never create folders: they learn rank 0's (ShareRunDir)
     if resume is not None and not ddp_worker:
         held.enter_context(run_lock(load_run(resume).dir, "train --resume", log))
     start = _starting_point(cfg, resume, epochs, prepared, log)
@@ -189,10 +183,10 @@ def _train(cfg: PodiumConfig, held: contextlib.ExitStack, *, resume, dry_run: bo
 
     check_installed(cfg.output)  # a missing W&B/MLflow stops here, before the run folder exists
     if resume is None:
-        run_dir = _new_run_dir(cfg, start, ddp_worker)
+        run_dir = _new_run_dir(cfg, start) if not ddp_worker else Path(cfg.output.dir) / cfg.output.name
         if not ddp_worker:
             held.enter_context(run_lock(run_dir, "train", log))
-    log(f"run folder: {run_dir}")
+    log(f"run folder: {run_dir}" if not ddp_worker else f"rank {launched_rank()}: rank 0 makes and writes the run folder")
     log(describe_split(prepared.train, prepared.val).to_string())
 
     from podium.model.engine import build_callbacks, build_trainer
@@ -200,20 +194,20 @@ def _train(cfg: PodiumConfig, held: contextlib.ExitStack, *, resume, dry_run: bo
     from podium.model.lifecycle import recorded_run
 
     outcome = RunOutcome()
+    shared = ShareRunDir(run_dir)
     with recorded_run(run_dir, enabled=not ddp_worker) as record:
         record.outcome = outcome
-        trainer = build_trainer(cfg, run_dir, callbacks=build_callbacks(cfg, run_dir, list(callbacks or []) + extend + [outcome]),
-                                progress=progress)
+        extra = list(callbacks or []) + extend + [outcome, shared]
+        trainer = build_trainer(cfg, run_dir, callbacks=build_callbacks(cfg, run_dir, extra), progress=progress,
+                                loggers=not ddp_worker)
         try:
             record.fitting = True
             # weights_only=True: Lightning's own resume load never unpickles objects either
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         finally:
             record.fitting = False
-            if resume is None and not ddp_worker:
-                os.environ.pop(RUN_DIR_ENV, None)
         if not trainer.is_global_zero:
-            return TrainResult(run_dir, {}, {})
+            return TrainResult(shared.run_dir, {}, {})
         datamodule.publish_caches()
         result = finish_run(cfg, run_dir, prepared, module, trainer, datamodule, started)
         record.status("finished", epoch=int(trainer.current_epoch), best_metric=result.summary.get("best_metric"))
@@ -233,18 +227,16 @@ def _dry_run(cfg: PodiumConfig, module, datamodule, prepared: PreparedData, call
                                    "train_images": len(prepared.train), "val_images": len(prepared.val)}, {})
 
 
-def _new_run_dir(cfg: PodiumConfig, start: _Start, ddp_worker: bool) -> Path:
-    """A new run folder with its config, class map and split (written by rank 0 only)."""
+def _new_run_dir(cfg: PodiumConfig, start: _Start) -> Path:
+    """A new run folder with its config, class map and split (rank 0 only)."""
     run_dir = create_run_dir(cfg.output.dir, cfg.output.name)
-    if not ddp_worker:
-        os.environ[RUN_DIR_ENV] = str(run_dir.resolve())  # DDP workers re-run this command: same folder
-        prepared = start.prepared
-        save_run_files(run_dir, cfg, prepared.classes, start.mean, start.std, {"seed": cfg.train.seed})
-        write_csv(run_dir / SPLIT_FILE, pd.concat([prepared.train.assign(split="train"),
-                                                    prepared.val.assign(split="val")]))
-        from podium.model.soft_targets import save_soft_targets
+    prepared = start.prepared
+    save_run_files(run_dir, cfg, prepared.classes, start.mean, start.std, {"seed": cfg.train.seed})
+    write_csv(run_dir / SPLIT_FILE, pd.concat([prepared.train.assign(split="train"),
+                                                prepared.val.assign(split="val")]))
+    from podium.model.soft_targets import save_soft_targets
 
-        save_soft_targets(run_dir, prepared)
+    save_soft_targets(run_dir, prepared)
     return run_dir
 
 
