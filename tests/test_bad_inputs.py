@@ -399,6 +399,48 @@ def test_batch_size_one_with_batchnorm_is_explained(tmp_path, capsys, image_fold
     assert not (tmp_path / "runs dir").exists()
 
 
+@pytest.mark.parametrize("override, allowed", [
+    ("train.seed=-1", "greater than or equal to 0"), (f"train.seed={2**40}", "less than or equal to 4294967295"),
+    ("data.split_seed=-1", "greater than or equal to 0"), ("cv.seed=-5", "greater than or equal to 0"),
+    ("train.strategy=bogus", "ddp"), ("train.accelerator=gpux", "cuda"),
+    ("data.image_size=60000", "at most 4096")])
+def test_out_of_range_config_values_are_one_message_naming_the_key(tmp_path, capsys, override, allowed):
+    """Before: seeds reached numpy/sklearn, strategy reached Lightning, 60000 px reached OpenCV (tracebacks)."""
+    code, err = run_cli(["train", f"data.train={tmp_path}", override], capsys)
+    assert code == 2 and override.partition("=")[0] in err and allowed in err, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_accelerator_on_a_cpu_only_machine_is_one_message(tmp_path, capsys, image_folder):
+    code, err = run_cli(["train", *fast_overrides(tmp_path, **{"train.accelerator": "gpu"}),
+                         f"data.train={image_folder}"], capsys)
+    assert code == 2 and "train.accelerator=gpu" in err and "available: cpu" in err, err
+    assert not (tmp_path / "runs dir").exists()
+
+
+def test_serve_port_out_of_range_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", str(tmp_path), "--port", "70000"])
+    assert exc.value.code == 2 and "1 to 65535" in capsys.readouterr().err
+
+
+def test_serve_on_a_busy_port_is_one_message_and_never_says_serving(run_copy, capsys):
+    import socket
+
+    run, _ = run_copy
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        code = main(["serve", str(run), "--port", str(busy.getsockname()[1])])
+    finally:
+        busy.close()
+    captured = capsys.readouterr()
+    assert code == 2 and "cannot serve on 127.0.0.1" in captured.err and "another program" in captured.err
+    assert "serving" not in captured.out
+
+
 @pytest.mark.parametrize("value", ["-3", "0", "two"])
 def test_cli_numbers_are_validated(tmp_path, capsys, value):
     with pytest.raises(SystemExit) as exc:

@@ -61,6 +61,14 @@ def _check_tta_views(value):
     return value
 
 
+#: numpy and Lightning seeds are unsigned 32-bit numbers
+SEED_MAX = 2**32 - 1
+#: the largest network input side: beyond it one image does not fit in memory for training
+MAX_IMAGE_SIDE = 4096
+#: Lightning's accelerator names (`auto` picks one; `gpu` is CUDA or MPS)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+
+
 class Section(BaseModel):
     # allow_inf_nan=False: `train.lr=inf` or `nan` fails here, naming the key, instead of training to nan.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -106,7 +114,7 @@ class DataConfig(Section):
     id_column: str | None = Field(None, description="CSV column holding image ids (default: the path relative to the root).")
     group_column: str | None = Field(None, description="CSV column of group ids (e.g. person): a group never straddles train and validation.")
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Fraction of `train` held out for validation when `val` is empty.")
-    split_seed: int = Field(42, description="Seed of the holdout split (fixed so runs are comparable).")
+    split_seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed of the holdout split (fixed so runs are comparable).")
     image_size: int | tuple[int, int] = Field(224, description="Network input size: an int (square) or [height, width].")
     num_workers: int | None = Field(None, ge=0, description="DataLoader worker processes (default: chosen from the CPU count).")
     on_bad_image: Literal["error", "skip"] = Field("error", description="Unreadable images: stop naming the file, or skip them and report the count.")
@@ -126,6 +134,9 @@ class DataConfig(Section):
         sizes = (v, v) if isinstance(v, int) else v
         if min(sizes) < 8:
             raise ValueError("image sides must be at least 8 pixels")
+        if max(sizes) > MAX_IMAGE_SIDE:
+            raise ValueError(f"image sides must be at most {MAX_IMAGE_SIDE} pixels, found {max(sizes)}: one "
+                             f"{max(sizes)}x{max(sizes)} float image alone needs {3 * 4 * max(sizes) ** 2 / 2**30:.1f} GiB")
         return v
 
     @property
@@ -189,7 +200,7 @@ class TrainConfig(Section):
     mixup_alpha: float = Field(0.0, ge=0.0, description="MixUp Beta(alpha, alpha) on training batches (timm's Mixup; 0 = off).")
     cutmix_alpha: float = Field(0.0, ge=0.0, description="CutMix Beta(alpha, alpha) on training batches (0 = off; with MixUp each batch picks one).")
     mixup_prob: float = Field(1.0, ge=0.0, le=1.0, description="Share of training batches that MixUp/CutMix touch.")
-    seed: int = Field(42, description="Global seed (Python, NumPy, torch, workers).")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="Global seed (Python, NumPy, torch, workers).")
     channels_last: bool = Field(True, description="Run convolutions in channels-last memory layout (same results; 1.7x faster steps measured on this CPU, standard on GPUs).")
     compile: Literal["off", "auto", "on"] = Field("off", description="torch.compile the model; `auto` compiles only on a CUDA GPU.")
     monitor: Literal["val_f1", "val_acc", "val_loss", "val_auroc", "val_precision", "val_recall", "epoch"] = Field(
@@ -198,6 +209,26 @@ class TrainConfig(Section):
     devices: int | str | list[int] = Field("auto", description="Lightning devices: a count, a list of ids, or auto.")
     strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ddp_spawn, fsdp, ...")
     num_nodes: int = Field(1, ge=1, description="Number of nodes for multi-node DDP.")
+
+    @field_validator("accelerator")
+    @classmethod
+    def _known_accelerator(cls, v: str) -> str:
+        if v not in ACCELERATORS:
+            raise ValueError(str(unknown_name("accelerator", v, ACCELERATORS)))
+        return v
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, v: str) -> str:
+        """Lightning's registered strategy names (Lightning is imported only for a non-default value)."""
+        if v == "auto":
+            return v
+        from lightning.pytorch.strategies import StrategyRegistry
+
+        names = ["auto", *StrategyRegistry.available_strategies()]
+        if v not in names:
+            raise ValueError(str(unknown_name("strategy", v, names)))
+        return v
 
     @field_validator("compile", mode="before")
     @classmethod
@@ -311,7 +342,7 @@ class DistillConfig(Section):
 
 class CVConfig(Section):
     folds: int = Field(5, ge=2, description="Number of folds (stratified; grouped when the data has groups).")
-    seed: int = Field(42, description="Seed of the fold assignment.")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed of the fold assignment.")
 
 
 class PredictConfig(Section):
@@ -455,6 +486,13 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
+def _is_union_member(part: str) -> bool:
+    """A pydantic loc part naming a union member type (``int``, ``tuple[int, int]``, ``function-after[...]``),
+    not a config key (``strategy`` and ``interpolation`` are keys)."""
+    return part in ("int", "str", "float", "bool", "none") or part.startswith(
+        ("tuple[", "list[", "literal[", "function-", "dict[", "union["))
+
+
 def format_validation_error(exc: ValidationError) -> str:
     lines = ["invalid config:"]
     seen: set[str] = set()
@@ -462,8 +500,7 @@ def format_validation_error(exc: ValidationError) -> str:
     for err in sorted(exc.errors(), key=lambda e: e["type"] != "value_error"):
         # pydantic reports each member of a union as its own error, with the member type
         # ("int", "tuple[...]") or an item index in the loc: one message per field is enough.
-        names = [p for p in err["loc"] if isinstance(p, str) and not p.startswith(
-            ("int", "tuple", "list", "literal", "str", "function", "float"))]
+        names = [p for p in err["loc"] if isinstance(p, str) and not _is_union_member(p)]
         dotted = ".".join(names) or "config"
         found = err.get("input")
         if dotted in seen:

@@ -1,6 +1,7 @@
 """Deployment: export a run, cv run or ensemble to ONNX/TorchScript; serve any model over HTTP."""
 from __future__ import annotations
 
+import argparse
 import os
 
 from podium.cli.common import add_command, console, non_negative_int, positive_float, positive_int, table
@@ -10,6 +11,14 @@ EXPORT_EXAMPLE = ("podium export runs/exp --format onnx --dynamic-batch\n"
                   "  podium predict runs/exp/exports/onnx/model.onnx --data data/test")
 SERVE_EXAMPLE = ("podium serve runs/exp/exports/onnx/model.onnx --port 8000\n"
                  "  curl -F files=@cat.jpg http://127.0.0.1:8000/predict")
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1-65535."""
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port from 1 to 65535, found {value}")
+    return value
 
 
 def cmd_export(args) -> int:
@@ -40,10 +49,8 @@ def cmd_serve(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         out.print(f"note: serving on {args.host} without an API key; anyone who reaches this address can use "
                   f"the model (set --api-key or ${API_KEY_ENV})")
-    out.print(f"serving {args.model} on http://{args.host}:{args.port}/ (POST /predict, GET /health, /classes, "
-              f"/stats); Ctrl+C stops")
     podium.serve(args.model, host=args.host, port=args.port, checkpoint=args.checkpoint, settings=settings,
-                 threads=args.threads or None, trust=args.trust_model)
+                 threads=args.threads or None, trust=args.trust_model, log=out.print)
     return 0
 
 
@@ -68,7 +75,7 @@ def register(sub) -> None:
     p.add_argument("--trust-model", action="store_true",
                    help="allow a TorchScript .pt model: TorchScript is code that runs on load; only for files you made")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=positive_int, default=8000, help="port (default: 8000)")
+    p.add_argument("--port", type=port_number, default=8000, help="TCP port, 1-65535 (default: 8000)")
     p.add_argument("--api-key", help="require this key in the X-API-Key header (default: $PODIUM_API_KEY if set)")
     p.add_argument("--checkpoint", default="best", help="for a folder: best or last (every run inside), or a .ckpt path")
     p.add_argument("--max-batch-size", type=positive_int, default=16, help="images per micro-batch (default: 16)")

@@ -454,9 +454,10 @@ async def predict_files(files, predictor, settings: ServeSettings, batcher: Micr
 
 def serve(model, *, host: str = "127.0.0.1", port: int = 8000, checkpoint: str = "best",
           settings: ServeSettings | None = None, threads: int | None = None, log_level: str = "info",
-          trust: bool = False) -> None:
+          trust: bool = False, log: Callable[[str], None] | None = None) -> None:
     """Serve a run, cv run or ensemble folder (PyTorch) or an exported ``.onnx`` file (a TorchScript
-    ``.pt`` only with ``trust=True``) until interrupted."""
+    ``.pt`` only with ``trust=True``) until interrupted. The port is bound before anything says
+    "serving" (``log``), so a port in use is one message, not a banner and then uvicorn's exit."""
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -464,7 +465,40 @@ def serve(model, *, host: str = "127.0.0.1", port: int = 8000, checkpoint: str =
         raise PodiumError("serving needs FastAPI and uvicorn: pip install 'podium[serve]'") from None
     from podium.inference.predictor import load_predictor
 
+    check_port(port)
     settings = settings or ServeSettings(api_key=os.environ.get(API_KEY_ENV) or None)
     predictor = load_predictor(getattr(model, "dir", model), checkpoint=checkpoint, threads=threads, trust=trust)
     app = create_app(predictor, settings)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    sock = bind_socket(host, port)
+    if log is not None:
+        log(f"serving {model} on http://{host}:{port}/ (POST /predict, GET /health, /classes, /stats); Ctrl+C stops")
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def check_port(port: int) -> None:
+    """A TCP port number (1-65535)."""
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise PodiumError(f"--port must be a TCP port from 1 to 65535, found {port!r}")
+
+
+def bind_socket(host: str, port: int):
+    """The listening socket, bound here so a busy port or a bad address is one clear message."""
+    import socket
+
+    check_port(port)
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as exc:
+        raise PodiumError(f"cannot serve on {host}:{port}: unknown address ({exc.strerror})") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = ("another program is listening there; stop it or choose another --port" if exc.errno == 98
+                else "check --host and --port")
+        raise PodiumError(f"cannot serve on {host}:{port}: {exc.strerror or exc}; {hint}") from None
+    sock.set_inheritable(True)
+    return sock

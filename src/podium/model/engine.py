@@ -455,6 +455,22 @@ def inference_device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
+def check_accelerator(accelerator: str) -> None:
+    """`train.accelerator` must exist on this machine: `gpu` on a CPU-only machine is the user's to
+    change (Lightning would stop with a traceback after the data is prepared)."""
+    if accelerator in ("auto", "cpu"):
+        return
+    from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator, XLAAccelerator
+
+    found = {"cuda": CUDAAccelerator.is_available(), "mps": MPSAccelerator.is_available(),
+             "tpu": XLAAccelerator.is_available()}
+    ok = found["cuda"] or found["mps"] if accelerator == "gpu" else found[accelerator]
+    if not ok:
+        have = ", ".join(["cpu", *[k for k, v in found.items() if v]])
+        raise PodiumError(f"train.accelerator={accelerator}: no {accelerator.upper()} on this machine (available: "
+                          f"{have}); use train.accelerator=auto (the best available) or cpu")
+
+
 def resolve_precision(requested: str, accelerator: str) -> str:
     """`auto` -> bf16-mixed on GPUs that support it, else 32; fp16 refuses devices without it."""
     has_cuda = uses_cuda(accelerator)

@@ -157,6 +157,10 @@ def _train(cfg: PodiumConfig, held: contextlib.ExitStack, *, resume, dry_run: bo
            prepared: PreparedData | None, epochs: int | None) -> TrainResult:
     """`train` with the run's writer lock held in ``held`` (taken before a resumed run is touched,
     right after a new run's folder is made) until the caller's block ends."""
+    from podium.model.engine import check_accelerator
+
+    if cfg is not None:  # a resumed run's config is its own, read below
+        check_accelerator(cfg.train.accelerator)
     started = time.time()
     from podium.model.distributed import ShareRunDir, launched_rank
 
@@ -165,6 +169,7 @@ def _train(cfg: PodiumConfig, held: contextlib.ExitStack, *, resume, dry_run: bo
         held.enter_context(run_lock(load_run(resume).dir, "train --resume", log))
     start = _starting_point(cfg, resume, epochs, prepared, log)
     cfg, prepared, run_dir = start.cfg, start.prepared, start.run_dir
+    check_accelerator(cfg.train.accelerator)
     ckpt_path, start_epoch, extend = start.ckpt_path, start.start_epoch, start.extend
     if prepared.skipped:
         log(f"skipped {len(prepared.skipped)} unreadable image(s) (data.on_bad_image=skip)")
