@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from podium.errors import PodiumError
+from podium.evaluation import biases
 from podium.evaluation import ensemble as ens
+from podium.model import averaging
 
 
 def _probs(n=60, c=4, seed=0):
@@ -205,25 +207,18 @@ def test_align_members_refuses_different_classes_and_duplicates():
 # ---------------------------------------------------------------- bias tuning
 
 
-def test_fast_macro_f1_matches_sklearn():
-    rng = np.random.default_rng(0)
-    for _ in range(5):
-        y, pred = rng.integers(0, 6, 50), rng.integers(0, 5, 50)  # class 5 never predicted
-        assert ens._fast_macro_f1(y, pred, 7) == pytest.approx(ens.macro_f1(y, pred, 7))
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_bias_tuning_never_lowers_fitting_f1(seed):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 4, 80)
     p = _noisy_member(y, 4, sharpness=1.0, seed=seed + 10)
-    b = ens.fit_logit_biases(p, y, 4)
+    b = biases.fit_logit_biases(p, y, 4)
     before = ens.macro_f1(y, p.argmax(1), 4)
-    after = ens.macro_f1(y, ens.apply_logit_biases(p, b).argmax(1), 4)
+    after = ens.macro_f1(y, biases.apply_logit_biases(p, b).argmax(1), 4)
     assert after >= before
 
 
-def _reference_bias_fit(p, y, c, n_rounds=3, grid=ens.DEFAULT_BIAS_GRID):
+def _reference_bias_fit(p, y, c, n_rounds=3, grid=biases.DEFAULT_BIAS_GRID):
     """Plain full-argmax coordinate ascent, to check the fast path's decisions."""
     logp = np.log(np.clip(p, 1e-15, None))
     b = np.zeros(c)
@@ -249,7 +244,7 @@ def test_fast_bias_fit_matches_full_argmax_reference():
     y = rng.choice(4, size=120, p=[0.55, 0.25, 0.15, 0.05])
     p = _noisy_member(y, 4, sharpness=1.2, seed=12)
     p[:5] = p[5]  # exact ties between rows exercise the tie rule
-    np.testing.assert_array_equal(ens.fit_logit_biases(p, y, 4), _reference_bias_fit(p, y, 4))
+    np.testing.assert_array_equal(biases.fit_logit_biases(p, y, 4), _reference_bias_fit(p, y, 4))
 
 
 def _planted_rare_class(n_per_rep=1):
@@ -266,20 +261,20 @@ def _planted_rare_class(n_per_rep=1):
 def test_bias_tuning_raises_f1_when_rare_class_under_predicted():
     p, y = _planted_rare_class()
     before = ens.macro_f1(y, p.argmax(1), 3)
-    b = ens.fit_logit_biases(p, y, 3)
-    tuned = ens.apply_logit_biases(p, b)
+    b = biases.fit_logit_biases(p, y, 3)
+    tuned = biases.apply_logit_biases(p, b)
     after = ens.macro_f1(y, tuned.argmax(1), 3)
     assert (p.argmax(1) == 2).sum() == 0
     assert after > before + 0.2
     assert b[2] > b[0]
     np.testing.assert_allclose(tuned.sum(1), 1.0)
     # zero biases leave probabilities unchanged
-    np.testing.assert_allclose(ens.apply_logit_biases(p, np.zeros(3)), p)
+    np.testing.assert_allclose(biases.apply_logit_biases(p, np.zeros(3)), p)
 
 
 def test_nested_bias_gain_scores_held_out_folds():
     p, y = _planted_rare_class(n_per_rep=5)
-    report = ens.nested_bias_gain(p, y, 3, n_splits=5, seed=0)
+    report = biases.nested_bias_gain(p, y, 3, n_splits=5, seed=0)
     assert report["f1_before"] == pytest.approx(ens.macro_f1(y, p.argmax(1), 3))
     assert report["gain"] > 0.2
     assert len(report["fold_f1_after"]) == 5 and len(report["biases"]) == 3
@@ -287,11 +282,11 @@ def test_nested_bias_gain_scores_held_out_folds():
     rng = np.random.default_rng(0)
     y_noise = rng.integers(0, 3, 150)
     noise = _probs(150, 3, 7)
-    in_sample = ens.macro_f1(y_noise, ens.apply_logit_biases(noise, ens.fit_logit_biases(noise, y_noise, 3)).argmax(1), 3)
-    held_out = ens.nested_bias_gain(noise, y_noise, 3)
+    in_sample = ens.macro_f1(y_noise, biases.apply_logit_biases(noise, biases.fit_logit_biases(noise, y_noise, 3)).argmax(1), 3)
+    held_out = biases.nested_bias_gain(noise, y_noise, 3)
     assert held_out["f1_after"] < in_sample
     with pytest.raises(PodiumError, match="n_splits"):
-        ens.nested_bias_gain(p[:3], y[:3], 3, n_splits=5)
+        biases.nested_bias_gain(p[:3], y[:3], 3, n_splits=5)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -313,7 +308,7 @@ def _ckpt(path, scale, steps, extra_key=None, shape=(2, 3)):
 def test_average_checkpoints_is_the_mean(tmp_path):
     a = _ckpt(tmp_path / "a.ckpt", 1.0, 10)
     b = _ckpt(tmp_path / "b.ckpt", 4.0, 20)
-    avg = ens.average_checkpoints([a, b])
+    avg = averaging.average_checkpoints([a, b])
     assert torch.equal(avg["model.weight"], torch.full((2, 3), 2.5))
     assert torch.equal(avg["model.bn.running_mean"], torch.tensor([2.5, 5.0]))
     assert avg["model.bn.num_batches_tracked"].item() == 20
@@ -325,7 +320,7 @@ def test_average_checkpoints_is_the_mean(tmp_path):
 def test_save_averaged_checkpoint_keeps_other_fields(tmp_path):
     a = _ckpt(tmp_path / "a.ckpt", 1.0, 10)
     b = _ckpt(tmp_path / "b.ckpt", 3.0, 20)
-    out = ens.save_averaged_checkpoint([a, b], tmp_path / "avg" / "averaged.ckpt")
+    out = averaging.save_averaged_checkpoint([a, b], tmp_path / "avg" / "averaged.ckpt")
     ckpt = torch.load(out, weights_only=False)
     assert ckpt["epoch"] == 10 and ckpt["hyper_parameters"] == {"lr": 0.1}
     assert torch.equal(ckpt["state_dict"]["model.weight"], torch.full((2, 3), 2.0))
@@ -337,14 +332,14 @@ def test_average_checkpoints_refuses_mismatches(tmp_path):
     wrong_shape = _ckpt(tmp_path / "s.ckpt", 1.0, 10, shape=(3, 3))
     extra = _ckpt(tmp_path / "e.ckpt", 1.0, 10, extra_key="head.bias")
     with pytest.raises(PodiumError, match=r"'model.weight' has shape \(2, 3\) vs \(3, 3\)"):
-        ens.average_checkpoints([a, wrong_shape])
+        averaging.average_checkpoints([a, wrong_shape])
     with pytest.raises(PodiumError, match="'head.bias' is missing"):
-        ens.average_checkpoints([a, extra])
+        averaging.average_checkpoints([a, extra])
     with pytest.raises(PodiumError, match="does not exist"):
-        ens.average_checkpoints([a, tmp_path / "nope.ckpt"])
+        averaging.average_checkpoints([a, tmp_path / "nope.ckpt"])
     torch.save({"weights": {}}, tmp_path / "bare.pt")
     with pytest.raises(PodiumError, match="no 'state_dict'"):
-        ens.average_checkpoints([tmp_path / "bare.pt"])
+        averaging.average_checkpoints([tmp_path / "bare.pt"])
 
 
 # ---------------------------------------------------------------- report

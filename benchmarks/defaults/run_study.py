@@ -35,7 +35,7 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "src"))
-from podium.evaluation.ensemble import nested_bias_gain  # noqa: E402
+from podium.evaluation.biases import nested_bias_gain  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 

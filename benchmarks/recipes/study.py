@@ -294,7 +294,7 @@ def derived_scores(run_dir: Path, classes: list[str], table: pd.DataFrame | None
     fitted on (podium's nested_bias_gain), i.e. the honest single-run gain.
     """
     from podium.errors import PodiumError
-    from podium.evaluation.ensemble import nested_bias_gain
+    from podium.evaluation.biases import nested_bias_gain
 
     table = pd.read_parquet(run_dir / "val_predictions.parquet") if table is None else table
     metrics = pd.read_csv(run_dir / "metrics.csv")

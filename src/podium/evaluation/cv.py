@@ -343,7 +343,7 @@ def _fit_biases(table: pd.DataFrame, classes: list[str], fitted_on: str, what: s
                 seed: int) -> dict:
     """Macro-F1 logit biases of a prediction table (target + class columns) with their nested gain."""
     from podium.data.dataset import encode_labels
-    from podium.evaluation.ensemble import nested_bias_gain
+    from podium.evaluation.biases import nested_bias_gain
 
     y = encode_labels(table["target"], classes, what)
     report = nested_bias_gain(table[classes].to_numpy(dtype=np.float64), y, len(classes), n_splits=n_splits, seed=seed)
@@ -417,7 +417,7 @@ def tune_biases(run_dir: str | Path, *, n_splits: int = 5, seed: int = 0) -> dic
     probabilities exist). Apply the biases only when ``gain`` > 0: the gain is
     scored on rows the biases were not fitted on.
     """
-    from podium.evaluation.ensemble import apply_logit_biases
+    from podium.evaluation.biases import apply_logit_biases
 
     run_dir = Path(run_dir)
     if not (run_dir / CV_FILE).is_file() and is_finished_run(run_dir):

@@ -6,27 +6,23 @@ works on plain ``(N, C)`` probability arrays once `align_members` has checked
 that the tables really describe the same images and classes, because a
 silently misaligned ensemble scores like a random model.
 
-Weights and macro-F1 biases are fitted on out-of-fold data only; the
-``nested_bias_gain`` report exists so that the gain claimed for bias tuning is
-measured on rows the biases never saw.
+Weights are fitted on out-of-fold data only. Per-class macro-F1 biases live in
+`podium.evaluation.biases`, checkpoint averaging in `podium.model.averaging`.
 """
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
-from scipy.special import softmax
 from scipy.stats import rankdata
 from sklearn.model_selection import StratifiedKFold
 
 from podium.errors import PodiumError, lookup, summarize_list
-from podium.evaluation.scores import macro_f1
+from podium.evaluation.scores import check_labels, macro_f1
 from podium.evaluation.tables import probability_columns
-from podium.fileio import atomic_path
 from podium.tasks.attributes import decode_digits, encode_digits, joint_from_marginals
 
 _EPS = 1e-15
@@ -38,7 +34,6 @@ Voter = Callable[..., np.ndarray]
 # ---------------------------------------------------------------- metrics
 
 
-_fast_macro_f1 = macro_f1  # bias tuning's name for it: the one definition is already fast
 
 
 def _log_loss(probs: np.ndarray, y: np.ndarray) -> float:
@@ -78,17 +73,6 @@ def _as_weights(weights: Sequence[float] | None, n_members: int) -> np.ndarray:
     if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
         raise PodiumError(f"ensemble weights must be finite, >= 0 and not all zero; got {w.tolist()}")
     return w / w.sum()
-
-
-def _as_labels(y_true: Sequence[int], n_rows: int, n_classes: int) -> np.ndarray:
-    y = np.asarray(y_true)
-    if y.shape != (n_rows,):
-        raise PodiumError(f"expected {n_rows} integer labels to match the predictions; got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise PodiumError(f"labels must be integer class indices; got dtype {y.dtype}")
-    if n_rows and (y.min() < 0 or y.max() >= n_classes):
-        raise PodiumError(f"labels must lie in 0..{n_classes - 1}; found {int(y.min())}..{int(y.max())}")
-    return y.astype(np.int64)
 
 
 # ---------------------------------------------------------------- voting
@@ -174,7 +158,7 @@ def fit_weights(oof_probs_list: Sequence[np.ndarray], y_true: Sequence[int], n_c
     n_members, n_rows, n_cols = members.shape
     if n_cols != n_classes:
         raise PodiumError(f"predictions have {n_cols} class columns but n_classes is {n_classes}")
-    y = _as_labels(y_true, n_rows, n_classes)
+    y = check_labels(y_true, n_rows, n_classes)
     if n_members == 1:
         return np.ones(1)
     if n_rows == 0:
@@ -221,7 +205,7 @@ def fit_weights_f1(oof_probs_list: Sequence[np.ndarray], y_true: Sequence[int], 
     for composite classes).
     """
     members = _as_members(oof_probs_list)
-    y = _as_labels(y_true, members.shape[1], n_classes)
+    y = check_labels(y_true, members.shape[1], n_classes)
     n_members = len(members)
     w = _as_weights(start, n_members)
     if n_members == 1:
@@ -276,7 +260,7 @@ def nested_ensemble_check(oof_probs_list: Sequence[np.ndarray], y_true: Sequence
     rows they were fitted on. ``groups`` keeps a group's rows on one side.
     """
     members = _as_members(oof_probs_list)
-    y = _as_labels(y_true, members.shape[1], n_classes)
+    y = check_labels(y_true, members.shape[1], n_classes)
     labels = list(names) if names is not None else [f"member_{i + 1}" for i in range(len(members))]
     splits = _nested_splits(y, n_classes, n_splits, seed, groups)
     ens_pred, best_pred = np.zeros(len(y), dtype=np.int64), np.zeros(len(y), dtype=np.int64)
@@ -436,181 +420,6 @@ def _check_same_ids(ids: pd.Series, label: str, ref_ids: pd.Series, ref_label: s
     )
 
 
-# ---------------------------------------------------------------- macro-F1 bias tuning
-
-
-DEFAULT_BIAS_GRID = np.round(np.linspace(-2.0, 2.0, 41), 6)
-
-
-def apply_logit_biases(probs: np.ndarray, biases: Sequence[float]) -> np.ndarray:
-    """``softmax(log p + b)``: shifts the decision boundary towards under-predicted classes."""
-    p = np.asarray(probs, dtype=np.float64)
-    b = np.asarray(biases, dtype=np.float64)
-    if b.shape != (p.shape[1],):
-        raise PodiumError(f"got {b.shape[0] if b.ndim else 1} biases for {p.shape[1]} classes")
-    return softmax(np.log(np.clip(p, _EPS, None)) + b, axis=1)
-
-
-def fit_logit_biases(
-    probs: np.ndarray,
-    y_true: Sequence[int],
-    n_classes: int,
-    n_rounds: int = 3,
-    grid: Sequence[float] | None = None,
-) -> np.ndarray:
-    """Per-class additive log-probability biases maximising macro F1 by coordinate ascent.
-
-    Argmax of calibrated probabilities maximises accuracy, not macro F1: rare
-    classes are under-predicted. Starting at zero and accepting only strict
-    improvements guarantees the fitted biases never lower macro F1 on the data
-    they were fitted on (use `nested_bias_gain` for an honest estimate).
-    """
-    p = np.asarray(probs, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] != n_classes:
-        raise PodiumError(f"probabilities must have shape (N, {n_classes}); got {p.shape}")
-    y = _as_labels(y_true, p.shape[0], n_classes)
-    values = DEFAULT_BIAS_GRID if grid is None else np.asarray(grid, dtype=np.float64)
-    logp = np.log(np.clip(p, _EPS, None))
-    biases = np.zeros(n_classes)
-    best = _fast_macro_f1(y, logp.argmax(axis=1), n_classes)
-    for _ in range(n_rounds):
-        improved = False
-        for c in range(n_classes):
-            # Only class c's score moves, so argmax reduces to "c vs the best other class":
-            # O(N) per candidate instead of O(N*C).
-            scores = logp + biases
-            scores[:, c] = -np.inf
-            other = scores.argmax(axis=1)
-            other_max = scores[np.arange(len(y)), other]
-            for v in values:
-                if v == biases[c]:
-                    continue
-                mine = logp[:, c] + v
-                wins = (mine > other_max) | ((mine == other_max) & (c < other))  # argmax's tie rule
-                score = _fast_macro_f1(y, np.where(wins, c, other), n_classes)
-                if score > best + 1e-12:
-                    best, improved = score, True
-                    biases = biases.copy()
-                    biases[c] = v
-        if not improved:
-            break
-    return biases
-
-
-def nested_bias_gain(
-    probs: np.ndarray,
-    y_true: Sequence[int],
-    n_classes: int,
-    n_splits: int = 5,
-    seed: int = 0,
-    **fit_kwargs,
-) -> dict:
-    """Macro F1 before/after bias tuning, scored only on folds the biases never saw.
-
-    Also returns ``biases`` fitted on all rows, to apply to test predictions
-    when ``gain`` is positive.
-    """
-    p = np.asarray(probs, dtype=np.float64)
-    y = _as_labels(y_true, p.shape[0], n_classes)
-    counts = np.bincount(y, minlength=n_classes)
-    if n_splits < 2 or counts.max(initial=0) < n_splits:
-        raise PodiumError(
-            f"nested bias tuning needs n_splits >= 2 and at least one class with >= n_splits rows; "
-            f"got n_splits={n_splits}, largest class has {counts.max(initial=0)} rows"
-        )
-    folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    before = p.argmax(axis=1)
-    after = before.copy()
-    fold_before, fold_after = [], []
-    with warnings.catch_warnings():
-        # Rare classes with fewer rows than folds are expected in imbalanced data.
-        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        splits = list(folds.split(np.zeros(len(y)), y))
-    for fit_idx, held_idx in splits:
-        b = fit_logit_biases(p[fit_idx], y[fit_idx], n_classes, **fit_kwargs)
-        after[held_idx] = (np.log(np.clip(p[held_idx], _EPS, None)) + b).argmax(axis=1)
-        fold_before.append(macro_f1(y[held_idx], before[held_idx], n_classes))
-        fold_after.append(macro_f1(y[held_idx], after[held_idx], n_classes))
-    f1_before = macro_f1(y, before, n_classes)
-    f1_after = macro_f1(y, after, n_classes)
-    return {
-        "f1_before": f1_before,
-        "f1_after": f1_after,
-        "gain": f1_after - f1_before,
-        "fold_f1_before": fold_before,
-        "fold_f1_after": fold_after,
-        "n_splits": n_splits,
-        "seed": seed,
-        "biases": fit_logit_biases(p, y, n_classes, **fit_kwargs).tolist(),
-    }
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def _load_state_dict(path: str | Path) -> tuple[dict, dict]:
-    """Through the one checkpoint reader (weights_only=True): averaging never runs pickled code."""
-    from podium.model.checkpoints import read_checkpoint
-
-    ckpt = read_checkpoint(path)
-    return ckpt, ckpt["state_dict"]
-
-
-def average_checkpoints(paths: Sequence[str | Path]) -> dict:
-    """Element-wise mean of checkpoints' weights (SWA-style averaging of one run's epochs).
-
-    Float tensors are averaged in float64 and cast back; integer buffers such
-    as BatchNorm's ``num_batches_tracked`` are counters, not weights, so the
-    last checkpoint's value is kept. Checkpoints are loaded one at a time.
-    """
-    if len(paths) == 0:
-        raise PodiumError("average_checkpoints needs at least one checkpoint path")
-    _, first = _load_state_dict(paths[0])
-    sums = {k: v.double().clone() if v.is_floating_point() else v.clone() for k, v in first.items()}
-    for path in paths[1:]:
-        _, state = _load_state_dict(path)
-        _check_same_keys(first, state, paths[0], path)
-        for key, value in state.items():
-            if value.is_floating_point():
-                sums[key] += value.double()
-            else:
-                sums[key] = value.clone()
-    n = len(paths)
-    return {
-        k: (sums[k] / n).to(first[k].dtype) if first[k].is_floating_point() else sums[k]
-        for k in first
-    }
-
-
-def _check_same_keys(ref: dict, state: dict, ref_path, path) -> None:
-    for key in list(ref) + [k for k in state if k not in ref]:
-        if key not in state or key not in ref:
-            where = path if key not in state else ref_path
-            raise PodiumError(
-                f"cannot average {ref_path} and {path}: key {key!r} is missing from {where}; "
-                "only checkpoints of the same model architecture can be averaged"
-            )
-        if tuple(ref[key].shape) != tuple(state[key].shape):
-            raise PodiumError(
-                f"cannot average {ref_path} and {path}: key {key!r} has shape "
-                f"{tuple(ref[key].shape)} vs {tuple(state[key].shape)}; "
-                "only checkpoints of the same model architecture can be averaged"
-            )
-
-
-def save_averaged_checkpoint(paths: Sequence[str | Path], out_path: str | Path) -> Path:
-    """Write a loadable checkpoint: first checkpoint's fields with the averaged weights."""
-    import torch
-
-    averaged = average_checkpoints(paths)
-    ckpt, _ = _load_state_dict(paths[0])
-    ckpt["state_dict"] = averaged
-    ckpt["podium_averaged_from"] = [str(p) for p in paths]
-    with atomic_path(out_path) as tmp:
-        torch.save(ckpt, tmp)
-    return Path(out_path)
-
-
 # ---------------------------------------------------------------- report
 
 
@@ -628,7 +437,7 @@ def member_score_table(
     this table makes that visible.
     """
     members = _as_members(probs_list)
-    y = _as_labels(y_true, members.shape[1], n_classes)
+    y = check_labels(y_true, members.shape[1], n_classes)
     labels = list(names) if names is not None else [f"member_{i + 1}" for i in range(len(members))]
     if len(labels) != len(members):
         raise PodiumError(f"got {len(labels)} member names for {len(members)} members")

@@ -92,7 +92,7 @@ def average_run_checkpoints(run_dir: str | Path, *, last: int | None = None, bes
     than any single epoch (SWA); the validation score says whether it did here.
     BatchNorm statistics are averaged too, an approximation of SWA's re-estimate.
     """
-    from podium.evaluation.ensemble import save_averaged_checkpoint
+    from podium.model.averaging import save_averaged_checkpoint
 
     run_dir = Path(run_dir)
     paths = select_epochs(run_dir, last=last, best=best)

@@ -14,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+from podium.errors import PodiumError
 
 
 def per_class_counts(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[np.ndarray, ...]:
@@ -24,7 +27,7 @@ def per_class_counts(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
     return tp, n_true, n_pred
 
 
-def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int | None = None) -> float:
+def macro_f1(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int | None = None) -> float:
     """Macro F1 over the classes present in truth or prediction (see the module docstring).
 
     Fast enough for bias tuning, which evaluates it thousands of times; equal to
@@ -44,3 +47,16 @@ def macro_f1_of_labels(y_true: Sequence, y_pred: Sequence) -> float:
     """`macro_f1` of two sequences of class names (or any hashable labels)."""
     names = {name: i for i, name in enumerate(dict.fromkeys([*y_true, *y_pred]))}
     return macro_f1([names[v] for v in y_true], [names[v] for v in y_pred], len(names))
+
+
+def check_labels(y_true: ArrayLike, n_rows: int, n_classes: int) -> np.ndarray:
+    """``y_true`` as int64 class indices, refused with a plain message unless one per prediction row and
+    in 0..n_classes-1 (scoring misaligned labels would look like a bad model)."""
+    y = np.asarray(y_true)
+    if y.shape != (n_rows,):
+        raise PodiumError(f"expected {n_rows} integer labels to match the predictions; got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise PodiumError(f"labels must be integer class indices; got dtype {y.dtype}")
+    if n_rows and (y.min() < 0 or y.max() >= n_classes):
+        raise PodiumError(f"labels must lie in 0..{n_classes - 1}; found {int(y.min())}..{int(y.max())}")
+    return y.astype(np.int64)

@@ -100,7 +100,7 @@ def apply_biases(probs: np.ndarray, path: str | Path | None, classes: list[str])
     """Per-class logit biases fitted for macro F1 (`podium cv-biases`), from a logit_biases.json."""
     if not path:
         return probs
-    from podium.evaluation.ensemble import apply_logit_biases
+    from podium.evaluation.biases import apply_logit_biases
     from podium.rundir import read_json_file
 
     saved = read_json_file(path, "logit biases from `podium cv-biases`")
