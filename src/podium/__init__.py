@@ -26,7 +26,7 @@ _EXPORTS = {
     "export": "podium.deploy.export", "serve": "podium.deploy.serve",
     "tune": "podium.tuning", "TuneResult": "podium.tuning",
     "lr_find": "podium.api", "audit": "podium.api", "Audit": "podium.curation.audit",
-    "distill": "podium.api", "pseudo_label": "podium.api",
+    "distill": "podium.api", "pseudo_label": "podium.api", "auto": "podium.api",
 }
 
 __all__ = sorted(_EXPORTS)

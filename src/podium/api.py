@@ -349,6 +349,28 @@ def average_checkpoints(run, *, last: int | None = None, best: int | None = None
     return average_run_checkpoints(_folder(run), last=last, best=best, out=out, evaluate=evaluate, progress=progress)
 
 
+# ---------------------------------------------------------------- auto
+
+
+def auto(data: str | Path, *, time: str | float, preset: str = "medium", test: str | Path | None = None,
+         out: str | Path | None = None, config: str | Path | None = None, overrides: Sequence[str] = (),
+         models: Sequence[str] | None = None, sizes: Sequence[int] | None = None, export: bool = True,
+         progress: bool = False, log: Callable = print, clock: Callable[[], float] | None = None,
+         measure: Callable | None = None):
+    """The best submission ``time`` buys (``30m``, ``2h`` or seconds): candidates timed on this
+    machine, a plan of folds x members x epochs that fits, each member a grouped cv run, then
+    TTA, an OOF-weighted ensemble and per-class biases, each kept only where held-out rows say
+    it pays; a fold-averaged submission for ``test``. Run again with the same arguments to
+    resume. The CLI's `podium auto`; returns `podium.autopilot.AutoResult`."""
+    import time as _time
+
+    from podium.autopilot.pipeline import run_auto
+
+    return run_auto(data, time_budget=time, preset=preset, test=test, out=out, config=config, overrides=overrides,
+                    models=models, sizes=sizes, export=export, progress=progress, log=log,
+                    clock=clock or _time.monotonic, measure=measure)
+
+
 # ---------------------------------------------------------------- looking at data and runs
 
 

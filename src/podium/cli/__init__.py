@@ -17,7 +17,7 @@ from podium.cli.common import EXIT_USER_ERROR
 from podium.errors import PodiumError, RunInterrupted
 
 #: every command module, in the order ``podium --help`` lists their commands
-COMMAND_MODULES = ("podium.cli.core", "podium.cli.cv", "podium.cli.tools", "podium.cli.curation", "podium.cli.tune",
+COMMAND_MODULES = ("podium.cli.core", "podium.cli.cv", "podium.cli.auto", "podium.cli.tools", "podium.cli.curation", "podium.cli.tune",
                    "podium.cli.deploy", "podium.cli.runs")
 
 EPILOG = ("examples:\n  podium demo\n  podium train cfg.yaml model.name=resnet18 train.epochs=3\n"

@@ -1,0 +1,356 @@
+"""Running a `podium auto` plan: members as normal cv runs, then the measured extras.
+
+Every step writes its result into ``auto_state.json`` (atomically) as soon as it is
+done, so a killed run started again with the same arguments reuses finished folds,
+gathered members and measured steps, and the time already spent counts against the
+budget. TTA, the ensemble and per-class biases are each kept only where a held-out
+measurement says they pay: TTA on OOF images, the ensemble and the biases on nested
+splits of the OOF rows.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from podium.autopilot.plan import (
+    FINAL_OVERHEAD_S,
+    MEMBER_OVERHEAD_S,
+    PRESETS,
+    Candidate,
+    Plan,
+    Preset,
+    decode_seconds,
+    make_plan,
+    measure_candidates,
+)
+from podium.errors import PodiumError
+from podium.fileio import write_json, write_parquet
+from podium.rundir import (
+    AUTO_FILE,
+    AUTO_STATE_FILE,
+    CV_SUMMARY_FILE,
+    OOF_FILE,
+    TEST_PROBABILITIES_FILE,
+    fold_dir,
+    is_finished_run,
+    read_json_file,
+    read_table,
+)
+
+TTA_VIEWS = ["hflip"]
+
+
+@dataclass
+class AutoResult:
+    """What `podium.auto` made: the folder, the plan, the kept steps and the final scores."""
+    dir: Path
+    plan: Plan
+    summary: dict
+
+    @property
+    def submission(self) -> str | None:
+        return self.summary.get("submission")
+
+    @property
+    def oof(self) -> pd.DataFrame:
+        return read_table(self.dir / OOF_FILE, "auto's out-of-fold predictions")
+
+
+def _signature(data, test, budget_s, preset, models, sizes, overrides, config) -> dict:
+    return {"data": str(Path(data).resolve()), "test": str(Path(test).resolve()) if test else None,
+            "budget_s": budget_s, "preset": preset, "models": list(models or []), "sizes": list(sizes or []),
+            "overrides": list(overrides), "config": str(Path(config).resolve()) if config else None}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+class _State:
+    """auto_state.json: the plan, what is done, and the seconds spent by earlier attempts."""
+
+    def __init__(self, folder: Path, record: dict, clock: Callable[[], float]):
+        self.folder, self.record, self.clock, self.t0 = folder, record, clock, clock()
+        self.before = float(record.get("spent_s", 0.0))
+
+    @property
+    def spent(self) -> float:
+        return self.before + (self.clock() - self.t0)
+
+    def save(self) -> None:
+        self.record["spent_s"] = self.spent
+        write_json(self.folder / AUTO_STATE_FILE, self.record)
+
+    def step(self, key: str) -> dict | None:
+        return self.record.setdefault("steps", {}).get(key)
+
+    def done(self, key: str, value: dict) -> dict:
+        self.record.setdefault("steps", {})[key] = value
+        self.save()
+        return value
+
+
+def run_auto(data: str | Path, *, time_budget: str | float, preset: str | Preset = "medium", test: str | Path | None = None,
+             out: str | Path | None = None, config: str | Path | None = None, overrides: Sequence[str] = (),
+             models: Sequence[str] | None = None, sizes: Sequence[int] | None = None, export: bool = True,
+             progress: bool = False, log: Callable = print, clock: Callable[[], float] = time.monotonic,
+             measure: Callable | None = None) -> AutoResult:
+    """Plan, train and assemble the best submission ``time_budget`` buys (see the module doc).
+
+    ``measure(cfg, names, sizes, n_images, n_classes) -> [Candidate]`` replaces the timing on
+    this machine (tests); ``clock`` is the wall clock the budget is counted on.
+    """
+    from podium.data.samples import load_pool
+    from podium.durations import parse_duration
+    from podium.schema import load_config
+
+    if isinstance(preset, str) and preset not in PRESETS:
+        raise PodiumError(f"--preset {preset!r} is not known: use one of {', '.join(PRESETS)}")
+    budget_s = parse_duration(time_budget, "--time")
+    if not Path(data).exists():
+        raise PodiumError(f"data {data} does not exist: give a folder of class folders or a CSV (path,label)")
+    if test is not None and not Path(test).exists():
+        raise PodiumError(f"--test {test} does not exist: give a folder or CSV of unlabelled images")
+    cfg = load_config(config, [f"data.train={data}", *overrides])
+    p = PRESETS[preset] if isinstance(preset, str) else preset
+    frame, classes, _ = load_pool(cfg, lambda *a: None)
+    if len(classes) < 2:
+        raise PodiumError(f"data {data} has {len(classes)} class(es): auto needs at least 2")
+    if test is not None:
+        from podium.evaluation.cv import _load_test
+
+        _load_test(cfg, test)
+    folder = Path(out) if out is not None else Path(cfg.output.dir) / f"auto-{_slug(Path(data).stem)}"
+    sig = _signature(data, test, budget_s, p.name, models, sizes, overrides, config)
+    state_path = folder / AUTO_STATE_FILE
+    if state_path.is_file():
+        record = read_json_file(state_path, "auto's state")
+        if record.get("signature") != sig:
+            changed = [k for k in sig if record.get("signature", {}).get(k) != sig[k]]
+            raise PodiumError(f"{folder} holds an auto run started with other arguments ({', '.join(changed)} "
+                              f"differ): run again with the same arguments to resume it, or give --out NEW_FOLDER")
+        plan = Plan.from_dict(record["plan"])
+        state = _State(folder, record, clock)
+        log(f"resuming {folder}: {state.before:.0f}s of {budget_s:.0f}s already spent")
+    else:
+        if folder.exists() and any(folder.iterdir()):
+            raise PodiumError(f"{folder} exists and is not an auto folder (no {AUTO_STATE_FILE}): give --out NEW_FOLDER")
+        t_plan = clock()
+        names = list(models) if models else list(dict.fromkeys([cfg.model.name, *p.backbones]))
+        cand_sizes = [int(s) for s in sizes] if sizes else list(p.sizes)
+        log(f"measuring {len(names)} backbone(s) x {len(cand_sizes)} size(s) on this machine ({len(frame)} images)")
+        if measure is not None:
+            candidates = measure(cfg, names, cand_sizes, len(frame), len(classes))
+        else:
+            candidates = measure_candidates(cfg, names, cand_sizes, len(frame), len(classes), log=log)
+            per_image = {s: decode_seconds(frame["path"].astype(str).tolist(), s) for s in cand_sizes}
+            candidates = [Candidate(c.model, c.size, c.train_s + per_image[c.size] * len(frame),
+                                    c.val_s + per_image[c.size] * len(frame), c.pretrained_path) for c in candidates]
+        if not candidates:
+            raise PodiumError(f"none of {', '.join(names)} has pretrained weights on this machine: set "
+                              "model.pretrained_path, give --models with cached weights, or model.pretrained=false")
+        measured_s = clock() - t_plan
+        plan = make_plan(candidates, max(budget_s - measured_s, 0.0), p)
+        plan.budget_s = budget_s
+        folder.mkdir(parents=True, exist_ok=True)
+        state = _State(folder, {"signature": sig, "plan": plan.to_dict(), "spent_s": 0.0, "steps": {}}, clock)
+        state.t0 -= measured_s  # the measuring counts against the budget
+        state.save()
+    log(f"plan: {plan.describe()}")
+    log(f"why: {plan.why}")
+    return _execute(folder, cfg, plan, state, classes, test=test, overrides=overrides, config=config, export=export,
+                    progress=progress, log=log)
+
+
+def _member_name(i: int, c: Candidate) -> str:
+    return f"m{i}-{_slug(c.model)}-{c.size}"
+
+
+def _member_overrides(folder: Path, plan: Plan, c: Candidate, name: str, max_time_s: float) -> list[str]:
+    items = [f"model.name={c.model}", f"data.image_size={c.size}", f"train.epochs={plan.epochs}",
+             f"train.max_time={max(int(max_time_s), 1)}s", f"output.dir={folder / 'members'}", f"output.name={name}"]
+    if c.pretrained_path:
+        items.append(f"model.pretrained_path={c.pretrained_path}")
+    return items
+
+
+def _execute(folder: Path, cfg, plan: Plan, state: _State, classes: list[str], *, test, overrides, config,
+             export: bool, progress: bool, log) -> AutoResult:
+    from podium.evaluation.cv import gather_cv, run_cv
+    from podium.schema import load_config
+
+    k, n = plan.folds, len(plan.members)
+    member_dirs: list[Path] = []
+    for i, c in enumerate(plan.members):
+        name = _member_name(i, c)
+        mdir = folder / "members" / name
+        if state.step(f"member:{name}") is None:
+            for f in range(k):
+                if is_finished_run(fold_dir(mdir, f)):
+                    log(f"{name} fold {f}: finished earlier, reused")
+                    continue
+                folds_left = (n - i) * k - f
+                reserve = MEMBER_OVERHEAD_S * (n - i) + FINAL_OVERHEAD_S
+                share = (plan.budget_s - state.spent - reserve) / folds_left
+                share = max(share, c.fold_epoch_s(k) * 1.5 + 5)
+                mcfg = load_config(config, [f"data.train={cfg.data.train}", *overrides,
+                                            *_member_overrides(folder, plan, c, name, share)])
+                fd = fold_dir(mdir, f)
+                if fd.is_dir() and any(fd.iterdir()):
+                    log(f"{name} fold {f}: interrupted earlier, continued")
+                    from podium.api import train
+
+                    train(resume=fd, progress=progress, log=log)
+                else:
+                    log(f"{name} fold {f}/{k}: training (max {share:.0f}s)")
+                    run_cv(mcfg, folds=k, only_fold=f, test_data=test, progress=progress, log=log)
+                state.record.setdefault("folds_done", {}).setdefault(name, []).append(f)
+                state.save()
+            if not (mdir / CV_SUMMARY_FILE).is_file():
+                gather_cv(mdir, test=test, progress=progress, log=log)
+            summary = read_json_file(mdir / CV_SUMMARY_FILE, "a member's cv summary")
+            state.done(f"member:{name}", {"cv_macro_f1": summary["cv_macro_f1"], "dir": str(mdir)})
+        member_dirs.append(mdir)
+    members = [_member_extras(mdir, state, classes, test, progress, log) for mdir in member_dirs]
+    final = _choose_final(folder, members, state, test, log)
+    return _finish(folder, cfg, plan, state, classes, final, members, test, export, log)
+
+
+def _member_extras(mdir: Path, state: _State, classes: list[str], test, progress: bool, log) -> dict:
+    """The member's OOF score, TTA measured on its OOF images (kept when the gain is > 0), and
+    its test probabilities (with TTA where kept)."""
+    from podium.evaluation.cv import oof_tta
+
+    key = f"tta:{mdir.name}"
+    rec = state.step(key)
+    if rec is None:
+        r = oof_tta(mdir, TTA_VIEWS, progress=progress)
+        kept = bool(r["gain"] > 0)
+        rec = {"views": TTA_VIEWS, "macro_f1_plain": r["macro_f1_plain"], "macro_f1_tta": r["macro_f1_tta"],
+               "gain": r["gain"], "kept": kept, "oof": str(Path(r["out_dir"]) / OOF_FILE) if kept else str(mdir / OOF_FILE)}
+        if test is not None:
+            rec["test"] = _member_test(mdir, test, TTA_VIEWS if kept else None, Path(r["out_dir"]), progress)
+        log(f"{mdir.name}: TTA {'+'.join(TTA_VIEWS)} OOF macro F1 {r['macro_f1_plain']:.4f} -> {r['macro_f1_tta']:.4f} "
+            f"({'kept' if kept else 'dropped'})")
+        state.done(key, rec)
+    return {"name": mdir.name, "dir": str(mdir), **rec,
+            "macro_f1": rec["macro_f1_tta"] if rec["kept"] else rec["macro_f1_plain"]}
+
+
+def _member_test(mdir: Path, test, views, tta_dir: Path, progress: bool) -> str:
+    if views is None:
+        return str(mdir / TEST_PROBABILITIES_FILE)
+    from podium.inference.predict import predict_probabilities
+    from podium.inference.predictor import load_predictor
+
+    frame, probs, _ = predict_probabilities(load_predictor(mdir, tta=["identity", *views]), test, progress=progress)
+    predictor_classes = pd.DataFrame(probs, columns=read_json_file(mdir / "cv.json", "cv meta")["classes"])
+    path = tta_dir / TEST_PROBABILITIES_FILE
+    write_parquet(path, pd.concat([pd.DataFrame({"id": frame["id"].astype(str).to_numpy()}), predictor_classes], axis=1))
+    return str(path)
+
+
+def _choose_final(folder: Path, members: list[dict], state: _State, test, log) -> dict:
+    """The ensemble (weights fitted on OOF for macro F1) when it beats the best member on the
+    nested split, else the best member."""
+    best = max(members, key=lambda m: m["macro_f1"])
+    pick = {"kind": "member", "name": best["name"], "model": best["dir"], "oof": best["oof"],
+            "test": best.get("test"), "oof_macro_f1": best["macro_f1"]}
+    if len(members) < 2:
+        return {**pick, "ensemble": "one member: no ensemble"}
+    rec = state.step("ensemble")
+    if rec is None:
+        from podium.evaluation.ensemble_runs import ensemble_members
+
+        final_dir, partial = folder / "ensemble", folder / "ensemble.partial"
+        for d in (final_dir, partial):
+            if d.exists():
+                shutil.rmtree(d)  # a half-written ensemble of an interrupted attempt: made again
+        r = ensemble_members([m["dir"] for m in members], "weighted", out=partial,
+                             test_probs=[m["test"] for m in members] if test is not None else None)
+        partial.rename(final_dir)
+        nested = r.get("nested", {})
+        rec = {"beats_best_member": bool(r.get("beats_best_member", False)), "nested": nested,
+               "weights": r.get("weights"), "oof_macro_f1": r.get("oof_macro_f1"), "dir": str(final_dir)}
+        log(f"ensemble: nested macro F1 {nested.get('ensemble_nested_f1', float('nan')):.4f} vs best member "
+            f"{nested.get('best_member_nested_f1', float('nan')):.4f}: "
+            f"{'kept' if rec['beats_best_member'] else 'refused (does not beat the best member)'}")
+        state.done("ensemble", rec)
+    if not rec["beats_best_member"]:
+        return {**pick, "ensemble": f"refused: nested macro F1 gain {rec['nested'].get('gain', 0):+.4f} <= 0",
+                "ensemble_record": rec}
+    d = Path(rec["dir"])
+    return {"kind": "ensemble", "name": "ensemble", "model": str(d), "oof": str(d / OOF_FILE),
+            "test": str(d / TEST_PROBABILITIES_FILE) if test is not None else None,
+            "oof_macro_f1": rec["oof_macro_f1"], "ensemble": "kept: beats the best member on the nested split",
+            "ensemble_record": rec}
+
+
+def _finish(folder: Path, cfg, plan: Plan, state: _State, classes: list[str], final: dict, members: list[dict],
+            test, export: bool, log) -> AutoResult:
+    from podium.data.dataset import encode_labels
+    from podium.evaluation.cv import write_test_outputs
+    from podium.evaluation.ensemble import apply_logit_biases, nested_bias_gain
+    from podium.rundir import read_config
+
+    oof = read_table(final["oof"], "the final OOF predictions")
+    y = encode_labels(oof["target"], classes, "OOF predictions")
+    probs = oof[classes].to_numpy(dtype=np.float64)
+    biases = state.step("biases")
+    if biases is None:
+        r = nested_bias_gain(probs, y, len(classes), seed=cfg.train.seed)
+        biases = state.done("biases", {"biases": [float(b) for b in r["biases"]], "gain": float(r["gain"]),
+                                       "f1_before": float(r["f1_before"]), "f1_after": float(r["f1_after"]),
+                                       "kept": bool(r["gain"] > 0)})
+    log(f"per-class biases: nested gain {biases['gain']:+.4f} ({'kept' if biases['kept'] else 'dropped'})")
+    summary: dict = {
+        "budget_s": plan.budget_s, "preset": plan.preset, "plan": plan.to_dict(), "plan_text": plan.describe(),
+        "members": members, "final": final, "tta_views": TTA_VIEWS, "biases": biases,
+        "oof_macro_f1": final["oof_macro_f1"], "classes": classes,
+        "config": json.loads(cfg.model_dump_json()),
+        "member_configs": {m["name"]: str(fold_dir(m["dir"], 0) / "config.yaml") for m in members},
+    }
+    write_parquet(folder / OOF_FILE, oof)
+    if test is not None and final.get("test"):
+        table = read_table(final["test"], "the final test probabilities")
+        tp = table[classes].to_numpy(dtype=np.float64)
+        if biases["kept"]:
+            tp = apply_logit_biases(tp, biases["biases"])
+        sub_cfg = read_config(fold_dir(members[0]["dir"], 0)).output.submission
+        summary.update(write_test_outputs(folder, table["id"].astype(str), tp, classes, sub_cfg))
+    if export:
+        summary["export"] = _export(folder, final, log)
+    else:
+        summary["export"] = "not asked (--no-export)"
+    summary["spent_s"] = state.spent
+    summary["within_budget"] = bool(summary["spent_s"] <= plan.budget_s * 1.10)
+    write_json(folder / AUTO_FILE, summary)
+    state.save()
+    log(f"auto done in {summary['spent_s']:.0f}s of {plan.budget_s:.0f}s: OOF macro F1 {final['oof_macro_f1']:.4f} "
+        f"({final['kind']} {final['name']})")
+    return AutoResult(folder, plan, summary)
+
+
+def _export(folder: Path, final: dict, log) -> str:
+    """One ONNX file of the final model (an ensemble exports as one graph of its members)."""
+    from podium.deploy.export import export
+
+    target = folder / "model.onnx"
+    if target.is_file():
+        return str(target)
+    try:
+        export(final["model"], "onnx", out=target, log=lambda *a: None)
+    except PodiumError as exc:
+        log(f"export skipped: {exc}")
+        return f"not exported: {exc}"
+    note = " (without TTA and biases: the submission has them where they paid)"
+    log(f"exported {target}{note}")
+    return str(target) + note
