@@ -123,3 +123,58 @@ def test_torchrun_makes_one_run_folder_and_trains(tmp_path, image_folder, nnodes
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs_trained"] == 1 and (run / "last.ckpt").is_file()
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
+
+
+def test_torchrun_process_count_must_match_the_config():
+    from podium.errors import PodiumError
+    from podium.model.distributed import check_launch, launched_rank
+    from podium.schema import load_config
+
+    elastic = {"TORCHELASTIC_RUN_ID": "x", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1"}
+    ok = load_config(None, ["train.strategy=ddp", "train.devices=1", "train.num_nodes=2"]).train
+    check_launch(ok, elastic)
+    with pytest.raises(PodiumError, match=r"torchrun started 2 process\(es\), 1 on this node.*train.num_nodes=2 train.devices=1"):
+        check_launch(load_config(None, ["train.strategy=ddp", "train.devices=1"]).train, elastic)
+    with pytest.raises(PodiumError, match="train.strategy=ddp"):
+        check_launch(load_config(None, ["train.strategy=fsdp", "train.devices=1", "train.num_nodes=2"]).train, elastic)
+    check_launch(load_config(None, ["train.devices=1"]).train, {})  # not under torchrun: nothing to check
+    assert [launched_rank(e) for e in ({}, {"RANK": "1"}, {"SLURM_PROCID": "0"}, {"LOCAL_RANK": "1"},
+                                        {"LOCAL_RANK": "0", "NODE_RANK": "1"})] == [0, 1, 0, 1, 1]
+
+
+def test_one_step_on_two_ranks_equals_one_step_on_one(tmp_path, image_folder):
+    """36 images, one optimisation step: 2 ranks x batch 18 give the weights 1 process x batch 36
+    gives (a GroupNorm model: per-image statistics; BatchNorm's global statistics need
+    train.sync_batchnorm, which torch runs on CUDA only)."""
+    import torch
+
+    common = [*fast_overrides(tmp_path, **{"train.lr": "0.5", "model.dropout": "0", "train.optimizer": "sgd",
+                                          "train.scheduler": "none", "output.report": "false",
+                                          "model.name": "test_efficientnet_gn"}),
+              f"data.train={image_folder}", f"data.val={make_folder(tmp_path / 'v', {'cat': 2, 'dog': 2}, seed=3)}",
+              "train.accelerator=cpu", "--quiet"]
+    runs = {"one": ["train.batch_size=36", "train.devices=1"],
+            "two": ["train.batch_size=18", "train.devices=2", "train.strategy=ddp"]}
+    for name, extra in runs.items():
+        proc = subprocess.run([sys.executable, "-m", "podium", "train", *common, *extra, f"output.name={name}"],
+                              capture_output=True, text=True, timeout=300, env=_env())
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    states = [torch.load(tmp_path / "runs dir" / n / "last.ckpt", weights_only=True)["state_dict"] for n in runs]
+    start = torch.load(tmp_path / "runs dir" / "one" / "last.ckpt", weights_only=True)
+    assert start["global_step"] == 1
+    compared = 0
+    for key, value in states[0].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(states[1][key], value, rtol=1e-4, atol=1e-5, msg=key)
+            compared += 1
+    assert compared > 10
+
+
+def test_sync_batchnorm_without_cuda_is_refused():
+    from podium.errors import PodiumError
+    from podium.model.distributed import check_sync_batchnorm
+    from podium.schema import load_config
+
+    check_sync_batchnorm(load_config(None, ["train.accelerator=cpu"]).train)
+    with pytest.raises(PodiumError, match="train.sync_batchnorm=true needs CUDA GPUs"):
+        check_sync_batchnorm(load_config(None, ["train.accelerator=cpu", "train.sync_batchnorm=true"]).train)

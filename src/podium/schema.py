@@ -208,7 +208,8 @@ class TrainConfig(Section):
     accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu, mps, ...")
     devices: int | str | list[int] = Field("auto", description="Lightning devices: a count, a list of ids, or auto.")
     strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ddp_spawn, fsdp, ...")
-    num_nodes: int = Field(1, ge=1, description="Number of nodes for multi-node DDP.")
+    num_nodes: int = Field(1, ge=1, description="Number of nodes for multi-node DDP (torchrun --nnodes, SLURM --nodes).")
+    sync_batchnorm: bool = Field(False, description="Under DDP, BatchNorm statistics over the global batch (all ranks) instead of each rank's share; worth it when the per-rank batch is small.")
 
     @field_validator("accelerator")
     @classmethod

@@ -541,7 +541,7 @@ def build_trainer(cfg: PodiumConfig, run_dir: Path, *, callbacks: list[Callback]
         callbacks = list(callbacks or []) + [RichProgressBar(leave=True)]
     return pl.Trainer(
         max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
-        num_nodes=t.num_nodes, precision=resolve_precision(t.precision, t.accelerator),
+        num_nodes=t.num_nodes, sync_batchnorm=t.sync_batchnorm, precision=resolve_precision(t.precision, t.accelerator),
         accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
         callbacks=callbacks, logger=made or False, default_root_dir=str(run_dir),
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,

@@ -162,8 +162,10 @@ def _train(cfg: PodiumConfig, held: contextlib.ExitStack, *, resume, dry_run: bo
     if cfg is not None:  # a resumed run's config is its own, read below
         check_accelerator(cfg.train.accelerator)
     started = time.time()
-    from podium.model.distributed import ShareRunDir, launched_rank
+    from podium.model.distributed import ShareRunDir, check_launch, check_sync_batchnorm, launched_rank
 
+    check_launch(cfg.train)  # before any data is read
+    check_sync_batchnorm(cfg.train)
     ddp_worker = launched_rank() != 0  # ranks >= 1 never create folders: they learn rank 0's (ShareRunDir)
     if resume is not None and not ddp_worker:
         held.enter_context(run_lock(load_run(resume).dir, "train --resume", log))
