@@ -221,6 +221,32 @@ def test_cv_objective_on_a_journal_file(tmp_path, image_folder):
     assert pd.read_csv(result.trials_csv)["epochs_run"][0] == 2  # 1 epoch x 2 folds
 
 
+def test_journal_trial_of_a_killed_worker_is_failed_and_retried(tmp_path, image_folder):
+    """A journal file has no heartbeats: before, a RUNNING trial left by a kill -9'd worker kept the
+    study at {'RUNNING': 1} forever. Its recorded PID is gone, so a re-run fails it and runs it again."""
+    import socket
+
+    from podium import tune
+    from podium.tuning.study import open_study
+
+    journal = tmp_path / "study.journal"
+    raw = tune_raw(tmp_path, image_folder, {"augment.preset": ["none", "light"]})
+    settings = prepare_settings(raw, trials=1, study="dead", root=tmp_path / "studies", storage=str(journal))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = open_study(settings).ask()  # what the killed worker left: a RUNNING trial with its PID
+    orphan.suggest_categorical("augment.preset", ["none", "light"])
+    orphan.set_user_attr("worker_pid", dead.pid)
+    orphan.set_user_attr("worker_host", socket.gethostname())
+    result = tune(raw, trials=1, study="dead", root=tmp_path / "studies", storage=str(journal), log=lambda m: None)
+    study = optuna.load_study(study_name="dead", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))))
+    assert states(study) == ["FAIL", "COMPLETE"] and result.counts == {"COMPLETE": 1, "FAIL": 1}
+    assert "is gone" in study.trials[0].user_attrs["error"]
+    assert retry_callback_class().retried_trial_number(study.trials[1]) == 0
+    assert study.trials[1].params == study.trials[0].params
+
+
 # ---------------------------------------------------------------- several processes
 
 

@@ -402,7 +402,7 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -439,7 +439,7 @@ def _writer_alive(run_dir: Path, record: dict) -> bool:
         return not _lock_free(lock)
     pid, host = record.get("pid"), record.get("host")
     if isinstance(pid, int) and host in (None, socket.gethostname()):
-        return _pid_alive(pid)
+        return pid_alive(pid)
     return True  # another machine's run without a lock file: cannot tell
 
 

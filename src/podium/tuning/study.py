@@ -13,7 +13,8 @@ Study folder ``<root>/<study>/``::
 
 Everything distributed is Optuna's own: any storage URL (``postgresql://``), a
 journal file for shared file systems, RDB heartbeats with
-``RetryFailedTrialCallback`` so a killed worker's trial is failed and re-queued,
+``RetryFailedTrialCallback`` so a killed worker's trial is failed and re-queued
+(a journal file, which has no heartbeats, by the trial's recorded worker PID and host),
 and ``MaxTrialsCallback`` for the study-wide total. ``--trials N`` is the
 study's total of finished (complete or pruned) trials across every process:
 a process only starts a trial while finished + running trials are below N,
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import threading
 import time
 import warnings
@@ -309,14 +311,55 @@ def wait_for_slot(study, settings: TuneSettings, deadline: float | None) -> bool
     while True:
         if settings.uses_heartbeat:
             optuna.storages.fail_stale_trials(study)
+        else:
+            fail_dead_worker_trials(study)
         done, running = finished_and_running(study)
         if done >= settings.trials:
             return False
         if done + len(running) < settings.trials:
             return True
-        if not settings.uses_heartbeat or (deadline is not None and time.time() > deadline):
-            return False  # a journal file has no heartbeats: leave the running trials to their workers
-        time.sleep(max(0.5, settings.heartbeat / 2))
+        if deadline is not None and time.time() > deadline:
+            return False
+        # RDB: wait for heartbeats to go stale; journal: re-check the running trials' worker processes
+        time.sleep(max(0.5, settings.heartbeat / 2) if settings.uses_heartbeat else 1.0)
+
+
+#: user attributes naming the process that runs a trial (how a journal study tells a dead worker)
+WORKER_ATTRS = ("worker_pid", "worker_host")
+
+
+def fail_dead_worker_trials(study, max_retry: int = 3) -> list[int]:
+    """A journal file has no heartbeats (Optuna's JournalStorage does not implement them), so a
+    RUNNING trial whose worker was killed (kill -9, OOM killer) would stay RUNNING forever and the
+    study never reach its count. Each trial records its worker's PID and host: a trial of this host
+    whose process is gone is failed here and re-queued with the same parameters (Optuna's
+    retry callback), which the next free worker runs. Trials of other hosts cannot be judged
+    and are left alone. Returns the failed trials' numbers."""
+    import copy
+    import socket
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from podium.rundir import pid_alive
+
+    host, failed = socket.gethostname(), []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid, where = (trial.user_attrs.get(k) for k in WORKER_ATTRS)
+        if not isinstance(pid, int) or where != host or pid == os.getpid() or pid_alive(pid):
+            continue
+        try:
+            study._storage.set_trial_user_attr(trial._trial_id, "error", f"worker process {pid} on {host} is gone")
+            if not study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                continue
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # another worker failed it first
+        frozen = copy.deepcopy(study._storage.get_trial(trial._trial_id))
+        for key in WORKER_ATTRS:  # the retry is not the dead process's until a worker takes it
+            frozen.user_attrs.pop(key, None)
+        retry_callback_class()(max_retry=max_retry)(study, frozen)
+        failed.append(trial.number)
+    return failed
 
 
 class SlotGate:
@@ -350,7 +393,8 @@ class Objective:
                          {"output": {"dir": str(s.study_dir), "name": f"trial_{trial.number}"}})
         cfg = validate_config(raw)  # a PodiumError here (an impossible combination) stops the study
         for key, value in {"run_dir": str(s.study_dir / f"trial_{trial.number}"), "error": None,
-                           "epochs_run": None, "worker_pid": os.getpid()}.items():
+                           "epochs_run": None, "worker_pid": os.getpid(),
+                           "worker_host": socket.gethostname()}.items():
             trial.set_user_attr(key, value)  # a retried trial inherits the failed one's attrs
         log = trial_logger(s.study_dir, trial.number)
         try:
