@@ -38,7 +38,7 @@ def write_digits_folder(root: Path, test_fraction: float = 0.2, seed: int = 0) -
     for split, indices in (("train", idx_train), ("test", idx_test)):
         for i in indices:
             label = str(digits.target[i])
-            img = Image.fromarray(images[i], "L").resize((32, 32), Image.NEAREST)
+            img = Image.fromarray(images[i], "L").resize((32, 32), Image.Resampling.NEAREST)
             target = root / split / label / f"digit_{i:04d}.png"
             target.parent.mkdir(parents=True, exist_ok=True)
             img.save(target)

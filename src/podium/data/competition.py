@@ -330,7 +330,8 @@ def check_submission(path: str | Path, info_csv: str | Path, n_classes: int = 18
     id_col, ans_col = header.index("ImageID"), header.index("ans")
     if len(rows) != len(wanted):
         add("count", f"{len(rows)} rows; info.csv has {len(wanted)}")
-    wanted_set, first_row, got = set(wanted), {}, []
+    wanted_set, got = set(wanted), []
+    first_row: dict[str, int] = {}
     for n, record in enumerate(rows, start=1):
         if len(record) != len(header):
             add("fields", f"row {n}: {len(record)} fields; expected {len(header)}")

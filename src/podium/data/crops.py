@@ -21,7 +21,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -485,6 +485,7 @@ def _run_units(plan: _Plan, units: list[list[int]], paths: list[str], ids: list[
     results: list[_Result | None] = [None] * len(paths)
     job = lambda unit: _process_unit(plan, unit, paths, ids)  # noqa: E731
     done = 0
+    outputs: Iterator[list[tuple[int, _Result]]]
     if workers <= 1:
         outputs = map(job, units)
         pool = None

@@ -68,7 +68,7 @@ def _exts() -> list[str]:
     return list(IMAGE_EXTENSIONS)
 
 
-def read_csv_samples(csv_path: str | Path, cfg: DataConfig, labeled: bool = True,
+def read_csv_samples(csv_path: str | Path, cfg: DataConfig, labeled: bool | None = True,
                      root: str | Path | None = None) -> pd.DataFrame:
     """A CSV with a path column (relative to ``root``, default the CSV's folder) and a label column.
 
@@ -347,7 +347,7 @@ class ImageDataset(Dataset):
     seed drives the augmentation, so it is reproducible and resumable.
     """
 
-    def __init__(self, paths: Sequence[str], targets: Sequence[int] | None, pipeline: Pipeline,
+    def __init__(self, paths: Sequence[str], targets: Sequence[int] | np.ndarray | None, pipeline: Pipeline,
                  size: tuple[int, int], *, train: bool = False, draft: bool = True,
                  on_bad_image: str = "error", cache=None, resize: str = "squash"):
         self.paths = list(paths)
@@ -355,7 +355,7 @@ class ImageDataset(Dataset):
         if self.targets is not None and not np.issubdtype(self.targets.dtype, np.floating):
             self.targets = self.targets.astype(np.int64)  # class indices (rows with exact values); floats: soft targets
         self.pipeline = pipeline
-        self.size = tuple(size)
+        self.size = (size[0], size[1])
         self.train = train
         self.draft = draft
         self.resize = resize
@@ -434,11 +434,11 @@ def eval_load_size(size: tuple[int, int], crop_pct: float) -> tuple[int, int]:
     """The size eval images are resized to before their center ``size`` is kept
     (`data.eval_crop_pct`; torchvision: 256 for 224, i.e. floor(size / 0.875))."""
     if crop_pct >= 1.0:
-        return tuple(size)
+        return size[0], size[1]
     return int(size[0] / crop_pct), int(size[1] / crop_pct)
 
 
-def build_eval_dataset(paths: Sequence, targets: Sequence[int] | None, data: DataConfig, augment: AugmentConfig, *,
+def build_eval_dataset(paths: Sequence, targets: Sequence[int] | np.ndarray | None, data: DataConfig, augment: AugmentConfig, *,
                        cache: bool = False, on_bad_image: str = "error") -> ImageDataset:
     """The one way validation, prediction, export parity and serving read images:
     the run's size, resize mode, eval crop, draft decoding and eval pipeline."""

@@ -46,7 +46,7 @@ def make_folds(frame: pd.DataFrame, k: int, seed: int) -> np.ndarray:
     labels = frame["label"].astype(str).to_numpy()
     grouped = has_groups(frame)
     groups = group_ids(frame) if grouped else None
-    units = len(set(groups)) if grouped else len(frame)
+    units = len(set(groups)) if groups is not None else len(frame)
     if units < k:
         what = "groups" if grouped else "images"
         raise PodiumError(f"cannot make {k} folds from {units} {what}; use --folds {max(2, units)} or fewer, or add data")

@@ -29,13 +29,14 @@ CLASS_WEIGHTS: dict[str, Callable[[np.ndarray], np.ndarray | None]] = {
 }
 
 
-def class_weight_values(counts: Sequence[int], mode: str | Sequence[float]) -> np.ndarray | None:
+def class_weight_values(counts: Sequence[int] | np.ndarray, mode: str | Sequence[float]) -> np.ndarray | None:
     """Per-class loss weights normalised to mean 1 over the classes present (None = unweighted).
 
     ``auto`` is inverse frequency; ``sqrt`` its square root, which helps rare
     classes without letting a handful of images dominate a short fine-tune.
     """
     counts = np.asarray(counts, dtype=np.float64)
+    weights: np.ndarray | None
     if isinstance(mode, str):
         weights = lookup(CLASS_WEIGHTS, mode, "class-weights mode (or give a list)")(counts)
         if weights is None:

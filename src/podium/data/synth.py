@@ -56,7 +56,8 @@ def _person_traits(rng: np.random.Generator, gender: str, age: int, race: str) -
 
 
 def _shade(colour: tuple[int, int, int], factor: float) -> tuple[int, int, int]:
-    return tuple(int(np.clip(c * factor, 0, 255)) for c in colour)
+    r, g, b = (int(np.clip(c * factor, 0, 255)) for c in colour)
+    return r, g, b
 
 
 def draw_face(traits: dict[str, Any], mask: str, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:

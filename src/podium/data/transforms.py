@@ -176,11 +176,14 @@ class Pipeline:
         """torchvision draws from torch's global RNG: with a seed, draw from a private one."""
         from torchvision import tv_tensors
 
+        compose = self._tensor_compose
+        if compose is None:
+            return tensor
         if seed is None:
-            return self._tensor_compose(tv_tensors.Image(tensor)).as_subclass(torch.Tensor)
+            return compose(tv_tensors.Image(tensor)).as_subclass(torch.Tensor)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self._tensor_compose(tv_tensors.Image(tensor)).as_subclass(torch.Tensor)
+            return compose(tv_tensors.Image(tensor)).as_subclass(torch.Tensor)
 
     def __repr__(self) -> str:
         return f"Pipeline({self.backend}, {self.ops!r})"
@@ -225,7 +228,7 @@ def build_eval_pipeline(cfg: AugmentConfig, size: tuple[int, int], crop_pct: flo
     (`podium.data.dataset.eval_load_size`) and their center ``size`` is kept
     first, as torchvision's Resize(256) + CenterCrop(224) does."""
     module = _module(cfg.backend)
-    ops = [_center_crop(module, cfg.backend, tuple(size))] if crop_pct < 1 else []
+    ops = [_center_crop(module, cfg.backend, (size[0], size[1]))] if crop_pct < 1 else []
     if cfg.eval_ops:
         ops += _build_ops(cfg.eval_ops, module, "augment.eval_ops")
     return Pipeline(cfg.backend, ops)

@@ -23,7 +23,7 @@ _EPS = 1e-15
 DEFAULT_BIAS_GRID = np.round(np.linspace(-2.0, 2.0, 41), 6)
 
 
-def apply_logit_biases(probs: np.ndarray, biases: Sequence[float]) -> np.ndarray:
+def apply_logit_biases(probs: np.ndarray, biases: ArrayLike) -> np.ndarray:
     """``softmax(log p + b)``: shifts the decision boundary towards under-predicted classes."""
     p = np.asarray(probs, dtype=np.float64)
     b = np.asarray(biases, dtype=np.float64)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -289,7 +290,7 @@ def _gathered_test(run_dir: Path, test: str | Path | None, progress: bool, log) 
 
 
 def write_test_outputs(out_dir: Path, ids: pd.Series, probs: np.ndarray, classes: list[str], sub_cfg,
-                       stem: str = "", competition_root: str | None = None) -> dict:
+                       stem: str = "", competition_root: str | Path | None = None) -> dict:
     """``test_probabilities.parquet`` (id + class columns) and ``submission.csv``
     (the competition's own format when ``competition_root`` is its eval folder)."""
     from podium.inference.predict import write_outputs
@@ -396,7 +397,7 @@ def oof_tta(run_dir: str | Path, views: list[str], merge: str = "mean", *, batch
         a, b = (oof["fold"] == fold).to_numpy(), (tta["fold"] == fold).to_numpy()
         per_fold.append({"fold": int(fold), "macro_f1_plain": macro_f1(y[a], plain_pred[a], n),
                          "macro_f1_tta": macro_f1(y_tta[b], tta_pred[b], n)})
-    result = {
+    result: dict[str, Any] = {
         "views": list(views), "merge": merge, "n_views": len(parse_views(views)), "n_images": len(tta),
         "macro_f1_plain": macro_f1(y, plain_pred, n), "macro_f1_tta": macro_f1(y_tta, tta_pred, n),
         "accuracy_plain": float((plain_pred == y).mean()), "accuracy_tta": float((tta_pred == y_tta).mean()),

@@ -64,7 +64,7 @@ def _as_members(probs_list: Sequence[np.ndarray]) -> np.ndarray:
     return stacked
 
 
-def _as_weights(weights: Sequence[float] | None, n_members: int) -> np.ndarray:
+def _as_weights(weights: Sequence[float] | np.ndarray | None, n_members: int) -> np.ndarray:
     if weights is None:
         return np.full(n_members, 1.0 / n_members)
     w = np.asarray(weights, dtype=np.float64).reshape(-1)
@@ -193,7 +193,7 @@ WEIGHT_GRID = np.round(np.linspace(0.0, 1.0, 21), 6)
 
 
 def fit_weights_f1(oof_probs_list: Sequence[np.ndarray], y_true: Sequence[int], n_classes: int, *,
-                   combine: Voter = soft_vote, start: Sequence[float] | None = None, n_rounds: int = 3,
+                   combine: Voter = soft_vote, start: Sequence[float] | np.ndarray | None = None, n_rounds: int = 3,
                    grid: Sequence[float] | None = None) -> np.ndarray:
     """Weights on the simplex maximising the macro F1 of ``combine(members, w)``, by coordinate ascent.
 

@@ -134,7 +134,10 @@ def nested_cut_gain(score_on: Callable[[np.ndarray, tuple[int, ...]], float], n:
     gains = []
     for k, held in enumerate(folds):
         fit_idx = np.concatenate([f for j, f in enumerate(folds) if j != k])
-        tuned, _ = fit_cuts(lambda c, fit_idx=fit_idx: score_on(fit_idx, c), cuts, lo, hi)
+        def on_fit_part(c: tuple[int, ...], fit_idx: np.ndarray = fit_idx) -> float:
+            return score_on(fit_idx, c)
+
+        tuned, _ = fit_cuts(on_fit_part, cuts, lo, hi)
         gains.append(score_on(held, tuned) - score_on(held, tuple(cuts)))
     return float(np.mean(gains))
 
@@ -164,8 +167,11 @@ def tune_module_cuts(module, raw: torch.Tensor, y_true: np.ndarray) -> dict:
     report = {}
     for head, spec in module.ordinal.items():
         default = current[head]
-        tuned, tuned_f1 = fit_cuts(lambda c, head=head: score_on(everyone, head, c), default, spec.lo, spec.hi)
-        gain = nested_cut_gain(lambda idx, c, head=head: score_on(idx, head, c), len(y_true), default, spec.lo, spec.hi)
+        def on_rows(idx: np.ndarray, c: tuple[int, ...], head: int = head) -> float:
+            return score_on(idx, head, c)
+
+        tuned, tuned_f1 = fit_cuts(lambda c: on_rows(everyone, c), default, spec.lo, spec.hi)
+        gain = nested_cut_gain(on_rows, len(y_true), default, spec.lo, spec.hi)
         report[str(head)] = {"default_cuts": list(default), "tuned_cuts": list(tuned),
                              "val_f1_default": score_on(everyone, head, default), "val_f1_tuned": tuned_f1,
                              "nested_gain": gain}

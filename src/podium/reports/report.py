@@ -420,7 +420,7 @@ def _gradcam_section(page: Page, out: Path, suspects: pd.DataFrame, classes: lis
         if rgb is None:
             continue
         tensor = source.preprocess(rgb)
-        shown = resize_rgb(rgb, tuple(tensor.shape[-2:]))
+        shown = resize_rgb(rgb, (int(tensor.shape[-2]), int(tensor.shape[-1])))
         maps = [gradcam_fn(source.model, tensor, index[c], layer) for c in (row.predicted, row.label)]
         panels.append((row, shown, [overlay_heatmap(shown, m) for m in maps]))
     if not panels:

@@ -64,6 +64,8 @@ def joint_from_marginals(arrays: Sequence[Any]) -> np.ndarray:
     for p in arrays:
         p = np.asarray(p, dtype=np.float64)
         joint = p if joint is None else (joint[:, :, None] * p[:, None, :]).reshape(len(p), -1)
+    if joint is None:
+        raise ValueError("joint_from_marginals needs at least one attribute's probabilities")
     return joint
 
 
@@ -150,7 +152,7 @@ class AttributeTask:
         return math.prod(self.radices)
 
     def classes(self, name: str) -> tuple[str, ...]:
-        return self.attributes[self._check_name(name)]
+        return tuple(self.attributes[self._check_name(name)])
 
     def bin_column(self, name: str) -> str:
         """Column holding the class index of a binned attribute."""
