@@ -8,6 +8,7 @@ argparse objects, and nothing here imports torch until a command runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -29,21 +30,35 @@ def build_parser() -> argparse.ArgumentParser:
         prog="podium", description="From a folder of images to a scored, leaderboard-ready submission.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' own messages too")
+    from podium import __version__
+
+    parser.add_argument("--version", action="version", version=f"podium {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
 
 
-def _quiet_libraries() -> None:
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")  # inherited by DataLoader/DDP workers
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    import logging
+@contextlib.contextmanager
+def _command_scope(level: str):
+    """The verbosity and warning filters of one command, restored when it returns: a command
+    run in-process (tests, notebooks calling `main`) leaves no filters or environment behind."""
+    from podium.quiet import verbosity
 
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    saved = os.environ.get("PYTHONWARNINGS")
+    with verbosity(level), warnings.catch_warnings():
+        if level != "verbose":
+            os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")  # DataLoader/DDP worker processes
+            warnings.filterwarnings("ignore", category=UserWarning)  # libraries' advice (podium prints its own notes)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+        try:
+            yield
+        finally:
+            if saved is None:
+                os.environ.pop("PYTHONWARNINGS", None)
+            else:
+                os.environ["PYTHONWARNINGS"] = saved
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,10 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
-    if not debug:
-        _quiet_libraries()
+    verbose = debug or getattr(args, "verbose", False)
+    level = "verbose" if verbose else "quiet" if getattr(args, "quiet", False) else "normal"
     try:
-        return int(args.func(args) or 0)
+        with _command_scope(level):
+            return int(args.func(args) or 0)
     except PodiumError as exc:
         if debug:
             raise

@@ -15,9 +15,23 @@ EXIT_USER_ERROR = 2
 
 
 def console():
+    """Rich output for people: in a terminal at its width; in a file or pipe at full width (a
+    table or path is never wrapped mid-word into the log)."""
     from rich.console import Console
 
+    from podium.quiet import plain_output
+
+    if plain_output():
+        return Console(stderr=False, highlight=False, soft_wrap=True, width=1000, no_color=True)
     return Console(stderr=False, highlight=False, soft_wrap=True)
+
+
+def notes(out):
+    """Where a command's progress notes go: ``out.print``, or nowhere under ``--quiet`` (results
+    and errors only)."""
+    from podium.quiet import current
+
+    return (lambda *a, **k: None) if current() == "quiet" else out.print
 
 
 def add_command(sub, name: str, help_text: str, func: Callable, example: str) -> argparse.ArgumentParser:
@@ -26,6 +40,8 @@ def add_command(sub, name: str, help_text: str, func: Callable, example: str) ->
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=func)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks for errors")
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show the libraries' own messages too (Lightning's banners, known warnings)")
     return p
 
 

@@ -9,6 +9,7 @@ from podium.cli.common import (
     add_group,
     add_prediction_options,
     console,
+    notes,
     positive_int,
     split_config_and_overrides,
     table,
@@ -22,12 +23,12 @@ def cmd_train(args) -> int:
 
     out = console()
     if args.resume:
-        run = podium.train(None, resume=args.resume, progress=not args.quiet, log=out.print,
+        run = podium.train(None, resume=args.resume, progress=not args.quiet, log=notes(out),
                            epochs=_resume_epochs(args.items))
     else:
         config, overrides = split_config_and_overrides(args.items)
         cfg = podium.load_config(config, overrides)
-        run = podium.train(cfg, dry_run=args.dry_run, progress=not args.quiet, log=out.print)
+        run = podium.train(cfg, dry_run=args.dry_run, progress=not args.quiet, log=notes(out))
     s = run.summary
     if args.dry_run:
         table("dry run: one batch of train and validation ran", {

@@ -4,6 +4,7 @@ from __future__ import annotations
 from podium.cli.common import (
     add_command,
     console,
+    notes,
     positive_float,
     positive_int,
     split_config_and_overrides,
@@ -70,7 +71,7 @@ def cmd_distill(args) -> int:
     config, overrides = split_config_and_overrides(args.items)
     out = console()
     run = podium.distill(args.teacher, model=args.model, config=config, overrides=overrides, unlabeled=args.unlabeled,
-                         temperature=args.temperature, alpha=args.alpha, progress=not args.quiet, log=out.print)
+                         temperature=args.temperature, alpha=args.alpha, progress=not args.quiet, log=notes(out))
     s = run.summary
     m = s["val_metrics"]
     teacher = s.get("soft_targets", {}).get("teacher", {})
@@ -91,7 +92,7 @@ def cmd_pseudo_label(args) -> int:
     result = podium.pseudo_label(args.model, args.unlabeled, rounds=args.rounds, precision=args.precision,
                                  mode=args.mode, folds=args.folds, config=config, overrides=overrides,
                                  group_by_folder=args.group_by_folder, out=args.out, progress=not args.quiet,
-                                 log=out.print)
+                                 log=notes(out))
     rows = {"unlabelled images": result.record["n_unlabeled"], "mode": result.record["mode"]}
     for entry in result.record["rounds"]:
         score = entry["score"]
@@ -107,7 +108,7 @@ def cmd_audit(args) -> int:
 
     out = console()
     result = podium.audit(args.run, out=args.out, features=not args.no_features, max_review=args.max_review,
-                          log=out.print)
+                          log=notes(out))
     s = result.summary
     rows = {"judged": s["note"]}
     for kind, n in s["counts"].items():

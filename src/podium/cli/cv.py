@@ -12,6 +12,7 @@ from podium.cli.common import (
     add_command,
     console,
     non_negative_int,
+    notes,
     positive_int,
     split_config_and_overrides,
     table,
@@ -92,7 +93,7 @@ def cmd_cv(args) -> int:
     cfg = podium.config(config, *overrides)
     out = console()
     result = podium.cross_validate(cfg, folds=args.folds, fold=args.fold, test=args.test, save_epochs=args.save_epochs,
-                                   progress=not args.quiet, log=out.print)
+                                   progress=not args.quiet, log=notes(out))
     if result.summary:
         _print_summary(result.summary, out)
     else:
@@ -119,7 +120,7 @@ def cmd_cv_gather(args) -> int:
 
     out = console()
     _print_summary(podium.cv_gather(args.run, test=getattr(args, "test", None), progress=not getattr(args, "quiet", True),
-                                    log=out.print).summary, out)
+                                    log=notes(out)).summary, out)
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from podium.cli.common import add_command, console, non_negative_int, positive_float, positive_int, table
+from podium.cli.common import add_command, console, non_negative_int, notes, positive_float, positive_int, table
 
 EXPORT_EXAMPLE = ("podium export runs/exp --format onnx --dynamic-batch\n"
                   "  podium export runs/cv5            (one graph averaging the folds)\n"
@@ -27,7 +27,7 @@ def cmd_export(args) -> int:
     out = console()
     result = podium.export(args.run, args.format, checkpoint=args.checkpoint, out=args.out,
                         dynamic_batch=args.dynamic_batch, tolerance=args.tolerance, opset=args.opset,
-                        parity_images=args.parity_images, log=out.print)
+                        parity_images=args.parity_images, log=notes(out))
     p = result.parity
     table(f"exported {args.format}", {
         "model": result.path, "sidecar": result.sidecar, "parity report": result.parity_path,

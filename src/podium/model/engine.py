@@ -535,16 +535,22 @@ def build_trainer(cfg: PodiumConfig, run_dir: Path, *, callbacks: list[Callback]
         from podium.reports.tracking import create_loggers
 
         made = create_loggers(cfg, run_dir)
-    if progress:
+    from podium.quiet import make_epoch_lines, plain_output
+
+    # a redrawn bar in a terminal; one plain line per epoch in a file or pipe (a bar there is fragments)
+    bar = progress and not plain_output()
+    if bar:
         from lightning.pytorch.callbacks import RichProgressBar
 
         callbacks = list(callbacks or []) + [RichProgressBar(leave=True)]
+    elif progress:
+        callbacks = list(callbacks or []) + [make_epoch_lines()]
     return pl.Trainer(
         max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
         num_nodes=t.num_nodes, sync_batchnorm=t.sync_batchnorm, precision=resolve_precision(t.precision, t.accelerator),
         accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
         callbacks=callbacks, logger=made or False, default_root_dir=str(run_dir),
-        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+        enable_progress_bar=bar, enable_model_summary=False, num_sanity_val_steps=0,
         fast_dev_run=1 if dry_run else False, log_every_n_steps=10,
         # the data module's samplers give each rank its own share (no padded repeats in validation)
         use_distributed_sampler=False,

@@ -162,6 +162,9 @@ def _train(cfg: PodiumConfig, held: contextlib.ExitStack, *, resume, dry_run: bo
     if cfg is not None:  # a resumed run's config is its own, read below
         check_accelerator(cfg.train.accelerator)
     started = time.time()
+    from podium.quiet import quiet_libraries
+
+    held.enter_context(quiet_libraries())  # Lightning's banners and tips, for this run only
     from podium.model.distributed import ShareRunDir, check_launch, check_sync_batchnorm, launched_rank
 
     check_launch(cfg.train)  # before any data is read

@@ -537,8 +537,11 @@ class LiveTrials:
     def start(self) -> None:
         from rich.live import Live
 
+        from podium.quiet import plain_output
         from podium.tuning.outputs import trials_table
 
+        if plain_output():  # a file or pipe records every redraw: the table is printed once, at the end
+            return
         self._live = Live(trials_table(self.study, self.settings), refresh_per_second=1, transient=False)
         self._live.start()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="podium-tune-table")
@@ -564,6 +567,10 @@ class LiveTrials:
                 self._live.update(trials_table(self.study, self.settings))
             finally:
                 self._live.stop()
+        else:
+            from podium.cli.common import console
+
+            console().print(trials_table(self.study, self.settings))
 
 
 def _describe(result: TuneResult) -> str:

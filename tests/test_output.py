@@ -1,0 +1,92 @@
+"""What a user sees: quiet by default, plain and unbroken in a log file (issue 19).
+
+The commands run through the CLI with stdout and stderr captured at the file descriptors (not a
+terminal), as `podium train ... > train.log 2>&1` records them.
+"""
+import logging
+import re
+import warnings
+
+import yaml
+from conftest import fast_overrides, make_folder
+
+from podium.cli import main
+from podium.quiet import epoch_line, quiet_libraries, verbosity
+from podium.schema import parse_overrides
+
+NOISE = ("GPU available", "TPU available", "Tip:", "litlogger", "Loading `train_dataloader`", "LeafSpec",
+         "exists and is not empty", "TqdmWarning", "`Trainer.fit` stopped")
+
+
+def run_to_file(args: list[str], capfd) -> str:
+    """The command's stdout and stderr as a file records them (pytest's capture is not a terminal)."""
+    code = main(args)
+    out, err = capfd.readouterr()
+    text = out + err
+    assert code == 0, text
+    return text
+
+
+def assert_clean(text: str) -> None:
+    for noise in NOISE:
+        assert noise not in text, f"{noise!r} in:\n{text}"
+    # a long path or a table cell is never wrapped mid-token into the file
+    assert not re.search(r"\.parq\s*\n|COMPLET\s*\n|\n\s*uet\b", text), text
+
+
+def test_train_to_a_file_is_one_plain_line_per_epoch_without_banners(tmp_path, capfd):
+    data = make_folder(tmp_path / "data")
+    args = ["train", *fast_overrides(tmp_path, **{"data.train": str(data), "train.epochs": 3,
+                                                  "output.report": "false",
+                                                  "output.name": "a-run-name-long-enough-to-wrap-at-eighty-" * 2})]
+    text = run_to_file(args, capfd)
+    assert_clean(text)
+    epochs = [line for line in text.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epochs] == ["1/3", "2/3", "3/3"], text
+    assert all("train_loss" in line and "val_f1" in line for line in epochs)
+    run_dir = next((tmp_path / "runs dir").iterdir())
+    # the full path of the run is on one line of the results table, not folded at 80 columns
+    assert any(str(run_dir) in line for line in text.splitlines()), text
+
+    quiet = run_to_file([*args, "--quiet", "train.epochs=1"], capfd)
+    assert not [line for line in quiet.splitlines() if line.startswith(("epoch ", "run folder"))], quiet
+    assert "val macro F1" in quiet  # results still shown
+
+    verbose = run_to_file([*args, "--verbose", "train.epochs=1"], capfd)
+    assert "GPU available" in verbose  # --verbose brings Lightning's own messages back
+
+
+def test_tune_to_a_file_prints_the_table_once_at_full_width(tmp_path, capfd):
+    data = make_folder(tmp_path / "data")
+    raw = parse_overrides(fast_overrides(tmp_path, **{"data.train": str(data), "output.report": "false"}))
+    raw["search"] = {"train.lr": {"low": 1e-3, "high": 0.2, "log": True}}
+    cfg = tmp_path / "tune.yaml"
+    cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
+    text = run_to_file(["tune", str(cfg), "--trials", "2", "--study", "s", "--dir", str(tmp_path / "st")],
+                       capfd)
+    assert_clean(text)
+    assert text.count("┏") == 1, text  # one table, not one per redraw
+    assert re.search(r"┘\n+best trial \d", text), text  # the summary starts on its own line
+    assert sum("COMPLETE" in line for line in text.splitlines()) == 2
+
+
+def test_quiet_libraries_restores_levels_and_filters_and_keeps_other_warnings():
+    import lightning.pytorch  # noqa: F401
+
+    lg = logging.getLogger("lightning.pytorch")
+    before_level, before_filters = lg.level, list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_libraries():
+            assert lg.level == logging.WARNING
+            warnings.warn("Checkpoint directory /x exists and is not empty.", UserWarning, stacklevel=1)
+            warnings.warn("podium: something the user must see", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["podium: something the user must see"]
+    assert lg.level == before_level and warnings.filters == before_filters
+    with verbosity("verbose"), quiet_libraries():
+        assert lg.level == before_level  # --verbose: nothing silenced
+
+
+def test_epoch_line_puts_training_losses_first():
+    line = epoch_line(2, 15, {"val_f1": 0.8123, "train_loss": 0.41})
+    assert line == "epoch 3/15 train_loss 0.4100 val_f1 0.8123"
