@@ -297,8 +297,8 @@ def _choose_final(folder: Path, members: list[dict], state: _State, test, log) -
 def _finish(folder: Path, cfg, plan: Plan, state: _State, classes: list[str], final: dict, members: list[dict],
             test, export: bool, log) -> AutoResult:
     from podium.data.dataset import encode_labels
+    from podium.evaluation.biases import apply_logit_biases, nested_bias_gain
     from podium.evaluation.cv import write_test_outputs
-    from podium.evaluation.ensemble import apply_logit_biases, nested_bias_gain
     from podium.rundir import read_config
 
     oof = read_table(final["oof"], "the final OOF predictions")

@@ -105,7 +105,9 @@ def diverse_order(candidates: Sequence[Candidate], preset: Preset) -> list[Candi
         return preset.backbones.index(c.model) if c.model in preset.backbones else -1  # the user's own first
 
     ordered = sorted(candidates, key=lambda c: (size_rank(c), model_rank(c)))
-    first, rest, seen = [], [], set()
+    first: list[Candidate] = []
+    rest: list[Candidate] = []
+    seen: set[str] = set()
     for c in ordered:
         (rest if c.model in seen else first).append(c)
         seen.add(c.model)
