@@ -343,6 +343,26 @@ def test_crash_after_the_folder_exists_is_marked_failed_and_reraised(tmp_path, i
     assert status["status"] == "failed" and status["error"] == "RuntimeError: simulated crash"
 
 
+# ---------------------------------------------------------------- nothing is overwritten
+
+def test_average_checkpoints_never_overwrites_a_checkpoint(run_copy, capsys):
+    """Before: `--out RUN/best.ckpt` replaced the run's best checkpoint with the average."""
+    run, _ = run_copy
+    best = (run / "best.ckpt").read_bytes()
+    code, err = run_cli(["average-checkpoints", run, "--last", 2, "--out", run / "best.ckpt", "--no-eval"], capsys)
+    assert code == 0, err
+    assert (run / "best.ckpt").read_bytes() == best
+    assert (run / "best-2.ckpt").is_file()  # the next free name, as every output folder gets
+
+
+def test_eda_output_goes_to_the_next_free_folder(run_copy, tmp_path, capsys):
+    _, data = run_copy
+    out = tmp_path / "reports"
+    for _ in range(2):
+        assert main(["eda", str(data), "--out", str(out)]) == 0
+    assert (out / "eda.html").is_file() and (tmp_path / "reports-2" / "eda.html").is_file()
+
+
 # ---------------------------------------------------------------- numbers
 
 @pytest.mark.parametrize("override", ["train.lr=inf", "train.lr=nan", "train.weight_decay=.inf",

@@ -180,6 +180,22 @@ def output_dir(out: str | Path | None, parent: str | Path, name: str) -> Path:
     return next_free_dir(out.parent, out.name)
 
 
+def next_free_file(path: str | Path) -> Path:
+    """``path`` when no file is there, else ``stem-2.suffix``, ``stem-3.suffix``...: reserved here
+    (created empty, atomically), so a file output never overwrites one (the file twin of `output_dir`)."""
+    path = Path(path)
+    _check_not_a_file(path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 10_000):
+        candidate = path if k == 1 else path.with_name(f"{path.stem}-{k}{path.suffix}")
+        try:
+            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return candidate
+        except FileExistsError:
+            continue
+    raise PodiumError(f"too many files named like {path.name} in {path.parent}")
+
+
 def _check_not_a_file(path: Path) -> None:
     for folder in (path, *path.parents):
         if folder.exists() and not folder.is_dir():

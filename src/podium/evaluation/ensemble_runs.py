@@ -25,6 +25,7 @@ from podium.rundir import (
     SCORES_FILE,
     TEST_PROBABILITIES_FILE,
     folder_kind,
+    next_free_file,
     read_classes,
     read_config,
     read_metrics,
@@ -96,8 +97,16 @@ def average_run_checkpoints(run_dir: str | Path, *, last: int | None = None, bes
 
     run_dir = Path(run_dir)
     paths = select_epochs(run_dir, last=last, best=best)
-    out = Path(out) if out else run_dir / f"averaged_{'last' if last else 'best'}{len(paths)}.ckpt"
-    save_averaged_checkpoint(paths, out)
+    default = f"averaged_{'last' if last else 'best'}{len(paths)}.ckpt"
+    target = Path(out) if out else run_dir / default
+    if target.is_dir():
+        target = target / default
+    out = next_free_file(target)  # never over best.ckpt, last.ckpt or an earlier average
+    try:
+        save_averaged_checkpoint(paths, out)
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
     result = {"checkpoint": str(out), "averaged": [p.name for p in paths]}
     if evaluate:
         result.update(_score_checkpoints(run_dir, {"averaged": out, "best": run_dir / BEST_CHECKPOINT}, progress))
