@@ -219,6 +219,9 @@ def test_api_key_and_server_errors_never_leak_a_traceback(predictor):
         assert refused.status_code == 401 and "X-API-Key" in refused.json()["error"]
         assert client.get("/classes", headers={"X-API-Key": "wrong"}).status_code == 401
         assert client.get("/classes", headers={"X-API-Key": "s3cret"}).status_code == 200
+        # the schema and docs are behind the key too (before: /openapi.json and /docs answered anyone)
+        assert client.get("/openapi.json").status_code == 401 and client.get("/docs").status_code == 404
+        assert "/predict" in client.get("/openapi.json", headers={"X-API-Key": "s3cret"}).json()["paths"]
         failed = client.post("/predict", files={"files": ("a.png", ok, "image/png")}, headers={"X-API-Key": "s3cret"})
         assert failed.status_code == 500 and failed.json()["error"].startswith("internal server error")
         assert "secret" not in failed.text and "Traceback" not in failed.text

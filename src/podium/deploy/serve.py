@@ -327,8 +327,17 @@ def create_app(predictor, settings: ServeSettings | None = None):
         finally:
             await batcher.stop()
 
+    # with an API key, the schema is behind it too and the interactive docs (which fetch it without
+    # the header) are off: they would describe every endpoint to anyone who reaches the address
+    keyed = bool(settings.api_key)
     app = FastAPI(title="podium", description=f"Image classification with {predictor.source.name}",
-                  lifespan=lifespan)
+                  lifespan=lifespan, **({"openapi_url": None, "docs_url": None, "redoc_url": None} if keyed else {}))
+    if keyed:
+        from fastapi import Depends
+
+        @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(_key_check(settings))])
+        def openapi_schema() -> dict:
+            return app.openapi()
     app.state.batcher = batcher
     app.state.settings = settings
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.request_timeout_s)
