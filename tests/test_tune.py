@@ -135,9 +135,15 @@ def test_study_writes_trials_table_plots_and_a_retrainable_best_config(study3):
     assert list(trials["number"]) == [0, 1, 2] and set(trials["state"]) == {"COMPLETE"}
     assert {"value", "duration_s", "epochs_run", "train.lr", "augment.preset", "run_dir"} <= set(trials.columns)
     assert list(trials["epochs_run"]) == [1, 1, 1]
+    best_number = int(trials.loc[trials["value"].idxmax(), "number"])
     for n in range(3):
         run = study_dir / f"trial_{n}"
-        assert (run / "summary.json").is_file() and (run / "best.ckpt").is_file()
+        assert (run / "summary.json").is_file() and (run / "metrics.csv").is_file()
+        # tune.keep_best=1 (default): only the best trial keeps its weights, the others' go as they finish
+        assert bool(list(run.rglob("*.ckpt"))) == (n == best_number), (n, best_number)
+    ckpt_bytes = sum(p.stat().st_size for p in study_dir.rglob("*.ckpt"))
+    one_run = sum(p.stat().st_size for p in (study_dir / f"trial_{best_number}").rglob("*.ckpt"))
+    assert ckpt_bytes == one_run > 0
     page = (study_dir / "report.html").read_text()
     assert page.count("plotly.js v") >= 1 and page.count("Plotly.newPlot") >= 3  # plotly embedded: works offline
     assert "Optimization history" in page and "Intermediate values" in page
@@ -331,3 +337,22 @@ def test_readme_tune_example_is_a_valid_search(tmp_path):
     example = yaml.safe_load(text.split("```yaml", 1)[1].split("```", 1)[0])
     settings = prepare_settings(example, trials=20, root=tmp_path)
     assert settings.study_dir == tmp_path / "lr-search" and len(settings.params) == 4
+
+
+def test_keep_best_keeps_the_best_trials_checkpoints_and_leaves_running_trials_alone(tmp_path):
+    from podium.tuning.study import prune_checkpoints
+
+    study = optuna.create_study(direction="maximize")
+    for number, (state, value) in enumerate([(States.COMPLETE, 0.5), (States.COMPLETE, 0.9), (States.PRUNED, None),
+                                             (States.COMPLETE, 0.7), (States.FAIL, None), (States.RUNNING, None)]):
+        run = tmp_path / f"trial_{number}"
+        (run / "epochs").mkdir(parents=True)
+        for name in ("best.ckpt", "last.ckpt", "epochs/epoch000.ckpt", "metrics.csv"):
+            (run / name).write_bytes(b"x")
+        study.add_trial(optuna.trial.create_trial(state=state, value=value, user_attrs={"run_dir": str(run)}))
+    prune_checkpoints(study, keep_best=2, direction="maximize")
+    with_weights = sorted(int(p.name.split("_")[1]) for p in tmp_path.iterdir() if list(p.rglob("*.ckpt")))
+    assert with_weights == [1, 3, 5]  # the two best complete trials, and the running one untouched
+    assert all((tmp_path / f"trial_{n}" / "metrics.csv").is_file() for n in range(6))
+    prune_checkpoints(study, keep_best=0, direction="maximize")
+    assert {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*.ckpt")} == {"trial_5"}

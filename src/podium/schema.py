@@ -353,6 +353,10 @@ class PredictConfig(Section):
     logit_biases: str | None = Field(None, description="JSON of per-class logit biases fitted for macro F1 (`podium cv-biases`), applied to predictions.")
 
 
+class TuneConfig(Section):
+    keep_best: int = Field(1, ge=0, description="`podium tune` keeps the checkpoints (*.ckpt) of this many best trials and deletes the others' as trials finish (their metrics, logs and configs stay); 0 keeps none.")
+
+
 class PodiumConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig, description="Where the images are and how they are read.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Backbone and head.")
@@ -364,6 +368,7 @@ class PodiumConfig(Section):
     cv: CVConfig = Field(default_factory=CVConfig, description="Cross-validation.")
     predict: PredictConfig = Field(default_factory=PredictConfig, description="Inference options.")
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Knowledge distillation from a teacher.")
+    tune: TuneConfig = Field(default_factory=TuneConfig, description="Hyper-parameter search (`podium tune`).")
 
     @model_validator(mode="after")
     def _check_cross_fields(self):
