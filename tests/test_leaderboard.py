@@ -58,6 +58,10 @@ def runs_dir(trained, tmp_path):
     ens.mkdir()
     (ens / "ensemble.json").write_text(json.dumps({"method": "soft", "members": ["cv", "base"],
                                                    "classes": ["cat", "dog", "fox"], "oof_macro_f1": 0.95}))
+    study = root / "lr-study"  # a `podium tune` study: its trials' folders are not listed, the study is
+    shutil.copytree(trained.run_dir, study / "trial_0")
+    (study / "study.json").write_text(json.dumps({"objective": "val_f1", "trials_target": 2, "best_value": 0.99,
+                                                  "counts": {"COMPLETE": 1}}))
     return root
 
 
@@ -65,8 +69,14 @@ def test_runs_lists_every_kind_with_its_status(runs_dir, trained):
     table = podium.runs(runs_dir)
     status = dict(zip(table["name"], table["status"]))
     assert status == {"base": "finished", "lr-0.2": "finished", "stopped": "interrupted", "broken": "failed",
-                      "cv": "finished", "ensemble": "finished"}
-    assert list(table["name"][:2]) == ["ensemble", "cv"], "sorted by score (OOF/CV macro F1, else val F1)"
+                      "cv": "finished", "ensemble": "finished", "lr-study": "incomplete"}
+    # ranked within each score kind, never across kinds: the study's 0.99 (best of its trials) is last
+    kinds = dict(zip(table["name"], table["score_kind"]))
+    assert kinds == {"ensemble": "ensemble OOF", "cv": "OOF", "base": "holdout", "lr-0.2": "holdout",
+                     "stopped": "holdout", "broken": "holdout", "lr-study": "tune"}
+    assert list(table["name"][:2]) == ["ensemble", "cv"] and table["name"].iloc[-1] == "lr-study"
+    holdout = table[table["score_kind"] == "holdout"]["score"]
+    assert list(holdout.dropna()) == sorted(holdout.dropna(), reverse=True)
     base = table.set_index("name").loc["base"]
     assert base["val_f1"] == pytest.approx(trained.summary["val_metrics"]["f1"])
     assert (base["model"], base["image_size"], base["epochs"]) == ("test_efficientnet", "32", 1)
@@ -77,6 +87,19 @@ def test_runs_lists_every_kind_with_its_status(runs_dir, trained):
     assert set(podium.runs(runs_dir, where=["status=failed"])["name"]) == {"broken"}
     with pytest.raises(PodiumError, match="Did you mean 'model.name'"):
         podium.runs(runs_dir, where="model.nme=x")
+
+
+def test_cli_runs_says_the_score_kinds_are_not_comparable(runs_dir, capsys):
+    assert main(["runs", str(runs_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "score kind" in out and "not comparable" in out
+    assert all(kind in out for kind in ("ensemble OOF", "holdout", "tune"))
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"podium {podium.__version__}"
 
 
 def test_cli_runs_json_and_compare_show_the_changed_key(runs_dir, capsys):

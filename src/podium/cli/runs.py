@@ -11,7 +11,9 @@ from podium.errors import PodiumError
 
 #: terminal table: header -> how a cell is made from the row and its headline (CSV and JSON carry every column)
 SHOWN = {
-    "name": lambda r, w: str(r["name"]), "kind": lambda r, w: str(r["kind"]), "status": lambda r, w: w["status"],
+    "name": lambda r, w: str(r["name"]), "kind": lambda r, w: str(r["kind"]),
+    "score": lambda r, w: _fmt(r.get("score")), "score kind": lambda r, w: str(r.get("score_kind") or "-"),
+    "status": lambda r, w: w["status"],
     "date": lambda r, w: r["date"] or "-", "model": lambda r, w: w["model"], "size": lambda r, w: w["image size"],
     "epochs": lambda r, w: w["epochs"], "val F1": lambda r, w: w["val macro F1"], "acc": lambda r, w: w["accuracy"],
     "worst class F1": lambda r, w: w["worst class F1"], "CV/OOF F1": lambda r, w: _fmt(r.get("cv_f1")),
@@ -31,10 +33,20 @@ def cmd_runs(args) -> int:
     if len(args.paths) > 1:
         raise PodiumError(f"podium runs takes one folder, got {len(args.paths)}: {' '.join(args.paths)}. "
                           "To compare runs: podium runs compare RUN_A RUN_B")
+    from pathlib import Path
+
+    import pandas as pd
+
     import podium
 
     root = args.paths[0] if args.paths else "runs"
     table = podium.runs(root, args.where)
+    if not args.paths and Path("studies").is_dir():  # `podium tune`'s default folder: studies beside runs
+        from podium.reports.leaderboard import rank
+
+        studies = podium.runs("studies", args.where)
+        table = rank(pd.concat([table, studies], ignore_index=True)) if len(studies) else table
+        root = "runs and studies"
     if args.format == "csv":
         table.to_csv(sys.stdout, index=False)
     elif args.format == "json":
@@ -50,7 +62,10 @@ def _print_leaderboard(table, root: str) -> None:
 
     from podium.reports.leaderboard import headline
 
-    out = Table(title=f"{len(table)} run(s) under {root}, best score first", header_style="bold",
+    kinds = [k for k in table["score_kind"].dropna().unique()]
+    order = ("best score first within each score kind: " + ", ".join(kinds) + " scores are not comparable"
+             if len(kinds) > 1 else "best score first")
+    out = Table(title=f"{len(table)} run(s) under {root}, {order}", header_style="bold",
                 box=box.SIMPLE_HEAD, pad_edge=False)
     for column in SHOWN:
         out.add_column(column, overflow="fold", no_wrap=column in ("name", "status"))

@@ -34,10 +34,16 @@ from podium.rundir import (
 MAX_DEPTH = 4  # runs/<group>/<sub>/<run>: deep enough for tuning trials, shallow enough to stay fast
 
 #: leaderboard columns, in display order; ``score`` (CV/OOF macro F1 where there is one, else
-#: validation macro F1) orders the table
+#: validation macro F1) orders the table within its ``score_kind``
 COLUMNS = ["name", "kind", "status", "date", "task", "model", "image_size", "epochs", "max_epochs", "monitor",
            "best_val", "best_epoch", "val_f1", "val_acc", "worst_class", "worst_class_f1", "cv_f1", "score",
-           "wall_time_s", "path"]
+           "score_kind", "wall_time_s", "path"]
+
+#: what a score was measured on, in the leaderboard's order. Scores of different kinds are not
+#: comparable (a 49-image holdout is noisier than 245 out-of-fold rows; ensemble weights are fitted
+#: on their OOF rows; a study's best trial was selected on the score it reports), so the table is
+#: ranked within each kind, never across them.
+SCORE_KINDS = ("ensemble OOF", "OOF", "holdout", "tune")
 
 
 # ---------------------------------------------------------------- reading files
@@ -160,7 +166,7 @@ def run_row(run_dir: str | Path) -> dict:
         worst_class=worst if summary else None, worst_class_f1=worst_f1 if summary else None,
         wall_time_s=_number(summary.get("wall_time_s")),
     )
-    row["score"] = row["val_f1"]
+    row["score"], row["score_kind"] = row["val_f1"], "holdout"
     return row
 
 
@@ -188,7 +194,7 @@ def cv_row(cv_dir: str | Path) -> dict:
         worst_class=worst, worst_class_f1=worst_f1, cv_f1=_number(summary.get("cv_macro_f1")),
         wall_time_s=_number(summary.get("total_fold_time_s")),
     )
-    row["score"] = row["cv_f1"]
+    row["score"], row["score_kind"] = row["cv_f1"], "OOF"
     return row
 
 
@@ -215,7 +221,33 @@ def ensemble_row(ens_dir: str | Path) -> dict:
                model=f"{meta.get('method', '?')} ensemble of {len(members)}", monitor="oof_f1",
                best_val=_number(meta.get("oof_macro_f1")), cv_f1=_number(meta.get("oof_macro_f1")),
                worst_class=worst, worst_class_f1=worst_f1)
-    row["score"] = row["cv_f1"]
+    row["score"], row["score_kind"] = row["cv_f1"], "ensemble OOF"
+    return row
+
+
+def study_row(study_dir: str | Path) -> dict:
+    """A `podium tune` study: its best trial's objective is its score (kind ``tune``: the best of
+    N trials on the score it was selected by, so optimistic); scored only when the objective is a
+    macro F1, the leaderboard's measure."""
+    from podium.tuning.outputs import BEST_FILE, SUMMARY_FILE as STUDY_FILE
+
+    folder = Path(study_dir)
+    row = _empty_row(folder, "study")
+    info = _json(folder / STUDY_FILE)
+    config = _yaml(folder / BEST_FILE)
+    counts = info.get("counts") or {}
+    done = int(counts.get("COMPLETE", 0)) + int(counts.get("PRUNED", 0))
+    target = info.get("trials_target")
+    objective = info.get("objective")
+    best = _number(info.get("best_value"))
+    row.update(status="finished" if isinstance(target, int) and done >= target else "incomplete",
+               date=_date(folder / STUDY_FILE), model=(config.get("model") or {}).get("name"),
+               image_size=_size_label(config), monitor=objective, best_val=best,
+               task=f"{done} of {target} trials" if target else None)
+    if objective in ("val_f1", "cv_macro_f1"):
+        row["score"] = best
+        row["cv_f1" if objective == "cv_macro_f1" else "val_f1"] = best
+    row["score_kind"] = "tune"
     return row
 
 
@@ -224,12 +256,16 @@ def ensemble_row(ens_dir: str | Path) -> dict:
 
 @dataclass
 class Found:
-    kind: str  # run, cv or ensemble
+    kind: str  # run, cv, ensemble or study
     path: Path
 
 
 def classify(folder: Path) -> str | None:
-    """What a folder is: a cv folder, an ensemble, a run, or none of them."""
+    """What a folder is: a cv folder, an ensemble, a tune study, a run, or none of them."""
+    from podium.tuning.outputs import SUMMARY_FILE as STUDY_FILE
+
+    if (folder / STUDY_FILE).is_file() and not (folder / CONFIG_FILE).is_file():
+        return "study"
     if (folder / CV_FILE).is_file():
         return "cv"
     if (folder / ENSEMBLE_FILE).is_file():
@@ -254,7 +290,7 @@ def find_runs(root: str | Path, depth: int = MAX_DEPTH) -> list[Found]:
     return found
 
 
-ROW_BUILDERS = {"run": run_row, "cv": cv_row, "ensemble": ensemble_row}
+ROW_BUILDERS = {"run": run_row, "cv": cv_row, "ensemble": ensemble_row, "study": study_row}
 
 
 def _config_of(found: Found) -> dict[str, Any]:
@@ -284,7 +320,8 @@ def parse_where(items: list[str] | None) -> list[tuple[str, str]]:
 
 
 def leaderboard(root: str | Path = "runs", where: list[str] | str | None = None) -> pd.DataFrame:
-    """Every run, cv run and ensemble under ``root`` as one table, best score first.
+    """Every run, cv run, ensemble and tune study under ``root`` as one table, best score first
+    within each score kind (holdout / OOF / ensemble OOF / tune: `SCORE_KINDS`).
 
     ``where`` keeps rows whose config key (``model.name=resnet18``) or column (``status=failed``,
     ``kind=cv``) has that value; several conditions must all hold.
@@ -302,8 +339,15 @@ def leaderboard(root: str | Path = "runs", where: list[str] | str | None = None)
     _check_where_keys(conditions, configs, root)
     keep = [all(_matches(row, cfg, key, value) for key, value in conditions) for row, cfg in zip(rows, configs)]
     table = pd.DataFrame([r for r, k in zip(rows, keep) if k], columns=COLUMNS)
-    table = table.sort_values("score", ascending=False, na_position="last", kind="stable")
-    return table.reset_index(drop=True)
+    return rank(table)
+
+
+def rank(table: pd.DataFrame) -> pd.DataFrame:
+    """Best score first within each score kind (`SCORE_KINDS` order); never one ranking across kinds."""
+    order = table["score_kind"].map({k: i for i, k in enumerate(SCORE_KINDS)}).fillna(len(SCORE_KINDS))
+    table = table.assign(_kind=order).sort_values(["_kind", "score"], ascending=[True, False],
+                                                  na_position="last", kind="stable")
+    return table.drop(columns="_kind").reset_index(drop=True)
 
 
 def _matches(row: dict, config: dict, key: str, value: str) -> bool:
