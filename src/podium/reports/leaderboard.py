@@ -229,7 +229,8 @@ def study_row(study_dir: str | Path) -> dict:
     """A `podium tune` study: its best trial's objective is its score (kind ``tune``: the best of
     N trials on the score it was selected by, so optimistic); scored only when the objective is a
     macro F1, the leaderboard's measure."""
-    from podium.tuning.outputs import BEST_FILE, SUMMARY_FILE as STUDY_FILE
+    from podium.tuning.outputs import BEST_FILE
+    from podium.tuning.outputs import SUMMARY_FILE as STUDY_FILE
 
     folder = Path(study_dir)
     row = _empty_row(folder, "study")
