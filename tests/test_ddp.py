@@ -178,3 +178,53 @@ def test_sync_batchnorm_without_cuda_is_refused():
     check_sync_batchnorm(load_config(None, ["train.accelerator=cpu"]).train)
     with pytest.raises(PodiumError, match="train.sync_batchnorm=true needs CUDA GPUs"):
         check_sync_batchnorm(load_config(None, ["train.accelerator=cpu", "train.sync_batchnorm=true"]).train)
+
+
+@pytest.mark.slow  # three DDP runs of 2 processes (about 40 s on 2 cores): too long for the default suite
+def test_ddp_kill_9_mid_epoch_then_resume_is_exact(tmp_path):
+    """SIGKILL to every process of a 2-rank run in epoch 2 of 3, then --resume (which relaunches
+    both ranks from the saved config): last.ckpt's weights and optimizer state equal an
+    uninterrupted DDP run's, bit for bit."""
+    import signal
+    import time
+
+    import torch
+
+    from podium.rundir import read_status
+
+    data = make_folder(tmp_path / "train", {c: 30 for c in ("cat", "dog", "fox")})
+    overrides = [*fast_overrides(tmp_path, **{"train.epochs": 3, "train.batch_size": 4, "output.report": "false"}),
+                 f"data.train={data}", "train.strategy=ddp", "train.devices=2", "--quiet"]
+
+    def start(name):
+        return subprocess.Popen([sys.executable, "-m", "podium", "train", *overrides, f"output.name={name}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(),
+                                cwd=tmp_path, start_new_session=True)  # its own group: kill -9 reaches every rank
+
+    killed_proc, full_proc = start("killed"), start("full")
+    killed = tmp_path / "runs dir" / "killed"
+    deadline = time.time() + 240
+    while not ((killed / "metrics.csv").is_file() and (killed / "last.ckpt").is_file()
+               and len((killed / "metrics.csv").read_text().strip().splitlines()) >= 2):
+        assert killed_proc.poll() is None and time.time() < deadline, killed_proc.stderr.read()[-2000:]
+        time.sleep(0.02)
+    os.killpg(killed_proc.pid, signal.SIGKILL)
+    killed_proc.wait(timeout=30)
+    killed_proc.stderr.close()
+    assert len(pd.read_csv(killed / "metrics.csv")) == 1, "the kill did not land in epoch 2"
+    assert read_status(killed)["status"] == "interrupted"  # the lock died with rank 0
+    resumed = subprocess.run([sys.executable, "-m", "podium", "train", "--resume", str(killed), "--quiet"],
+                             capture_output=True, text=True, timeout=300, env=_env(), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert full_proc.wait(timeout=300) == 0, full_proc.stderr.read()[-2000:]
+    full_proc.stderr.close()
+    a = torch.load(tmp_path / "runs dir" / "full" / "last.ckpt", weights_only=True)
+    b = torch.load(killed / "last.ckpt", weights_only=True)
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    for sa, sb in zip(a["optimizer_states"], b["optimizer_states"]):
+        for pid, state in sa["state"].items():
+            for name, tensor in state.items():
+                assert torch.equal(tensor, sb["state"][pid][name]), (pid, name)
+    assert sorted(p.name for p in (tmp_path / "runs dir").iterdir()) == ["full", "killed"]

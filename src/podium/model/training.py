@@ -167,14 +167,17 @@ def _train(cfg: PodiumConfig, held: contextlib.ExitStack, *, resume, dry_run: bo
     held.enter_context(quiet_libraries())  # Lightning's banners and tips, for this run only
     from podium.model.distributed import ShareRunDir, check_launch, check_sync_batchnorm, launched_rank
 
-    check_launch(cfg.train)  # before any data is read
-    check_sync_batchnorm(cfg.train)
+    if cfg is not None:  # before any data is read; a resumed run's config is checked below
+        check_launch(cfg.train)
+        check_sync_batchnorm(cfg.train)
     ddp_worker = launched_rank() != 0  # ranks >= 1 never create folders: they learn rank 0's (ShareRunDir)
     if resume is not None and not ddp_worker:
         held.enter_context(run_lock(load_run(resume).dir, "train --resume", log))
     start = _starting_point(cfg, resume, epochs, prepared, log)
     cfg, prepared, run_dir = start.cfg, start.prepared, start.run_dir
     check_accelerator(cfg.train.accelerator)
+    check_launch(cfg.train)
+    check_sync_batchnorm(cfg.train)
     ckpt_path, start_epoch, extend = start.ckpt_path, start.start_epoch, start.extend
     if prepared.skipped:
         log(f"skipped {len(prepared.skipped)} unreadable image(s) (data.on_bad_image=skip)")
