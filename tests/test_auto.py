@@ -126,3 +126,28 @@ def test_auto_help_is_torch_free():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "--time" in out.stdout and "--preset" in out.stdout
+
+
+def test_a_composite_task_with_groups_goes_through(tmp_path):
+    """Classes composed of attributes (colour x side, read from CSV columns), grouped by person:
+    the members are grouped cv runs of the composite task and the submission has its classes."""
+    import podium
+
+    paths = colour_images(tmp_path / "data", per_class=8)
+    table = pd.DataFrame({"path": [p.relative_to(tmp_path / "data").as_posix() for p in paths],
+                          "colour": [p.parent.name for p in paths],
+                          "side": ["left" if i % 4 < 2 else "right" for i in range(len(paths))],
+                          "person": [f"p{i // 2:02d}" for i in range(len(paths))]})
+    table.to_csv(tmp_path / "data" / "labels.csv", index=False)
+    table[["path"]].head(6).to_csv(tmp_path / "data" / "test.csv", index=False)
+    attributes = json.dumps({"colour": ["cat", "dog", "fox"], "side": ["left", "right"]})
+    r = podium.auto(tmp_path / "data" / "labels.csv", time="10m", preset=Preset("one", ((2, 1),), 1, 1, (32,), ()),
+                    test=tmp_path / "data" / "test.csv", out=tmp_path / "auto", models=["test_resnet"],
+                    overrides=[*_base(tmp_path), f"task.attributes={attributes}", "data.group_column=person"],
+                    export=False, log=lambda *a: None, measure=_fake_measure(2.0))
+    member = Path(r.summary["members"][0]["dir"])
+    folds = pd.read_csv(member / "folds.csv")
+    assert folds.groupby("group")["fold"].nunique().max() == 1  # a person never straddles two folds
+    probs = pd.read_parquet(r.dir / "test_probabilities.parquet")
+    assert len(r.summary["classes"]) == 6 and set(r.summary["classes"]) <= set(probs.columns)
+    assert len(pd.read_csv(r.summary["submission"])) == 6 and len(r.oof) == 24

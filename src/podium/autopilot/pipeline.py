@@ -306,11 +306,15 @@ def _finish(folder: Path, cfg, plan: Plan, state: _State, classes: list[str], fi
     probs = oof[classes].to_numpy(dtype=np.float64)
     biases = state.step("biases")
     if biases is None:
-        r = nested_bias_gain(probs, y, len(classes), seed=cfg.train.seed)
-        biases = state.done("biases", {"biases": [float(b) for b in r["biases"]], "gain": float(r["gain"]),
-                                       "f1_before": float(r["f1_before"]), "f1_after": float(r["f1_after"]),
-                                       "kept": bool(r["gain"] > 0)})
-    log(f"per-class biases: nested gain {biases['gain']:+.4f} ({'kept' if biases['kept'] else 'dropped'})")
+        try:
+            r = nested_bias_gain(probs, y, len(classes), seed=cfg.train.seed)
+            biases = {"biases": [float(b) for b in r["biases"]], "gain": float(r["gain"]),
+                      "f1_before": float(r["f1_before"]), "f1_after": float(r["f1_after"]), "kept": bool(r["gain"] > 0)}
+        except PodiumError as exc:  # too few OOF rows to measure a nested gain: not measured, so not applied
+            biases = {"kept": False, "skipped": str(exc)}
+        state.done("biases", biases)
+    log("per-class biases: " + (f"nested gain {biases['gain']:+.4f} ({'kept' if biases['kept'] else 'dropped'})"
+                                 if "gain" in biases else f"not measured ({biases['skipped']})"))
     summary: dict = {
         "budget_s": plan.budget_s, "preset": plan.preset, "plan": plan.to_dict(), "plan_text": plan.describe(),
         "members": members, "final": final, "tta_views": TTA_VIEWS, "biases": biases,
