@@ -26,7 +26,7 @@ TARS = {"faces_mask3": "faces_mask3_dev.tar", "hymenoptera": "hymenoptera.tar"}
 NOT_SUPPORTED = {"utkface": "gender x age bins need a task.* config this script does not write yet"}
 
 
-def task_tables(name: str, cache: Path) -> tuple[Path, Path, Path]:
+def task_tables(name: str, cache: Path, limit: int | None = None) -> tuple[Path, Path, Path]:
     """pool.csv (path,label,group), test.csv (path,label,group) and test_images.csv (path only):
     the test part is fold 0 of podium's grouped stratified 5-fold split (seed 0), about 20%."""
     from podium.data.splits import make_folds
@@ -35,7 +35,7 @@ def task_tables(name: str, cache: Path) -> tuple[Path, Path, Path]:
     if not root.is_dir():
         (cache / "data").mkdir(parents=True, exist_ok=True)
         subprocess.run(["tar", "-xf", str(SHARED / "data" / TARS[name]), "-C", str(cache / "data")], check=True)
-    out = cache / "auto-tasks" / name
+    out = cache / "auto-tasks" / (name + (f"-pool{limit}" if limit else ""))
     pool, test, images = out / "pool.csv", out / "test.csv", out / "test_images.csv"
     if pool.is_file() and test.is_file() and images.is_file():
         return pool, test, images
@@ -49,7 +49,14 @@ def task_tables(name: str, cache: Path) -> tuple[Path, Path, Path]:
                               "group": [p.stem for p in paths]})
     folds = make_folds(frame, 5, 0)
     out.mkdir(parents=True, exist_ok=True)
-    frame[folds != 0].to_csv(pool, index=False)
+    pool_frame = frame[folds != 0]
+    if limit and limit < len(pool_frame):  # a reduced run: whole groups drawn at random (seed 0) up to `limit` images
+        rng = np.random.default_rng(0)
+        groups = pool_frame["group"].drop_duplicates().to_numpy()
+        rng.shuffle(groups)
+        sizes = pool_frame.groupby("group").size().reindex(groups).cumsum()
+        pool_frame = pool_frame[pool_frame["group"].isin(groups[(sizes <= limit).to_numpy()])]
+    pool_frame.to_csv(pool, index=False)
     frame[folds == 0].to_csv(test, index=False)
     frame[folds == 0][["path"]].to_csv(images, index=False)
     return pool, test, images
@@ -125,11 +132,13 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=64, help="the single run's image size")
     p.add_argument("--single-epochs", type=int, default=10)
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--limit-pool", type=int, help="a reduced run: at most this many training images (whole groups); "
+                                                    "the test part is unchanged")
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "podium-auto-bench"))
     args = p.parse_args(argv)
     cache = Path(args.cache)
-    cells = cache / "auto-cells"
+    cells = cache / ("auto-cells" + (f"-pool{args.limit_pool}" if args.limit_pool else ""))
     results = cells / "results.jsonl"
     cells.mkdir(parents=True, exist_ok=True)
     done = {json.loads(line)["cell"] for line in results.read_text().splitlines()} if results.is_file() else set()
@@ -137,7 +146,7 @@ def main(argv=None) -> int:
         if task in NOT_SUPPORTED:
             print(f"{task}: skipped ({NOT_SUPPORTED[task]})")
             continue
-        pool, test, images = task_tables(task, cache)
+        pool, test, images = task_tables(task, cache, args.limit_pool)
         for seed in [int(s) for s in args.seeds.split(",")]:
             todo = [("single", None)] + [("auto", b) for b in args.budgets.split(",")]
             for kind, budget in todo:
@@ -145,8 +154,13 @@ def main(argv=None) -> int:
                 if cell in done:
                     continue
                 print(f"== {cell}", flush=True)
-                row = (run_single(args, task, seed, pool, test, images, cells) if kind == "single"
-                       else run_auto(args, task, seed, budget, pool, test, images, cells))
+                from podium.errors import PodiumError
+
+                try:
+                    row = (run_single(args, task, seed, pool, test, images, cells) if kind == "single"
+                           else run_auto(args, task, seed, budget, pool, test, images, cells))
+                except PodiumError as exc:  # e.g. a budget below the measured minimum: recorded, not hidden
+                    row = {"refused": str(exc)}
                 row.update({"cell": cell, "task": task, "kind": kind, "budget": budget, "seed": seed,
                             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
                 with results.open("a") as fh:
