@@ -124,12 +124,15 @@ class MicroBatcher:
         return await future
 
     async def _collect(self) -> list:
-        batch = [await self._queue.get()]
+        queue = self._queue
+        if queue is None:
+            raise RuntimeError("MicroBatcher.start() was not awaited")
+        batch = [await queue.get()]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_s
         while len(batch) < self.max_batch_size:
             try:
-                batch.append(self._queue.get_nowait())
+                batch.append(queue.get_nowait())
                 continue
             except asyncio.QueueEmpty:
                 pass
@@ -137,7 +140,7 @@ class MicroBatcher:
             if remaining <= 0:
                 break
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                batch.append(await asyncio.wait_for(queue.get(), remaining))
             except asyncio.TimeoutError:
                 break
         return [(image, future) for image, future in batch if not future.done()]  # timed-out requests drop out
@@ -317,7 +320,7 @@ def create_app(predictor, settings: ServeSettings | None = None):
 
     settings = settings or ServeSettings()
     batcher = MicroBatcher(predictor.probabilities, settings.max_batch_size, settings.max_wait_ms)
-    counters = Counter()
+    counters: Counter[str] = Counter()
 
     @asynccontextmanager
     async def lifespan(app):

@@ -61,6 +61,9 @@ class Combination(nn.Module):
     does on OOF tables; ``biases`` are per-class logit biases (`cv-biases`).
     """
 
+    weights: Tensor
+    biases: Tensor | None
+
     def __init__(self, members: Sequence[nn.Module], *, weights: Sequence[float] | None = None,
                  method: str = "soft", radices: Sequence[int] | None = None, biases: Sequence[float] | None = None):
         super().__init__()

@@ -56,7 +56,7 @@ class Predictor:
         self.tta_merge = config.predict.tta_merge
         self.batch_size = batch_size
         self.meta = meta or {}
-        self.device = "cpu"
+        self.device: str | torch.device = "cpu"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.source)!r}, {len(self.classes)} classes, {self.backend})"
@@ -132,7 +132,7 @@ class Predictor:
         else:
             from podium.inference.views import requested_views
 
-            yield requested_views(tta)  # type: ignore[arg-type]
+            yield requested_views(tta)
 
     def describe(self) -> dict:
         """What /health and logs say about the model."""
@@ -177,7 +177,7 @@ class TorchPredictor(Predictor):
         saved = [(m.view_names, m.views) for m in members]
         try:
             for member in members:
-                _set_member_views(member, requested_views(tta))  # type: ignore[arg-type]
+                _set_member_views(member, requested_views(tta))
             yield None
         finally:
             for member, (names, views) in zip(members, saved):
@@ -282,7 +282,7 @@ def load_predictor(source: str | Path, *, checkpoint: str = "best", trust: bool 
     if tta != DEFAULT:
         from podium.inference.views import requested_views
 
-        predictor.tta = requested_views(tta)  # type: ignore[arg-type]
+        predictor.tta = requested_views(tta)
     return predictor
 
 
@@ -430,7 +430,7 @@ def reading_config(configs: Sequence[PodiumConfig], where: Path) -> PodiumConfig
     sizes = [cfg.data.size_hw for cfg in configs]
     largest = max(sizes, key=lambda hw: (hw[0] * hw[1], hw))
     cfg = first.model_copy(deep=True)
-    cfg.data.image_size = list(largest) if largest[0] != largest[1] else largest[0]
+    cfg.data.image_size = (largest[0], largest[1]) if largest[0] != largest[1] else largest[0]
     return validate_config(cfg.model_dump(mode="json"))
 
 

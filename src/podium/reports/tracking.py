@@ -116,7 +116,7 @@ def _tracking_class(module: str, name: str) -> type:
 
     base = getattr(importlib.import_module(module), name)
 
-    class Tracking(base):
+    class Tracking(base):  # type: ignore[valid-type,misc]  # the base is chosen at run time (W&B, MLflow, ...)
         def __init__(self, params: dict[str, Any], **kwargs):
             super().__init__(**kwargs)
             getattr(self, "_wandb_init", {}).pop("anonymous", None)  # deprecated in W&B: warns even when None

@@ -42,20 +42,28 @@ class SearchParam:
     step: float | int | None = None
     choices: tuple = field(default_factory=tuple)
 
+    def bounds(self) -> tuple[float | int, float | int]:
+        """``(low, high)`` of a range (parsing sets both for every int/float range)."""
+        if self.low is None or self.high is None:
+            raise PodiumError(f"search.{self.key}: a {self.kind} range needs low and high")
+        return self.low, self.high
+
     def suggest(self, trial) -> Any:
         """The value Optuna picks for this key in ``trial`` (fixed params of a retried trial included)."""
         if self.kind == "categorical":
             return trial.suggest_categorical(self.key, list(self.choices))
+        low, high = self.bounds()
         if self.kind == "int":
-            return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
-        return trial.suggest_float(self.key, float(self.low), float(self.high), step=self.step, log=self.log)
+            return trial.suggest_int(self.key, int(low), int(high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.key, float(low), float(high), step=self.step, log=self.log)
 
     def grid_values(self) -> list:
         """The values a grid search visits: the choices, or every step of an int range."""
         if self.kind == "categorical":
             return list(self.choices)
         if self.kind == "int" and not self.log:
-            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+            low, high = self.bounds()
+            return list(range(int(low), int(high) + 1, int(self.step or 1)))
         raise PodiumError(
             f"search.{self.key}: the grid sampler needs a list of values, found a {self.kind} range "
             f"{{low: {self.low}, high: {self.high}{', log: true' if self.log else ''}}}; write the values as a "
