@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -333,8 +334,9 @@ def create_app(predictor, settings: ServeSettings | None = None):
     # with an API key, the schema is behind it too and the interactive docs (which fetch it without
     # the header) are off: they would describe every endpoint to anyone who reaches the address
     keyed = bool(settings.api_key)
+    hidden: dict[str, Any] = {"openapi_url": None, "docs_url": None, "redoc_url": None} if keyed else {}
     app = FastAPI(title="podium", description=f"Image classification with {predictor.source.name}",
-                  lifespan=lifespan, **({"openapi_url": None, "docs_url": None, "redoc_url": None} if keyed else {}))
+                  lifespan=lifespan, **hidden)
     if keyed:
         from fastapi import Depends
 
