@@ -21,6 +21,7 @@ from PIL import Image
 from podium.cli import main
 from podium.deploy.export import export_run
 from podium.deploy.serve import ServeSettings, create_app
+from podium.errors import PodiumError
 from podium.inference.predictor import load_predictor
 
 CLASSES = ["cat", "dog", "fox"]
@@ -256,7 +257,7 @@ def test_50_concurrent_requests_are_correct_and_batched(predictor):
     colors = list(COLORS.values())
     images = [png_bytes(100 + i, colors[i % 3]) for i in range(50)]
     expected = [expected_probs(predictor, data) for data in images]
-    with serving(predictor, max_batch_size=16, max_wait_ms=50) as url, httpx.Client(
+    with serving(predictor, max_batch_size=16, max_wait_ms=50, batching="on") as url, httpx.Client(
             base_url=url, timeout=60, limits=httpx.Limits(max_connections=50)) as client:
         def ask(i):
             response = client.post("/predict", files={"files": (f"{i}.png", images[i], "image/png")})
@@ -276,6 +277,23 @@ def test_50_concurrent_requests_are_correct_and_batched(predictor):
     assert stats["batches"] < 50 and stats["largest_batch"] <= 16
 
 
+def test_batching_auto_is_off_for_a_cpu_model(predictor):
+    """`--batching auto` (default): a CPU model answers one image per forward pass (batching
+    measured lower throughput on a CPU); a CUDA model would be batched."""
+    from podium.deploy.serve import batching_on
+
+    assert str(predictor.device) == "cpu"
+    with serving(predictor, max_batch_size=16, max_wait_ms=50) as url, httpx.Client(base_url=url, timeout=60) as client:
+        files = [("files", (f"{i}.png", png_bytes(i), "image/png")) for i in range(4)]
+        assert client.post("/predict", files=files).status_code == 200
+        stats = client.get("/stats").json()
+    assert stats["max_batch_size"] == 1 and stats["largest_batch"] == 1 and stats["batches"] == 4, stats
+    gpu = type("GpuModel", (), {"device": "cuda:0"})()
+    assert batching_on(ServeSettings(), gpu) and not batching_on(ServeSettings(batching="off"), gpu)
+    with pytest.raises(PodiumError, match="auto, on or off"):
+        ServeSettings(batching="sometimes")
+
+
 # ---------------------------------------------------------------- the page in headless Chromium
 
 
@@ -290,6 +308,9 @@ def test_page_in_headless_chromium_pick_and_drop(predictor, tmp_path):
     cat.write_bytes(png_bytes(7, COLORS["cat"], size=64))
     fox = tmp_path / "fox.png"
     fox.write_bytes(png_bytes(8, COLORS["fox"], size=64))
+    picks = [tmp_path / f"pick{i}.png" for i in range(3)]
+    for i, path in enumerate(picks):
+        path.write_bytes(png_bytes(20 + i, COLORS["dog"], size=64))
     with serving(predictor) as url:
         tools = DevTools(chromium(), tmp_path / "profile")
         try:
@@ -316,6 +337,14 @@ def test_page_in_headless_chromium_pick_and_drop(predictor, tmp_path):
             results = tools.send("Runtime.evaluate", {"expression": RESULTS_JS, "returnByValue": True},
                                  session)["result"]["value"]
             shot = tools.send("Page.captureScreenshot", {"format": "png"}, session)["data"]
+            # a multi-file pick: its results in the order of the files, above the earlier ones
+            tools.send("DOM.setFileInputFiles", {"nodeId": picker, "files": [str(p) for p in picks]}, session)
+            wait_for(tools, session, "document.querySelectorAll('.result').length === 5")
+            order = tools.send("Runtime.evaluate", {"expression": "Array.from(document.querySelectorAll('.file'))"
+                                                    ".map(e => e.textContent)", "returnByValue": True},
+                               session)["result"]["value"]
+            page_text = tools.send("Runtime.evaluate", {"expression": "document.body.innerText",
+                                                        "returnByValue": True}, session)["result"]["value"]
             errors = [e for e in tools.events if e.get("method") == "Runtime.exceptionThrown"]
         finally:
             tools.close()
@@ -323,6 +352,8 @@ def test_page_in_headless_chromium_pick_and_drop(predictor, tmp_path):
 
     (tmp_path / "page.png").write_bytes(base64.b64decode(shot))
     assert not errors, errors
+    assert order == ["pick0.png", "pick1.png", "pick2.png", "fox.png", "cat.png"], order
+    assert "top 3 most probable classes" in page_text and "five" not in page_text  # k = the 3 classes
     by_file = {r["file"]: r for r in results}
     assert set(by_file) == {"cat.png", "fox.png"}
     for name, path in (("cat.png", cat), ("fox.png", fox)):

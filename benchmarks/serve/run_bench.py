@@ -69,8 +69,7 @@ def start_server(model: Path, port: int, batching: bool, max_batch: int) -> subp
     a server niced below its own client would be starved by it and measure the client."""
     args = [*PODIUM, "serve", str(model), "--port", str(port), "--max-batch-size", str(max_batch),
             "--max-wait-ms", "5", "--max-files", "4"]
-    if not batching:
-        args.append("--no-batching")
+    args += ["--batching", "on" if batching else "off"]  # explicit: the default (auto) is off on a CPU
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     import httpx
 

@@ -42,7 +42,8 @@ def cmd_serve(args) -> int:
 
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     settings = ServeSettings(
-        max_batch_size=1 if args.no_batching else args.max_batch_size, max_wait_ms=args.max_wait_ms,
+        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+        batching="off" if args.no_batching else args.batching,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
         max_files=args.max_files, request_timeout_s=args.timeout, top_k=args.top_k, api_key=api_key)
     out = console()
@@ -81,7 +82,10 @@ def register(sub) -> None:
     p.add_argument("--max-batch-size", type=positive_int, default=16, help="images per micro-batch (default: 16)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long a batch waits for more images after its first (default: 5)")
-    p.add_argument("--no-batching", action="store_true", help="one image per forward pass (for comparison)")
+    p.add_argument("--batching", choices=("auto", "on", "off"), default="auto",
+                   help="micro-batch concurrent requests: auto = on for a GPU model, off on a CPU, where batching "
+                        "measured lower throughput (default: auto)")
+    p.add_argument("--no-batching", action="store_true", help="same as --batching off")
     p.add_argument("--max-upload-mb", type=positive_float, default=10.0, help="bytes per file, in MiB (default: 10)")
     p.add_argument("--max-pixels", type=positive_int, default=40_000_000,
                    help="pixels per image, checked before decoding (default: 40000000)")

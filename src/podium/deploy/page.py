@@ -1,4 +1,4 @@
-"""The page `podium serve` shows at ``/``: drop or pick an image, see it with its top-5 bars.
+"""The page `podium serve` shows at ``/``: drop or pick images, see each with its top-k bars.
 
 Self-contained (inline CSS and JavaScript, no CDN, no external fonts), so it
 works offline and behind any firewall; it talks only to the server's own
@@ -35,16 +35,19 @@ PAGE = """<!doctype html>
   .fill { background: #2f6fed; border-radius: 4px; height: 14px; }
   .file + .row .fill { background: #1a9e5c; }
   .pct { text-align: right; font-variant-numeric: tabular-nums; }
+  #status { color: #5b6475; margin: .8rem 0 0; min-height: 1.2em; }
+  #drop[aria-busy="true"] { opacity: .6; cursor: progress; }
 </style>
 </head>
 <body>
 <main>
   <h1>podium &middot; __TITLE__</h1>
-  <p class="sub">Drop images here or pick them; each is shown with its five most probable classes.</p>
+  <p class="sub">Drop images here or pick them; each is shown with its top __TOP_K__ most probable classes.</p>
   <div id="key"><label>API key <input id="apikey" type="password" autocomplete="off"></label></div>
   <div id="drop" tabindex="0">Drop images here, or click to choose
     <input id="picker" type="file" accept="image/*" multiple hidden>
   </div>
+  <div id="status" aria-live="polite"></div>
   <div id="error" role="alert"></div>
   <div id="results"></div>
 </main>
@@ -55,6 +58,8 @@ const drop = document.getElementById("drop");
 const picker = document.getElementById("picker");
 const results = document.getElementById("results");
 const errorBox = document.getElementById("error");
+const statusBox = document.getElementById("status");
+const TOP_K = __TOP_K__;
 if (KEY_REQUIRED) document.getElementById("key").style.display = "block";
 
 function element(tag, cls, text) {
@@ -64,7 +69,7 @@ function element(tag, cls, text) {
   return e;
 }
 
-function show(file, prediction) {
+function show(group, file, prediction) {
   const box = element("div", "result");
   const img = element("img");
   img.alt = file.name;
@@ -84,7 +89,7 @@ function show(file, prediction) {
   }
   box.appendChild(img);
   box.appendChild(bars);
-  results.prepend(box);
+  group.appendChild(box);
 }
 
 async function predict(files) {
@@ -97,15 +102,20 @@ async function predict(files) {
   const key = document.getElementById("apikey").value;
   if (key) headers["X-API-Key"] = key;
   drop.setAttribute("aria-busy", "true");
+  statusBox.textContent = "predicting " + images.length + (images.length === 1 ? " image" : " images") + "\u2026";
   try {
-    const response = await fetch("predict?top_k=5", { method: "POST", body: form, headers });
+    const response = await fetch("predict?top_k=" + TOP_K, { method: "POST", body: form, headers });
     const body = await response.json();
     if (!response.ok) { errorBox.textContent = body.error || ("error " + response.status); return; }
-    body.predictions.forEach((p, i) => show(images[i], p));
+    // the newest request on top, its files in the order they were picked
+    const group = element("div", "request");
+    body.predictions.forEach((p, i) => show(group, images[i], p));
+    results.prepend(group);
   } catch (err) {
     errorBox.textContent = "the server did not answer: " + err;
   } finally {
     drop.removeAttribute("aria-busy");
+    statusBox.textContent = "";
   }
 }
 
@@ -127,7 +137,9 @@ window.addEventListener("drop", e => e.preventDefault());
 """
 
 
-def page_html(title: str, *, api_key_required: bool = False) -> str:
-    """The page for a model named ``title`` (escaped); shows an API-key field when the server needs one."""
-    return PAGE.replace("__TITLE__", html.escape(title)).replace("__KEY_REQUIRED__",
-                                                                  "true" if api_key_required else "false")
+def page_html(title: str, *, api_key_required: bool = False, top_k: int = 5) -> str:
+    """The page for a model named ``title`` (escaped); shows an API-key field when the server needs one.
+    ``top_k`` is the number of classes it asks for and says it shows (the model's class count at most)."""
+    return (PAGE.replace("__TITLE__", html.escape(title))
+            .replace("__KEY_REQUIRED__", "true" if api_key_required else "false")
+            .replace("__TOP_K__", str(int(top_k))))

@@ -59,11 +59,16 @@ class ServeSettings:
     request_timeout_s: float = 30.0
     top_k: int = 5
     api_key: str | None = None
+    #: auto: micro-batching on a GPU, off on a CPU (benchmarks/serve/RESULTS.md: on a CPU a batch saves
+    #: no per-image work and lowered throughput); on / off force it
+    batching: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_upload_bytes", "max_pixels", "max_files", "top_k"):
             if int(getattr(self, name)) < 1:
                 raise PodiumError(f"serve setting {name} must be >= 1, found {getattr(self, name)}")
+        if self.batching not in ("auto", "on", "off"):
+            raise PodiumError(f"serve setting batching must be auto, on or off, found {self.batching!r}")
         if self.max_wait_ms < 0 or self.request_timeout_s <= 0:
             raise PodiumError(f"serve settings: max_wait_ms must be >= 0 and request_timeout_s > 0, found "
                               f"{self.max_wait_ms} and {self.request_timeout_s}")
@@ -313,6 +318,13 @@ async def _answer(scope, receive, send, refusal: ClientError) -> None:
     await error_response(refusal.status, refusal.message)(scope, receive, send)
 
 
+def batching_on(settings: ServeSettings, predictor) -> bool:
+    """Whether requests are micro-batched: ``auto`` batches when the model runs on a CUDA device."""
+    if settings.batching == "auto":
+        return str(getattr(predictor, "device", "cpu")).startswith("cuda")
+    return settings.batching == "on"
+
+
 def create_app(predictor, settings: ServeSettings | None = None):
     """The FastAPI app serving ``predictor`` (a `podium.inference.predictor.Predictor`)."""
     from contextlib import asynccontextmanager
@@ -320,7 +332,8 @@ def create_app(predictor, settings: ServeSettings | None = None):
     from fastapi import FastAPI
 
     settings = settings or ServeSettings()
-    batcher = MicroBatcher(predictor.probabilities, settings.max_batch_size, settings.max_wait_ms)
+    batch = settings.max_batch_size if batching_on(settings, predictor) else 1
+    batcher = MicroBatcher(predictor.probabilities, batch, settings.max_wait_ms)
     counters: Counter[str] = Counter()
 
     @asynccontextmanager
@@ -419,7 +432,8 @@ def _add_info_routes(app, predictor, settings: ServeSettings, batcher: MicroBatc
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
-        return HTMLResponse(page_html(predictor.source.name, api_key_required=bool(settings.api_key)))
+        return HTMLResponse(page_html(predictor.source.name, api_key_required=bool(settings.api_key),
+                                      top_k=min(settings.top_k, len(predictor.classes))))
 
     @app.get("/health")
     async def health():
