@@ -140,7 +140,7 @@ def test_missing_tracker_names_the_extra_before_any_run_folder(tmp_path, monkeyp
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     cfg = load_config(None, fast_overrides(tmp_path, **{"data.train": make_folder(tmp_path / "train"),
                                                         "output.loggers": "[csv,wandb]"}))
-    with pytest.raises(PodiumError, match=r"pip install podium\[wandb\]"):
+    with pytest.raises(PodiumError, match=r"pip install -e '\.\[wandb\]'"):
         train(cfg, progress=False, log=lambda *a: None)
     assert not (tmp_path / "runs dir").exists(), "refused before the run folder is created"
 

@@ -192,7 +192,7 @@ def _write_model(module, path: Path, format: str, size: tuple[int, int], dynamic
     try:
         import onnx
     except ImportError:
-        raise PodiumError("ONNX export needs the onnx package: pip install 'podium[onnx]'") from None
+        raise PodiumError("ONNX export needs the onnx package: pip install -e '.[onnx]' in the podium clone") from None
     onnx.checker.check_model(str(path))  # a structurally valid graph before any runtime sees it
     return opset
 

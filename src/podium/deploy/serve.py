@@ -490,7 +490,7 @@ def serve(model, *, host: str = "127.0.0.1", port: int = 8000, checkpoint: str =
         import fastapi  # noqa: F401
         import uvicorn
     except ImportError:
-        raise PodiumError("serving needs FastAPI and uvicorn: pip install 'podium[serve]'") from None
+        raise PodiumError("serving needs FastAPI and uvicorn: pip install -e '.[serve]' in the podium clone") from None
     from podium.inference.predictor import load_predictor
 
     check_port(port)

@@ -194,7 +194,7 @@ class OnnxPredictor(Predictor):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise PodiumError("running an ONNX model needs onnxruntime: pip install -e '.[onnx]'") from None
+            raise PodiumError("running an ONNX model needs onnxruntime: pip install -e '.[onnx]' in the podium clone") from None
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

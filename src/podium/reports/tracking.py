@@ -104,7 +104,7 @@ def _require(module: str, extra: str) -> None:
 
     if importlib.util.find_spec(module) is None:
         raise PodiumError(f"output.loggers asks for {extra}, but the {module!r} package is not installed. "
-                          f"Install it with `pip install podium[{extra}]`, or remove {extra} from output.loggers")
+                          f"Install it with `pip install -e '.[{extra}]'` in the podium clone, or remove {extra} from output.loggers")
 
 
 @functools.cache
