@@ -25,7 +25,7 @@ _EXPORTS = {
     "RunInterrupted": "podium.errors",  # train() stopped by SIGINT/SIGTERM: resumable, exit 130/143 in the CLI
     "export": "podium.deploy.export", "serve": "podium.deploy.serve",
     "tune": "podium.tuning", "TuneResult": "podium.tuning",
-    "lr_find": "podium.api", "audit": "podium.api", "Audit": "podium.curation.audit",
+    "lr_find": "podium.api", "show_batch": "podium.api", "audit": "podium.api", "Audit": "podium.curation.audit",
     "distill": "podium.api", "pseudo_label": "podium.api", "auto": "podium.api",
 }
 

@@ -217,6 +217,15 @@ class _DryRun(Run):
 # ---------------------------------------------------------------- cross-validation
 
 
+def show_batch(cfg: PodiumConfig | dict | str | Path, *, n: int = 16, out: str | Path | None = None,
+               log: Callable = print):
+    """A PNG grid of ``n`` augmented training images with their labels (`BatchPreview`: .path,
+    .labels; shown inline in a notebook); the CLI's `podium show-batch`, ``cfg.show_batch()``."""
+    from podium.reports.batch import show_batch as draw
+
+    return draw(_as_config(cfg), n=n, out=out, log=log)
+
+
 def lr_find(cfg: PodiumConfig | dict | str | Path, *, min_lr: float = 1e-6, max_lr: float = 1.0, steps: int = 100,
             scale_batch: bool = False, out: str | Path | None = None, progress: bool = False, log: Callable = print):
     """Lightning's learning-rate finder on the config's data and model; the CLI's `podium lr-find`.

@@ -18,6 +18,15 @@ def cmd_eda(args) -> int:
     return 0
 
 
+def cmd_show_batch(args) -> int:
+    import podium
+
+    path, overrides = split_config_and_overrides(args.items)
+    preview = podium.show_batch(podium.config(path, *overrides), n=args.n, out=args.out, log=lambda *a: None)
+    print(f"{len(preview.labels)} augmented training images with their labels: {preview.path}")
+    return 0
+
+
 def cmd_report(args) -> int:
     import podium
 
@@ -63,6 +72,13 @@ def register(sub) -> None:
     p.add_argument("data", help="a data folder, CSV, or config file")
     p.add_argument("items", nargs="*", metavar="KEY=VALUE", help="dotted.key=value overrides")
     p.add_argument("--out", help="output folder (default: a new folder under runs/eda)")
+
+    p = add_command(sub, "show-batch", "A grid of augmented training images with their labels, as the model "
+                                       "receives them (a PNG).", cmd_show_batch,
+                    "podium show-batch cfg.yaml augment.preset=strong --n 25")
+    p.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE", help="a YAML config, then dotted.key=value overrides")
+    p.add_argument("--n", type=positive_int, default=16, help="images in the grid (default 16)")
+    p.add_argument("--out", help="PNG to write (default: <output.dir>/<output.name>-batch.png, never overwritten)")
 
     p = add_command(sub, "report", "Write the HTML training report of a run (curves, confusions, worst errors).",
                 cmd_report, "podium report runs/exp --gradcam")
