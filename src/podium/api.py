@@ -32,7 +32,7 @@ from podium.schema import PodiumConfig, deep_merge, load_config, parse_overrides
 _DEFAULT = "default"
 
 
-def config(path: str | Path | None = None, *overrides: str, **sections: Any) -> PodiumConfig:
+def config(path: str | Path | None = None, *overrides: str, **sections: Any) -> Config:
     """A validated config from an optional YAML file, ``"a.b=v"`` overrides and section dicts.
 
     ``podium.config("cfg.yaml", "train.lr=0.003", model={"name": "resnet18"})``; the
@@ -44,7 +44,17 @@ def config(path: str | Path | None = None, *overrides: str, **sections: Any) -> 
         if not isinstance(value, dict):
             raise PodiumError(f"podium.config({name}=...): expected a dict of {name}.* keys, found {type(value).__name__}")
     raw = read_yaml(path) if path is not None else {}
-    return validate_config(deep_merge(deep_merge(raw, sections), parse_overrides(list(overrides))))
+    cfg = validate_config(deep_merge(deep_merge(raw, sections), parse_overrides(list(overrides))))
+    return Config.model_construct(_fields_set=cfg.model_fields_set, **{k: getattr(cfg, k) for k in type(cfg).model_fields})
+
+
+class Config(PodiumConfig):
+    """What `podium.config` returns: the validated `PodiumConfig` (every function takes it), plus
+    notebook conveniences."""
+
+    def show_batch(self, n: int = 16, out: str | Path | None = None, log: Callable = print):
+        """A grid of ``n`` augmented training images with their labels (`podium.show_batch`)."""
+        return show_batch(self, n=n, out=out, log=log)
 
 
 def _as_config(cfg: PodiumConfig | dict | str | Path | None) -> PodiumConfig | None:
@@ -449,8 +459,9 @@ def _gradcam_source(run_dir: Path):
     return gradcam_source(module, info.config.data.size_hw)
 
 
-def runs(dir: str | Path = "runs", where: list[str] | str | None = None) -> pd.DataFrame:
-    """Every run, cv run and ensemble under ``dir`` as a DataFrame, best score first; ``where``
+def runs(dir: str | Path | list = "runs", where: list[str] | str | None = None) -> pd.DataFrame:
+    """Every run, cv run, ensemble and study under ``dir`` (or each of a list of folders) as a
+    DataFrame, best score first within each score kind; ``where``
     keeps rows whose config key or column has a value (``"model.name=resnet18"``). `podium runs`."""
     from podium.reports.leaderboard import leaderboard
 

@@ -370,12 +370,6 @@ class PodiumConfig(Section):
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Knowledge distillation from a teacher.")
     tune: TuneConfig = Field(default_factory=TuneConfig, description="Hyper-parameter search (`podium tune`).")
 
-    def show_batch(self, n: int = 16, out: str | None = None, log=print):
-        """A grid of ``n`` augmented training images with their labels (`podium.show_batch`)."""
-        from podium.api import show_batch
-
-        return show_batch(self, n=n, out=out, log=log)
-
     @model_validator(mode="after")
     def _check_cross_fields(self):
         if self.train.warmup_epochs >= self.train.epochs:

@@ -35,18 +35,14 @@ def cmd_runs(args) -> int:
                           "To compare runs: podium runs compare RUN_A RUN_B")
     from pathlib import Path
 
-    import pandas as pd
-
     import podium
 
     root = args.paths[0] if args.paths else "runs"
-    table = podium.runs(root, args.where)
     if not args.paths and Path("studies").is_dir():  # `podium tune`'s default folder: studies beside runs
-        from podium.reports.leaderboard import rank
-
-        studies = podium.runs("studies", args.where)
-        table = rank(pd.concat([table, studies], ignore_index=True)) if len(studies) else table
+        table = podium.runs(["runs", "studies"] if Path("runs").is_dir() else "studies", args.where)
         root = "runs and studies"
+    else:
+        table = podium.runs(root, args.where)
     if args.format == "csv":
         table.to_csv(sys.stdout, index=False)
     elif args.format == "json":

@@ -320,13 +320,17 @@ def parse_where(items: list[str] | None) -> list[tuple[str, str]]:
     return out
 
 
-def leaderboard(root: str | Path = "runs", where: list[str] | str | None = None) -> pd.DataFrame:
+def leaderboard(root: str | Path | list = "runs", where: list[str] | str | None = None) -> pd.DataFrame:
     """Every run, cv run, ensemble and tune study under ``root`` as one table, best score first
     within each score kind (holdout / OOF / ensemble OOF / tune: `SCORE_KINDS`).
 
     ``where`` keeps rows whose config key (``model.name=resnet18``) or column (``status=failed``,
     ``kind=cv``) has that value; several conditions must all hold.
     """
+    if isinstance(root, (list, tuple)):  # several folders (runs/ and studies/): one table, ranked within kinds
+        tables = [leaderboard(r, where) for r in root]
+        return rank(pd.concat([t for t in tables if len(t)], ignore_index=True)) if any(len(t) for t in tables) \
+            else tables[0]
     root = Path(root)
     if not root.is_dir():
         raise PodiumError(f"runs folder not found: {root}. Pass the folder that holds your run folders "
