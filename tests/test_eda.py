@@ -99,7 +99,7 @@ def test_class_counts_and_weights(eda):
     assert result["classes"]["counts"] == expected == {"cat": 7, "dog": 5, "bird": 3}
     assert list(result["classes"]["counts"]) == ["bird", "cat", "dog"]  # class-map (sorted) order
     assert result["classes"]["imbalance_ratio"] == pytest.approx(7 / 3, abs=1e-3)
-    inv = np.array([1 / 3, 1 / 7, 1 / 5])
+    inv = np.sqrt(np.array([1 / 3, 1 / 7, 1 / 5]))  # train.class_weights' default, sqrt
     assert result["classes"]["class_weights"] == pytest.approx(inv / inv.mean(), abs=1e-4)
     page = (out / "eda.html").read_text()
     assert '<td class="text">cat</td><td>7</td>' in page
@@ -149,8 +149,11 @@ def test_mean_std_match_numpy(eda):
             pixels.append(np.asarray(Image.open(p).convert("RGB")).reshape(-1, 3) / 255.0)
     pixels = np.concatenate(pixels)
     snippet = yaml.safe_load(result["yaml"])
-    assert snippet["augment"]["mean"] == pytest.approx(pixels.mean(axis=0), abs=1e-4)
-    assert snippet["augment"]["std"] == pytest.approx(pixels.std(axis=0), abs=1e-4)
+    assert "augment" not in snippet  # ImageNet statistics stay for fine-tuning: the data's own are commented out
+    own = yaml.safe_load("\n".join(line[2:] for line in result["yaml"].splitlines() if line.startswith("# ")
+                                   and not line.startswith("# training")))
+    assert own["augment"]["mean"] == pytest.approx(pixels.mean(axis=0), abs=1e-4)
+    assert own["augment"]["std"] == pytest.approx(pixels.std(axis=0), abs=1e-4)
     assert snippet["train"]["class_weights"] == result["classes"]["class_weights"]
     assert result["channels"]["n_images"] == len(samples) - 1
 

@@ -176,10 +176,11 @@ def scan_images(paths: Sequence[str], stats_mask: Sequence[bool], workers: int |
 
 
 def class_weights(counts: pd.Series) -> list[float]:
-    """Inverse-frequency weights (`train.class_weights=auto`, computed as training does)."""
+    """The weights training uses by default (`train.class_weights=sqrt`: the square root of inverse
+    frequency, benchmarked as the default), computed as training does."""
     from podium.data.statistics import class_weight_values
 
-    return [round(float(w), 4) for w in class_weight_values(counts.to_numpy(), "auto")]
+    return [round(float(w), 4) for w in class_weight_values(counts.to_numpy(), "sqrt")]
 
 
 def channel_stats(scans: Sequence[ImageScan]) -> tuple[list[float], list[float], int]:
@@ -357,7 +358,8 @@ def run_eda(
 
     result["yaml"] = _yaml_snippet(result)
     page.section("Config snippet").text(
-        "Paste into the config to weight the loss by inverse class frequency and normalise with this data's statistics."
+        "What the defaults compute for this data (sqrt inverse-frequency class weights); the data's own mean/std "
+        "is commented out: fine-tuning ImageNet weights keeps ImageNet's statistics."
     ).code(result["yaml"])
     _overview(overview, result)
     write_json(out_dir / "eda.json", result)
@@ -581,8 +583,11 @@ def _yaml_snippet(result: dict[str, Any]) -> str:
     weights = result["classes"]["class_weights"]
     if weights:
         order = ", ".join(result["classes"]["counts"])
-        lines += ["train:", f"  class_weights: {_yaml_list(weights)}  # order: {order}"]
+        lines += ["train:", f"  class_weights: {_yaml_list(weights)}  # = the default sqrt; order: {order}"]
     if result["channels"]["mean"]:
-        lines += ["augment:", f"  mean: {_yaml_list(result['channels']['mean'])}",
-                  f"  std: {_yaml_list(result['channels']['std'])}"]
+        # fine-tuning ImageNet weights (the default) wants ImageNet's statistics (augment.normalize: imagenet);
+        # this data's own only fit training from scratch
+        lines += ["# training from scratch (model.pretrained: false)? normalise with this data's statistics:",
+                  "# augment:", f"#   mean: {_yaml_list(result['channels']['mean'])}",
+                  f"#   std: {_yaml_list(result['channels']['std'])}"]
     return "\n".join(lines) + "\n"
