@@ -195,3 +195,21 @@ def test_unlabeled_samples(planted, tmp_path):
     result = run_eda(samples.drop(columns=["label", "group"]), tmp_path / "u", sample_per_class=2)
     assert result["classes"]["counts"] == {} and result["classes"]["n_unlabeled"] == len(samples)
     assert "class_weights" not in result["yaml"] and "mean:" in result["yaml"]
+
+
+def test_copies_in_different_groups_and_tiny_images_are_warned_with_counts(tmp_path):
+    rows = []
+    for i in range(4):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(smooth_image(10 + i, (64, 64))).save(path)
+        rows.append({"path": str(path), "label": "a" if i % 2 else "b", "group": f"person{i}"})
+    copy = tmp_path / "copy_of_img0.png"  # the same picture filed under another person
+    Image.open(rows[0]["path"]).save(copy)
+    rows.append({"path": str(copy), "label": "b", "group": "person9"})
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.full((2, 2, 3), 128, np.uint8)).save(tiny)
+    rows.append({"path": str(tiny), "label": "a", "group": "person1"})
+    result = run_eda(pd.DataFrame(rows), tmp_path / "out")
+    assert result["duplicates"]["cross_group_pairs"] == 1 and result["tiny_images"] == 1
+    page = (tmp_path / "out" / "eda.html").read_text()
+    assert "1 pair(s) fall in different groups" in page and "1 image(s) have a side below 16 px" in page

@@ -348,6 +348,7 @@ def run_eda(
     if attributes:
         result["attributes"] = _attribute_section(page, fig_dir, train, attributes)
     result["sizes"] = _size_section(page, fig_dir, table)
+    result["tiny_images"] = int(len(tiny_images(table)))
     result["channels"] = _channel_section(page, [s for s, m in zip(scans, stats_mask) if m])
     _grid_section(page, fig_dir, table[(table["_split"] == "train") & table["_error"].isna()],
                   sample_per_class, rng)
@@ -380,10 +381,13 @@ def _overview(sec: Section, result: dict[str, Any]) -> None:
         ("duplicate pairs (exact + near)", dup["pairs"]),
         ("pairs across classes", dup["cross_class_pairs"]),
         ("pairs across train/test", dup["cross_split_pairs"]),
+        ("pairs across groups", dup["cross_group_pairs"]),
+        (f"images with a side below {TINY_SIDE} px", result["tiny_images"]),
     ]
     sec.table(pd.DataFrame(rows, columns=["quantity", "value"]))
-    if result["unreadable"]["count"] or dup["cross_class_pairs"] or dup["cross_split_pairs"]:
-        sec.warning("Problems found: see the Unreadable files and Duplicates sections.")
+    if (result["unreadable"]["count"] or dup["cross_class_pairs"] or dup["cross_split_pairs"]
+            or dup["cross_group_pairs"] or result["tiny_images"]):
+        sec.warning("Problems found: see the Unreadable files, Image sizes and Duplicates sections.")
 
 
 def _class_section(page: Page, fig_dir: Path, train: pd.DataFrame) -> dict[str, Any]:
@@ -435,8 +439,23 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in str(name))
 
 
+#: an image with a side below this many pixels carries next to nothing once resized for a model
+TINY_SIDE = 16
+
+
+def tiny_images(table: pd.DataFrame) -> pd.DataFrame:
+    """Readable images with a side below `TINY_SIDE` pixels (a 2 px thumbnail passes decoding)."""
+    ok = table.dropna(subset=["width", "height"])
+    return ok[(ok["width"] < TINY_SIDE) | (ok["height"] < TINY_SIDE)]
+
+
 def _size_section(page: Page, fig_dir: Path, table: pd.DataFrame) -> dict[str, Any]:
     sec = page.section("Image sizes")
+    tiny = tiny_images(table)
+    if len(tiny):
+        sec.warning(f"{len(tiny)} image(s) have a side below {TINY_SIDE} px (smallest "
+                    f"{int(tiny['width'].min())}x{int(tiny['height'].min())}), e.g. {tiny['path'].iloc[0]}: "
+                    "check them, they carry almost nothing once resized.")
     ok = table.dropna(subset=["width", "height"]).copy()
     ok["width"], ok["height"] = ok["width"].astype(int), ok["height"].astype(int)
     ok["aspect"] = ok["width"] / ok["height"]
@@ -518,12 +537,18 @@ def _duplicate_section(page: Page, out_dir: Path, fig_dir: Path, table: pd.DataF
     pairs["cross_class"] = ((pairs["label_a"] != pairs["label_b"]) & (pairs["label_a"] != UNLABELED)
                             & (pairs["label_b"] != UNLABELED))
     pairs["cross_split"] = pairs["split_a"] != pairs["split_b"]
+    if "group" in table.columns:  # the grouped split keeps a group together, not two groups holding one image
+        ga, gb = table["group"].iloc[found["a"]].to_numpy(), table["group"].iloc[found["b"]].to_numpy()
+        pairs["cross_group"] = pd.notna(ga) & pd.notna(gb) & (ga.astype(str) != gb.astype(str))
+    else:
+        pairs["cross_group"] = False
     pairs = pairs.sort_values(["cross_split", "cross_class", "distance", "path_a"],
                               ascending=[False, False, True, True], kind="stable").reset_index(drop=True)
     write_csv(out_dir / "duplicates.csv", pairs)
     out = {"exact_groups": exact_groups, "pairs": int(len(pairs)),
            "exact_pairs": int((pairs["kind"] == "exact").sum()), "near_pairs": int((pairs["kind"] == "near").sum()),
            "cross_class_pairs": int(pairs["cross_class"].sum()), "cross_split_pairs": int(pairs["cross_split"].sum()),
+           "cross_group_pairs": int(pairs["cross_group"].sum()),
            "phash_threshold": phash_threshold, "dhash_threshold": dhash_threshold,
            "truncated": bool(len(pairs) >= MAX_PAIRS)}
     sec.text(
@@ -539,6 +564,9 @@ def _duplicate_section(page: Page, out_dir: Path, fig_dir: Path, table: pd.DataF
         sec.warning(f"{out['cross_class_pairs']} pair(s) carry different labels: at least one label in each is wrong.")
     if out["cross_split_pairs"]:
         sec.warning(f"{out['cross_split_pairs']} pair(s) span train and test: validation scores will be optimistic.")
+    if out["cross_group_pairs"]:
+        sec.warning(f"{out['cross_group_pairs']} pair(s) fall in different groups: a grouped split cannot keep them "
+                    "together, so one may train while its copy validates; give each pair one group or drop a copy.")
     if out["truncated"]:
         sec.note(f"the search stopped after {MAX_PAIRS} pairs")
     root = os.path.commonpath(pairs["path_a"].tolist() + pairs["path_b"].tolist())
