@@ -90,3 +90,11 @@ def test_quiet_libraries_restores_levels_and_filters_and_keeps_other_warnings():
 def test_epoch_line_puts_training_losses_first():
     line = epoch_line(2, 15, {"val_f1": 0.8123, "train_loss": 0.41})
     assert line == "epoch 3/15 train_loss 0.4100 val_f1 0.8123"
+
+
+def test_eda_to_a_file_has_no_progress_redraws(tmp_path, capfd):
+    data = make_folder(tmp_path / "data")
+    text = run_to_file(["eda", str(data), "--out", str(tmp_path / "eda")], capfd)
+    assert_clean(text)
+    assert "scanning images" not in text and "\r" not in text  # the bar is for terminals only
+    assert text.startswith("EDA report: ") and "class_weights:" in text

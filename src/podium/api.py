@@ -415,8 +415,10 @@ class EDA:
         return {p.stem: pd.read_csv(p) for p in sorted(self.dir.glob("*.csv"))}
 
 
-def eda(data: str | Path | PodiumConfig, *overrides: str, out: str | Path | None = None) -> EDA:
-    """The EDA report of a data folder, CSV or config; the CLI's `podium eda` (no Lightning import)."""
+def eda(data: str | Path | PodiumConfig, *overrides: str, out: str | Path | None = None,
+        progress: bool = False) -> EDA:
+    """The EDA report of a data folder, CSV or config; the CLI's `podium eda` (no Lightning import).
+    ``progress`` shows a bar while the images are scanned (in a terminal)."""
     from podium.data.samples import load_train_and_val
     from podium.reports.eda import run_eda
     from podium.rundir import output_dir
@@ -434,7 +436,8 @@ def eda(data: str | Path | PodiumConfig, *overrides: str, out: str | Path | None
     samples, test = load_train_and_val(cfg, task)
     attributes = list(task.attributes.names) if task.attributes is not None else None
     out_dir = output_dir(out, Path(cfg.output.dir) / "eda", name or "data")
-    result = run_eda(samples, out_dir, attributes=attributes, test_samples=test, seed=cfg.train.seed)
+    result = run_eda(samples, out_dir, attributes=attributes, test_samples=test, seed=cfg.train.seed,
+                     progress=progress)
     return EDA(out_dir, result)
 
 

@@ -11,7 +11,7 @@ from podium.cli.common import add_command, add_group, positive_int, split_config
 def cmd_eda(args) -> int:
     import podium
 
-    result = podium.eda(args.data, *args.items, out=args.out)
+    result = podium.eda(args.data, *args.items, out=args.out, progress=not args.quiet)
     print(f"EDA report: {result.html}")
     if result.result.get("yaml"):
         print("paste into your config:\n" + result.result["yaml"])
@@ -72,6 +72,7 @@ def register(sub) -> None:
     p.add_argument("data", help="a data folder, CSV, or config file")
     p.add_argument("items", nargs="*", metavar="KEY=VALUE", help="dotted.key=value overrides")
     p.add_argument("--out", help="output folder (default: a new folder under runs/eda)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = add_command(sub, "show-batch", "A grid of augmented training images with their labels, as the model "
                                        "receives them (a PNG).", cmd_show_batch,

@@ -165,11 +165,20 @@ def scan_image(path: str, with_stats: bool) -> ImageScan:
     return scan
 
 
-def scan_images(paths: Sequence[str], stats_mask: Sequence[bool], workers: int | None = None) -> list[ImageScan]:
-    """Scan files in threads (decoding and hashing release the GIL); order preserved."""
+def scan_images(paths: Sequence[str], stats_mask: Sequence[bool], workers: int | None = None,
+                progress: bool = False) -> list[ImageScan]:
+    """Scan files in threads (decoding and hashing release the GIL); order preserved. ``progress``
+    shows a bar in a terminal (thousands of images take a while; a log file gets no redraws)."""
+    from podium.quiet import plain_output
+
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(scan_image, paths, stats_mask))
+        results = pool.map(scan_image, paths, stats_mask)
+        if progress and not plain_output():
+            from rich.progress import track
+
+            return list(track(results, total=len(paths), description="scanning images", transient=True))
+        return list(results)
 
 
 # --------------------------------------------------------------------------- numbers
@@ -306,6 +315,7 @@ def run_eda(
     seed: int = 0,
     phash_threshold: int = 8,
     dhash_threshold: int = 12,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Analyse a samples table; write eda.html, eda.json, figures/*.png and problem-file CSVs.
 
@@ -333,7 +343,7 @@ def run_eda(
     stats_idx = rng.choice(n_train, size=min(max_images_for_stats, n_train), replace=False)
     stats_mask = np.zeros(len(table), bool)
     stats_mask[stats_idx] = True
-    scans = scan_images(table["path"].tolist(), stats_mask.tolist())
+    scans = scan_images(table["path"].tolist(), stats_mask.tolist(), progress=progress)
     table["_error"] = [s.error for s in scans]
     table["width"] = [s.width for s in scans]
     table["height"] = [s.height for s in scans]
