@@ -37,6 +37,12 @@ def test_plan_members_are_diverse_and_budget_too_small_names_the_minimum():
     assert len(plan.members) == 3 and len({m.model for m in plan.members[:2]}) == 2
     with pytest.raises(PodiumError, match=r"too small.*needs \d+s.*--time \d+m"):
         make_plan(CANDIDATES, 30, "medium")
+    late = make_plan(CANDIDATES, 1800, "medium", spent_s=600)  # the measuring already took 10 minutes
+    full = make_plan(CANDIDATES, 1800, "medium")
+    assert late.planned_s <= 600 + 1200 * PLAN_SHARE
+    assert late.folds * late.epochs * len(late.members) < full.folds * full.epochs * len(full.members)
+    with pytest.raises(PodiumError, match=r"measuring the candidates took 590s.*in all"):
+        make_plan(CANDIDATES, 600, "medium", spent_s=590)
 
 
 def _fake_measure(epoch_s: float):

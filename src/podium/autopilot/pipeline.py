@@ -158,8 +158,7 @@ def run_auto(data: str | Path, *, time_budget: str | float, preset: str | Preset
             raise PodiumError(f"none of {', '.join(names)} has pretrained weights on this machine: set "
                               "model.pretrained_path, give --models with cached weights, or model.pretrained=false")
         measured_s = clock() - t_plan
-        plan = make_plan(candidates, max(budget_s - measured_s, 0.0), p)
-        plan.budget_s = budget_s
+        plan = make_plan(candidates, budget_s, p, spent_s=measured_s)
         folder.mkdir(parents=True, exist_ok=True)
         state = _State(folder, {"signature": sig, "plan": plan.to_dict(), "spent_s": 0.0, "steps": {}}, clock)
         state.t0 -= measured_s  # the measuring counts against the budget

@@ -119,20 +119,23 @@ def minimum_s(candidates: Sequence[Candidate]) -> float:
     return min(cost([c], 2, 1) for c in candidates)
 
 
-def make_plan(candidates: Sequence[Candidate], budget_s: float, preset: str | Preset) -> Plan:
+def make_plan(candidates: Sequence[Candidate], budget_s: float, preset: str | Preset, *, spent_s: float = 0.0) -> Plan:
     """The preset's most wanted (folds, members) shape whose epochs, filling `PLAN_SHARE` of
     the budget, reach the preset's ``min_epochs``; else the smallest shape with as many epochs
-    as fit (at least one). Refuses (naming the measured minimum) a budget too small for that."""
+    as fit (at least one). Refuses (naming the measured minimum) a budget too small for that.
+    ``spent_s`` (the measuring) is already gone from the budget."""
     p = PRESETS[preset] if isinstance(preset, str) else preset
     if not candidates:
         raise PodiumError("podium auto: no candidate backbone to plan with")
-    usable = budget_s * PLAN_SHARE
+    usable = max(budget_s - spent_s, 0.0) * PLAN_SHARE
     floor = minimum_s(candidates)
     if usable < floor:
-        raise PodiumError(f"a budget of {budget_s:.0f}s is too small: the cheapest plan measured on this machine "
-                          f"(2 folds x 1 epoch of {min(candidates, key=lambda c: cost([c], 2, 1)).model}) needs "
-                          f"{floor / PLAN_SHARE:.0f}s with the safety share; give --time {math.ceil(floor / PLAN_SHARE / 60)}m "
-                          f"or more")
+        need = spent_s + floor / PLAN_SHARE
+        raise PodiumError(f"a budget of {budget_s:.0f}s is too small: measuring the candidates took {spent_s:.0f}s and "
+                          f"the cheapest plan measured on this machine (2 folds x 1 epoch of "
+                          f"{min(candidates, key=lambda c: cost([c], 2, 1)).model}) needs {floor / PLAN_SHARE:.0f}s more "
+                          f"with the safety share: {need:.0f}s in all; give --time {math.ceil(need / 60)}m or more "
+                          "(or fewer --models/--sizes to measure)")
     order = diverse_order(candidates, p)
     shapes = list(p.shapes) + [(3, 1), (2, 1)]
     tried = []
@@ -149,10 +152,10 @@ def make_plan(candidates: Sequence[Candidate], budget_s: float, preset: str | Pr
             why = (f"preset {p.name}: took the first shape (folds x members) whose epochs reach {need} in "
                    f"{PLAN_SHARE:.0%} of the budget ({'; '.join(tried)}); one epoch of one fold measured "
                    + ", ".join(f"{m.model}@{m.size}={m.fold_epoch_s(folds):.1f}s" for m in members))
-            return Plan(p.name, budget_s, folds, epochs, list(members), cost(members, folds, epochs), why,
+            return Plan(p.name, budget_s, folds, epochs, list(members), spent_s + cost(members, folds, epochs), why,
                         list(candidates))
     c = min(candidates, key=lambda c: cost([c], 2, 1))
-    return Plan(p.name, budget_s, 2, 1, [c], cost([c], 2, 1), "only 2 folds x 1 epoch fit", list(candidates))
+    return Plan(p.name, budget_s, 2, 1, [c], spent_s + cost([c], 2, 1), "only 2 folds x 1 epoch fit", list(candidates))
 
 
 # ---------------------------------------------------------------- measuring on this machine
