@@ -88,6 +88,11 @@ def test_report_sections_and_files(report):
     for name in ("curves", "confusion_counts", "confusion_normalized", "per_class", "roc", "confidently_wrong"):
         assert (run / "report" / f"{name}.png").stat().st_size > 1000, name
     assert "<script" not in page
+    # the confidently-wrong table: id, label, predicted, confidence; no absolute path repeating the id
+    wrong = page[page.index("<h2>Confidently wrong</h2>"):]
+    wrong = wrong[:wrong.index("</table>")]
+    assert ">predicted</th>" in wrong and ">path</th>" not in wrong
+    assert "path" in pd.read_csv(run / "suspect_labels.csv").columns  # the CSV keeps it
 
 
 def test_confusion_matrix_matches_planted(report):

@@ -125,6 +125,13 @@ def table(title: str, rows: dict, out=None) -> None:
     (out or console()).print(t)
 
 
+def duration(seconds) -> str:
+    """Seconds for people ('12 s', '3 min 20 s'): the leaderboard's one formatter (pandas only)."""
+    from podium.reports.leaderboard import fmt_duration
+
+    return fmt_duration(seconds)
+
+
 def add_config_items(p) -> None:
     p.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE", help="a YAML config, then dotted.key=value overrides")
 

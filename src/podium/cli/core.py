@@ -9,6 +9,7 @@ from podium.cli.common import (
     add_group,
     add_prediction_options,
     console,
+    duration,
     notes,
     positive_int,
     split_config_and_overrides,
@@ -40,7 +41,7 @@ def cmd_train(args) -> int:
     table(f"trained {s['run_dir']}", {
         f"best {s['monitor']} (epoch {s['best_epoch']})": s["best_metric"],
         "val accuracy": m["acc"], "val macro F1": m["f1"], "val macro precision": m["precision"],
-        "val macro recall": m["recall"], "val macro ROC-AUC": m["auroc"], "wall time (s)": s["wall_time_s"],
+        "val macro recall": m["recall"], "val macro ROC-AUC": m["auroc"], "wall time": duration(s["wall_time_s"]),
         "skipped images": s["skipped_images"], "run folder": s["run_dir"],
     }, out)
     return 0

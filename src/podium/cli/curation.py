@@ -4,6 +4,7 @@ from __future__ import annotations
 from podium.cli.common import (
     add_command,
     console,
+    duration,
     notes,
     positive_float,
     positive_int,
@@ -80,7 +81,7 @@ def cmd_distill(args) -> int:
         "training images with soft targets": teacher.get("labelled_rows"),
         "unlabelled images": teacher.get("unlabeled_rows", 0),
         f"best {s['monitor']} (epoch {s['best_epoch']})": s["best_metric"], "val macro F1": m["f1"],
-        "val accuracy": m["acc"], "wall time (s)": s["wall_time_s"], "run folder": s["run_dir"]}, out)
+        "val accuracy": m["acc"], "wall time": duration(s["wall_time_s"]), "run folder": s["run_dir"]}, out)
     return 0
 
 

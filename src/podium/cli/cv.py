@@ -11,6 +11,7 @@ from __future__ import annotations
 from podium.cli.common import (
     add_command,
     console,
+    duration,
     non_negative_int,
     notes,
     positive_int,
@@ -106,7 +107,7 @@ def _print_summary(s: dict, out=None) -> None:
     rows = {"CV macro F1 (all OOF images)": s["cv_macro_f1"],
             "fold macro F1": f"{s['fold_macro_f1_mean']:.4f} +- {s['fold_macro_f1_std']:.4f}",
             "CV accuracy": s["cv_accuracy"], "images": s["n_images"], "folds": s["k"],
-            "fold training time (s)": s.get("total_fold_time_s")}
+            "fold training time": duration(s.get("total_fold_time_s"))}
     for row in s["folds"]:
         rows[f"fold {row['fold']} macro F1"] = row["macro_f1"]
     if s.get("submission"):

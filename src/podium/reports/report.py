@@ -218,6 +218,9 @@ def _curves_section(page: Page, out: Path, run_dir: Path) -> None:
                     label = col if len(tables) == 1 else f"{name} {col}"
                     ax.plot(x[keep], series[keep], marker="o", markersize=2.5, label=label)
         ax.set_title(title), ax.set_xlabel("epoch"), ax.grid(alpha=0.3)
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers: no 0.25 ticks
         if ax.lines:
             ax.legend(fontsize=7)
             if title == "learning rate" and all((np.asarray(ln.get_ydata()) > 0).all() for ln in ax.lines):
@@ -392,7 +395,9 @@ def _gallery_section(page: Page, out: Path, suspects: pd.DataFrame, max_gallery:
     sec.figure(fig, "Most confidently wrong validation images", save_to=out / "confidently_wrong.png")
     if missing:
         sec.note(f"{missing} image(s) could not be loaded from their path (shown grey)")
-    sec.table(top, max_rows=max_gallery)
+    # the id names the image already; the absolute path (in suspect_labels.csv) would push
+    # `predicted` and `confidence` off screen
+    sec.table(top.drop(columns=["path"]), max_rows=max_gallery)
 
 
 def _resolve_source(model_forward: Any) -> GradCamSource:
