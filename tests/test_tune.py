@@ -147,6 +147,7 @@ def test_study_writes_trials_table_plots_and_a_retrainable_best_config(study3):
     page = (study_dir / "report.html").read_text()
     assert page.count("plotly.js v") >= 1 and page.count("Plotly.newPlot") >= 3  # plotly embedded: works offline
     assert "Optimization history" in page and "Intermediate values" in page
+    assert "These importances rest on 3 completed trials: too few" in page
 
     best = trials.loc[trials["value"].idxmax()]
     info = json.loads((study_dir / "study.json").read_text())

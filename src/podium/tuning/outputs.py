@@ -108,6 +108,8 @@ def write_report(study, settings, frame: pd.DataFrame) -> Path:
             first = False
         except Exception as exc:  # e.g. importances need two finished trials with different params
             body = f"<p class='note'>not available: {html.escape(str(exc))}</p>"
+        if title == "Parameter importances":
+            body = f"<p class='note'>{_importance_note(int((frame['state'] == 'COMPLETE').sum()))}</p>\n" + body
         sections.append(f"<h2>{html.escape(title)}</h2>\n{body}")
     best = f"best trial {study.best_trial.number}: {study.best_value:.4f}" if any(
         frame["state"] == "COMPLETE") else "no completed trial yet"
@@ -119,6 +121,15 @@ def write_report(study, settings, frame: pd.DataFrame) -> Path:
             f"({settings.direction}), {len(frame)} trials, {html.escape(best)}</p>"
             + "\n".join(sections) + "<h2>Trials</h2>" + table_html(frame) + "</body></html>")
     return write_text(settings.study_dir / REPORT_FILE, page)
+
+
+def _importance_note(complete: int) -> str:
+    """How much an importance plot can be trusted: fANOVA fits a forest to the completed trials,
+    and with a handful of them the bars are mostly noise."""
+    note = f"These importances rest on {complete} completed trial{'s' if complete != 1 else ''}"
+    if complete < 20:
+        return note + ": too few to rank parameters reliably (a few dozen trials are needed); read them as a hint."
+    return note + "."
 
 
 def _plots():
