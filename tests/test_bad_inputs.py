@@ -343,6 +343,16 @@ def test_crash_after_the_folder_exists_is_marked_failed_and_reraised(tmp_path, i
     assert status["status"] == "failed" and status["error"] == "RuntimeError: simulated crash"
 
 
+def test_checkpoint_of_another_architecture_is_refused_not_silently_used(run_copy, tmp_path, capsys):
+    """Before: `predict RUN --checkpoint OTHER.ckpt` built the checkpoint's model, not the run's."""
+    run, data = run_copy
+    ckpt = torch.load(run / "best.ckpt", map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["model_cfg"]["name"] = "test_resnet"
+    torch.save(ckpt, tmp_path / "other.ckpt")
+    code, err = run_cli(["predict", run, "--data", data, "--checkpoint", tmp_path / "other.ckpt", "--quiet"], capsys)
+    assert code == 2 and "holds a test_resnet model" in err and "model.name=test_efficientnet" in err, err
+
+
 # ---------------------------------------------------------------- nothing is overwritten
 
 def test_average_checkpoints_never_overwrites_a_checkpoint(run_copy, capsys):

@@ -293,7 +293,7 @@ def _run_predictor(run_dir: Path, checkpoint: str, device: str | None, tta) -> T
 
     info = load_run(run_dir)
     ckpt = info.checkpoint(checkpoint)
-    module = load_module(ckpt, info.classes)
+    module = load_module(ckpt, info.classes, info.config.model.name)
     views = resolve_tta(None if tta == DEFAULT else tta, info.config)
     return TorchPredictor(module, "run", run_dir, info.classes, info.config, views, device,
                           {"checkpoint": str(ckpt)})
@@ -376,7 +376,7 @@ def _run_member(run_dir: Path, checkpoint: str, tta, classes: list[str]):
     if info.classes != classes:
         raise PodiumError(f"{run_dir} predicts {len(info.classes)} classes ({summarize_list(info.classes)}), "
                           f"not the {len(classes)} of the cv run or ensemble it belongs to")
-    module = load_module(info.checkpoint(checkpoint), info.classes)
+    module = load_module(info.checkpoint(checkpoint), info.classes, info.config.model.name)
     views = resolve_tta(None if tta == DEFAULT else tta, info.config)
     member = RunMember(module, info.config.data.size_hw, views, info.config.predict.tta_merge, name=str(run_dir))
     return member, [(run_dir, info.config)]

@@ -23,9 +23,11 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def load_module(ckpt_path: str | Path, classes: list[str] | None = None):
+def load_module(ckpt_path: str | Path, classes: list[str] | None = None, model_name: str | None = None):
     """Rebuild the Classifier from a checkpoint without downloading pretrained weights,
-    in eval mode; ``classes`` (the run's class map) must match the checkpoint's."""
+    in eval mode; ``classes`` (the run's class map) and ``model_name`` (the run's model.name)
+    must match the checkpoint's: a checkpoint of another architecture would otherwise predict
+    silently with its own model, not the one the run's config.yaml names."""
     from podium.model.engine import Classifier
 
     ckpt_path = Path(ckpt_path)
@@ -37,6 +39,12 @@ def load_module(ckpt_path: str | Path, classes: list[str] | None = None):
         raise PodiumError(
             f"checkpoint {ckpt_path} was trained on {len(hparams['classes'])} classes "
             f"{hparams['classes'][:10]}, but the run's class map has {len(classes)}: {classes[:10]}")
+    found = (hparams.get("model_cfg") or {}).get("name") if isinstance(hparams.get("model_cfg"), dict) else None
+    if model_name is not None and found is not None and found != model_name:
+        raise PodiumError(
+            f"checkpoint {ckpt_path} holds a {found} model, but the run's config.yaml names model.name={model_name}; "
+            "it belongs to another run. Give a checkpoint of this run (--checkpoint best|last), or predict with the "
+            "run the checkpoint came from")
     module = Classifier(**{**hparams, "load_pretrained": False})
     try:
         module.load_state_dict(checkpoint["state_dict"], strict=True)
