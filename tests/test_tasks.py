@@ -64,7 +64,7 @@ def test_label_fixes_and_ambiguous_ages_only_in_training(tmp_path, mask_root, ca
     ages = sorted(frame["age"].unique())
     band = f"[[{ages[0]}, {ages[0]}]]"
     assert main(["train", *_mask_overrides(tmp_path, mask_root, f"task.label_fixes={fixes}",
-                                           f"task.drop_ambiguous_ages={band}"), "--quiet"]) == 0
+                                           f"task.drop_ambiguous_ages={band}")]) == 0
     out = capsys.readouterr().out
     assert "7 label(s) changed" in out and "dropped" in out
     split = pd.read_csv(tmp_path / "runs dir" / "exp" / "split.csv", dtype=str)

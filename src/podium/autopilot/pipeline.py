@@ -36,11 +36,13 @@ from podium.fileio import write_json, write_parquet
 from podium.rundir import (
     AUTO_FILE,
     AUTO_STATE_FILE,
+    CONFIG_FILE,
     CV_SUMMARY_FILE,
     OOF_FILE,
     TEST_PROBABILITIES_FILE,
     fold_dir,
     is_finished_run,
+    read_cv_meta,
     read_json_file,
     read_table,
 )
@@ -205,9 +207,9 @@ def _execute(folder: Path, cfg, plan: Plan, state: _State, classes: list[str], *
                 fd = fold_dir(mdir, f)
                 if fd.is_dir() and any(fd.iterdir()):
                     log(f"{name} fold {f}: interrupted earlier, continued")
-                    from podium.api import train
+                    from podium.model.training import train
 
-                    train(resume=fd, progress=progress, log=log)
+                    train(None, resume=fd, progress=progress, log=log)
                 else:
                     log(f"{name} fold {f}/{k}: training (max {share:.0f}s)")
                     run_cv(mcfg, folds=k, only_fold=f, test_data=test, progress=progress, log=log)
@@ -251,7 +253,7 @@ def _member_test(mdir: Path, test, views, tta_dir: Path, progress: bool) -> str:
     from podium.inference.predictor import load_predictor
 
     frame, probs, _ = predict_probabilities(load_predictor(mdir, tta=["identity", *views]), test, progress=progress)
-    predictor_classes = pd.DataFrame(probs, columns=read_json_file(mdir / "cv.json", "cv meta")["classes"])
+    predictor_classes = pd.DataFrame(probs, columns=read_cv_meta(mdir)["classes"])
     path = tta_dir / TEST_PROBABILITIES_FILE
     write_parquet(path, pd.concat([pd.DataFrame({"id": frame["id"].astype(str).to_numpy()}), predictor_classes], axis=1))
     return str(path)
@@ -319,7 +321,7 @@ def _finish(folder: Path, cfg, plan: Plan, state: _State, classes: list[str], fi
         "members": members, "final": final, "tta_views": TTA_VIEWS, "biases": biases,
         "oof_macro_f1": final["oof_macro_f1"], "classes": classes,
         "config": json.loads(cfg.model_dump_json()),
-        "member_configs": {m["name"]: str(fold_dir(m["dir"], 0) / "config.yaml") for m in members},
+        "member_configs": {m["name"]: str(fold_dir(m["dir"], 0) / CONFIG_FILE) for m in members},
     }
     write_parquet(folder / OOF_FILE, oof)
     if test is not None and final.get("test"):

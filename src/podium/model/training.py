@@ -139,7 +139,7 @@ def build_datamodule(cfg: PodiumConfig, prepared: PreparedData, start_epoch: int
                             train_soft=prepared.soft)
 
 
-def train(cfg: PodiumConfig, *, resume: str | Path | None = None, dry_run: bool = False,
+def train(cfg: PodiumConfig | None, *, resume: str | Path | None = None, dry_run: bool = False,
           callbacks: list | None = None, progress: bool = True, log=print,
           prepared: PreparedData | None = None, epochs: int | None = None) -> TrainResult:
     """Train one run; ``resume`` continues a run folder from its last.ckpt (``epochs``
