@@ -17,7 +17,14 @@ import torch
 from torch import nn
 
 from podium.errors import PodiumError
-from podium.reports.report import GradCamSource, build_run_report, gradcam, overlay_heatmap
+from podium.reports.report import (
+    GradCamSource,
+    build_run_report,
+    confusion_figure,
+    curves_figure,
+    gradcam,
+    overlay_heatmap,
+)
 
 CLASSES = ["bird", "cat", "dog"]
 SECTIONS = ["Summary", "Training curves", "Confusion matrix", "Per-class metrics", "ROC curves",
@@ -82,7 +89,7 @@ def test_report_sections_and_files(report):
     _, run, path = report
     assert path == run / "report.html"
     page = path.read_text()
-    for title in [*SECTIONS, "Per-attribute metrics"]:
+    for title in [*SECTIONS, "Metrics by site"]:
         assert f"<h2>{title}</h2>" in page, title
     assert "Grad-CAM" not in page  # no model given
     for name in ("curves", "confusion_counts", "confusion_normalized", "per_class", "roc", "confidently_wrong"):
@@ -127,14 +134,84 @@ def test_confused_pairs_and_per_class_in_page(report):
 
 
 def test_cv_run_uses_oof(tmp_path):
-    preds = planted_predictions(tmp_path / "images")
+    preds = planted_predictions(tmp_path / "images").assign(fold=lambda f: np.arange(len(f)) % 2)
     run = write_run(tmp_path / "cv", preds, cv=True)
     page = build_run_report(run).read_text()
     assert "oof_predictions.parquet" in page
+    # the fold column gets a section named for it; the other extra column keeps its own
+    assert "<h2>Per-fold metrics</h2>" in page and "<h2>Metrics by site</h2>" in page
+    assert "Per-attribute" not in page and "Metrics by fold" not in page
+    folds = page[page.index("<h2>Per-fold metrics</h2>"):]
+    folds = folds[:folds.index("</table>")]
+    assert ">fold</th>" in folds and ">macro F1</th>" in folds and folds.count("<tr>") == 3  # header + 2 folds
     assert '<td class="text">fold0</td>' in page and '<td class="text">fold1</td>' in page  # per-fold last epoch
     counts = pd.read_csv(run / "report" / "confusion_counts.csv").set_index("true")
     assert counts.to_numpy().sum() == len(preds)
     assert (run / "report" / "curves.png").exists()
+
+
+def _fold_tables(k: int) -> dict[str, pd.DataFrame]:
+    rng = np.random.default_rng(1)
+    return {f"fold{i}": pd.DataFrame({"epoch": range(6), "train_loss": 1 - 0.1 * np.arange(6) + rng.random(6) / 20,
+                                      "val_loss": 1.1 - 0.08 * np.arange(6), "val_f1": 0.5 + 0.05 * np.arange(6),
+                                      "lr": [1e-3] * 6}) for i in range(k)}
+
+
+def test_cv_curves_one_panel_per_metric_legend_outside():
+    fig = curves_figure(_fold_tables(5))
+    fig.canvas.draw()
+    panels = [ax for ax in fig.axes if ax.lines]
+    assert [ax.get_title() for ax in panels] == ["train_loss", "val_loss", "val_f1", "lr"]
+    for ax in panels:
+        folds = [ln for ln in ax.lines if ln.get_label().startswith("fold")]
+        assert len(folds) == 5
+        colours = {tuple(np.round(ln.get_color(), 3)) for ln in folds}
+        assert len(colours) == 5  # no fold shares a colour
+        mean = [ln for ln in ax.lines if ln.get_label() == "mean of 5 folds"]
+        assert len(mean) == 1 and mean[0].get_linewidth() > 2 * max(ln.get_linewidth() for ln in folds)
+        assert ax.get_legend() is None  # no legend on top of the data
+    assert panels[0].get_ylim() == panels[1].get_ylim()  # train and val loss on one scale
+    assert panels[3].get_yscale() == "log"
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [f"fold{i}" for i in range(5)] + ["mean of 5 folds"]
+    box = legend.get_window_extent()
+    assert all(not box.overlaps(ax.get_window_extent()) for ax in fig.axes)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
+def test_single_run_curves_have_no_legend():
+    fig = curves_figure(_fold_tables(1))
+    assert not fig.legends and all(len(ax.lines) <= 1 for ax in fig.axes)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
+def _texts(fig) -> list:
+    return [t for t in fig.axes[0].texts]
+
+
+def test_confusion_numbers_scale_with_cells_and_big_matrices_use_percent():
+    import matplotlib.pyplot as plt
+
+    small = confusion_figure(np.array([[50, 3, 1], [2, 40, 0], [0, 5, 61]]), ["a", "b", "c"], "counts")
+    small_size = {t.get_fontsize() for t in _texts(small)}
+    assert len(small_size) == 1 and small_size.pop() >= 12  # was a fixed 7 pt
+    n = 20
+    counts = np.diag(np.full(n, 90)) + np.eye(n, k=1, dtype=int) * 7
+    big = confusion_figure(counts, [f"class{i}" for i in range(n)], "counts")
+    big_size = _texts(big)[0].get_fontsize()
+    assert 5 <= big_size < 12
+    assert sum(t.get_text() == "" for t in _texts(big)) == n * n - (2 * n - 1)  # zero cells left blank
+    share = counts / counts.sum(axis=1, keepdims=True)
+    shares = confusion_figure(share, [f"class{i}" for i in range(n)], "row-normalised", percent=True)
+    texts = [t.get_text() for t in _texts(shares)]
+    assert "93" in texts and "100" in texts and "%" not in "".join(texts)
+    assert shares.axes[0].get_title().endswith("(%)")
+    small_share = confusion_figure(np.array([[0.75, 0.25], [0.0, 1.0]]), ["a", "b"], "row-normalised", percent=True)
+    assert [t.get_text() for t in _texts(small_share)] == ["75%", "25%", "0%", "100%"]
+    for fig in (small, big, shares, small_share):
+        plt.close(fig)
 
 
 def test_missing_predictions_is_a_user_error(tmp_path):

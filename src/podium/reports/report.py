@@ -197,58 +197,132 @@ def _summary_section(page: Page, run_dir: Path, preds_name: str, preds: pd.DataF
         sec.details("Resolved config", (run_dir / CONFIG_FILE).read_text())
 
 
-def _curves_section(page: Page, out: Path, run_dir: Path) -> None:
+def _metric_order(columns: list[str]) -> list[str]:
+    """Panels in reading order: losses (train before val), validation metrics, then learning rates."""
+    def rank(c: str) -> tuple[int, str]:
+        kind = 0 if c.endswith("loss") else 2 if (c == "lr" or c.startswith("lr")) else 1
+        return kind, c
+    return sorted(columns, key=rank)
+
+
+def curves_figure(tables: dict[str, pd.DataFrame]):
+    """Small multiples: one panel per metric column of metrics.csv.
+
+    A single run draws one line per panel. A cross-validation run draws each fold thin, in a
+    sequential palette (fold order reads as light to dark, no colour repeats), and the mean across
+    folds bold in black; the one legend sits outside the axes, to the right, where it covers no data.
+    """
+    from matplotlib.ticker import MaxNLocator
+
     plt = _plt()
+    columns: list[str] = []
+    for frame in tables.values():
+        columns += [c for c in frame.columns if c not in ("epoch", "step") and c not in columns
+                    and pd.to_numeric(frame[c], errors="coerce").notna().any()]
+    columns = _metric_order(columns)
+    ncols = min(4, max(1, len(columns)))
+    nrows = max(1, int(np.ceil(len(columns) / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.9 * nrows), squeeze=False)
+    several = len(tables) > 1
+    palette = plt.get_cmap("viridis")(np.linspace(0.05, 0.85, max(1, len(tables))))
+    for ax, col in zip(axes.ravel(), columns):
+        per_run = []
+        for (name, frame), colour in zip(tables.items(), palette):
+            if col not in frame.columns:
+                continue
+            x = frame["epoch"] if "epoch" in frame.columns else pd.Series(range(len(frame)))
+            series = pd.to_numeric(frame[col], errors="coerce")
+            keep = series.notna()
+            if not keep.any():
+                continue
+            per_run.append(pd.Series(series[keep].to_numpy(), index=x[keep].to_numpy()).groupby(level=0).last())
+            if several:
+                ax.plot(x[keep], series[keep], color=colour, lw=1.0, alpha=0.85, label=name)
+            else:
+                ax.plot(x[keep], series[keep], color="#2557a7", lw=1.6, marker="o", markersize=2.5)
+        if several and len(per_run) > 1:
+            table = pd.concat(per_run, axis=1)
+            mean = table.mean(axis=1)[table.notna().sum(axis=1) >= 2]  # an epoch only some folds reached
+            ax.plot(mean.index, mean.to_numpy(), color="black", lw=2.6, label=f"mean of {len(per_run)} folds")
+        ax.set_title(col, fontsize=10), ax.set_xlabel("epoch", fontsize=8), ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers: no 0.25 ticks
+        if (col == "lr" or col.startswith("lr")) and ax.lines and all(
+                (np.asarray(ln.get_ydata(), dtype=float) > 0).all() for ln in ax.lines):
+            ax.set_yscale("log")
+    for ax in axes.ravel()[len(columns):]:
+        ax.axis("off")
+    losses = [ax for ax, c in zip(axes.ravel(), columns) if c.endswith("loss")]
+    if len(losses) > 1:  # train and val loss on one scale, so a gap between them reads as a gap
+        low = min(ax.get_ylim()[0] for ax in losses)
+        high = max(ax.get_ylim()[1] for ax in losses)
+        for ax in losses:
+            ax.set_ylim(low, high)
+    fig.tight_layout()
+    if several:
+        fullest = max(axes.ravel()[:len(columns)], key=lambda a: len(a.get_legend_handles_labels()[1]))
+        handles, labels = fullest.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    return fig
+
+
+def _curves_section(page: Page, out: Path, run_dir: Path) -> None:
     sec = page.section("Training curves")
     tables = _metrics_tables(run_dir)
     if not tables:
         sec.note("No metrics.csv in the run folder.")
         return
-    groups = [("loss", lambda c: c.endswith("loss")),
-              ("metrics", lambda c: c.startswith("val_") and not c.endswith("loss")),
-              ("learning rate", lambda c: c == "lr" or c.startswith("lr"))]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
-    for ax, (title, wanted) in zip(axes, groups):
-        for name, frame in tables.items():
-            x = frame["epoch"] if "epoch" in frame.columns else pd.Series(range(len(frame)))
-            for col in [c for c in frame.columns if c != "epoch" and wanted(c)]:
-                series = pd.to_numeric(frame[col], errors="coerce")
-                keep = series.notna()
-                if keep.any():
-                    label = col if len(tables) == 1 else f"{name} {col}"
-                    ax.plot(x[keep], series[keep], marker="o", markersize=2.5, label=label)
-        ax.set_title(title), ax.set_xlabel("epoch"), ax.grid(alpha=0.3)
-        from matplotlib.ticker import MaxNLocator
-
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers: no 0.25 ticks
-        if ax.lines:
-            ax.legend(fontsize=7)
-            if title == "learning rate" and all((np.asarray(ln.get_ydata()) > 0).all() for ln in ax.lines):
-                ax.set_yscale("log")
-    fig.tight_layout()
-    sec.figure(fig, "Loss, validation metrics and learning rate per epoch", save_to=out / "curves.png")
+    caption = "One panel per logged quantity, per epoch"
+    if len(tables) > 1:
+        caption += f": each of the {len(tables)} folds thin, their mean bold"
+    sec.figure(curves_figure(tables), caption, save_to=out / "curves.png")
     last = {name: frame.tail(1) for name, frame in tables.items()}
     sec.heading("Last epoch")
     sec.table(pd.concat(last, names=["run", None]).reset_index(level=0), max_rows=50)
 
 
-def _matrix_figure(matrix: np.ndarray, classes: list[str], title: str, fmt: str):
+def _cell_text(value: float, percent: bool, big: bool) -> str:
+    if percent:
+        if big and round(value * 100) == 0:
+            return ""
+        return f"{value * 100:.0f}" + ("" if big else "%")
+    if big and value == 0:
+        return ""  # an empty cell reads faster than a wall of zeros
+    return f"{int(value)}"
+
+
+def confusion_figure(matrix: np.ndarray, classes: list[str], title: str, percent: bool = False):
+    """A confusion matrix whose numbers stay readable: the font follows the cell size, the row-normalised
+    matrix prints percentages (two digits, not '0.83'), and a big matrix (over 10 classes) leaves zero
+    cells blank and drops the % signs (the title says %)."""
     plt = _plt()
     n = len(classes)
     size = min(14, max(4.5, 0.45 * n + 2))
     fig, ax = plt.subplots(figsize=(size + 1, size))
-    im = ax.imshow(matrix, cmap="Blues")
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    im = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1 if percent else None)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046)
+    if percent:
+        from matplotlib.ticker import PercentFormatter
+
+        bar.ax.yaxis.set_major_formatter(PercentFormatter(xmax=1))
     ticks = range(n)
-    ax.set_xticks(ticks, classes, rotation=90 if n > 6 else 0, fontsize=8)
-    ax.set_yticks(ticks, classes, fontsize=8)
-    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title(title)
+    label_size = float(np.clip(size * 72 / max(n, 1) * 0.3, 6, 11))
+    ax.set_xticks(ticks, classes, rotation=90 if n > 6 else 0, fontsize=label_size)
+    ax.set_yticks(ticks, classes, fontsize=label_size)
+    big = n > 10
+    ax.set_xlabel("predicted"), ax.set_ylabel("true")
+    ax.set_title(title + (" (%)" if percent and big else ""))
     if n <= MAX_ANNOTATED_CLASSES:
-        top = matrix.max() if matrix.size else 0
+        texts = [[_cell_text(float(matrix[i, j]), percent, big) for j in range(n)] for i in range(n)]
+        widest = max((len(t) for row in texts for t in row), default=1) or 1
+        cell_pt = size * 0.75 * 72 / max(n, 1)  # the axes take about three quarters of the figure
+        # a digit is about 0.6 em wide: the widest number fills at most ~80% of its cell
+        fontsize = float(np.clip(min(cell_pt * 0.4, cell_pt * 0.8 / (0.6 * widest)), 5, 16))
+        top = 1.0 if percent else (matrix.max() if matrix.size else 0)
         for i in range(n):
             for j in range(n):
                 colour = "white" if top and matrix[i, j] > 0.6 * top else "black"
-                ax.text(j, i, format(matrix[i, j], fmt), ha="center", va="center", fontsize=7, color=colour)
+                ax.text(j, i, texts[i][j], ha="center", va="center", fontsize=fontsize, color=colour)
     return fig
 
 
@@ -268,10 +342,10 @@ def _confusion_section(page: Page, out: Path, counts: pd.DataFrame, classes: lis
     write_csv(out / "confusion_counts.csv", counts.reset_index())
     write_csv(out / "confusion_normalized.csv", pd.DataFrame(normalised, index=counts.index,
                                                               columns=classes).round(4).reset_index())
-    sec.figure(_matrix_figure(matrix, classes, "counts", "d"), "Counts: rows are true classes",
+    sec.figure(confusion_figure(matrix, classes, "counts"), "Counts: rows are true classes",
                save_to=out / "confusion_counts.png")
-    sec.figure(_matrix_figure(normalised, classes, "row-normalised (recall per class on the diagonal)", ".2f"),
-               "Row-normalised", save_to=out / "confusion_normalized.png")
+    sec.figure(confusion_figure(normalised, classes, "row-normalised: recall per class on the diagonal", percent=True),
+               "Row-normalised, in percent of each true class", save_to=out / "confusion_normalized.png")
     sec.heading("Counts")
     sec.table(counts, index=True, max_rows=100)
 
@@ -441,23 +515,36 @@ def _gradcam_section(page: Page, out: Path, suspects: pd.DataFrame, classes: lis
                save_to=out / "gradcam.png")
 
 
-def _attribute_section(page: Page, preds: pd.DataFrame, classes: list[str]) -> None:
+def _group_metrics(preds: pd.DataFrame, col: str) -> pd.DataFrame:
     from podium.evaluation.scores import macro_f1_of_labels
 
+    rows = []
+    for value, part in preds.groupby(preds[col].astype(str)):
+        t, p = part["target"].astype(str), part["prediction"].astype(str)
+        rows.append({col: value, "images": len(part), "accuracy": float((t == p).mean()),
+                     "macro F1": macro_f1_of_labels(list(t), list(p))})
+    return pd.DataFrame(rows)
+
+
+def _breakdown_sections(page: Page, preds: pd.DataFrame, classes: list[str]) -> None:
+    """Scores within each value of the prediction table's extra columns, each section named for what it
+    splits by: the OOF table's ``fold`` column gives "Per-fold metrics" (each fold's model on the images
+    it validated), any other column (a group, a site) "Metrics by <column>"."""
     extra = [c for c in preds.columns if c not in BASE_COLUMNS and c not in classes
              and not pd.api.types.is_float_dtype(preds[c]) and 1 < preds[c].nunique() <= 30]
-    if not extra:
-        return
-    sec = page.section("Per-attribute metrics")
-    sec.text("Accuracy and macro F1 within each value of the extra columns of the predictions table.")
-    for col in extra:
-        rows = []
-        for value, part in preds.groupby(preds[col].astype(str)):
-            t, p = part["target"].astype(str), part["prediction"].astype(str)
-            rows.append({col: value, "images": len(part), "accuracy": float((t == p).mean()),
-                         "macro F1": macro_f1_of_labels(list(t), list(p))})
-        sec.heading(col)
-        sec.table(pd.DataFrame(rows))
+    if "fold" in extra:
+        sec = page.section("Per-fold metrics")
+        sec.text("Accuracy and macro F1 of each fold's model on the images it validated on "
+                 "(its share of the out-of-fold predictions). A fold far below the others points at its data.")
+        frame = _group_metrics(preds, "fold")
+        sec.table(frame.iloc[frame["fold"].astype(int).argsort()].reset_index(drop=True))
+    others = [c for c in extra if c != "fold"]
+    if others:
+        sec = page.section("Metrics by " + ", ".join(others))
+        sec.text("Accuracy and macro F1 within each value of the extra columns of the predictions table.")
+        for col in others:
+            sec.heading(col)
+            sec.table(_group_metrics(preds, col))
 
 
 def _composite_section(page: Page, preds: pd.DataFrame, classes: list[str]) -> None:
@@ -527,6 +614,6 @@ def build_run_report(
     _gallery_section(page, out, suspects, max_gallery)
     if model_forward is not None:
         _gradcam_section(page, out, suspects, classes, _resolve_source(model_forward), gradcam_fn or gradcam)
-    _attribute_section(page, preds, classes)
+    _breakdown_sections(page, preds, classes)
     _composite_section(page, preds, classes)
     return page.write(run_dir / "report.html")
