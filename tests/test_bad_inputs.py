@@ -530,6 +530,26 @@ def test_decompression_bomb_is_a_bad_image(tmp_path, capsys, image_folder, polic
         assert str(bomb.resolve()) not in set(split["path"])
 
 
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_truncated_jpeg_in_a_loader_worker_is_named_or_skipped(tmp_path, capsys, policy):
+    """The header reads fine, so only decoding (in a DataLoader worker) finds the damage: the
+    message names the file and the fix, not 'worker process 0'; skip leaves it out and names it."""
+    data = make_folder(tmp_path / "train", {"cat": 6, "dog": 6}, ext="jpg")
+    bad = data / "cat" / "cat_003.jpg"
+    bad.write_bytes(bad.read_bytes()[:-200])
+    code = main(["train", *fast_overrides(tmp_path, **{"data.num_workers": 1}), f"data.train={data}",
+                 f"data.on_bad_image={policy}"])
+    out, err = capsys.readouterr()
+    if policy == "error":
+        assert code == 2 and "worker" not in err and "Traceback" not in err, err
+        assert f"cannot decode image {bad}" in err and "data.on_bad_image=skip" in err
+    else:
+        assert code == 0, err
+        assert "skipped 1 unreadable image(s)" in out + err and "cat_003.jpg" in out + err
+        summary = json.loads((tmp_path / "runs dir" / "exp" / "summary.json").read_text())
+        assert summary["skipped_images"] == 1
+
+
 def test_max_image_pixels_is_configurable(tmp_path):
     from podium.data.images import BadImageError, load_rgb, set_max_image_pixels
 

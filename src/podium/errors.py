@@ -7,6 +7,7 @@ non-zero; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 
@@ -15,12 +16,28 @@ class PodiumError(Exception):
 
     def __init__(self, message: str):
         # A single string argument keeps the class re-raisable by DataLoader
-        # workers, which rebuild exceptions as ``type(msg)``.
+        # workers, which rebuild exceptions as ``type(msg)``, with a message of their own.
+        message = _worker_original(type(self).__name__, message)
         super().__init__(message)
         self.message = message
 
     def __str__(self) -> str:
         return self.message
+
+
+def _worker_original(name: str, message: str) -> str:
+    """The original message of an error a DataLoader worker re-raised in the main process.
+
+    torch rebuilds it as ``Caught BadImageError in DataLoader worker process 0.\nOriginal
+    Traceback ...\npodium.data.images.BadImageError: cannot decode image x.jpg``: shown as it is,
+    the user reads about a worker, not the file. The original follows the traceback's last line
+    that starts with the class's name (the last: a chained cause comes first); any other message
+    is returned unchanged.
+    """
+    if not message.startswith(f"Caught {name} in DataLoader worker"):
+        return message
+    found = list(re.finditer(rf"^(?:[\w.]+\.)?{re.escape(name)}: ", message, re.M))
+    return message[found[-1].end():].rstrip("\n") if found else message
 
 
 class RunInterrupted(Exception):

@@ -11,6 +11,7 @@ import pandas as pd
 from torch.utils.data import DataLoader
 
 from podium.data.dataset import (
+    BAD_IMAGE_HINT,
     EvalShare,
     ImageDataset,
     SeededSampler,
@@ -59,9 +60,9 @@ class PodiumDataModule(pl.LightningDataModule):
             return
         self.train_set = ImageDataset(train["path"], rows, train_pipeline, cfg.size_hw, train=True,
                                       draft=cfg.draft_decode, on_bad_image=cfg.on_bad_image, resize=cfg.resize,
-                                      cache=build_cache(train["path"], cfg, "train"))
+                                      cache=build_cache(train["path"], cfg, "train"), bad_image_hint=BAD_IMAGE_HINT)
         self.val_set = build_eval_dataset(val["path"], self.val_targets, cfg, augment, cache=True,
-                                          on_bad_image=cfg.on_bad_image)
+                                          on_bad_image=cfg.on_bad_image, bad_image_hint=BAD_IMAGE_HINT)
 
     def _device_sets(self, train_paths, train_rows, val_paths) -> None:
         """`data.cache=device`: decoded uint8 images that move to the training device (`DeviceImages`)."""

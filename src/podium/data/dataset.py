@@ -161,6 +161,10 @@ def _read_competition(root: Path, age_thresholds, log) -> pd.DataFrame:
 
 # ------------------------------------------------------------------ checks
 
+#: How a training run gets past unreadable images (check_images, and decoding during training).
+BAD_IMAGE_HINT = "Remove or replace unreadable images, or set data.on_bad_image=skip to leave them out"
+
+
 def check_images(frame: pd.DataFrame, on_bad_image: str = "error", workers: int = 8) -> tuple[pd.DataFrame, list[str]]:
     """Find unreadable images before training.
 
@@ -185,7 +189,7 @@ def check_images(frame: pd.DataFrame, on_bad_image: str = "error", workers: int 
     if bad and on_bad_image == "error":
         raise PodiumError(
             f"{len(bad)} unreadable image(s): {summarize_list(bad, 3)}. "
-            f"Remove or replace them, or set data.on_bad_image=skip to leave them out.")
+            f"{BAD_IMAGE_HINT}.")
     keep = np.array([e is None for e in errors], dtype=bool)
     return frame[keep].reset_index(drop=True), bad
 
@@ -349,7 +353,7 @@ class ImageDataset(Dataset):
 
     def __init__(self, paths: Sequence[str], targets: Sequence[int] | np.ndarray | None, pipeline: Pipeline,
                  size: tuple[int, int], *, train: bool = False, draft: bool = True,
-                 on_bad_image: str = "error", cache=None, resize: str = "squash"):
+                 on_bad_image: str = "error", cache=None, resize: str = "squash", bad_image_hint: str = ""):
         self.paths = list(paths)
         self.targets = None if targets is None else np.asarray(targets)
         if self.targets is not None and not np.issubdtype(self.targets.dtype, np.floating):
@@ -360,6 +364,7 @@ class ImageDataset(Dataset):
         self.draft = draft
         self.resize = resize
         self.on_bad_image = on_bad_image
+        self.bad_image_hint = bad_image_hint  # how to get past a bad image, where a setting allows it
         self.cache = cache
 
     def __len__(self) -> int:
@@ -374,9 +379,11 @@ class ImageDataset(Dataset):
         index, seed = item if isinstance(item, tuple) else (item, None)
         try:
             image = self.load(index)
-        except BadImageError:
+        except BadImageError as exc:
             if self.on_bad_image == "skip":
                 return None
+            if self.bad_image_hint:
+                raise BadImageError(f"{exc}. {self.bad_image_hint}") from None
             raise
         tensor = self.pipeline(image, seed=seed)
         if self.targets is None:
@@ -439,14 +446,14 @@ def eval_load_size(size: tuple[int, int], crop_pct: float) -> tuple[int, int]:
 
 
 def build_eval_dataset(paths: Sequence, targets: Sequence[int] | np.ndarray | None, data: DataConfig, augment: AugmentConfig, *,
-                       cache: bool = False, on_bad_image: str = "error") -> ImageDataset:
+                       cache: bool = False, on_bad_image: str = "error", bad_image_hint: str = "") -> ImageDataset:
     """The one way validation, prediction, export parity and serving read images:
     the run's size, resize mode, eval crop, draft decoding and eval pipeline."""
     size = data.size_hw
     load_size = eval_load_size(size, data.eval_crop_pct)
     return ImageDataset(list(paths), targets, build_eval_pipeline(augment, size, data.eval_crop_pct), load_size,
                         train=False, draft=data.draft_decode, on_bad_image=on_bad_image, resize=data.resize,
-                        cache=build_cache(paths, data, "val", size=load_size) if cache else None)
+                        bad_image_hint=bad_image_hint, cache=build_cache(paths, data, "val", size=load_size) if cache else None)
 
 
 def build_cache(paths: Sequence[str], cfg: DataConfig, desc: str, size: tuple[int, int] | None = None):
