@@ -44,7 +44,7 @@ def overrides(data: Path, runs: Path, name: str, size: int, epochs: int, seed: i
 
 
 def test_f1(ids: pd.Series, probs: np.ndarray, classes: list[str]) -> float:
-    from podium.evaluation.ensemble import macro_f1
+    from podium.evaluation.scores import macro_f1
 
     y = np.array([classes.index(i.split("/")[0]) for i in ids])
     return macro_f1(y, probs.argmax(1), len(classes))
@@ -61,10 +61,12 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS_cv.md"))
     args = parser.parse_args()
 
+    import podium
     from podium.data.dataset import load_samples
-    from podium.evaluation.cv import ensemble_members, oof_tta, run_cv
-    from podium.evaluation.predict import evaluate_run, predict_frame
-    from podium.model.checkpoints import load_module
+    from podium.evaluation.cv import oof_tta, run_cv
+    from podium.evaluation.ensemble_runs import ensemble_members
+    from podium.inference.predict import predict_frame
+    from podium.inference.predictor import load_predictor
     from podium.schema import load_config
 
     work = Path(args.workdir)
@@ -79,8 +81,8 @@ def main() -> None:
     t = time.perf_counter()
     single = train(cfg, progress=False, log=lambda *a: None)
     times["single"] = time.perf_counter() - t
-    ev = evaluate_run(single.run_dir, data / "val", progress=False)
-    rows["single model"] = {"holdout/OOF macro F1": single.val_metrics["f1"], "test macro F1": ev["metrics"]["f1"],
+    ev = podium.evaluate(single.run_dir, data / "val", out=runs / "single-eval")
+    rows["single model"] = {"holdout/OOF macro F1": single.val_metrics["f1"], "test macro F1": ev.metrics["f1"],
                             "wall time (s)": times["single"]}
 
     test = data / "val"
@@ -98,8 +100,8 @@ def main() -> None:
     t = time.perf_counter()
     tta = oof_tta(a.run_dir, ["identity", "hflip"])
     test_frame = load_samples(test, cfg.data.model_copy(update={"format": "folder"}), labeled=False)
-    probs = np.mean([predict_frame(load_module(a.run_dir / f"fold{k}" / "best.ckpt", classes), test_frame, cfg,
-                                   tta=["identity", "hflip"], progress=False) for k in range(args.folds)], axis=0)
+    # the cv run as one predictor: its folds averaged, each with the identity and hflip views
+    probs = predict_frame(load_predictor(a.run_dir, tta=["identity", "hflip"]), test_frame)
     times["tta"] = time.perf_counter() - t
     rows[f"{args.folds}-fold CV + TTA (identity, hflip)"] = {
         "holdout/OOF macro F1": tta["macro_f1_tta"], "test macro F1": test_f1(test_frame["id"], probs, classes),

@@ -19,22 +19,22 @@ VIEWS = [("squash", 1.0), ("squash", 0.875), ("crop", 1.0), ("crop", 0.875), ("p
 
 
 def score_views(run: Path, val_csv: Path) -> list[dict]:
-    import podium
-    from podium.evaluation.predict import predict_frame
     from podium.evaluation.scores import macro_f1
-    from podium.model.checkpoints import load_module
+    from podium.inference.predict import predict_frame
+    from podium.inference.predictor import load_predictor
 
-    info = podium.load_run(run)
-    module = load_module(info.dir / info.summary.get("best_checkpoint", "best.ckpt"), info.classes)
+    predictor = load_predictor(run, tta=[])  # the best checkpoint, no TTA: as the study scores it
+    own = predictor.config
     val = pd.read_csv(val_csv)
-    y = val["label"].astype(str).map({c: i for i, c in enumerate(info.classes)}).to_numpy()
+    y = val["label"].astype(str).map({c: i for i, c in enumerate(predictor.classes)}).to_numpy()
     rows = []
     for resize, pct in VIEWS:
-        cfg = info.config.model_copy(deep=True)
+        cfg = own.model_copy(deep=True)
         cfg.data.resize, cfg.data.eval_crop_pct = resize, pct
-        probs = predict_frame(module, val.assign(id=val["path"]), cfg, progress=False, tta=[])
-        rows.append({"run": info.dir.name, "resize": resize, "eval_crop_pct": pct,
-                     "macro_f1": macro_f1(y, probs.argmax(1), len(info.classes))})
+        predictor.config = cfg  # how the images are read; the weights stay the same
+        probs = predict_frame(predictor, val.assign(id=val["path"]), tta=[])
+        rows.append({"run": Path(run).name, "resize": resize, "eval_crop_pct": pct,
+                     "macro_f1": macro_f1(y, probs.argmax(1), len(predictor.classes))})
     return rows
 
 
