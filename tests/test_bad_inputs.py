@@ -25,6 +25,7 @@ from conftest import fast_overrides, make_folder, make_image
 from PIL import Image
 
 from podium.cli import main
+from podium.errors import PodiumError
 from podium.model.training import train
 from podium.rundir import read_status
 from podium.schema import load_config
@@ -622,15 +623,27 @@ def test_empty_group_values_are_reported(tmp_path):
     assert any("4 of 8 image(s)" in m and "empty group" in m and "cat/cat_000.png" in m for m in messages), messages
 
 
-def test_labels_differing_by_case_or_spaces_are_reported(tmp_path):
-    make_folder(tmp_path, {"cat": 3})
-    labels = ["Ants", "ants ", "ants"]
-    pd.DataFrame({"path": [f"cat/cat_{i:03d}.png" for i in range(3)], "label": labels}).to_csv(
+@pytest.mark.parametrize("label_case", ["error", "merge", "keep"])
+def test_label_variants_by_case_or_spaces_are_refused_merged_or_kept(tmp_path, label_case):
+    make_folder(tmp_path, {"cat": 5})
+    labels = ["Ants", "ants ", "ants", "ants", "Bees"]
+    pd.DataFrame({"path": [f"cat/cat_{i:03d}.png" for i in range(5)], "label": labels}).to_csv(
         tmp_path / "labels.csv", index=False)
     messages = []
-    _load(tmp_path / "labels.csv", messages.append)
-    warning = " ".join(messages)
-    assert "3 labels" in warning and "'Ants' (1)" in warning and "'ants ' (1)" in warning and "'ants' (1)" in warning
+    if label_case == "error":
+        with pytest.raises(PodiumError) as refused:
+            _load(tmp_path / "labels.csv", messages.append)
+        message = str(refused.value)
+        assert "3 labels" in message and "'Ants' (1) / 'ants' (2) / 'ants ' (1)" in message
+        assert "data.label_case=merge" in message and "Bees" not in message
+        return
+    frame = _load(tmp_path / "labels.csv", messages.append, label_case=label_case)
+    said = " ".join(messages)
+    assert "'Ants' (1) / 'ants' (2) / 'ants ' (1)" in said
+    if label_case == "merge":
+        assert frame["label"].tolist() == ["ants", "ants", "ants", "ants", "bees"]
+    else:
+        assert frame["label"].tolist() == labels and said.startswith("warning")
 
 
 def test_class_with_a_single_image_is_reported(tmp_path):

@@ -113,6 +113,7 @@ class DataConfig(Section):
     label_column: str = Field("label", description="CSV column holding class labels.")
     id_column: str | None = Field(None, description="CSV column holding image ids (default: the path relative to the root).")
     group_column: str | None = Field(None, description="CSV column of group ids (e.g. person): a group never straddles train and validation.")
+    label_case: Literal["error", "merge", "keep"] = Field("error", description="Labels that differ only by case or surrounding spaces ('cat', 'Cat', 'cat '): refuse them naming the variants, merge them (every label stripped and lower-cased), or keep them as separate classes.")
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Fraction of `train` held out for validation when `val` is empty.")
     split_seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed of the holdout split (fixed so runs are comparable).")
     image_size: int | tuple[int, int] = Field(224, description="Network input size: an int (square) or [height, width].")

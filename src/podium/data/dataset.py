@@ -138,14 +138,42 @@ def load_samples(spec: str | Path, cfg: DataConfig, labeled: bool | None = True,
         frame = scan_image_folder(spec, labeled is not False, log=log)
     if frame.empty:
         raise PodiumError(f"no images found in {spec}")
-    from podium.data.surprises import report_empty_groups, report_label_variants
+    from podium.data.surprises import report_empty_groups
 
-    report_label_variants(frame, spec, log)
+    frame = apply_label_case(frame, spec, cfg.label_case, log)
     report_empty_groups(frame, spec, cfg.group_column, log)
     duplicated = frame["id"][frame["id"].duplicated()].tolist()
     if duplicated:
         raise PodiumError(f"duplicate image ids in {spec}: {summarize_list(duplicated)}; ids must be unique")
     return frame.reset_index(drop=True)
+
+
+def apply_label_case(frame: pd.DataFrame, where, policy: str, log=print) -> pd.DataFrame:
+    """``data.label_case``: labels that differ only by case or surrounding spaces ('cat', 'Cat',
+    'cat ') are almost always one class typed three ways, and would silently train as three.
+    ``error`` refuses them naming the variants; ``merge`` strips and case-folds every label;
+    ``keep`` trains them as separate classes (e.g. letters 'A' and 'a'), with a warning."""
+    from podium.data.surprises import describe_label_variants, label_variants, merged_label
+
+    clashes = label_variants(frame)
+    if policy == "merge":
+        if clashes:
+            log(f"note: merged labels in {where} that differ only by case or surrounding spaces "
+                f"(data.label_case=merge): {describe_label_variants(frame, clashes)}")
+        frame = frame.copy()
+        frame["label"] = frame["label"].map(lambda v: v if v is None or pd.isna(v) else merged_label(str(v)))
+        return frame
+    if not clashes:
+        return frame
+    found = (f"{sum(len(v) for v in clashes.values())} labels in {where} differ only by case or surrounding "
+             f"spaces: {describe_label_variants(frame, clashes)}")
+    if policy == "keep":
+        log(f"warning: {found}; they train as separate classes (data.label_case=keep)")
+        return frame
+    raise PodiumError(
+        f"{found}. They would train as separate classes. Fix the labels (or folder names), set "
+        f"data.label_case=merge to merge them (stripped, lower-cased), or data.label_case=keep if they "
+        f"are different classes")
 
 
 def _read_competition(root: Path, age_thresholds, log) -> pd.DataFrame:

@@ -26,23 +26,27 @@ def report_dangling_links(root: Path, log=print) -> list[str]:
     return dangling
 
 
-def report_label_variants(frame: pd.DataFrame, where, log=print) -> dict[str, list[str]]:
-    """Labels that differ only by case or surrounding spaces (``Ants``, ``ants ``, ``ants``):
-    they become separate classes, which is almost never meant."""
+def label_variants(frame: pd.DataFrame) -> dict[str, list[str]]:
+    """Labels that differ only by case or surrounding spaces (``Ants``, ``ants ``, ``ants``),
+    grouped by their stripped, case-folded form: they would become separate classes."""
     if "label" not in frame.columns or frame["label"].isna().all():
         return {}
-    labels = frame["label"].dropna().astype(str)
-    counts = labels.value_counts()
     groups: dict[str, list[str]] = {}
-    for label in counts.index:
-        groups.setdefault(label.strip().casefold(), []).append(label)
-    clashes = {key: sorted(vals) for key, vals in groups.items() if len(vals) > 1}
-    if clashes:
-        shown = "; ".join(" / ".join(f"{v!r} ({counts[v]})" for v in vals) for vals in list(clashes.values())[:5])
-        log(f"warning: {sum(len(v) for v in clashes.values())} labels in {where} differ only by case or "
-            f"surrounding spaces and become separate classes: {shown}"
-            f"{' ...' if len(clashes) > 5 else ''}. Fix the labels (or folder names) if they are one class.")
-    return clashes
+    for label in frame["label"].dropna().astype(str).unique():
+        groups.setdefault(merged_label(label), []).append(label)
+    return {key: sorted(vals) for key, vals in groups.items() if len(vals) > 1}
+
+
+def merged_label(label: str) -> str:
+    """``data.label_case=merge``: a label stripped of surrounding spaces and case-folded."""
+    return label.strip().casefold()
+
+
+def describe_label_variants(frame: pd.DataFrame, clashes: dict[str, list[str]]) -> str:
+    """'Ants' (1) / 'ants ' (1) / 'ants' (3); ... for the first five groups of variants."""
+    counts = frame["label"].dropna().astype(str).value_counts()
+    shown = "; ".join(" / ".join(f"{v!r} ({counts[v]})" for v in vals) for vals in list(clashes.values())[:5])
+    return shown + (f" (and {len(clashes) - 5} more groups)" if len(clashes) > 5 else "")
 
 
 def report_empty_groups(frame: pd.DataFrame, where, group_column: str | None, log=print) -> int:
