@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -644,6 +645,24 @@ def test_label_variants_by_case_or_spaces_are_refused_merged_or_kept(tmp_path, l
         assert frame["label"].tolist() == ["ants", "ants", "ants", "ants", "bees"]
     else:
         assert frame["label"].tolist() == labels and said.startswith("warning")
+
+
+def test_cv_folds_that_would_lack_a_class_are_named_in_one_warning(tmp_path, capsys):
+    """3 people per class and --folds 5: some folds cannot validate every class. One line names
+    the folds, the classes and their group counts, and the fold count that avoids it."""
+    make_folder(tmp_path, {"cat": 6, "dog": 6, "fox": 6})
+    rows = [(f"{c}/{c}_{i:03d}.png", c, f"{c}-person{i % 3}") for c in ("cat", "dog", "fox") for i in range(6)]
+    pd.DataFrame(rows, columns=["path", "label", "person"]).to_csv(tmp_path / "labels.csv", index=False)
+    code = main(["cv", *fast_overrides(tmp_path), f"data.train={tmp_path / 'labels.csv'}", "data.group_column=person",
+                 "output.name=cv5", "output.report=false", "--folds", "5", "--fold", "0"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lines = [line for line in (out + err).splitlines() if "validate without" in line]
+    assert len(lines) == 1, out + err
+    assert "'cat' (3 groups)" in lines[0] and "fold 0: " in lines[0] and "--folds 3" in lines[0]
+    folds = pd.read_csv(tmp_path / "runs dir" / "cv5" / "folds.csv")
+    named = {int(f) for f in re.findall(r"fold (\d+): ", lines[0])}
+    assert named == {f for f, part in folds.groupby("fold") if part["label"].nunique() < 3}
 
 
 def test_class_with_a_single_image_is_reported(tmp_path):

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from podium.errors import PodiumError
+from podium.errors import PodiumError, summarize_list
 
 
 def has_groups(frame: pd.DataFrame) -> bool:
@@ -69,3 +69,34 @@ def make_folds(frame: pd.DataFrame, k: int, seed: int) -> np.ndarray:
         spread = pd.Series(folds).groupby(groups).nunique()
         assert (spread == 1).all(), f"groups split across folds: {spread[spread > 1].index.tolist()[:5]}"
     return folds
+
+
+def describe_fold_gaps(frame: pd.DataFrame) -> str | None:
+    """One line naming the folds (``fold`` column, from `make_folds`) whose validation part lacks
+    a class, and those classes, or None when every fold validates every class.
+
+    A class with fewer groups (or images) than folds cannot reach every fold: those folds' scores
+    leave it out (fold F1 spread widens, a fold may score one class only). Not an error: asking
+    for that many folds is the user's call, and the OOF score over all folds still covers every image.
+    """
+    labels = frame["label"].astype(str)
+    folds = frame["fold"].to_numpy()
+    k = int(folds.max()) + 1
+    lacking = {f: sorted(set(labels) - set(labels[folds == f])) for f in range(k)}
+    lacking = {f: missing for f, missing in lacking.items() if missing}
+    if not lacking:
+        return None
+    grouped = has_groups(frame)
+    units = (pd.Series(group_ids(frame)).groupby(labels.to_numpy()).nunique() if grouped
+             else labels.value_counts())
+    rare = sorted(set().union(*lacking.values()))
+    detail = ", ".join(f"{c!r} ({units[c]} {'group' if grouped else 'image'}{'s' if units[c] != 1 else ''})"
+                       for c in rare[:5]) + (f" and {len(rare) - 5} more" if len(rare) > 5 else "")
+    per_fold = "; ".join(f"fold {f}: {summarize_list([repr(c) for c in missing], 3)}"
+                         for f, missing in list(lacking.items())[:5])
+    fewest = int(units.min())
+    fix = (f"use --folds {fewest} or fewer to validate every class in every fold" if fewest >= 2
+           else "add images (or groups) of those classes")
+    return (f"warning: {len(lacking)} of {k} folds validate without some class(es) {detail}: {per_fold}"
+            f"{' ...' if len(lacking) > 5 else ''}. Their fold scores leave those classes out (the OOF "
+            f"score still covers every image); {fix}")

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from podium.data.splits import has_groups, make_folds
+from podium.data.splits import describe_fold_gaps, has_groups, make_folds
 from podium.errors import PodiumError, summarize_list
 from podium.fileio import write_csv, write_json, write_parquet, write_text
 from podium.model.engine import epoch_checkpoint_callback
@@ -92,6 +92,9 @@ def run_cv(cfg: PodiumConfig, *, folds: int | None = None, only_fold: int | None
         run_dir = Path(cfg.output.dir) / cfg.output.name
         frame = _reuse_or_write_cv_files(run_dir, cfg, frame, classes, k, test_data)
     log(f"cross-validation folder: {run_dir} ({k} folds, {'grouped' if has_groups(frame) else 'stratified'})")
+    gaps = describe_fold_gaps(frame)
+    if gaps:
+        log(gaps)
     todo = range(k) if only_fold is None else [only_fold]
     for fold in todo:
         _check_fold_free(run_dir, fold)
