@@ -180,6 +180,25 @@ def test_resume_refuses_corrupt_or_foreign_last_ckpt(run_copy, tmp_path, capsys)
     assert code == 2 and "2 classes" in err and "3" in err
 
 
+def test_resume_with_a_last_ckpt_of_another_architecture_is_one_message(run_copy, capsys):
+    """Before: torch's 'Error(s) in loading state_dict' listing every weight of both models."""
+    run, _ = run_copy
+    good = torch.load(run / "last.ckpt", weights_only=True)
+    foreign = {**good, "hyper_parameters": {**good["hyper_parameters"],
+                                            "model_cfg": {**good["hyper_parameters"]["model_cfg"], "name": "test_resnet"}}}
+    torch.save(foreign, run / "last.ckpt")
+    code, err = run_cli(["train", "--resume", run, "train.epochs=3", "--quiet"], capsys)
+    assert code == 2 and "holds a test_resnet model" in err and "model.name=test_efficientnet" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    name = next(k for k, v in good["state_dict"].items() if v.ndim == 4)  # same name, other weights
+    reshaped = {**good, "state_dict": {**good["state_dict"], name: torch.zeros(1, 1, 1, 1)}}
+    torch.save(reshaped, run / "last.ckpt")
+    code, err = run_cli(["train", "--resume", run, "train.epochs=3", "--quiet"], capsys)
+    assert code == 2 and "does not fit the test_efficientnet model" in err and f"{name} [1, 1, 1, 1]" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert json.loads((run / "status.json").read_text())["status"] != "running"
+
+
 def io_bytes(data: bytes):
     import io
 

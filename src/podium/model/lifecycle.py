@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
@@ -36,6 +36,7 @@ class ResumePoint:
     checkpoint: Path
     start_epoch: int  # the first epoch the resumed run trains (= epochs completed)
     extended: bool = False  # train.epochs was raised: the schedule is stretched to the new length
+    shapes: dict = field(default_factory=dict)  # last.ckpt's weight shapes: checked against the model built
 
 
 def resume_point(info: RunInfo, epochs: int | None = None) -> ResumePoint:
@@ -57,6 +58,14 @@ def resume_point(info: RunInfo, epochs: int | None = None) -> ResumePoint:
             "another run; restore this run's last.ckpt or start a new run")
     done = completed_epochs(ckpt)
     cfg = info.config
+    hparams = ckpt.get("hyper_parameters") or {}
+    model_cfg = hparams.get("model_cfg")
+    found = model_cfg.get("name") if isinstance(model_cfg, dict) else None
+    if found is not None and found != cfg.model.name:
+        raise PodiumError(
+            f"cannot resume {info.dir}: {path} holds a {found} model, but the run's config.yaml names "
+            f"model.name={cfg.model.name}. The checkpoint belongs to another run; restore this run's last.ckpt "
+            "or start a new run")
     if epochs is not None and epochs <= done:
         raise PodiumError(f"cannot resume {info.dir} with train.epochs={epochs}: it has already trained {done} "
                           f"epoch(s); ask for more, e.g. train.epochs={done + max(1, cfg.train.epochs // 2)}")
@@ -70,7 +79,9 @@ def resume_point(info: RunInfo, epochs: int | None = None) -> ResumePoint:
     if extended:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
         write_text(info.dir / CONFIG_FILE, config_to_yaml(cfg))  # the run now says what it trains to
-    return ResumePoint(cfg, path, done, extended)
+    from podium.model.checkpoints import state_shapes
+
+    return ResumePoint(cfg, path, done, extended, shapes=state_shapes(ckpt["state_dict"]))
 
 
 #: scheduler state that is a position in the run (kept on extension), not the schedule's shape

@@ -21,7 +21,7 @@ from podium.data.dataset import class_counts, describe_split, encode_labels
 from podium.data.images import load_resized
 from podium.data.samples import PreparedData, load_split, prepare_data
 from podium.data.transforms import build_train_pipeline, channel_stats, resolve_normalization
-from podium.errors import summarize_list
+from podium.errors import PodiumError, summarize_list
 from podium.fileio import write_csv, write_json
 from podium.model.losses import compute_class_weights
 from podium.rundir import (
@@ -113,6 +113,7 @@ class _Start:
     ckpt_path: str | None = None
     start_epoch: int = 0
     extend: list = field(default_factory=list)
+    ckpt_shapes: dict | None = None  # a resumed run's last.ckpt weight shapes
 
 
 def _starting_point(cfg: PodiumConfig, resume, epochs: int | None, prepared: PreparedData | None, log) -> _Start:
@@ -128,7 +129,20 @@ def _starting_point(cfg: PodiumConfig, resume, epochs: int | None, prepared: Pre
     prepared = load_soft_targets(info.dir, point.cfg, prepared or load_split(info.dir, info.classes))
     return _Start(point.cfg, prepared, info.mean, info.std, run_dir=info.dir,
                   ckpt_path=str(point.checkpoint), start_epoch=point.start_epoch,
-                  extend=[ExtendSchedule()] if point.extended else [])
+                  extend=[ExtendSchedule()] if point.extended else [], ckpt_shapes=point.shapes)
+
+
+def _check_resume_fits(module, shapes: dict, ckpt_path) -> None:
+    """last.ckpt must load into the model the run's config builds; otherwise Lightning stops
+    mid-setup with torch's list of every weight of both models."""
+    from podium.model.checkpoints import misfit, state_shapes
+
+    problem = misfit(state_shapes(module.state_dict()), shapes)
+    if problem:
+        raise PodiumError(
+            f"cannot resume: {ckpt_path} does not fit the {module.model_cfg.name} model the run's config.yaml "
+            f"builds: {problem}. The checkpoint belongs to another run or configuration; restore this run's "
+            "last.ckpt or start a new run")
 
 
 def build_datamodule(cfg: PodiumConfig, prepared: PreparedData, start_epoch: int = 0) -> PodiumDataModule:
@@ -189,6 +203,8 @@ def _train(cfg: PodiumConfig, held: contextlib.ExitStack, *, resume, dry_run: bo
     from podium.model.guards import check_batch_norm_batch
 
     check_batch_norm_batch(module, cfg.train.batch_size, cfg.model.name)
+    if start.ckpt_shapes is not None:
+        _check_resume_fits(module, start.ckpt_shapes, ckpt_path)
     held.enter_context(share_cpu_cores(cfg, datamodule.num_workers))
 
     if dry_run:
