@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from podium.autopilot.pipeline import _choose_final, _State
-from podium.autopilot.plan import PLAN_SHARE, Candidate, Preset, cost, make_plan
+from podium.autopilot.plan import PLAN_SHARE, PRESETS, Candidate, Preset, cost, make_plan
 from podium.errors import PodiumError
 from tests.conftest import colour_images
 
@@ -21,32 +21,100 @@ CANDIDATES = [Candidate("tv/mobilenet_v2", 64, 20.0, 5.0), Candidate("tv/mobilen
               Candidate("resnet18", 64, 30.0, 8.0), Candidate("resnet18", 96, 70.0, 17.0)]
 
 
+def _trained_epochs(plan) -> int:
+    """Epochs of training the plan buys in all (fold models x members x epochs)."""
+    return plan.epochs * len(plan.members) * len(plan.trained_folds)
+
+
 @pytest.mark.parametrize("preset", ["fast", "medium", "best"])
-@pytest.mark.parametrize("budget", [600, 1800, 7200])
+@pytest.mark.parametrize("budget", [600, 1800, 7200, 36000])
 def test_plan_fits_the_budget_and_grows_with_it(preset, budget):
     plan = make_plan(CANDIDATES, budget, preset)
-    assert plan.planned_s == pytest.approx(cost(plan.members, plan.folds, plan.epochs))
+    holdout = plan.mode == "holdout"
+    assert plan.planned_s == pytest.approx(cost(plan.members, plan.folds, plan.epochs, holdout=holdout))
     assert plan.planned_s <= budget * PLAN_SHARE
     bigger = make_plan(CANDIDATES, budget * 4, preset)
-    assert (bigger.epochs * len(bigger.members) * bigger.folds) >= plan.epochs * len(plan.members) * plan.folds
-    assert f"{plan.folds} folds x {len(plan.members)} member(s)" in plan.describe()
+    assert _trained_epochs(bigger) >= _trained_epochs(plan)
+    assert (f"{plan.folds} folds x {len(plan.members)} member(s)" if not holdout else "1 run of") in plan.describe()
+
+
+@pytest.mark.parametrize("preset", ["fast", "medium", "best"])
+@pytest.mark.parametrize("budget", [300, 600, 1200, 1800, 3600, 7200, 36000])
+def test_a_plan_never_gives_a_member_less_than_the_single_default_run(preset, budget):
+    """Whatever the budget: a fold model trains on near the single run's share of the images (4 or
+    more folds when it holds out 20%) for at least the epochs the single default run would get in
+    the same time; else the plan is that one run."""
+    plan = make_plan(CANDIDATES, budget, preset, default_epochs=10, default=("tv/mobilenet_v2", 64))
+    single = next(c for c in CANDIDATES if (c.model, c.size) == ("tv/mobilenet_v2", 64))
+    fits = int((budget * PLAN_SHARE - cost([single], 5, 0, holdout=True)) // single.fold_epoch_s(5))
+    assert plan.single_epochs == min(10, fits, PRESETS[preset].max_epochs)
+    assert plan.epochs >= plan.single_epochs
+    if plan.mode == "cv":
+        assert plan.folds >= 4 and plan.epochs >= PRESETS[preset].min_epochs
+    else:
+        assert plan.members == [single] and plan.folds == 5 and plan.trained_folds == [0]
+        assert plan.epochs == min(fits, PRESETS[preset].max_epochs)
+
+
+def test_a_budget_buying_about_one_run_gets_the_single_run_plan_a_large_one_folds_x_members():
+    # the benchmark's lost case (benchmarks/auto/RESULTS.md): measured 79 s per epoch of 596 images at 64 px,
+    # 122 s at 96 px; measuring took 78 s of 6 minutes. The old plan was 2 folds x 2 epochs on half the data.
+    measured = [Candidate("tv/mobilenet_v2", 64, 79.0, 6.3), Candidate("tv/mobilenet_v2", 96, 121.6, 12.3)]
+    small = make_plan(measured, 360, "medium", spent_s=78, default=("tv/mobilenet_v2", 64), test_ratio=649 / 596)
+    assert small.mode == "holdout" and small.folds == 5 and small.members == [measured[0]]
+    assert small.epochs >= 2 and small.epochs_upper == PRESETS["medium"].max_epochs
+    assert small.planned_s <= 78 + (360 - 78) * PLAN_SHARE
+    assert "about one run" in small.why and "1 run of tv/mobilenet_v2@64 on 80%" in small.describe()
+    large = make_plan(measured, 4 * 3600, "medium", default=("tv/mobilenet_v2", 64), test_ratio=649 / 596)
+    assert large.mode == "cv" and large.folds == 5 and len(large.members) == 2
+    assert large.epochs >= large.single_epochs == 10
+    # between: more epochs for the one run rather than 2-3 folds on half or two thirds of the data
+    mid = make_plan(measured, 1200, "medium", default=("tv/mobilenet_v2", 64))
+    assert mid.mode == "holdout" and mid.epochs > small.epochs
+    # a config holding out half the images: 2 folds give the fold models the single run's share
+    half = make_plan(measured, 4 * 3600, "medium", val_fraction=0.5, default=("tv/mobilenet_v2", 64),
+                     default_epochs=5)
+    assert half.mode == "cv"
 
 
 def test_plan_members_are_diverse_and_budget_too_small_names_the_minimum():
-    plan = make_plan(CANDIDATES, 7200, "best")
-    assert len(plan.members) == 3 and len({m.model for m in plan.members[:2]}) == 2
+    plan = make_plan(CANDIDATES, 36000, "best")
+    assert plan.mode == "cv" and len(plan.members) == 3 and len({m.model for m in plan.members[:2]}) == 2
     with pytest.raises(PodiumError, match=r"too small.*needs \d+s.*--time \d+m"):
         make_plan(CANDIDATES, 30, "medium")
     late = make_plan(CANDIDATES, 1800, "medium", spent_s=600)  # the measuring already took 10 minutes
     full = make_plan(CANDIDATES, 1800, "medium")
     assert late.planned_s <= 600 + 1200 * PLAN_SHARE
-    assert late.folds * late.epochs * len(late.members) < full.folds * full.epochs * len(full.members)
+    assert _trained_epochs(late) < _trained_epochs(full)
     with pytest.raises(PodiumError, match=r"measuring the candidates took 590s.*in all"):
         make_plan(CANDIDATES, 600, "medium", spent_s=590)
 
 
-def _fake_measure(epoch_s: float):
+def test_measured_step_times_are_reused_on_this_machine(tmp_path):
+    from podium.autopilot.plan import measure_candidates
+    from podium.schema import load_config
+
+    cfg = load_config(None, ["model.pretrained=false", "train.batch_size=10", "train.accelerator=cpu"])
+    timed = []
+
+    def timer(name, size, batch, n_classes, device, steps, clock):
+        timed.append((name, size))
+        return 0.5, 0.1
+
+    kw = dict(log=lambda *a: None, timer=timer, cache=tmp_path / "timings.json")
+    first = measure_candidates(cfg, ["test_resnet"], [32, 48], 100, 3, **kw)
+    assert timed == [("test_resnet", 32), ("test_resnet", 48)]
+    assert first[0].train_s == pytest.approx(10 * 0.5) and first[0].val_s == pytest.approx(10 * 0.1)
+    again = measure_candidates(cfg, ["test_resnet"], [32, 48], 200, 3, **kw)
+    assert len(timed) == 2 and again[1].train_s == pytest.approx(20 * 0.5)  # reused, scaled to the new pool
+    measure_candidates(cfg, ["test_resnet"], [32], 100, 4, **kw)  # another class count: measured
+    assert len(timed) == 3
+
+
+def _fake_measure(epoch_s: float, calls: list | None = None):
     def measure(cfg, names, sizes, n_images, n_classes):
+        if calls is not None:
+            calls.extend((n, s) for n in names for s in sizes)
         return [Candidate(n, s, epoch_s, epoch_s / 4) for n in names for s in sizes]
     return measure
 
@@ -75,7 +143,8 @@ def test_auto_resumes_without_retraining_and_refuses_a_useless_ensemble(tmp_path
         return real_run_cv(cfg, **kw)
 
     monkeypatch.setattr(cv, "run_cv", flaky_run_cv)
-    args = dict(time="10m", preset=TINY, test=tmp_path / "test", out=tmp_path / "auto", overrides=_base(tmp_path),
+    overrides = [*_base(tmp_path), "data.val_fraction=0.5"]  # 2 folds train on the single run's share
+    args = dict(time="10m", preset=TINY, test=tmp_path / "test", out=tmp_path / "auto", overrides=overrides,
                 models=["test_resnet", "test_efficientnet"], sizes=[32], export=False, log=lambda *a: None,
                 measure=_fake_measure(2.0))
     with pytest.raises(KeyboardInterrupt):
@@ -149,7 +218,8 @@ def test_a_composite_task_with_groups_goes_through(tmp_path):
     attributes = json.dumps({"colour": ["cat", "dog", "fox"], "side": ["left", "right"]})
     r = podium.auto(tmp_path / "data" / "labels.csv", time="10m", preset=Preset("one", ((2, 1),), 1, 1, (32,), ()),
                     test=tmp_path / "data" / "test.csv", out=tmp_path / "auto", models=["test_resnet"],
-                    overrides=[*_base(tmp_path), f"task.attributes={attributes}", "data.group_column=person"],
+                    overrides=[*_base(tmp_path), f"task.attributes={attributes}", "data.group_column=person",
+                               "data.val_fraction=0.5"],
                     export=False, log=lambda *a: None, measure=_fake_measure(2.0))
     member = Path(r.summary["members"][0]["dir"])
     folds = pd.read_csv(member / "folds.csv")
@@ -157,3 +227,29 @@ def test_a_composite_task_with_groups_goes_through(tmp_path):
     probs = pd.read_parquet(r.dir / "test_probabilities.parquet")
     assert len(r.summary["classes"]) == 6 and set(r.summary["classes"]) <= set(probs.columns)
     assert len(pd.read_csv(r.summary["submission"])) == 6 and len(r.oof) == 24
+
+
+def test_a_small_budget_trains_one_holdout_run_measures_tta_on_its_held_out_part(tmp_path):
+    """A budget that buys about one run: only the default candidate is measured, one run trains on
+    the single run's share (fold 0 of 5 held out) with up to the preset's epochs under train.max_time,
+    TTA is measured on the held-out images, and the submission comes from that run."""
+    import podium
+
+    colour_images(tmp_path / "train", per_class=5)
+    colour_images(tmp_path / "test", per_class=2, seed=5, labeled=False)
+    measured: list = []
+    preset = Preset("p", ((5, 2),), 2, 3, (32, 48), ("test_resnet", "test_efficientnet"))
+    r = podium.auto(tmp_path / "train", time="90s", preset=preset, test=tmp_path / "test", out=tmp_path / "auto",
+                    overrides=[*_base(tmp_path), "model.name=test_resnet", "data.image_size=32"], export=False,
+                    log=lambda *a: None, measure=_fake_measure(8.0, measured))
+    assert measured == [("test_resnet", 32)]  # the others were not measured: the budget buys one run
+    s = r.summary
+    assert s["mode"] == "holdout" and r.plan.trained_folds == [0] and r.plan.folds == 5
+    member = Path(s["members"][0]["dir"])
+    assert (member / "fold0" / "summary.json").is_file() and not (member / "fold1").exists()
+    cfg0 = (member / "fold0" / "config.yaml").read_text()
+    assert "epochs: 3" in cfg0 and "max_time" in cfg0  # up to the preset's epochs, ended by the clock
+    held_out = len(pd.read_parquet(member / "fold0" / "val_predictions.parquet"))
+    assert s["members"][0]["n_held_out"] == held_out == len(r.oof) and 0 < held_out < 15
+    assert s["final"]["model"] == str(member / "fold0") and s["final"]["kind"] == "member"
+    assert len(pd.read_csv(s["submission"])) == 6

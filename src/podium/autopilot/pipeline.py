@@ -16,18 +16,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from podium.autopilot.plan import (
     FINAL_OVERHEAD_S,
+    FOLD_OVERHEAD_S,
     MEMBER_OVERHEAD_S,
     PRESETS,
+    TTA_VIEWS,
     Candidate,
     Plan,
     Preset,
     decode_seconds,
+    extras_s,
     make_plan,
     measure_candidates,
 )
@@ -40,14 +44,14 @@ from podium.rundir import (
     CV_SUMMARY_FILE,
     OOF_FILE,
     TEST_PROBABILITIES_FILE,
+    VAL_PREDICTIONS_FILE,
     fold_dir,
     is_finished_run,
     read_cv_meta,
     read_json_file,
     read_table,
+    read_val_predictions,
 )
-
-TTA_VIEWS = ["hflip"]
 
 
 @dataclass
@@ -126,9 +130,9 @@ def run_auto(data: str | Path, *, time_budget: str | float, preset: str | Preset
     frame, classes, _ = load_pool(cfg, lambda *a: None)
     if len(classes) < 2:
         raise PodiumError(f"data {data} has {len(classes)} class(es): auto needs at least 2")
-    if test is not None:
-        from podium.evaluation.cv import _load_test
+    from podium.evaluation.cv import _load_test
 
+    if test is not None:
         _load_test(cfg, test)
     folder = Path(out) if out is not None else Path(cfg.output.dir) / f"auto-{_slug(Path(data).stem)}"
     sig = _signature(data, test, budget_s, p.name, models, sizes, overrides, config)
@@ -148,19 +152,17 @@ def run_auto(data: str | Path, *, time_budget: str | float, preset: str | Preset
         t_plan = clock()
         names = list(models) if models else list(dict.fromkeys([cfg.model.name, *p.backbones]))
         cand_sizes = [int(s) for s in sizes] if sizes else list(p.sizes)
-        log(f"measuring {len(names)} backbone(s) x {len(cand_sizes)} size(s) on this machine ({len(frame)} images)")
-        if measure is not None:
-            candidates = measure(cfg, names, cand_sizes, len(frame), len(classes))
-        else:
-            candidates = measure_candidates(cfg, names, cand_sizes, len(frame), len(classes), log=log)
-            per_image = {s: decode_seconds(frame["path"].astype(str).tolist(), s) for s in cand_sizes}
-            candidates = [Candidate(c.model, c.size, c.train_s + per_image[c.size] * len(frame),
-                                    c.val_s + per_image[c.size] * len(frame), c.pretrained_path) for c in candidates]
+        n_test = len(_load_test(cfg, test)) if test is not None else 0
+        default = _default_candidate(cfg, names, cand_sizes)
+        plan_args: dict[str, Any] = dict(default_epochs=cfg.train.epochs, val_fraction=cfg.data.val_fraction,
+                                         default=default, test_ratio=n_test / max(len(frame), 1))
+        candidates = _measure(cfg, names, cand_sizes, frame, len(classes), budget_s, p, plan_args, measure,
+                              lambda: clock() - t_plan, log)
         if not candidates:
             raise PodiumError(f"none of {', '.join(names)} has pretrained weights on this machine: set "
                               "model.pretrained_path, give --models with cached weights, or model.pretrained=false")
         measured_s = clock() - t_plan
-        plan = make_plan(candidates, budget_s, p, spent_s=measured_s)
+        plan = make_plan(candidates, budget_s, p, spent_s=measured_s, **plan_args)
         folder.mkdir(parents=True, exist_ok=True)
         state = _State(folder, {"signature": sig, "plan": plan.to_dict(), "spent_s": 0.0, "steps": {}}, clock)
         state.t0 -= measured_s  # the measuring counts against the budget
@@ -171,16 +173,67 @@ def run_auto(data: str | Path, *, time_budget: str | float, preset: str | Preset
                     progress=progress, log=log)
 
 
+def _default_candidate(cfg, names: Sequence[str], sizes: Sequence[int]) -> tuple[str, int]:
+    """The (model, size) the single default run would train: the config's, where auto measures it."""
+    size = cfg.data.image_size if isinstance(cfg.data.image_size, int) else None
+    return (cfg.model.name if cfg.model.name in names else names[0],
+            size if size is not None and size in sizes else int(sizes[0]))
+
+
+def _measure(cfg, names: Sequence[str], sizes: Sequence[int], frame: pd.DataFrame, n_classes: int, budget_s: float,
+             p: Preset, plan_args: dict, measure: Callable | None, elapsed: Callable[[], float], log) -> list[Candidate]:
+    """Measure the single default run's candidate first; measure the others only when the budget
+    buys more than that one run with it (on a small budget measuring was most of the time spent:
+    78 s of 6 minutes for two sizes on a loaded CPU, benchmarks/auto/RESULTS.md)."""
+    def timed(nm: str, szs: Sequence[int]) -> list[Candidate]:
+        if measure is not None:
+            return list(measure(cfg, [nm], list(szs), len(frame), n_classes))
+        found = measure_candidates(cfg, [nm], list(szs), len(frame), n_classes, log=log)
+        paths = frame["path"].astype(str).tolist()
+        per_image = {s: decode_seconds(paths, s) for s in szs}
+        return [Candidate(c.model, c.size, c.train_s + per_image[c.size] * len(frame),
+                          c.val_s + per_image[c.size] * len(frame), c.pretrained_path) for c in found]
+
+    first_name, first_size = plan_args["default"]
+    rest = [(nm, [s for s in sizes if (nm, s) != (first_name, first_size)]) for nm in names]
+    rest = [(nm, szs) for nm, szs in rest if szs]
+    log(f"measuring {first_name}@{first_size} (the single default run's) on this machine ({len(frame)} images)")
+    candidates = timed(first_name, [first_size])
+    if candidates and rest:
+        # the others guessed at this one's cost per pixel: if even then the budget buys one run, it is this one
+        c0 = candidates[0]
+        guessed = [Candidate(nm, s, c0.train_s * (s / c0.size) ** 2, c0.val_s * (s / c0.size) ** 2)
+                   for nm, szs in rest for s in szs]
+        trial = make_plan(candidates + guessed, budget_s, p, spent_s=elapsed(), **plan_args)  # too small: refused
+        if trial.mode == "holdout":
+            log(f"the budget buys about one run of {first_name}@{first_size}: the other "
+                f"{sum(len(szs) for _, szs in rest)} candidate(s) are not measured")
+            return candidates
+    if rest:
+        log(f"measuring {len(rest)} backbone(s) x up to {len(sizes)} size(s) more")
+    for nm, szs in rest:
+        candidates += timed(nm, szs)
+    return candidates
+
+
 def _member_name(i: int, c: Candidate) -> str:
     return f"m{i}-{_slug(c.model)}-{c.size}"
 
 
 def _member_overrides(folder: Path, plan: Plan, c: Candidate, name: str, max_time_s: float) -> list[str]:
-    items = [f"model.name={c.model}", f"data.image_size={c.size}", f"train.epochs={plan.epochs}",
+    """A member's config: the plan's choices, visible in each fold's resolved config.yaml. A holdout
+    run may train up to ``epochs_upper`` epochs: train.max_time re-plans its length from its own
+    measured epochs, so time the short measurement overestimated is not left unused."""
+    epochs = max(plan.epochs, plan.epochs_upper) if plan.mode == "holdout" else plan.epochs
+    items = [f"model.name={c.model}", f"data.image_size={c.size}", f"train.epochs={epochs}",
              f"train.max_time={max(int(max_time_s), 1)}s", f"output.dir={folder / 'members'}", f"output.name={name}"]
     if c.pretrained_path:
         items.append(f"model.pretrained_path={c.pretrained_path}")
     return items
+
+
+#: the predictions after training (TTA, test) are reserved at this multiple of their measured estimate
+EXTRAS_SAFETY = 1.25
 
 
 def _execute(folder: Path, cfg, plan: Plan, state: _State, classes: list[str], *, test, overrides, config,
@@ -188,18 +241,20 @@ def _execute(folder: Path, cfg, plan: Plan, state: _State, classes: list[str], *
     from podium.evaluation.cv import gather_cv, run_cv
     from podium.schema import load_config
 
-    k, n = plan.folds, len(plan.members)
+    k, n, holdout = plan.folds, len(plan.members), plan.mode == "holdout"
+    trained = plan.trained_folds
     member_dirs: list[Path] = []
     for i, c in enumerate(plan.members):
         name = _member_name(i, c)
         mdir = folder / "members" / name
         if state.step(f"member:{name}") is None:
-            for f in range(k):
+            for j, f in enumerate(trained):
                 if is_finished_run(fold_dir(mdir, f)):
                     log(f"{name} fold {f}: finished earlier, reused")
                     continue
-                folds_left = (n - i) * k - f
-                reserve = MEMBER_OVERHEAD_S * (n - i) + FINAL_OVERHEAD_S
+                folds_left = (n - i) * len(trained) - j
+                reserve = (sum(MEMBER_OVERHEAD_S + EXTRAS_SAFETY * extras_s(m, k, holdout, plan.test_ratio)
+                               for m in plan.members[i:]) + FINAL_OVERHEAD_S + FOLD_OVERHEAD_S * folds_left)
                 share = (plan.budget_s - state.spent - reserve) / folds_left
                 share = max(share, c.fold_epoch_s(k) * 1.5 + 5)
                 mcfg = load_config(config, [f"data.train={cfg.data.train}", *overrides,
@@ -211,18 +266,39 @@ def _execute(folder: Path, cfg, plan: Plan, state: _State, classes: list[str], *
 
                     train(None, resume=fd, progress=progress, log=log)
                 else:
-                    log(f"{name} fold {f}/{k}: training (max {share:.0f}s)")
-                    run_cv(mcfg, folds=k, only_fold=f, test_data=test, progress=progress, log=log)
+                    what = f"holdout run (fold {f} of {k} held out)" if holdout else f"fold {f}/{k}"
+                    log(f"{name} {what}: training (max {share:.0f}s)")
+                    # no test_data: the test images are predicted once per member, with TTA where it paid
+                    run_cv(mcfg, folds=k, only_fold=f, progress=progress, log=log)
                 state.record.setdefault("folds_done", {}).setdefault(name, []).append(f)
                 state.save()
-            if not (mdir / CV_SUMMARY_FILE).is_file():
-                gather_cv(mdir, test=test, progress=progress, log=log)
-            summary = read_json_file(mdir / CV_SUMMARY_FILE, "a member's cv summary")
-            state.done(f"member:{name}", {"cv_macro_f1": summary["cv_macro_f1"], "dir": str(mdir)})
+            if holdout:
+                from podium.rundir import read_summary
+
+                run = fold_dir(mdir, 0)
+                trained_epochs = read_summary(run).get("epochs_trained")
+                state.done(f"member:{name}", {"holdout_macro_f1": _macro_f1(read_val_predictions(run), classes),
+                                              "dir": str(mdir), "run": str(run), "epochs_trained": trained_epochs})
+            else:
+                if not (mdir / CV_SUMMARY_FILE).is_file():
+                    gather_cv(mdir, progress=progress, log=log)
+                summary = read_json_file(mdir / CV_SUMMARY_FILE, "a member's cv summary")
+                state.done(f"member:{name}", {"cv_macro_f1": summary["cv_macro_f1"], "dir": str(mdir)})
         member_dirs.append(mdir)
-    members = [_member_extras(mdir, state, classes, test, progress, log) for mdir in member_dirs]
+    if holdout:
+        members = [_holdout_extras(mdir, state, classes, test, progress, log) for mdir in member_dirs]
+    else:
+        members = [_member_extras(mdir, state, classes, test, progress, log) for mdir in member_dirs]
     final = _choose_final(folder, members, state, test, log)
     return _finish(folder, cfg, plan, state, classes, final, members, test, export, log)
+
+
+def _macro_f1(table: pd.DataFrame, classes: list[str]) -> float:
+    from podium.data.dataset import encode_labels
+    from podium.evaluation.scores import macro_f1
+
+    y = encode_labels(table["target"], classes, "held-out predictions")
+    return macro_f1(y, table[classes].to_numpy().argmax(1), len(classes))
 
 
 def _member_extras(mdir: Path, state: _State, classes: list[str], test, progress: bool, log) -> dict:
@@ -238,7 +314,8 @@ def _member_extras(mdir: Path, state: _State, classes: list[str], test, progress
         rec = {"views": TTA_VIEWS, "macro_f1_plain": r["macro_f1_plain"], "macro_f1_tta": r["macro_f1_tta"],
                "gain": r["gain"], "kept": kept, "oof": str(Path(r["out_dir"]) / OOF_FILE) if kept else str(mdir / OOF_FILE)}
         if test is not None:
-            rec["test"] = _member_test(mdir, test, TTA_VIEWS if kept else None, Path(r["out_dir"]), progress)
+            rec["test"] = _member_test(mdir, test, TTA_VIEWS if kept else None,
+                                       Path(r["out_dir"]) if kept else mdir / "plain", progress)
         log(f"{mdir.name}: TTA {'+'.join(TTA_VIEWS)} OOF macro F1 {r['macro_f1_plain']:.4f} -> {r['macro_f1_tta']:.4f} "
             f"({'kept' if kept else 'dropped'})")
         state.done(key, rec)
@@ -246,24 +323,61 @@ def _member_extras(mdir: Path, state: _State, classes: list[str], test, progress
             "macro_f1": rec["macro_f1_tta"] if rec["kept"] else rec["macro_f1_plain"]}
 
 
-def _member_test(mdir: Path, test, views, tta_dir: Path, progress: bool) -> str:
-    if views is None:
-        return str(mdir / TEST_PROBABILITIES_FILE)
+def _holdout_extras(mdir: Path, state: _State, classes: list[str], test, progress: bool, log) -> dict:
+    """A holdout run's score on its held-out part, TTA measured there (kept when the gain is > 0),
+    and its test probabilities (with TTA where kept). The run folder (fold 0) is the model."""
+    from podium.inference.predict import predict_frame
+    from podium.inference.predictor import load_predictor
+
+    run = fold_dir(mdir, 0)
+    key = f"tta:{mdir.name}"
+    rec = state.step(key)
+    if rec is None:
+        val = read_val_predictions(run)
+        probs = predict_frame(load_predictor(run, tta=["identity", *TTA_VIEWS]), val, progress=progress)
+        tta = val.drop(columns=classes).join(pd.DataFrame(probs, columns=classes, index=val.index))
+        tta["prediction"] = np.asarray(classes)[probs.argmax(1)]
+        plain_f1, tta_f1 = _macro_f1(val, classes), _macro_f1(tta, classes)
+        kept = bool(tta_f1 - plain_f1 > 0)
+        out = mdir / "tta" / _slug("+".join(["identity", *TTA_VIEWS]) + "_mean")
+        write_parquet(out / OOF_FILE, tta)
+        rec = {"views": TTA_VIEWS, "macro_f1_plain": plain_f1, "macro_f1_tta": tta_f1, "gain": tta_f1 - plain_f1,
+               "kept": kept, "oof": str(out / OOF_FILE) if kept else str(run / VAL_PREDICTIONS_FILE),
+               "n_held_out": len(val)}
+        if test is not None:
+            rec["test"] = _member_test(run, test, TTA_VIEWS if kept else None, out if kept else mdir / "plain", progress)
+        log(f"{mdir.name}: TTA {'+'.join(TTA_VIEWS)} macro F1 on the {len(val)} held-out images {plain_f1:.4f} -> "
+            f"{tta_f1:.4f} ({'kept' if kept else 'dropped'})")
+        state.done(key, rec)
+    return {"name": mdir.name, "dir": str(mdir), "model": str(run), **rec,
+            "macro_f1": rec["macro_f1_tta"] if rec["kept"] else rec["macro_f1_plain"]}
+
+
+def _member_test(source: Path, test, views, out_dir: Path, progress: bool) -> str:
+    """Test probabilities of ``source`` (a cv member's fold models averaged, or one run) with the
+    ``views`` (None: the plain image), written to ``out_dir``."""
     from podium.inference.predict import predict_probabilities
     from podium.inference.predictor import load_predictor
 
-    frame, probs, _ = predict_probabilities(load_predictor(mdir, tta=["identity", *views]), test, progress=progress)
-    predictor_classes = pd.DataFrame(probs, columns=read_cv_meta(mdir)["classes"])
-    path = tta_dir / TEST_PROBABILITIES_FILE
+    tta = ["identity", *views] if views else []  # [] = the plain image (None would be the run's predict.tta)
+    frame, probs, _ = predict_probabilities(load_predictor(source, tta=tta), test, progress=progress)
+    predictor_classes = pd.DataFrame(probs, columns=_classes_of(source))
+    path = out_dir / TEST_PROBABILITIES_FILE
     write_parquet(path, pd.concat([pd.DataFrame({"id": frame["id"].astype(str).to_numpy()}), predictor_classes], axis=1))
     return str(path)
+
+
+def _classes_of(source: Path) -> list[str]:
+    from podium.rundir import CV_FILE, read_classes
+
+    return read_cv_meta(source)["classes"] if (source / CV_FILE).is_file() else read_classes(source)
 
 
 def _choose_final(folder: Path, members: list[dict], state: _State, test, log) -> dict:
     """The ensemble (weights fitted on OOF for macro F1) when it beats the best member on the
     nested split, else the best member."""
     best = max(members, key=lambda m: m["macro_f1"])
-    pick = {"kind": "member", "name": best["name"], "model": best["dir"], "oof": best["oof"],
+    pick = {"kind": "member", "name": best["name"], "model": best.get("model", best["dir"]), "oof": best["oof"],
             "test": best.get("test"), "oof_macro_f1": best["macro_f1"]}
     if len(members) < 2:
         return {**pick, "ensemble": "one member: no ensemble"}
@@ -318,6 +432,8 @@ def _finish(folder: Path, cfg, plan: Plan, state: _State, classes: list[str], fi
                                  if "gain" in biases else f"not measured ({biases['skipped']})"))
     summary: dict = {
         "budget_s": plan.budget_s, "preset": plan.preset, "plan": plan.to_dict(), "plan_text": plan.describe(),
+        "mode": plan.mode, "single_epochs": plan.single_epochs,
+        "oof_kind": ("the holdout run's held-out part" if plan.mode == "holdout" else "out-of-fold"),
         "members": members, "final": final, "tta_views": TTA_VIEWS, "biases": biases,
         "oof_macro_f1": final["oof_macro_f1"], "classes": classes,
         "config": json.loads(cfg.model_dump_json()),

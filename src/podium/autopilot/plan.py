@@ -21,6 +21,12 @@ FOLD_OVERHEAD_S = 6.0
 #: seconds a member costs after its folds (gather, OOF TTA, test predictions), and the final steps
 MEMBER_OVERHEAD_S = 6.0
 FINAL_OVERHEAD_S = 10.0
+#: the views TTA adds to the plain image; kept only where the held-out gain is positive
+TTA_VIEWS = ["hflip"]
+#: a fold model may train on at most this much less of the data than the single default run (80%
+#: with data.val_fraction=0.2): 4 folds (75%) are near enough, 3 (67%) and 2 (50%) are not. A fold
+#: model on half the data lost to the single run (benchmarks/auto/RESULTS.md: 0.558 vs 0.622)
+SHARE_SLACK = 0.05
 
 
 @dataclass(frozen=True)
@@ -36,10 +42,10 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "fast": Preset("fast", ((3, 1),), 3, 12, (64,), ("tv/mobilenet_v2", "mobilenetv3_small_100", "resnet18")),
-    "medium": Preset("medium", ((5, 2), (3, 2), (5, 1), (3, 1)), 5, 20, (64, 96),
+    "fast": Preset("fast", ((5, 1), (4, 1)), 3, 12, (64,), ("tv/mobilenet_v2", "mobilenetv3_small_100", "resnet18")),
+    "medium": Preset("medium", ((5, 2), (5, 1), (4, 1)), 5, 20, (64, 96),
                      ("tv/mobilenet_v2", "resnet18", "mobilenetv3_large_100")),
-    "best": Preset("best", ((5, 3), (5, 2), (3, 3), (3, 2), (5, 1), (3, 1)), 8, 30, (96, 64, 128),
+    "best": Preset("best", ((5, 3), (5, 2), (5, 1), (4, 1)), 8, 30, (96, 64, 128),
                    ("tv/mobilenet_v2", "resnet18", "mobilenetv3_large_100", "efficientnet_b0")),
 }
 
@@ -61,7 +67,15 @@ class Candidate:
 
 @dataclass
 class Plan:
-    """The chosen folds, members (candidates) and epochs, with the arithmetic that chose them."""
+    """The chosen folds, members (candidates) and epochs, with the arithmetic that chose them.
+
+    ``mode`` "cv": every member trains ``folds`` fold models (ensembled on the test set).
+    ``mode`` "holdout": one run of one member on fold 0's training part ((k-1)/k of the images,
+    the single default run's share), its validation part measures TTA and biases; ``epochs`` is
+    the measured estimate and ``epochs_upper`` the most it may train when the run's own epochs
+    (timed by train.max_time) turn out faster. ``single_epochs``: what the single default run
+    (`podium train`, its configured epochs) would get in the same time, the bar a cv plan clears.
+    """
     preset: str
     budget_s: float
     folds: int
@@ -70,6 +84,10 @@ class Plan:
     planned_s: float
     why: str
     candidates: list[Candidate] = field(default_factory=list)
+    mode: str = "cv"
+    epochs_upper: int = 0
+    single_epochs: int = 0
+    test_ratio: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,18 +99,41 @@ class Plan:
         d["candidates"] = [Candidate(**m) for m in d.get("candidates", [])]
         return cls(**d)
 
+    @property
+    def trained_folds(self) -> list[int]:
+        """The folds each member trains: all of them, or fold 0 alone for a holdout run."""
+        return [0] if self.mode == "holdout" else list(range(self.folds))
+
     def describe(self) -> str:
+        budget = f"{self.planned_s / 60:.1f} min planned of {self.budget_s / 60:.1f}"
+        if self.mode == "holdout":
+            m = self.members[0]
+            share = (self.folds - 1) / self.folds
+            upper = f" (up to {self.epochs_upper} if its epochs run faster)" if self.epochs_upper > self.epochs else ""
+            return (f"1 run of {m.model}@{m.size} on {share:.0%} of the images ({1 - share:.0%} held out to measure "
+                    f"TTA and biases), {self.epochs} epochs{upper}: {budget}")
         sizes = sorted({m.size for m in self.members})
         names = ", ".join(f"{m.model}@{m.size}" for m in self.members)
         return (f"{self.folds} folds x {len(self.members)} member(s) at {'/'.join(map(str, sizes))} px, "
-                f"{self.epochs} epochs: {self.planned_s / 60:.1f} min planned of {self.budget_s / 60:.1f} "
-                f"({names})")
+                f"{self.epochs} epochs: {budget} ({names})")
 
 
-def cost(members: Sequence[Candidate], folds: int, epochs: int) -> float:
-    """Planned seconds of training ``members`` with ``folds`` folds for ``epochs`` each."""
-    return (sum(folds * (epochs * m.fold_epoch_s(folds) + FOLD_OVERHEAD_S) + MEMBER_OVERHEAD_S for m in members)
-            + FINAL_OVERHEAD_S)
+def extras_s(m: Candidate, folds: int, holdout: bool, test_ratio: float) -> float:
+    """Prediction passes after training: TTA on the held-out images (plain + views) and the test
+    images (every fold model of a cv member, or the one holdout run, with TTA)."""
+    passes = 1 + len(TTA_VIEWS)
+    if holdout:
+        return m.val_s / folds * passes + m.val_s * test_ratio * passes
+    return m.val_s * passes + m.val_s * test_ratio * folds * passes
+
+
+def cost(members: Sequence[Candidate], folds: int, epochs: int, *, holdout: bool = False,
+         test_ratio: float = 0.0) -> float:
+    """Planned seconds of training ``members`` with ``folds`` folds (only fold 0 for a ``holdout``
+    run) for ``epochs`` each, plus their predictions (``test_ratio``: test images per training image)."""
+    trained = 1 if holdout else folds
+    return (sum(trained * (epochs * m.fold_epoch_s(folds) + FOLD_OVERHEAD_S) + MEMBER_OVERHEAD_S
+                + extras_s(m, folds, holdout, test_ratio) for m in members) + FINAL_OVERHEAD_S)
 
 
 def diverse_order(candidates: Sequence[Candidate], preset: Preset) -> list[Candidate]:
@@ -114,48 +155,95 @@ def diverse_order(candidates: Sequence[Candidate], preset: Preset) -> list[Candi
     return first + rest
 
 
-def minimum_s(candidates: Sequence[Candidate]) -> float:
-    """The least a budget must be: 2 folds of the cheapest candidate for one epoch."""
-    return min(cost([c], 2, 1) for c in candidates)
+def holdout_folds(val_fraction: float) -> int:
+    """The fold count whose fold 0 is the single default run's validation share (5 for 0.2)."""
+    return max(2, round(1 / val_fraction))
 
 
-def make_plan(candidates: Sequence[Candidate], budget_s: float, preset: str | Preset, *, spent_s: float = 0.0) -> Plan:
-    """The preset's most wanted (folds, members) shape whose epochs, filling `PLAN_SHARE` of
-    the budget, reach the preset's ``min_epochs``; else the smallest shape with as many epochs
-    as fit (at least one). Refuses (naming the measured minimum) a budget too small for that.
-    ``spent_s`` (the measuring) is already gone from the budget."""
+def single_candidate(candidates: Sequence[Candidate], preset: Preset, default: tuple[str, int] | None) -> Candidate:
+    """The candidate the single default run trains: the config's model at the config's size when
+    measured, else the first member the preset would take."""
+    for c in candidates:
+        if default is not None and (c.model, c.size) == tuple(default):
+            return c
+    return diverse_order(candidates, preset)[0]
+
+
+def minimum_s(candidates: Sequence[Candidate], val_fraction: float = 0.2, test_ratio: float = 0.0) -> float:
+    """The least a budget must be: one holdout run of the cheapest candidate for one epoch."""
+    k = holdout_folds(val_fraction)
+    return min(cost([c], k, 1, holdout=True, test_ratio=test_ratio) for c in candidates)
+
+
+def _epochs_fit(usable: float, members: Sequence[Candidate], folds: int, holdout: bool, test_ratio: float) -> int:
+    fixed = cost(members, folds, 0, holdout=holdout, test_ratio=test_ratio)
+    per_epoch = sum((1 if holdout else folds) * m.fold_epoch_s(folds) for m in members)
+    return int((usable - fixed) // per_epoch) if usable > fixed and per_epoch > 0 else 0
+
+
+def make_plan(candidates: Sequence[Candidate], budget_s: float, preset: str | Preset, *, spent_s: float = 0.0,
+              default_epochs: int = 10, val_fraction: float = 0.2, default: tuple[str, int] | None = None,
+              test_ratio: float = 0.0) -> Plan:
+    """The plan that is never worse than the single default run in the same time, and better where
+    the budget allows.
+
+    The single default run (`podium train`: ``default`` model at its size, ``default_epochs``,
+    ``val_fraction`` held out) would get ``single_epochs = min(default_epochs, what fits)`` here.
+    A cv plan (the preset's (folds, members) shapes, most wanted first, filling `PLAN_SHARE` of the
+    budget) is taken only when each fold model trains on near the single run's share of the images
+    (`SHARE_SLACK`) for at least ``max(single_epochs, preset.min_epochs)`` epochs: only then does the
+    fold ensemble add to what one run would reach, instead of trading epochs and data for averaging.
+    Otherwise the budget buys about one run, and auto does that run (a holdout: fold 0 of the
+    single run's fold count) with as many epochs as fit, plus the cheap steps measured on its
+    held-out part (TTA, biases). Refuses (naming the measured minimum) a budget too small for one
+    epoch of that run. ``spent_s`` (the measuring) is already gone from the budget.
+    """
     p = PRESETS[preset] if isinstance(preset, str) else preset
     if not candidates:
         raise PodiumError("podium auto: no candidate backbone to plan with")
     usable = max(budget_s - spent_s, 0.0) * PLAN_SHARE
-    floor = minimum_s(candidates)
-    if usable < floor:
+    k_hold = holdout_folds(val_fraction)
+    share = (k_hold - 1) / k_hold
+    single = single_candidate(candidates, p, default)
+    fit_single = min(p.max_epochs, _epochs_fit(usable, [single], k_hold, True, test_ratio))
+    if fit_single < 1:
+        floor = minimum_s([single], val_fraction, test_ratio)
         need = spent_s + floor / PLAN_SHARE
         raise PodiumError(f"a budget of {budget_s:.0f}s is too small: measuring the candidates took {spent_s:.0f}s and "
-                          f"the cheapest plan measured on this machine (2 folds x 1 epoch of "
-                          f"{min(candidates, key=lambda c: cost([c], 2, 1)).model}) needs {floor / PLAN_SHARE:.0f}s more "
-                          f"with the safety share: {need:.0f}s in all; give --time {math.ceil(need / 60)}m or more "
-                          "(or fewer --models/--sizes to measure)")
+                          f"the cheapest plan measured on this machine (one run of 1 epoch of {single.model}@"
+                          f"{single.size} on {share:.0%} of the images, its predictions included) needs "
+                          f"{floor / PLAN_SHARE:.0f}s more with the safety share: {need:.0f}s in all; give --time "
+                          f"{math.ceil(need / 60)}m or more (or fewer --models/--sizes to measure)")
+    single_epochs = min(default_epochs, fit_single)
+    bar = max(single_epochs, p.min_epochs)
     order = diverse_order(candidates, p)
-    shapes = list(p.shapes) + [(3, 1), (2, 1)]
     tried = []
-    for folds, n in shapes:
+    for folds, n in p.shapes:
         if n > len(order):
             continue
+        if (folds - 1) / folds < share - SHARE_SLACK - 1e-9:
+            tried.append(f"{folds}x{n}: fold models on {(folds - 1) / folds:.0%} < {share:.0%} of the images")
+            continue
         members = order[:n]
-        fixed = cost(members, folds, 0)
-        per_epoch = sum(folds * m.fold_epoch_s(folds) for m in members)
-        epochs = min(p.max_epochs, int((usable - fixed) // per_epoch)) if usable > fixed else 0
+        epochs = min(p.max_epochs, _epochs_fit(usable, members, folds, False, test_ratio))
         tried.append(f"{folds}x{n}: {epochs} epochs")
-        need = p.min_epochs if (folds, n) in p.shapes else 1
-        if epochs >= need:
-            why = (f"preset {p.name}: took the first shape (folds x members) whose epochs reach {need} in "
+        if epochs >= bar:
+            why = (f"preset {p.name}: the first shape (folds x members) whose fold models reach {bar} epochs (the "
+                   f"single default run would get {single_epochs} in this time; the preset wants {p.min_epochs}) in "
                    f"{PLAN_SHARE:.0%} of the budget ({'; '.join(tried)}); one epoch of one fold measured "
                    + ", ".join(f"{m.model}@{m.size}={m.fold_epoch_s(folds):.1f}s" for m in members))
-            return Plan(p.name, budget_s, folds, epochs, list(members), spent_s + cost(members, folds, epochs), why,
-                        list(candidates))
-    c = min(candidates, key=lambda c: cost([c], 2, 1))
-    return Plan(p.name, budget_s, 2, 1, [c], spent_s + cost([c], 2, 1), "only 2 folds x 1 epoch fit", list(candidates))
+            return Plan(p.name, budget_s, folds, epochs, list(members),
+                        spent_s + cost(members, folds, epochs, test_ratio=test_ratio), why, list(candidates),
+                        single_epochs=single_epochs, test_ratio=test_ratio)
+    why = (f"preset {p.name}: the budget buys about one run: no shape's fold models reach {bar} epochs (the single "
+           f"default run would get {single_epochs} in this time; {'; '.join(tried) or 'no shape fits the candidates'}"
+           f"), so auto trains that run on {share:.0%} of the images for {fit_single} epochs (one measured: "
+           f"{single.fold_epoch_s(k_hold):.1f}s) and keeps TTA and biases only where the held-out {1 - share:.0%} "
+           "says they pay")
+    return Plan(p.name, budget_s, k_hold, fit_single, [single],
+                spent_s + cost([single], k_hold, fit_single, holdout=True, test_ratio=test_ratio), why,
+                list(candidates), mode="holdout", epochs_upper=p.max_epochs, single_epochs=single_epochs,
+                test_ratio=test_ratio)
 
 
 # ---------------------------------------------------------------- measuring on this machine
@@ -188,28 +276,70 @@ def weights_for(name: str, cfg) -> tuple[bool, str | None]:
     return (hub.is_dir() and any(hub.glob(f"models--timm--{name}*"))), None
 
 
+def timings_file() -> Path:
+    """Where measured step times are kept for the next auto run on this machine: ``auto/timings.json``
+    in podium's cache root ($PODIUM_CACHE_DIR or ~/.cache/podium)."""
+    from podium.data.cache import cache_root
+
+    return cache_root() / "auto" / "timings.json"
+
+
+def timing_key(device: str, name: str, size: int, batch: int, n_classes: int) -> str:
+    import os
+
+    return f"{os.uname().nodename}|{device}|{name}|{size}px|batch{batch}|{n_classes}cls"
+
+
 def measure_candidates(cfg, names: Sequence[str], sizes: Sequence[int], n_images: int, n_classes: int, *,
                        steps: int = 3, clock: Callable[[], float] = time.perf_counter,
-                       log: Callable = print) -> list[Candidate]:
+                       log: Callable = print, timer: Callable | None = None,
+                       cache: Path | None | bool = True) -> list[Candidate]:
     """Time a short slice of training (``steps`` optimizer steps after a warm-up step, on
     batches of ``train.batch_size`` at each size) and of prediction for every candidate on
     this machine's training device, and scale both to the whole training set; image decoding
-    is timed on real files separately by the caller and added to ``train_s``/``val_s``."""
+    is timed on real files separately by the caller and added to ``train_s``/``val_s``.
+
+    A step time measured earlier on this machine (same device, backbone, size, batch and class
+    count) is reused from `timings_file` (``cache``: True for that file, a path, or False) instead
+    of measured again: on a small budget measuring is a large part of the time (78 s of 6 minutes
+    on a loaded CPU, benchmarks/auto/RESULTS.md). ``timer`` replaces `_time_steps` (tests)."""
     import torch
+
+    from podium.fileio import write_json
 
     device = "cuda" if torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda") else "cpu"
     batch = cfg.train.batch_size
+    path = timings_file() if cache is True else (Path(cache) if cache else None)
+    known: dict = {}
+    if path is not None and path.is_file():
+        import json
+
+        try:
+            known = json.loads(path.read_text())
+        except (OSError, ValueError):
+            known = {}  # an unreadable cache is measured again, not an error
     out = []
     for name in names:
-        ok, path = weights_for(name, cfg)
+        ok, weights = weights_for(name, cfg)
         if not ok:
             log(f"  {name}: no local weights (model.pretrained_path, torch hub or Hugging Face cache): skipped")
             continue
         for size in sizes:
-            step_s, fwd_s = _time_steps(name, int(size), batch, n_classes, device, steps, clock)
+            key = timing_key(device, name, int(size), batch, n_classes)
+            if key in known:
+                step_s, fwd_s = float(known[key]["step_s"]), float(known[key]["fwd_s"])
+                note = f" (measured earlier, {known[key].get('at', '?')}; reused)"
+            else:
+                step_s, fwd_s = (timer or _time_steps)(name, int(size), batch, n_classes, device, steps, clock)
+                note = ""
+                if path is not None:
+                    known[key] = {"step_s": step_s, "fwd_s": fwd_s,
+                                  "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+                    write_json(path, known)
             batches = math.ceil(n_images / batch)
-            out.append(Candidate(name, int(size), batches * step_s, batches * fwd_s, path))
-            log(f"  {name}@{size}: {step_s * 1000:.0f} ms/step -> {batches * step_s:.1f}s per epoch of {n_images} images")
+            out.append(Candidate(name, int(size), batches * step_s, batches * fwd_s, weights))
+            log(f"  {name}@{size}: {step_s * 1000:.0f} ms/step -> {batches * step_s:.1f}s per epoch of "
+                f"{n_images} images{note}")
     return out
 
 

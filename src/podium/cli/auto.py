@@ -14,7 +14,8 @@ def register(sub) -> None:
     p.add_argument("items", nargs="*", metavar="KEY=VALUE", help="dotted.key=value config overrides")
     p.add_argument("--time", required=True, metavar="DURATION", help="the budget, e.g. 30m, 2h, 1h30m or seconds")
     p.add_argument("--preset", default="medium", choices=["fast", "medium", "best"],
-                   help="fast: one member, 3 folds; medium: up to 2 members; best: up to 3 diverse members")
+                   help="fast: one member, 5 or 4 folds; medium: up to 2 members; best: up to 3 diverse members. "
+                        "A budget that buys about one run trains that one run (whatever the preset)")
     p.add_argument("--test", metavar="DIR", help="unlabelled images to predict into submission.csv")
     p.add_argument("--config", help="a YAML config the members start from")
     p.add_argument("--out", help="the auto folder (default: output.dir/auto-DATA); same folder + arguments resumes")
