@@ -252,4 +252,5 @@ def test_a_small_budget_trains_one_holdout_run_measures_tta_on_its_held_out_part
     held_out = len(pd.read_parquet(member / "fold0" / "val_predictions.parquet"))
     assert s["members"][0]["n_held_out"] == held_out == len(r.oof) and 0 < held_out < 15
     assert s["final"]["model"] == str(member / "fold0") and s["final"]["kind"] == "member"
+    assert s["members"][0]["epochs_trained"] == json.loads((member / "fold0" / "summary.json").read_text())["epochs_trained"]
     assert len(pd.read_csv(s["submission"])) == 6

@@ -115,6 +115,8 @@ def run_auto(args, task: str, seed: int, budget: str, pool: Path, test: Path, im
     s = r.summary
     return {"test_macro_f1": score(probs, pd.read_csv(test)), "wall_s_this_process": wall, "spent_s": s["spent_s"],
             "budget_s": parse_duration(budget), "within_10pct": s["within_budget"], "plan": s["plan_text"],
+            "mode": s.get("mode", "cv"), "epochs_trained": {m["name"]: m.get("epochs_trained") for m in s["members"]},
+            "tta_gain": {m["name"]: m.get("gain") for m in s["members"]},
             "final": f"{s['final']['kind']} {s['final']['name']}", "ensemble": s["final"]["ensemble"],
             "biases_kept": s["biases"]["kept"], "tta": {m["name"]: m["kept"] for m in s["members"]},
             "oof_macro_f1": s["oof_macro_f1"], "folder": str(r.dir)}

@@ -349,7 +349,10 @@ def _holdout_extras(mdir: Path, state: _State, classes: list[str], test, progres
         log(f"{mdir.name}: TTA {'+'.join(TTA_VIEWS)} macro F1 on the {len(val)} held-out images {plain_f1:.4f} -> "
             f"{tta_f1:.4f} ({'kept' if kept else 'dropped'})")
         state.done(key, rec)
+    from podium.rundir import read_summary
+
     return {"name": mdir.name, "dir": str(mdir), "model": str(run), **rec,
+            "epochs_trained": read_summary(run).get("epochs_trained"),
             "macro_f1": rec["macro_f1_tta"] if rec["kept"] else rec["macro_f1_plain"]}
 
 
