@@ -523,6 +523,72 @@ def test_run_files_follow_the_umask(tmp_path):
     assert (mode, private) == (0o644, 0o600)
 
 
+# ---------------------------------------------------------------- damaged files
+
+def _one_message(code: int, err: str) -> str:
+    """The CLI's answer to a user mistake: exit 2 and one 'error:' message, no traceback."""
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+
+def test_sidecar_whose_class_count_differs_from_the_model_outputs_is_refused(run_copy, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    run, data = run_copy
+    code, err = run_cli(["export", run, "--out", tmp_path / "exp" / "model.onnx", "--parity-images", "4"], capsys)
+    assert code == 0, err
+    sidecar_path = tmp_path / "exp" / "model.json"
+    sidecar = json.loads(sidecar_path.read_text())
+    sidecar_path.write_text(json.dumps({**sidecar, "classes": sidecar["classes"] + ["extra"]}))
+    err = _one_message(*run_cli(["predict", "--model", tmp_path / "exp" / "model.onnx", "--data", data,
+                                 "--out", tmp_path / "pred", "--quiet"], capsys))
+    assert "outputs 3 scores, the sidecar lists 4 classes" in err and not (tmp_path / "pred").exists()
+
+
+def test_ensemble_member_that_is_a_corrupt_parquet_is_named(run_copy, tmp_path, capsys):
+    run, _ = run_copy
+    bad = tmp_path / "member.parquet"
+    bad.write_bytes(os.urandom(600))
+    err = _one_message(*run_cli(["ensemble", run, bad, "--out", tmp_path / "ens"], capsys))
+    assert f"{bad} is damaged" in err and "parquet" in err
+
+
+def test_submission_check_on_binary_garbage_is_one_message(tmp_path, capsys):
+    garbage, info = tmp_path / "submission.csv", tmp_path / "info.csv"
+    garbage.write_bytes(b"\xc8\xff" + os.urandom(2000))
+    info.write_text("ImageID,ans\na.jpg,0\n")
+    err = _one_message(*run_cli(["submission", "check", garbage, "--info", info], capsys))
+    assert "not a text CSV" in err and "ImageID,ans" in err
+    err = _one_message(*run_cli(["submission", "check", info, "--info", garbage], capsys))
+    assert f"cannot read info.csv {garbage}" in err
+
+
+def test_config_file_of_random_bytes_is_one_message(tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_bytes(b"\xb6\xff" + os.urandom(3000))
+    for command in (["config", "show", config], ["train", config]):
+        err = _one_message(*run_cli(command, capsys))
+        assert f"config file {config} is not text" in err
+
+
+@pytest.mark.parametrize("content", [b"not json {", b"[0.1, -0.2, 0.3]", b"\xff\xfe\x00garbage"])
+def test_predict_biases_that_are_not_a_json_object_are_one_message(run_copy, tmp_path, capsys, content):
+    run, data = run_copy
+    biases = tmp_path / "biases.json"
+    biases.write_bytes(content)
+    err = _one_message(*run_cli(["predict", run, "--data", data, "--biases", biases, "--out", tmp_path / "pred",
+                                 "--quiet"], capsys))
+    assert f"{biases} is damaged" in err and not (tmp_path / "pred").exists()
+
+
+@pytest.mark.parametrize("op", ["{name: Lambda, image: print}", "{name: FDA, reference_images: [], read_fn: open}"])
+def test_augment_op_that_takes_a_function_is_refused(tmp_path, capsys, image_folder, op):
+    """A string where a function goes only failed mid-epoch, in a loader worker, as a TypeError."""
+    err = _one_message(*run_cli(["train", *fast_overrides(tmp_path), f"data.train={image_folder}",
+                                 f"augment.train_ops=[{op}]", "--quiet"], capsys))
+    assert "augment.train_ops[0]" in err and "takes a Python function" in err
+    assert not (tmp_path / "runs dir").exists()
+
+
 # ---------------------------------------------------------------- images
 
 def _png_header_only(path: Path, width: int, height: int) -> Path:

@@ -457,6 +457,9 @@ def read_yaml(path: str | Path) -> dict:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise PodiumError(f"config file {path} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise PodiumError(f"config file {path} is not text (not UTF-8: byte {exc.object[exc.start]:#04x} at "
+                          f"position {exc.start}); pass a YAML config file") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

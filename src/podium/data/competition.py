@@ -242,7 +242,11 @@ def _read_info(info_csv: str | Path) -> pd.DataFrame:
     path = Path(info_csv)
     if not path.is_file():
         raise PodiumError(f"info.csv not found: {path}")
-    info = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        info = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise PodiumError(f"cannot read info.csv {path}: {str(exc)[:200]}; expected the competition's "
+                          "eval/info.csv (columns ImageID,ans)") from None
     if "ImageID" not in info.columns:
         raise PodiumError(f"{path}: no ImageID column; found {list(info.columns)}")
     dup = info["ImageID"][info["ImageID"].duplicated()].tolist()
@@ -313,8 +317,14 @@ def check_submission(path: str | Path, info_csv: str | Path, n_classes: int = 18
     if not path.is_file():
         return [f"submission file not found: {path}"]
     wanted = _read_info(info_csv)["ImageID"].tolist()
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        records = [r for r in csv.reader(fh) if r]  # blank lines are skipped, as pandas does
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            records = [r for r in csv.reader(fh) if r]  # blank lines are skipped, as pandas does
+    except UnicodeDecodeError as exc:
+        return [f"submission file is not a text CSV (not UTF-8: byte {exc.object[exc.start]:#04x} at position "
+                f"{exc.start}); expected a CSV with header ImageID,ans"]
+    except csv.Error as exc:
+        return [f"submission file is not a readable CSV: {exc}; expected a CSV with header ImageID,ans"]
     if not records:
         return ["submission file is empty (expected header ImageID,ans)"]
     header, rows = [c.strip() for c in records[0]], records[1:]

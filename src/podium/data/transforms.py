@@ -105,6 +105,7 @@ def _build_op(spec: dict[str, Any], module, where: str):
     ops = {n: getattr(module, n) for n in dir(module) if n[:1].isupper() and callable(getattr(module, n))}
     if name not in ops:
         raise PodiumError(f"{where}: {unknown_name('op', name, ops)}")
+    _refuse_function_params(ops[name], name, params, where)
     for key in ("transforms",):  # containers such as OneOf / Compose / RandomApply
         if key in params:
             params[key] = [_build_op(s, module, f"{where}.{name}") for s in params[key]]
@@ -115,6 +116,28 @@ def _build_op(spec: dict[str, Any], module, where: str):
         return ops[name](**params)
     except Exception as exc:  # the op rejected its parameters: say which op, keep the library's words
         raise PodiumError(f"{where}: {name}({', '.join(f'{k}={v!r}' for k, v in params.items())}) failed: {exc}") from None
+
+
+def _refuse_function_params(op, name: str, params: dict[str, Any], where: str) -> None:
+    """A config holds values, not code: a parameter that takes a Python function (Lambda's
+    ``image``, torchvision's ``lambd``, FDA's ``read_fn``) cannot be given one, and a string in its
+    place only fails mid-epoch, inside a loader worker. Nested ops (``transforms``) are built here."""
+    import inspect
+
+    try:
+        signature = inspect.signature(op)
+    except (TypeError, ValueError):
+        return
+    for key, value in params.items():
+        param = signature.parameters.get(key)
+        annotation = "" if param is None else str(param.annotation)
+        if key == "transforms" or "Callable" not in annotation:
+            continue
+        if isinstance(value, str) and "str" in annotation:
+            continue  # the op also takes a name here (torchvision's labels_getter="default")
+        raise PodiumError(
+            f"{where}: {name}'s `{key}` takes a Python function, which a config cannot give ({key}={value!r} is not "
+            f"code). Use ops that take plain values, or build the augmentation in Python (podium.data.transforms)")
 
 
 def _build_ops(specs: list[dict], module, where: str) -> list:
