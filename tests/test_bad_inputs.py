@@ -492,6 +492,56 @@ def test_serve_on_a_busy_port_is_one_message_and_never_says_serving(run_copy, ca
     assert "serving" not in captured.out
 
 
+def test_serve_closes_connections_whose_headers_never_complete(trained):
+    """Slowloris: half a request head, then silence, held a connection open for good (uvicorn
+    times out only idle keep-alive). First request, and the next one on a kept-alive connection."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from podium.deploy.serve import ServeSettings, create_app, server_config
+    from podium.inference.predictor import load_predictor
+
+    pytest.importorskip("fastapi")
+    settings = ServeSettings(header_timeout_s=1.0)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    app = create_app(load_predictor(trained[0]), settings)
+    server = uvicorn.Server(server_config(app, settings, port=port, log_level="critical"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+
+    def closed_after(conn: socket.socket) -> tuple[bytes, float]:
+        """Everything the server sends until it closes, and how long that took."""
+        start, data = time.monotonic(), b""
+        while chunk := conn.recv(4096):
+            data += chunk
+        return data, time.monotonic() - start
+
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=8) as slow:
+            slow.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # no blank line: the head never ends
+            data, waited = closed_after(slow)
+            assert data == b"" and 0.9 < waited < 4
+        with socket.create_connection(("127.0.0.1", port), timeout=8) as kept:
+            kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = kept.recv(4096)
+            assert head.startswith(b"HTTP/1.1 200")
+            kept.sendall(b"GET /health HTTP/1.1\r\n")  # the next request, cut off
+            _, waited = closed_after(kept)
+            assert waited < 4  # the header timeout (1 s), not uvicorn's 5 s keep-alive, and not never
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        listener.close()
+
+
 @pytest.mark.parametrize("value", ["-3", "0", "two"])
 def test_cli_numbers_are_validated(tmp_path, capsys, value):
     with pytest.raises(SystemExit) as exc:

@@ -45,7 +45,8 @@ def cmd_serve(args) -> int:
         max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
         batching="off" if args.no_batching else args.batching,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
-        max_files=args.max_files, request_timeout_s=args.timeout, top_k=args.top_k, api_key=api_key)
+        max_files=args.max_files, request_timeout_s=args.timeout, header_timeout_s=args.header_timeout,
+        top_k=args.top_k, api_key=api_key)
     out = console()
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         out.print(f"note: serving on {args.host} without an API key; anyone who reaches this address can use "
@@ -91,6 +92,9 @@ def register(sub) -> None:
                    help="pixels per image, checked before decoding (default: 40000000)")
     p.add_argument("--max-files", type=positive_int, default=16, help="files per request (default: 16)")
     p.add_argument("--timeout", type=positive_float, default=30.0, help="seconds for a request's body to arrive, and again for its answer (default: 30)")
+    p.add_argument("--header-timeout", type=positive_float, default=10.0,
+                   help="seconds for a request's headers to arrive complete; slower connections are closed "
+                        "(default: 10)")
     p.add_argument("--top-k", type=positive_int, default=5, help="classes returned per image (default: 5)")
     p.add_argument("--threads", type=non_negative_int, default=0,
                    help="onnxruntime intra-op threads (default: 0 = onnxruntime's choice)")

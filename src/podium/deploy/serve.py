@@ -57,6 +57,9 @@ class ServeSettings:
     max_pixels: int = 40_000_000
     max_files: int = 16
     request_timeout_s: float = 30.0
+    #: seconds for a request's headers to arrive complete (slowloris: a client that sends part of its
+    #: headers, then nothing, held a connection open for good; uvicorn times out only idle keep-alive)
+    header_timeout_s: float = 10.0
     top_k: int = 5
     api_key: str | None = None
     #: auto: micro-batching on a GPU, off on a CPU (benchmarks/serve/RESULTS.md: on a CPU a batch saves
@@ -69,9 +72,9 @@ class ServeSettings:
                 raise PodiumError(f"serve setting {name} must be >= 1, found {getattr(self, name)}")
         if self.batching not in ("auto", "on", "off"):
             raise PodiumError(f"serve setting batching must be auto, on or off, found {self.batching!r}")
-        if self.max_wait_ms < 0 or self.request_timeout_s <= 0:
-            raise PodiumError(f"serve settings: max_wait_ms must be >= 0 and request_timeout_s > 0, found "
-                              f"{self.max_wait_ms} and {self.request_timeout_s}")
+        if self.max_wait_ms < 0 or self.request_timeout_s <= 0 or self.header_timeout_s <= 0:
+            raise PodiumError(f"serve settings: max_wait_ms must be >= 0, request_timeout_s and header_timeout_s > 0, "
+                              f"found {self.max_wait_ms}, {self.request_timeout_s} and {self.header_timeout_s}")
 
     @property
     def max_body_bytes(self) -> int:
@@ -500,8 +503,77 @@ def serve(model, *, host: str = "127.0.0.1", port: int = 8000, checkpoint: str =
     sock = bind_socket(host, port)
     if log is not None:
         log(f"serving {model} on http://{host}:{port}/ (POST /predict, GET /health, /classes, /stats); Ctrl+C stops")
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(server_config(app, settings, host=host, port=port, log_level=log_level)).run(sockets=[sock])
+
+
+#: uvicorn's own limit on a request head (h11's default), said here: a client cannot grow one without end
+MAX_HEADER_BYTES = 16 * 1024
+
+
+def server_config(app, settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
+                  log_level: str = "info"):
+    """The uvicorn settings of `serve`: the HTTP protocol with a header-read timeout
+    (`header_timeout_protocol`), request heads of at most `MAX_HEADER_BYTES`, and uvicorn's idle
+    keep-alive timeout (5 s) between requests."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
+                          http=header_timeout_protocol(settings.header_timeout_s), timeout_keep_alive=5,
+                          h11_max_incomplete_event_size=MAX_HEADER_BYTES)
+
+
+def header_timeout_protocol(seconds: float):
+    """uvicorn's h11 protocol, closing a connection whose request headers are not complete
+    ``seconds`` after it opened or after its previous response (or its first byte of a new request).
+
+    uvicorn times out only an idle keep-alive connection, and only after a first response: a client
+    that sends half a request head and then nothing (slowloris) held its connection, and with
+    enough of them the server, for good. The request body and the answer have their own timeout
+    (``request_timeout_s``, in `BodyLimit` and `/predict`). h11 rather than httptools: this hooks
+    h11's connection state, which says when a request head is complete.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11(H11Protocol):
+        header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self._arm()  # still no complete request head: the clock runs (from its first call)
+            else:
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()  # idle from here: uvicorn's keep-alive timeout applies
+            self._disarm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self.header_timer is None:
+                self.header_timer = self.loop.call_later(seconds, self._headers_too_slow)
+
+        def _disarm(self) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self.header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                log.warning("closed a connection from %s: request headers incomplete after %g s",
+                            self.client, seconds)
+                self.transport.close()
+
+    return HeaderTimeoutH11
 
 
 def check_port(port: int) -> None:
