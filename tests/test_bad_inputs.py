@@ -262,6 +262,28 @@ def test_second_writer_is_refused_and_a_killed_writer_reads_as_interrupted(run_c
     assert read_status(run)["status"] == "finished"
 
 
+def test_report_export_and_average_are_refused_while_the_run_trains(run_copy, tmp_path, capsys):
+    """Commands that write into a run take its writer lock too: no report from half a metrics.csv,
+    no export or average of a best.ckpt being replaced. Once the writer is gone they run."""
+    run, _ = run_copy
+    env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONWARNINGS": "ignore"}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = sorted(p.name for p in run.iterdir())
+        for command in (["report", run], ["export", run], ["average-checkpoints", run, "--last", "2"]):
+            code, err = run_cli(command, capsys)
+            assert code == 2 and f"PID {holder.pid}" in err and "one writer per run" in err, (command, err)
+        assert sorted(p.name for p in run.iterdir()) == before
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        holder.stdout.close()
+    (run / "report.html").unlink(missing_ok=True)
+    code, err = run_cli(["report", run], capsys)
+    assert code == 0 and (run / "report.html").is_file(), err
+
+
 def test_kill_9_mid_epoch_then_resume_is_exact(tmp_path, capsys):
     """SIGKILL in epoch 2 of 3 with a DataLoader worker, then --resume: every tensor of
     last.ckpt and the optimizer state equal an uninterrupted run's."""

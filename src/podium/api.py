@@ -364,8 +364,11 @@ def average_checkpoints(run, *, last: int | None = None, best: int | None = None
     """The mean of several epochs' weights (SWA-style), scored on the run's validation split;
     `podium average-checkpoints`."""
     from podium.evaluation.ensemble_runs import average_run_checkpoints
+    from podium.rundir import writing_into
 
-    return average_run_checkpoints(_folder(run), last=last, best=best, out=out, evaluate=evaluate, progress=progress)
+    with writing_into(_folder(run), "average-checkpoints", out):
+        return average_run_checkpoints(_folder(run), last=last, best=best, out=out, evaluate=evaluate,
+                                       progress=progress)
 
 
 # ---------------------------------------------------------------- auto
@@ -445,11 +448,13 @@ def report(run, *, gradcam: bool = False, gallery: int | None = None) -> Path:
     """The offline HTML report of a run, cv run or ensemble (curves, confusions, worst errors,
     suspect labels; ``gradcam`` adds heat maps to the worst errors). `podium report`."""
     from podium.reports.report import build_run_report
+    from podium.rundir import writing_into
 
     folder = Path(_folder(run))
-    source = _gradcam_source(folder) if gradcam else None
-    kwargs = {} if gallery is None else {"max_gallery": gallery}
-    return build_run_report(folder, model_forward=source, **kwargs)
+    with writing_into(folder, "report"):
+        source = _gradcam_source(folder) if gradcam else None
+        kwargs = {} if gallery is None else {"max_gallery": gallery}
+        return build_run_report(folder, model_forward=source, **kwargs)
 
 
 def _gradcam_source(run_dir: Path):

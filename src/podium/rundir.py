@@ -509,3 +509,20 @@ def run_lock(run_dir: str | Path, command: str = "train", log: Callable[[str], N
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)  # a free lock with no holder recorded: the run ended cleanly
         os.close(fd)
+
+
+@contextlib.contextmanager
+def writing_into(folder: str | Path, command: str, target: str | Path | None = None,
+                 log: Callable[[str], None] | None = None) -> Iterator[None]:
+    """`run_lock` for a command other than train that writes into a run folder (report, export,
+    average-checkpoints): refused while the run trains, so a report is never drawn from half a
+    metrics.csv and no export or average comes from a best.ckpt being replaced. ``target``: where
+    the command writes (default: the folder itself); outside the run, nothing is locked. cv runs
+    and ensembles have no single writer (a cv run's folds are runs with locks of their own)."""
+    folder = Path(folder)
+    inside = target is None or Path(target).resolve().is_relative_to(folder.resolve())
+    if inside and folder_kind(folder) == "run":
+        with run_lock(folder, command, log):
+            yield
+    else:
+        yield

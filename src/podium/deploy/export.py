@@ -70,9 +70,6 @@ def export_run(source: str | Path, format: str = "onnx", *, checkpoint: str = "b
     Nothing is written unless the parity check passes: the model goes to a
     temporary file, is loaded back by its runtime and compared with PyTorch.
     """
-    from podium.fileio import atomic_path, write_json
-    from podium.inference.predictor import load_predictor
-
     if format not in FORMATS:
         raise PodiumError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if not tolerance > 0:
@@ -80,6 +77,17 @@ def export_run(source: str | Path, format: str = "onnx", *, checkpoint: str = "b
     if not Path(source).is_dir():
         raise PodiumError(f"export takes a run, cv run or ensemble folder; {source} is not a folder "
                           "(an exported model is exported already)")
+    from podium.rundir import EXPORTS_DIR, writing_into
+
+    with writing_into(source, "export", out if out is not None else Path(source) / EXPORTS_DIR):
+        return _export_checked(source, format, checkpoint, out, dynamic_batch, tolerance, opset, parity_images, log)
+
+
+def _export_checked(source: str | Path, format: str, checkpoint: str, out: str | Path | None, dynamic_batch: bool,
+                    tolerance: float, opset: int, parity_images: int, log: Callable[[str], None] | None) -> Export:
+    from podium.fileio import atomic_path, write_json
+    from podium.inference.predictor import load_predictor
+
     predictor = load_predictor(source, checkpoint=checkpoint, device="cpu")
     images = _parity_images(predictor, parity_images)
     module = _eager(predictor.module)
