@@ -56,7 +56,7 @@ def test_train_to_a_file_is_one_plain_line_per_epoch_without_banners(tmp_path, c
     # the captured text: whether Lightning prints them itself or hands them to the root logger
     # depends on which handlers existed when it was first imported (pytest's own, in a full run).
     verbose_records = _lightning_messages(lambda: run_to_file([*args, "--verbose", "train.epochs=1"], capfd))
-    assert any("GPU available" in m for m in verbose_records), verbose_records
+    assert any("GPU available" in m for m in verbose_records), _logging_state(verbose_records)
     quiet_records = _lightning_messages(lambda: run_to_file([*args, "train.epochs=1"], capfd))
     assert not any("GPU available" in m for m in quiet_records), quiet_records
 
@@ -71,11 +71,15 @@ class _Records(logging.Handler):
 
 
 def _lightning_messages(action) -> list[str]:
-    """The messages Lightning's loggers let through while ``action`` runs."""
-    import lightning.pytorch  # noqa: F401  (its logger exists from its import on)
+    """The messages Lightning's rank-zero logger lets through while ``action`` runs.
+
+    That logger is one global of lightning_utilities, named after whichever of Lightning's
+    rank_zero modules (pytorch's or fabric's) was imported last, so it is taken from there."""
+    import lightning.pytorch  # noqa: F401  (sets the rank-zero logger on import)
+    from lightning_utilities.core import rank_zero
 
     handler = _Records()
-    logger = logging.getLogger("lightning.pytorch")
+    logger = rank_zero.log
     logger.addHandler(handler)
     try:
         action()
@@ -111,8 +115,13 @@ def test_quiet_libraries_restores_levels_and_filters_and_keeps_other_warnings():
             warnings.warn("podium: something the user must see", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["podium: something the user must see"]
     assert lg.level == before_level and warnings.filters == before_filters
-    with verbosity("verbose"), quiet_libraries():
-        assert lg.level == before_level  # --verbose: nothing silenced
+    lg.setLevel(logging.ERROR)  # a process that had turned Lightning down
+    try:
+        with verbosity("verbose"), quiet_libraries():
+            assert lg.level == logging.INFO  # --verbose: Lightning's INFO lines come through
+        assert lg.level == logging.ERROR
+    finally:
+        lg.setLevel(before_level)
 
 
 def test_epoch_line_puts_training_losses_first():
@@ -126,3 +135,13 @@ def test_eda_to_a_file_has_no_progress_redraws(tmp_path, capfd):
     assert_clean(text)
     assert "scanning images" not in text and "\r" not in text  # the bar is for terminals only
     assert text.startswith("EDA report: ") and "class_weights:" in text
+
+
+def _logging_state(records: list[str]) -> str:
+    """What decides whether Lightning logs (for a failure message): its loggers' levels and rank."""
+    from lightning_utilities.core import rank_zero
+
+    levels = {name: logging.getLogger(name).getEffectiveLevel()
+              for name in ("lightning", "lightning.pytorch", "lightning.fabric", rank_zero.log.name)}
+    return f"records {records}; levels {levels}; disabled {logging.root.manager.disable}; " \
+           f"rank {getattr(rank_zero.rank_zero_only, 'rank', None)}"

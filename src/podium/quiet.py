@@ -7,7 +7,8 @@ deprecation/notebook warnings. None of it helps a podium user, so `quiet_librari
 exactly these at their source (Lightning's loggers, targeted warning filters) for the length of
 a ``with`` block and restores every level and filter afterwards: no process-wide state is left
 behind, and warnings podium or the user's code raise still show. ``verbosity("verbose")``
-(the CLI's ``--verbose``) turns the silencing off for its block.
+(the CLI's ``--verbose``) turns the silencing off for its block and lets Lightning's INFO lines
+through even where the process had set its loggers higher.
 
 `plain_output` says whether output goes to a file or pipe rather than a terminal: then
 progress is one plain line per epoch (`EpochLines`) and rich tables are rendered at full width.
@@ -61,18 +62,17 @@ def quiet_libraries() -> Iterator[None]:
     Levels are set after Lightning is imported (its import sets ``lightning.pytorch`` to INFO),
     and restored on exit with the warning filters, so nothing outlives the block.
     """
-    if current() == "verbose":
-        yield
-        return
     import lightning.pytorch  # noqa: F401  (its import resets its logger to INFO: set ours after)
 
+    verbose = current() == "verbose"
     loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
     before = [lg.level for lg in loggers]
     with warnings.catch_warnings():
-        for pattern in NOISY_WARNINGS:
-            warnings.filterwarnings("ignore", message=pattern)
-        for lg in loggers:
-            lg.setLevel(logging.WARNING)
+        if not verbose:
+            for pattern in NOISY_WARNINGS:
+                warnings.filterwarnings("ignore", message=pattern)
+        for lg in loggers:  # verbose: Lightning's INFO lines, whatever level the caller's process left
+            lg.setLevel(logging.INFO if verbose else logging.WARNING)
         try:
             yield
         finally:
