@@ -90,6 +90,25 @@ def test_flipped_labels_are_flagged_far_above_chance(tmp_path):
     assert run_audit(run, features=False, log=lambda *a: None).dir == run / "audit-2"  # never overwritten
 
 
+def test_the_audit_method_takes_effect_and_an_unknown_one_is_refused(tmp_path):
+    rng = np.random.default_rng(3)
+    classes = ["cat", "dog", "fox"]
+    given = rng.integers(0, 3, 120)
+    probs = _softmax(2.0 * np.eye(3)[given] + rng.normal(0, 1.2, (120, 3)))
+    run = plant_cv(tmp_path, [classes[c] for c in given], probs, classes)
+    # predicted_neq_given flags exactly the images whose most likely class is not their label
+    result = run_audit(run, features=False, method="predicted_neq_given", log=lambda *a: None)
+    flagged = set(result.issues.loc[result.issues["kind"] == "label", "id"])
+    expected = {f"img_{i:03d}.png" for i in np.flatnonzero(probs.argmax(1) != given)}
+    assert flagged == expected and len(expected) > 5
+    assert "filter_by=predicted_neq_given" in result.summary["method"]["labels"]
+    default = run_audit(run, features=False, log=lambda *a: None)
+    assert "filter_by=low_normalized_margin" in default.summary["method"]["labels"]
+    assert set(default.issues.loc[default.issues["kind"] == "label", "id"]) != flagged
+    with pytest.raises(PodiumError, match="valid: .*prune_by_noise_rate.*Did you mean 'low_normalized_margin'"):
+        run_audit(run, features=False, method="low_normalised_margin", log=lambda *a: None)
+
+
 def _composite(tmp_path: Path):
     """30 people x 4 images: gender and age belong to the person, the mask to the image.
     Planted: person p03's gender is wrong on all 4 images; one image of p07 has the wrong age;

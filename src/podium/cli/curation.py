@@ -64,6 +64,10 @@ def register(sub) -> None:
                    help="skip the feature-space outliers (they run each fold's model over its images once)")
     p.add_argument("--max-review", type=positive_int, default=300, metavar="N",
                    help="cards per section of the review page, most suspicious first (default 300)")
+    p.add_argument("--method", default="low_normalized_margin",
+                   help="how labels are flagged: cleanlab's find_label_issues filter_by (default "
+                        "low_normalized_margin; prune_by_noise_rate is cleanlab's own default; an unknown "
+                        "name lists them all)")
 
 
 def cmd_distill(args) -> int:
@@ -109,7 +113,7 @@ def cmd_audit(args) -> int:
 
     out = console()
     result = podium.audit(args.run, out=args.out, features=not args.no_features, max_review=args.max_review,
-                          log=notes(out))
+                          method=args.method, log=notes(out))
     s = result.summary
     rows = {"judged": s["note"]}
     for kind, n in s["counts"].items():
