@@ -18,34 +18,39 @@ def _stat(values: pd.Series, digits: int = 3) -> str:
 
 
 def audit_table(results: pd.DataFrame) -> str:
-    header = ("| dataset | noise | flagged / injected | precision | recall | macro F1 noisy | after dropping the flagged | "
-              "after relabelling the flagged | clean labels | share of the lost F1 recovered (drop) | "
-              "share recovered (relabel) |")
-    rows = [header, "|---|---|---|---|---|---|---|---|---|---|---|"]
-    audit = results[results["study"] == "audit"]
-    for (dataset, noise), part in audit[audit["variant"] == "audit"].groupby(["dataset", "noise"]):
-        cells = audit[(audit["dataset"] == dataset)]
-        by = {v: cells[(cells["variant"] == v) & (cells["noise"].isin([noise, 0.0]) if v == "clean" else
-                                                   cells["noise"] == noise)].set_index("seed")["macro_f1"]
-              for v in ("noisy", "cleaned", "relabelled", "clean")}
+    """One row per audit method (study ``audit``: cleanlab's prune_by_noise_rate; ``audit:METHOD``)
+    and noise level; the clean-label runs are shared by every method."""
+    header = ("| dataset | audit method | noise | flagged / injected | precision | recall | macro F1 noisy | "
+              "after dropping the flagged | after relabelling the flagged | clean labels | "
+              "share of the lost F1 recovered (drop) | share recovered (relabel) |")
+    rows = [header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    studies = results[results["study"].astype(str).str.startswith("audit")]
+    clean = studies[studies["variant"] == "clean"]
+    for (name, dataset, noise), part in studies[studies["variant"] == "audit"].groupby(["study", "dataset", "noise"]):
+        cells = studies[(studies["study"] == name) & (studies["dataset"] == dataset) & (studies["noise"] == noise)]
+        by = {v: cells[cells["variant"] == v].set_index("seed")["macro_f1"] for v in ("noisy", "cleaned", "relabelled")}
+        by["clean"] = clean[clean["dataset"] == dataset].drop_duplicates("seed").set_index("seed")["macro_f1"]
         lost = by["clean"].reindex(by["noisy"].index) - by["noisy"]
         recovered = {v: ((by[v].reindex(lost.index) - by["noisy"]) / lost).dropna() for v in ("cleaned", "relabelled")}
         counts = f"{part['n_flagged'].mean():.0f} / {part['n_injected'].mean():.0f}"
-        rows.append(f"| {dataset} | {noise:.0%} | {counts} | {_stat(part['precision'])} | {_stat(part['recall'])} | "
-                    f"{_stat(by['noisy'])} | {_stat(by['cleaned'])} | {_stat(by['relabelled'])} | {_stat(by['clean'])} | "
+        method = name.partition(":")[2] or "prune_by_noise_rate"
+        rows.append(f"| {dataset} | {method} | {noise:.0%} | {counts} | {_stat(part['precision'])} | "
+                    f"{_stat(part['recall'])} | {_stat(by['noisy'])} | {_stat(by['cleaned'])} | "
+                    f"{_stat(by['relabelled'])} | {_stat(by['clean'].reindex(by['noisy'].index))} | "
                     f"{_stat(recovered['cleaned'], 2)} | {_stat(recovered['relabelled'], 2)} |")
     return "\n".join(rows)
 
 
 def attribute_table(results: pd.DataFrame) -> str:
-    rows = ["| dataset | noise | seed | attribute | flagged | injected | right | precision | recall |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    audit = results[(results["study"] == "audit") & (results["variant"] == "audit")]
+    rows = ["| dataset | audit method | noise | seed | attribute | flagged | injected | right | precision | recall |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    audit = results[results["study"].astype(str).str.startswith("audit") & (results["variant"] == "audit")]
     for r in audit.itertuples(index=False):
+        method = str(r.study).partition(":")[2] or "prune_by_noise_rate"
         for name, c in json.loads(r.extra)["per_attribute"].items():
             p = c["hits"] / c["flagged"] if c["flagged"] else float("nan")
-            rows.append(f"| {r.dataset} | {r.noise:.0%} | {r.seed} | {name} | {c['flagged']} | {c['injected']} | "
-                        f"{c['hits']} | {p:.3f} | {c['hits'] / max(c['injected'], 1):.3f} |")
+            rows.append(f"| {r.dataset} | {method} | {r.noise:.0%} | {r.seed} | {name} | {c['flagged']} | "
+                        f"{c['injected']} | {c['hits']} | {p:.3f} | {c['hits'] / max(c['injected'], 1):.3f} |")
     return "\n".join(rows)
 
 

@@ -55,6 +55,8 @@ COLUMNS = ["study", "dataset", "seed", "noise", "variant", "macro_f1", "precisio
            "n_injected", "images_per_s", "wall_s", "run_dir", "extra"]
 UTK_ATTRIBUTES = {"gender": ["female", "male"], "age": ["young", "middle", "old"]}
 QUIET: Callable = lambda *a, **k: None
+#: the audit method of the study's first rows (cleanlab's own default filter_by)
+LEGACY_AUDIT_METHOD = "prune_by_noise_rate"
 
 
 # ---------------------------------------------------------------- data
@@ -225,19 +227,26 @@ def with_ids(table: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- audit study
 
 
-def audit_cell(study: Study, dataset: str, seed: int, noise: float, pool: pd.DataFrame, test: Path) -> None:
+def audit_cell(study: Study, dataset: str, seed: int, noise: float, pool: pd.DataFrame, test: Path,
+               method: str = LEGACY_AUDIT_METHOD) -> None:
+    """One noise level of one seed. ``method`` (the audit's cleanlab filter_by): the first rows of
+    results.csv ran cleanlab's default, prune_by_noise_rate, as study ``audit``; another method is
+    study ``audit:METHOD`` on the same noisy pool, cv run and noisy run, with its own audit folder
+    and fixed runs."""
     import podium
 
+    name, suffix = ("audit", "") if method == LEGACY_AUDIT_METHOD else (f"audit:{method}", f"-{method}")
     tag = f"n{int(noise * 100)}-s{seed}"
-    if all(study.done(study="audit", dataset=dataset, seed=seed, noise=noise, variant=v)
+    if all(study.done(study=name, dataset=dataset, seed=seed, noise=noise, variant=v)
            for v in ("cleaned", "relabelled")):
         return
     noisy, flips = inject_noise(pool, label_views(dataset), noise, seed)
     train = study.csv(dataset, f"noisy-{tag}", noisy)
     t0 = time.time()
     cv = study.cv(study.config(dataset, train, f"audit-cv-{tag}", seed))
-    audit = podium.audit(cv, features=False, out=cv / "audit-bench", log=QUIET) if not (
-        cv / "audit-bench" / "issues.csv").is_file() else _read_audit(cv / "audit-bench")
+    folder = cv / f"audit-bench{suffix}"
+    audit = podium.audit(cv, features=False, out=folder, method=method, log=QUIET) if not (
+        folder / "issues.csv").is_file() else _read_audit(folder)
     issues = audit.issues
     labels = issues[issues["kind"] == "label"]
     flagged = {(str(i), str(a)) for i, a in zip(labels["id"], labels["attribute"], strict=True)}
@@ -245,23 +254,24 @@ def audit_cell(study: Study, dataset: str, seed: int, noise: float, pool: pd.Dat
     precision, recall = len(hits) / max(len(flagged), 1), len(hits) / max(len(flips), 1)
     per_attribute = {a: {"flagged": sum(1 for f in flagged if f[1] == a), "injected": sum(1 for f in flips if f[1] == a),
                          "hits": sum(1 for f in hits if f[1] == a)} for a in label_views(dataset)}
-    if not study.done(study="audit", dataset=dataset, seed=seed, noise=noise, variant="audit"):
-        study.record(study="audit", dataset=dataset, seed=seed, noise=noise, variant="audit", precision=precision,
+    if not study.done(study=name, dataset=dataset, seed=seed, noise=noise, variant="audit"):
+        study.record(study=name, dataset=dataset, seed=seed, noise=noise, variant="audit", precision=precision,
                      recall=recall, n_flagged=len(flagged), n_injected=len(flips), wall_s=round(time.time() - t0, 1),
                      run_dir=str(cv), extra=json.dumps({"per_attribute": per_attribute,
                                                         "cv_macro_f1": podium.CrossValidation(cv).score}))
     noisy_run = study.train(study.config(dataset, train, f"audit-noisy-{tag}", seed))
-    if not study.done(study="audit", dataset=dataset, seed=seed, noise=noise, variant="noisy"):
-        study.record(study="audit", dataset=dataset, seed=seed, noise=noise, variant="noisy",
+    if not study.done(study=name, dataset=dataset, seed=seed, noise=noise, variant="noisy"):
+        study.record(study=name, dataset=dataset, seed=seed, noise=noise, variant="noisy",
                      macro_f1=study.test_f1(noisy_run, test), run_dir=str(noisy_run))
     for action, variant in (("relabel", "relabelled"), ("drop", "cleaned")):
-        if study.done(study="audit", dataset=dataset, seed=seed, noise=noise, variant=variant):
+        if study.done(study=name, dataset=dataset, seed=seed, noise=noise, variant=variant):
             continue
         fixes = audit.suggested_fixes(kinds=("label",), action=action)
-        fixes_path = study.work / "data" / dataset / f"{action}-{tag}.csv"
+        fixes_path = study.work / "data" / dataset / f"{action}{suffix}-{tag}.csv"
         fixes.to_csv(fixes_path, index=False)
-        run = study.train(study.config(dataset, train, f"audit-{variant}-{tag}", seed, f"task.label_fixes={fixes_path}"))
-        study.record(study="audit", dataset=dataset, seed=seed, noise=noise, variant=variant,
+        run = study.train(study.config(dataset, train, f"audit-{variant}{suffix}-{tag}", seed,
+                                       f"task.label_fixes={fixes_path}"))
+        study.record(study=name, dataset=dataset, seed=seed, noise=noise, variant=variant,
                      macro_f1=study.test_f1(run, test), n_flagged=len(fixes), run_dir=str(run))
 
 
@@ -381,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--noise", default="0.15,0.05")
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--audit-method", default=LEGACY_AUDIT_METHOD,
+                        help="podium audit --method (cleanlab filter_by) for the audit study")
     parser.add_argument("--report", action="store_true", help="only write RESULTS tables from results.csv")
     args = parser.parse_args(argv)
     study = Study(args.work.expanduser(), args.epochs, args.out)
@@ -399,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "audit":
                     clean_cell(study, dataset, seed, pool_csv, test_csv)
                     for noise in (float(n) for n in args.noise.split(",")):
-                        audit_cell(study, dataset, seed, noise, pool, test_csv)
+                        audit_cell(study, dataset, seed, noise, pool, test_csv, args.audit_method)
                 elif name == "pseudo":
                     pseudo_cell(study, dataset, seed, pool, test_csv)
                 elif name == "distill":
