@@ -1,6 +1,7 @@
 """Run report on a planted run folder; Grad-CAM on tiny CNNs; headless rendering of both pages."""
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -17,14 +18,8 @@ import torch
 from torch import nn
 
 from podium.errors import PodiumError
-from podium.reports.report import (
-    GradCamSource,
-    build_run_report,
-    confusion_figure,
-    curves_figure,
-    gradcam,
-    overlay_heatmap,
-)
+from podium.reports.gradcam import gradcam, overlay_heatmap
+from podium.reports.report import GradCamSource, build_run_report, confusion_figure, curves_figure
 
 CLASSES = ["bird", "cat", "dog"]
 SECTIONS = ["Summary", "Training curves", "Confusion matrix", "Per-class metrics", "ROC curves",
@@ -239,6 +234,15 @@ def test_gradcam_shape_range_and_no_side_effects():
     assert all(p.grad is None for p in model.parameters())
     with pytest.raises(ValueError, match="target_class"):
         gradcam(model, x, target_class=3)
+    # a frozen model (a fine-tuned backbone with requires_grad off) still gets its map, the same one
+    for p in model.parameters():
+        p.requires_grad_(False)
+    assert np.allclose(gradcam(model, x, target_class=1), heat, atol=1e-5)
+    # gradients a caller holds are left as they were
+    model[0].weight.requires_grad_(True)
+    model[0].weight.grad = torch.ones_like(model[0].weight)
+    gradcam(model, x, target_class=1)
+    assert torch.equal(model[0].weight.grad, torch.ones_like(model[0].weight))
 
 
 def test_gradcam_localises_the_evidence():
@@ -265,6 +269,51 @@ def test_overlay_heatmap():
     assert out[5, 10, 0] > out[5, 10, 2] and out[5, 1, 2] > out[5, 1, 0]  # hot = red, cold = blue
 
 
+def red_detector(stride: int = 4, n_classes: int = 2) -> nn.Module:
+    """Class 0 = red in the picture, through two strided convs: at 32 px its last feature map is 2x2
+    (what MobileNetV2 has at 64 px)."""
+    first, second = nn.Conv2d(3, 1, stride, stride=stride, bias=False), nn.Conv2d(1, 1, stride, stride=stride,
+                                                                                  bias=False)
+    head = nn.Linear(1, n_classes, bias=False)
+    with torch.no_grad():
+        first.weight.zero_()
+        first.weight[0, 0] = 1.0 / stride**2
+        second.weight.fill_(1.0 / stride**2)
+        head.weight.copy_(torch.tensor([[1.0], [-1.0], [0.5]][:n_classes]))
+    return nn.Sequential(first, second, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
+
+
+def test_small_feature_map_is_computed_on_an_upscaled_input():
+    from podium.reports.gradcam import gradcam_batch, plan_cam
+
+    model = red_detector()
+    x = torch.zeros(1, 3, 32, 32)
+    x[0, 0, 2:10, 18:30] = 1.0  # a red patch in the top right, smaller than a quarter of the picture
+    plan = plan_cam(model, x)
+    # 2x2 at 32 px; the smallest input with a 7x7 map is 112 px (3.5x)
+    assert (plan.feature_hw, plan.cam_hw, plan.cam_feature_hw, plan.skip) == ((2, 2), (112, 112), (7, 7), None)
+    assert "only 2x2" in plan.describe() and "upscaled to 112x112, where it is 7x7" in plan.describe()
+    native = gradcam(model, x, 0)
+    big = torch.nn.functional.interpolate(x, size=plan.cam_hw, mode="bilinear", align_corners=False)
+    (upscaled,), logits = gradcam_batch(model, big, [0])
+    assert logits.shape == (1, 2) and logits[0].argmax() == 0
+    # the patch covers 9% of the picture: the 2x2 map paints a quarter of it hot, the 7x7 one about the patch
+    assert (native > 0.5).mean() > 0.2 and 0.05 < (upscaled > 0.5).mean() < 0.15
+    rows, cols = np.nonzero(upscaled > 0.5)
+    assert 7 <= rows.mean() <= 35 and 63 <= cols.mean() <= 105  # centred on the patch (rows 7:35, cols 63:105)
+    assert upscaled[60:, :].max() == 0 and upscaled[:, :36].max() == 0
+
+
+def test_gradcam_skipped_with_a_reason_when_no_size_works():
+    from podium.reports.gradcam import plan_cam
+
+    fixed = nn.Sequential(nn.Conv2d(3, 4, 8, stride=8), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))  # 32 px only
+    plan = plan_cam(fixed, torch.zeros(1, 3, 32, 32))
+    assert plan.skip and "4x4" in plan.skip and "does not run" in plan.skip
+    no_conv = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 3))
+    assert "no convolutional feature map" in plan_cam(no_conv, torch.zeros(1, 3, 32, 32)).skip
+
+
 @dataclass
 class TinySource:
     model: nn.Module
@@ -280,8 +329,28 @@ def test_report_with_gradcam(tmp_path):
     source = TinySource(tiny_cnn())
     assert isinstance(source, GradCamSource)
     page = build_run_report(run, model_forward=lambda: source, max_gallery=4).read_text()
-    assert "<h2>Grad-CAM</h2>" in page
-    assert (run / "report" / "gradcam.png").stat().st_size > 1000
+    part = page[page.index("<h2>Grad-CAM</h2>"):]
+    part = part[:part.index("</section>")]
+    assert "the last feature map is 32x32; maps computed at that size" in part and "upscaled" not in part
+    png = cv2.imread(str(run / "report" / "gradcam.png"))
+    assert png.shape[0] > 6 * 160 and png.shape[1] >= 3 * 160  # 6 misclassified images, 3 tiles each
+    # a 2x2 feature map: computed on a 4x larger input, and the page says so
+    from podium.reports.html import Page
+    from podium.reports.report import _gradcam_section, suspect_labels
+
+    suspects = suspect_labels(preds, CLASSES)
+    page = Page("t")
+    _gradcam_section(page, tmp_path / "small", suspects, CLASSES, TinySource(red_detector(n_classes=3)))
+    part = html.unescape(page.sections[0].render())
+    assert "only 2x2" in part and "upscaled to 112x112, where it is 7x7" in part and "predicts the report's class for" in part
+    assert (tmp_path / "small" / "gradcam.png").is_file()
+    # no size works: one line saying why, no picture
+    page = Page("t")
+    fixed = nn.Sequential(nn.Conv2d(3, 4, 8, stride=8), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    _gradcam_section(page, tmp_path / "fixed", suspects, CLASSES, TinySource(fixed))
+    part = page.sections[0].render()
+    assert "Grad-CAM skipped: the last feature map is 4x4" in part and "<img" not in part
+    assert not (tmp_path / "fixed" / "gradcam.png").exists()
 
 
 # --------------------------------------------------------------------------- headless rendering

@@ -20,6 +20,7 @@ import pandas as pd
 from podium.data.images import BadImageError, load_rgb, resize_rgb
 from podium.errors import PodiumError, summarize_list
 from podium.fileio import write_csv
+from podium.reports.gradcam import overlay_heatmap
 from podium.reports.html import Page
 
 if TYPE_CHECKING:
@@ -43,81 +44,6 @@ class GradCamSource(Protocol):
     model: torch.nn.Module
 
     def preprocess(self, rgb: np.ndarray) -> torch.Tensor: ...
-
-
-# --------------------------------------------------------------------------- Grad-CAM
-
-
-def _last_conv(model: torch.nn.Module) -> torch.nn.Module:
-    import torch
-
-    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    if not convs:
-        raise PodiumError(
-            f"Grad-CAM needs a Conv2d layer but model {type(model).__name__} has none; "
-            "pass layer= with the feature layer to explain (for a vision transformer, a norm layer reshaped to 2-D "
-            "is not supported here)."
-        )
-    return convs[-1]
-
-
-def gradcam(
-    model: torch.nn.Module,
-    image_tensor: torch.Tensor,
-    target_class: int,
-    layer: torch.nn.Module | None = None,
-) -> np.ndarray:
-    """HxW Grad-CAM heatmap in [0, 1] for ``target_class`` (H, W of ``image_tensor``).
-
-    A forward hook captures the layer output and hands a copy downstream, so
-    in-place ops after the layer (ReLU(inplace=True)) cannot corrupt it, and
-    its gradient comes from `torch.autograd.grad`: no parameter's `.grad` is
-    touched and the model is returned in the mode it came in.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    if image_tensor.ndim != 4 or image_tensor.shape[0] != 1:
-        raise ValueError(f"gradcam expects a (1, C, H, W) tensor, got shape {tuple(image_tensor.shape)}")
-    layer = layer if layer is not None else _last_conv(model)
-    captured: dict[str, torch.Tensor] = {}
-
-    def hook(_module, _inputs, output):
-        captured["act"] = output
-        return output.clone()
-
-    handle = layer.register_forward_hook(hook)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            x = image_tensor.detach().clone().requires_grad_(True)  # graph exists even for frozen weights
-            logits = model(x)
-            logits = logits[0] if isinstance(logits, (tuple, list)) else logits
-            if not 0 <= target_class < logits.shape[1]:
-                raise ValueError(f"target_class {target_class} out of range for {logits.shape[1]} outputs")
-            act = captured["act"]
-            (grad,) = torch.autograd.grad(logits[0, target_class], act)
-    finally:
-        handle.remove()
-        model.train(was_training)
-    weights = grad.mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((weights * act).sum(dim=1, keepdim=True)).detach()
-    cam = F.interpolate(cam, size=image_tensor.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
-    top = float(cam.max())
-    cam = cam / top if top > 0 else torch.zeros_like(cam)
-    return cam.clamp(0, 1).cpu().numpy().astype(np.float32)
-
-
-def overlay_heatmap(rgb_uint8: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Blend a [0, 1] heatmap (any size, resized to the image) as a JET colour map over an RGB image."""
-    import cv2
-
-    h, w = rgb_uint8.shape[:2]
-    heat = cv2.resize(np.clip(heatmap, 0, 1).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    colour = cv2.applyColorMap(np.round(heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
-    out = (1 - alpha) * rgb_uint8.astype(np.float32) + alpha * colour.astype(np.float32)
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- loading
@@ -484,35 +410,82 @@ def _resolve_source(model_forward: Any) -> GradCamSource:
     return source
 
 
-def _gradcam_section(page: Page, out: Path, suspects: pd.DataFrame, classes: list[str], source: GradCamSource,
-                     gradcam_fn: Callable[..., np.ndarray]) -> None:
+GRADCAM_TILE = 160  # px, the long side of each picture in the Grad-CAM grid
+
+
+def _gradcam_grid(panels: list[tuple[Any, list[np.ndarray]]]):
+    """One figure of one image: the tiles laid out with numpy and labelled in place. (A 8x3 grid of
+    matplotlib axes cost seconds of layout; this costs milliseconds.)"""
     plt = _plt()
+    band, gap = 20, 8
+    th, tw = panels[0][1][0].shape[:2]
+    width = 3 * tw + 2 * gap
+    height = len(panels) * (band + th + gap)
+    grid = np.full((height, width, 3), 255, np.uint8)
+    labels = []
+    for r, (row, tiles) in enumerate(panels):
+        y = r * (band + th + gap) + band
+        for c, (tile, title) in enumerate(zip(tiles, ["image", f"pred: {row.predicted}", f"true: {row.label}"])):
+            x = c * (tw + gap)
+            grid[y:y + th, x:x + tw] = tile
+            labels.append((x + tw / 2, y - 4, title))
+    fig = plt.figure(figsize=(width / 100, height / 100), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(grid, interpolation="nearest")
+    for x, y, title in labels:
+        ax.text(x, y, title, ha="center", va="bottom", fontsize=8)
+    ax.axis("off")
+    return fig
+
+
+def _gradcam_section(page: Page, out: Path, suspects: pd.DataFrame, classes: list[str],
+                     source: GradCamSource) -> None:
+    """Grad-CAM for the predicted and the true class of the most confidently wrong images: one batched
+    pass through pytorch-grad-cam, on an upscaled input where the model's own feature map is too
+    small to show anything, or a one-line reason instead of colour fields."""
+    import torch
+    import torch.nn.functional as F
+
+    from podium.reports.gradcam import gradcam_batch, plan_cam
+
     sec = page.section("Grad-CAM")
-    sec.text("Where the model looked: heatmaps for the predicted class and for the true class on the most "
-             "confidently wrong images.")
     index = {c: k for k, c in enumerate(classes)}
     rows = [r for r in suspects.itertuples() if r.path and r.label in index and r.predicted in index][:MAX_GRADCAM]
-    layer = getattr(source, "layer", None)
-    panels = []
-    for row in rows:
-        rgb = _load_image(str(row.path))
-        if rgb is None:
-            continue
-        tensor = source.preprocess(rgb)
-        shown = resize_rgb(rgb, (int(tensor.shape[-2]), int(tensor.shape[-1])))
-        maps = [gradcam_fn(source.model, tensor, index[c], layer) for c in (row.predicted, row.label)]
-        panels.append((row, shown, [overlay_heatmap(shown, m) for m in maps]))
-    if not panels:
+    loaded = [(row, rgb) for row in rows if (rgb := _load_image(str(row.path))) is not None]
+    if not loaded:
         sec.note("No loadable misclassified image to explain.")
         return
-    fig, axes = plt.subplots(len(panels), 3, figsize=(8.4, 2.9 * len(panels)), squeeze=False)
-    for (row, shown, overlays), ax_row in zip(panels, axes):
-        titles = ["image", f"pred: {row.predicted}", f"true: {row.label}"]
-        for ax, img, title in zip(ax_row, [shown, *overlays], titles):
-            ax.imshow(img), ax.set_title(title, fontsize=8), ax.axis("off")
-    fig.tight_layout()
-    sec.figure(fig, "Image, Grad-CAM for the predicted class, Grad-CAM for the true class",
-               save_to=out / "gradcam.png")
+    tensors = [source.preprocess(rgb) for _, rgb in loaded]
+    keep = [k for k, t in enumerate(tensors) if t.shape == tensors[0].shape]
+    loaded, tensors = [loaded[k] for k in keep], [tensors[k] for k in keep]
+    layer = getattr(source, "layer", None)
+    plan = plan_cam(source.model, tensors[0], layer)
+    if plan.skip:
+        sec.note(f"Grad-CAM skipped: {plan.skip}")
+        return
+    batch = torch.cat(tensors)
+    if plan.upscaled:
+        batch = F.interpolate(batch, size=plan.cam_hw, mode="bilinear", align_corners=False)
+    predicted = [index[row.predicted] for row, _ in loaded]
+    maps, logits = gradcam_batch(source.model, torch.cat([batch, batch]),
+                                 predicted + [index[row.label] for row, _ in loaded], layer)
+    n = len(loaded)
+    sec.text("Where the model looked: heat maps for the predicted class and for the true class on the most "
+             "confidently wrong images.")
+    sec.note(plan.describe())
+    if plan.upscaled:
+        same = int((logits[:n].argmax(axis=1) == np.asarray(predicted)).sum())
+        sec.note(f"On the upscaled input the model predicts the report's class for {same} of {n} images; "
+                 "where it does not, the map explains a slightly different decision.")
+    h, w = plan.input_hw
+    scale = GRADCAM_TILE / max(h, w)
+    tile_hw = (max(1, round(h * scale)), max(1, round(w * scale)))
+    panels = []
+    for k, (row, rgb) in enumerate(loaded):
+        shown = resize_rgb(resize_rgb(rgb, plan.input_hw), tile_hw)  # the picture the model saw, enlarged
+        panels.append((row, [shown, overlay_heatmap(shown, maps[k]), overlay_heatmap(shown, maps[n + k])]))
+    sec.figure(_gradcam_grid(panels), "Image as the model saw it, Grad-CAM for the predicted class, "
+               "Grad-CAM for the true class", save_to=out / "gradcam.png")
 
 
 def _group_metrics(preds: pd.DataFrame, col: str) -> pd.DataFrame:
@@ -580,15 +553,13 @@ def build_run_report(
     run_dir: str | Path,
     *,
     model_forward: GradCamSource | Callable[[], GradCamSource] | None = None,
-    gradcam_fn: Callable[..., np.ndarray] | None = None,
     max_gallery: int = 16,
 ) -> Path:
     """Write run_dir/report.html (+ run_dir/report/*.png, *.csv) and run_dir/suspect_labels.csv.
 
     ``model_forward`` is the Grad-CAM source (or a zero-argument callable that
     builds it, so the checkpoint is loaded only when needed); without it the
-    report has no Grad-CAM section. ``gradcam_fn`` replaces `gradcam` (same
-    signature), e.g. for a transformer-specific method.
+    report has no Grad-CAM section (see `podium.reports.gradcam`).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -613,7 +584,7 @@ def build_run_report(
     write_csv(run_dir / "suspect_labels.csv", suspects)
     _gallery_section(page, out, suspects, max_gallery)
     if model_forward is not None:
-        _gradcam_section(page, out, suspects, classes, _resolve_source(model_forward), gradcam_fn or gradcam)
+        _gradcam_section(page, out, suspects, classes, _resolve_source(model_forward))
     _breakdown_sections(page, preds, classes)
     _composite_section(page, preds, classes)
     return page.write(run_dir / "report.html")
