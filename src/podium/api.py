@@ -231,9 +231,11 @@ def show_batch(cfg: PodiumConfig | dict | str | Path, *, n: int = 16, out: str |
                log: Callable = print):
     """A PNG grid of ``n`` augmented training images with their labels (`BatchPreview`: .path,
     .labels; shown inline in a notebook); the CLI's `podium show-batch`, ``cfg.show_batch()``."""
+    from podium.quiet import quiet_libraries
     from podium.reports.batch import show_batch as draw
 
-    return draw(_as_config(cfg), n=n, out=out, log=log)
+    with quiet_libraries():  # the data pipeline's first import of Lightning/tqdm warns in a notebook
+        return draw(_as_config(cfg), n=n, out=out, log=log)
 
 
 def lr_find(cfg: PodiumConfig | dict | str | Path, *, min_lr: float = 1e-6, max_lr: float = 1.0, steps: int = 100,
