@@ -94,3 +94,16 @@ def wait_for(tools: DevTools, session: str, expression: str, timeout: float = 30
             return value
         time.sleep(0.1)
     raise AssertionError(f"page never satisfied {expression}")
+
+
+def wait_for_event(tools: DevTools, method: str, timeout: float = 30) -> dict:
+    """The first DevTools event named ``method`` (events arrive between replies, so ask something cheap
+    until it is there); removed from ``tools.events``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for k, event in enumerate(tools.events):
+            if event.get("method") == method:
+                return tools.events.pop(k)
+        tools.send("Browser.getVersion")
+        time.sleep(0.05)
+    raise AssertionError(f"no {method} event in {timeout} s")

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from browser import DevTools, chromium, wait_for
+from browser import DevTools, chromium, wait_for, wait_for_event
 from conftest import COLORS, fast_overrides, make_folder, make_image
 from PIL import Image
 
@@ -302,6 +302,10 @@ RESULTS_JS = ("Array.from(document.querySelectorAll('.result')).map(r => ({file:
               " [row.querySelector('.label').textContent, row.querySelector('.fill').style.width])}))")
 
 
+BUSY_JS = ("({busy: document.getElementById('drop').getAttribute('aria-busy'), status: "
+           "document.getElementById('status').textContent, results: document.querySelectorAll('.result').length})")
+
+
 @pytest.mark.skipif(chromium() is None, reason="chromium not installed (apt-get install -y chromium)")
 def test_page_in_headless_chromium_pick_and_drop(predictor, tmp_path):
     cat = tmp_path / "cat.png"
@@ -345,6 +349,18 @@ def test_page_in_headless_chromium_pick_and_drop(predictor, tmp_path):
                                session)["result"]["value"]
             page_text = tools.send("Runtime.evaluate", {"expression": "document.body.innerText",
                                                         "returnByValue": True}, session)["result"]["value"]
+            # the busy state: hold the next request in the browser (DevTools Fetch) and look at the page meanwhile
+            tools.send("Fetch.enable", {"patterns": [{"urlPattern": "*/predict*", "requestStage": "Request"}]}, session)
+            tools.send("DOM.setFileInputFiles", {"nodeId": picker, "files": [str(cat), str(fox)]}, session)
+            held = wait_for_event(tools, "Fetch.requestPaused")
+            busy = tools.send("Runtime.evaluate", {"expression": BUSY_JS, "returnByValue": True},
+                              session)["result"]["value"]
+            tools.send("Fetch.continueRequest", {"requestId": held["params"]["requestId"]}, session)
+            tools.send("Fetch.disable", session=session)
+            wait_for(tools, session, "document.querySelectorAll('.result').length === 7 && "
+                                      "!document.getElementById('drop').hasAttribute('aria-busy')")
+            idle = tools.send("Runtime.evaluate", {"expression": BUSY_JS, "returnByValue": True},
+                              session)["result"]["value"]
             errors = [e for e in tools.events if e.get("method") == "Runtime.exceptionThrown"]
         finally:
             tools.close()
@@ -354,6 +370,9 @@ def test_page_in_headless_chromium_pick_and_drop(predictor, tmp_path):
     assert not errors, errors
     assert order == ["pick0.png", "pick1.png", "pick2.png", "fox.png", "cat.png"], order
     assert "top 3 most probable classes" in page_text and "five" not in page_text  # k = the 3 classes
+    # while the request is out: the drop zone busy, the status says what is being done, no result yet
+    assert busy == {"busy": "true", "status": "predicting 2 images\u2026", "results": 5}, busy
+    assert idle == {"busy": None, "status": "", "results": 7}, idle
     by_file = {r["file"]: r for r in results}
     assert set(by_file) == {"cat.png", "fox.png"}
     for name, path in (("cat.png", cat), ("fox.png", fox)):
