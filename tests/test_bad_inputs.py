@@ -183,6 +183,7 @@ def test_resume_refuses_corrupt_or_foreign_last_ckpt(run_copy, tmp_path, capsys)
 def test_resume_with_a_last_ckpt_of_another_architecture_is_one_message(run_copy, capsys):
     """Before: torch's 'Error(s) in loading state_dict' listing every weight of both models."""
     run, _ = run_copy
+    config = (run / "config.yaml").read_text()
     good = torch.load(run / "last.ckpt", weights_only=True)
     foreign = {**good, "hyper_parameters": {**good["hyper_parameters"],
                                             "model_cfg": {**good["hyper_parameters"]["model_cfg"], "name": "test_resnet"}}}
@@ -197,6 +198,7 @@ def test_resume_with_a_last_ckpt_of_another_architecture_is_one_message(run_copy
     assert code == 2 and "does not fit the test_efficientnet model" in err and f"{name} [1, 1, 1, 1]" in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert json.loads((run / "status.json").read_text())["status"] != "running"
+    assert (run / "config.yaml").read_text() == config  # train.epochs=3 is not recorded by a refused resume
 
 
 def io_bytes(data: bytes):

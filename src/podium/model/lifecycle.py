@@ -76,12 +76,18 @@ def resume_point(info: RunInfo, epochs: int | None = None) -> ResumePoint:
             f"{info.dir} already finished at epoch {done} (train.epochs={cfg.train.epochs}, status {state}); "
             f"nothing to resume. Use `podium train --resume {info.dir} train.epochs=M` with M > {done} to extend it")
     extended = epochs is not None and epochs != cfg.train.epochs
-    if extended:
+    if extended:  # config.yaml says so once every check has passed (`record_extension`)
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
-        write_text(info.dir / CONFIG_FILE, config_to_yaml(cfg))  # the run now says what it trains to
     from podium.model.checkpoints import state_shapes
 
     return ResumePoint(cfg, path, done, extended, shapes=state_shapes(ckpt["state_dict"]))
+
+
+def record_extension(run_dir: Path, cfg: PodiumConfig) -> None:
+    """An extended run's config.yaml names the epochs it now trains to; written when training
+    starts, so a resume refused after `resume_point` (a checkpoint that does not fit the model)
+    leaves the run as it was."""
+    write_text(Path(run_dir) / CONFIG_FILE, config_to_yaml(cfg))
 
 
 #: scheduler state that is a position in the run (kept on extension), not the schedule's shape

@@ -217,6 +217,10 @@ def _train(cfg: PodiumConfig, held: contextlib.ExitStack, *, resume, dry_run: bo
         run_dir = _new_run_dir(cfg, start) if not ddp_worker else Path(cfg.output.dir) / cfg.output.name
         if not ddp_worker:
             held.enter_context(run_lock(run_dir, "train", log))
+    if extend and not ddp_worker:
+        from podium.model.lifecycle import record_extension
+
+        record_extension(run_dir, cfg)
     log(f"run folder: {run_dir}" if not ddp_worker else f"rank {launched_rank()}: rank 0 makes and writes the run folder")
     log(describe_split(prepared.train, prepared.val).to_string())
 
