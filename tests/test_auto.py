@@ -31,7 +31,8 @@ def _trained_epochs(plan) -> int:
 def test_plan_fits_the_budget_and_grows_with_it(preset, budget):
     plan = make_plan(CANDIDATES, budget, preset)
     holdout = plan.mode == "holdout"
-    assert plan.planned_s == pytest.approx(cost(plan.members, plan.folds, plan.epochs, holdout=holdout))
+    assert plan.planned_s == pytest.approx(cost(plan.members, plan.folds, plan.epochs, holdout=holdout,
+                                                refit=plan.refit))
     assert plan.planned_s <= budget * PLAN_SHARE
     bigger = make_plan(CANDIDATES, budget * 4, preset)
     assert _trained_epochs(bigger) >= _trained_epochs(plan)
@@ -53,7 +54,10 @@ def test_a_plan_never_gives_a_member_less_than_the_single_default_run(preset, bu
         assert plan.folds >= 4 and plan.epochs >= PRESETS[preset].min_epochs
     else:
         assert plan.members == [single] and plan.folds == 5 and plan.trained_folds == [0]
-        assert plan.epochs == min(fits, PRESETS[preset].max_epochs)
+        if plan.refit:  # the holdout and the refit on every image both get the epochs a cv fold would need
+            assert plan.epochs >= PRESETS[preset].min_epochs and plan.epochs_upper == plan.epochs
+        else:
+            assert plan.epochs == min(fits, PRESETS[preset].max_epochs)
 
 
 def test_a_budget_buying_about_one_run_gets_the_single_run_plan_a_large_one_folds_x_members():
@@ -70,7 +74,10 @@ def test_a_budget_buying_about_one_run_gets_the_single_run_plan_a_large_one_fold
     assert large.epochs >= large.single_epochs == 10
     # between: more epochs for the one run rather than 2-3 folds on half or two thirds of the data
     mid = make_plan(measured, 1200, "medium", default=("tv/mobilenet_v2", 64))
-    assert mid.mode == "holdout" and mid.epochs > small.epochs
+    assert mid.mode == "holdout" and mid.epochs > small.epochs and not mid.refit
+    # then the holdout plus a refit on every image, both at the single run's 10 epochs (AutoGluon's refit_full)
+    refit = make_plan(measured, 2400, "medium", default=("tv/mobilenet_v2", 64))
+    assert refit.mode == "holdout" and refit.refit and refit.epochs >= 10 and "then refit on all" in refit.describe()
     # a config holding out half the images: 2 folds give the fold models the single run's share
     half = make_plan(measured, 4 * 3600, "medium", val_fraction=0.5, default=("tv/mobilenet_v2", 64),
                      default_epochs=5)
@@ -239,12 +246,12 @@ def test_a_small_budget_trains_one_holdout_run_measures_tta_on_its_held_out_part
     colour_images(tmp_path / "test", per_class=2, seed=5, labeled=False)
     measured: list = []
     preset = Preset("p", ((5, 2),), 2, 3, (32, 48), ("test_resnet", "test_efficientnet"))
-    r = podium.auto(tmp_path / "train", time="90s", preset=preset, test=tmp_path / "test", out=tmp_path / "auto",
+    r = podium.auto(tmp_path / "train", time="70s", preset=preset, test=tmp_path / "test", out=tmp_path / "auto",
                     overrides=[*_base(tmp_path), "model.name=test_resnet", "data.image_size=32"], export=False,
                     log=lambda *a: None, measure=_fake_measure(8.0, measured))
     assert measured == [("test_resnet", 32)]  # the others were not measured: the budget buys one run
     s = r.summary
-    assert s["mode"] == "holdout" and r.plan.trained_folds == [0] and r.plan.folds == 5
+    assert s["mode"] == "holdout" and r.plan.trained_folds == [0] and r.plan.folds == 5 and not r.plan.refit
     member = Path(s["members"][0]["dir"])
     assert (member / "fold0" / "summary.json").is_file() and not (member / "fold1").exists()
     cfg0 = (member / "fold0" / "config.yaml").read_text()
@@ -254,3 +261,28 @@ def test_a_small_budget_trains_one_holdout_run_measures_tta_on_its_held_out_part
     assert s["final"]["model"] == str(member / "fold0") and s["final"]["kind"] == "member"
     assert s["members"][0]["epochs_trained"] == json.loads((member / "fold0" / "summary.json").read_text())["epochs_trained"]
     assert len(pd.read_csv(s["submission"])) == 6
+
+
+def test_a_budget_for_two_runs_refits_the_holdout_on_every_image(tmp_path):
+    """Between one run and the fold ensembles: the holdout run decides TTA and the epochs, then a
+    run on every image (validation part included, last epoch kept) is the final model and predicts
+    the test set."""
+    import podium
+
+    colour_images(tmp_path / "train", per_class=5)
+    colour_images(tmp_path / "test", per_class=2, seed=5, labeled=False)
+    preset = Preset("p", ((5, 2),), 2, 2, (32,), ("test_resnet", "test_efficientnet"))
+    r = podium.auto(tmp_path / "train", time="2m", preset=preset, test=tmp_path / "test", out=tmp_path / "auto",
+                    overrides=[*_base(tmp_path), "model.name=test_resnet", "data.image_size=32"], export=False,
+                    log=lambda *a: None, measure=_fake_measure(3.0))
+    assert r.plan.mode == "holdout" and r.plan.refit and r.plan.epochs == 2
+    member = Path(r.summary["members"][0]["dir"])
+    refit = member / "refit"
+    summary = json.loads((refit / "summary.json").read_text())
+    assert summary["train_images"] == 15  # every image, the 3 held out by fold 0 included
+    assert "monitor: epoch" in (refit / "config.yaml").read_text()
+    held = json.loads((member / "fold0" / "summary.json").read_text())
+    assert f"epochs: {held['epochs_trained']}" in (refit / "config.yaml").read_text()
+    assert r.summary["final"]["model"] == str(refit)
+    assert r.summary["members"][0]["test"] == r.summary["final"]["test"] and "refit-test" in r.summary["final"]["test"]
+    assert len(pd.read_csv(r.summary["submission"])) == 6 and len(r.oof) == held["val_images"]

@@ -34,6 +34,7 @@ from podium.autopilot.plan import (
     extras_s,
     make_plan,
     measure_candidates,
+    refit_epoch_s,
 )
 from podium.errors import PodiumError
 from podium.fileio import write_json, write_parquet
@@ -256,6 +257,10 @@ def _execute(folder: Path, cfg, plan: Plan, state: _State, classes: list[str], *
                 reserve = (sum(MEMBER_OVERHEAD_S + EXTRAS_SAFETY * extras_s(m, k, holdout, plan.test_ratio)
                                for m in plan.members[i:]) + FINAL_OVERHEAD_S + FOLD_OVERHEAD_S * folds_left)
                 share = (plan.budget_s - state.spent - reserve) / folds_left
+                if plan.refit:  # the holdout's part of what is left; the refit gets the rest
+                    reserve += FOLD_OVERHEAD_S
+                    part = c.fold_epoch_s(k) / (c.fold_epoch_s(k) + refit_epoch_s(c, k))
+                    share = (plan.budget_s - state.spent - reserve) * part
                 share = max(share, c.fold_epoch_s(k) * 1.5 + 5)
                 mcfg = load_config(config, [f"data.train={cfg.data.train}", *overrides,
                                             *_member_overrides(folder, plan, c, name, share)])
@@ -286,11 +291,56 @@ def _execute(folder: Path, cfg, plan: Plan, state: _State, classes: list[str], *
                 state.done(f"member:{name}", {"cv_macro_f1": summary["cv_macro_f1"], "dir": str(mdir)})
         member_dirs.append(mdir)
     if holdout:
-        members = [_holdout_extras(mdir, state, classes, test, progress, log) for mdir in member_dirs]
+        members = [_holdout_extras(mdir, state, classes, None if plan.refit else test, progress, log)
+                   for mdir in member_dirs]
+        if plan.refit:
+            members = [_refit(folder, cfg, plan, state, m, test, overrides=overrides, config=config,
+                              progress=progress, log=log) for m in members]
     else:
         members = [_member_extras(mdir, state, classes, test, progress, log) for mdir in member_dirs]
     final = _choose_final(folder, members, state, test, log)
     return _finish(folder, cfg, plan, state, classes, final, members, test, export, log)
+
+
+def _refit(folder: Path, cfg, plan: Plan, state: _State, member: dict, test, *, overrides, config, progress: bool,
+           log) -> dict:
+    """The holdout member refit on every image for the epochs its holdout run trained (AutoGluon's
+    refit_full), with ``train.monitor=epoch`` (its validation part is in its training data, so the
+    last epoch is its model); the test set is predicted by it, with TTA where the holdout's
+    held-out images said it pays. The member's held-out predictions stay the holdout run's."""
+    from podium.evaluation.cv import train_refit
+    from podium.model.training import train
+    from podium.rundir import read_summary
+    from podium.schema import load_config
+
+    mdir = Path(member["dir"])
+    c = plan.members[0]
+    key = f"refit:{mdir.name}"
+    rec = state.step(key)
+    if rec is None:
+        rdir = mdir / "refit"
+        epochs = int(read_summary(fold_dir(mdir, 0)).get("epochs_trained") or plan.epochs)
+        reserve = MEMBER_OVERHEAD_S + EXTRAS_SAFETY * extras_s(c, plan.folds, True, plan.test_ratio) + FINAL_OVERHEAD_S
+        max_s = max(plan.budget_s - state.spent - reserve, refit_epoch_s(c, plan.folds) * 1.5 + 5)
+        if is_finished_run(rdir):
+            log(f"{mdir.name} refit: finished earlier, reused")
+        elif rdir.is_dir() and any(rdir.iterdir()):
+            log(f"{mdir.name} refit: interrupted earlier, continued")
+            train(None, resume=rdir, progress=progress, log=log)
+        else:
+            rcfg = load_config(config, [f"data.train={cfg.data.train}", *overrides,
+                                        *_member_overrides(folder, plan, c, mdir.name, max_s),
+                                        f"train.epochs={epochs}", "train.monitor=epoch"])
+            log(f"{mdir.name} refit on every image: {epochs} epochs, the holdout run's (max {max_s:.0f}s)")
+            train_refit(rcfg, mdir, name="refit", progress=progress, log=log)
+        rec = {"dir": str(rdir), "epochs": epochs, "epochs_trained": read_summary(rdir).get("epochs_trained")}
+        if test is not None:
+            rec["test"] = _member_test(rdir, test, TTA_VIEWS if member["kept"] else None, mdir / "refit-test", progress)
+        state.done(key, rec)
+    out = {**member, "model": rec["dir"], "refit": rec}
+    if "test" in rec:
+        out["test"] = rec["test"]
+    return out
 
 
 def _macro_f1(table: pd.DataFrame, classes: list[str]) -> float:

@@ -73,8 +73,10 @@ class Plan:
     ``mode`` "holdout": one run of one member on fold 0's training part ((k-1)/k of the images,
     the single default run's share), its validation part measures TTA and biases; ``epochs`` is
     the measured estimate and ``epochs_upper`` the most it may train when the run's own epochs
-    (timed by train.max_time) turn out faster. ``single_epochs``: what the single default run
-    (`podium train`, its configured epochs) would get in the same time, the bar a cv plan clears.
+    (timed by train.max_time) turn out faster. ``refit``: after the holdout run, one more run on
+    every image for the epochs the holdout trained (AutoGluon's refit_full) is the final model.
+    ``single_epochs``: what the single default run (`podium train`, its configured epochs) would
+    get in the same time, the bar a cv plan (or a holdout + refit plan) clears.
     """
     preset: str
     budget_s: float
@@ -88,6 +90,7 @@ class Plan:
     epochs_upper: int = 0
     single_epochs: int = 0
     test_ratio: float = 0.0
+    refit: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,8 +113,9 @@ class Plan:
             m = self.members[0]
             share = (self.folds - 1) / self.folds
             upper = f" (up to {self.epochs_upper} if its epochs run faster)" if self.epochs_upper > self.epochs else ""
+            refit = ", then refit on all the images for the epochs it trained" if self.refit else ""
             return (f"1 run of {m.model}@{m.size} on {share:.0%} of the images ({1 - share:.0%} held out to measure "
-                    f"TTA and biases), {self.epochs} epochs{upper}: {budget}")
+                    f"TTA and biases), {self.epochs} epochs{upper}{refit}: {budget}")
         sizes = sorted({m.size for m in self.members})
         names = ", ".join(f"{m.model}@{m.size}" for m in self.members)
         return (f"{self.folds} folds x {len(self.members)} member(s) at {'/'.join(map(str, sizes))} px, "
@@ -127,12 +131,19 @@ def extras_s(m: Candidate, folds: int, holdout: bool, test_ratio: float) -> floa
     return m.val_s * passes + m.val_s * test_ratio * folds * passes
 
 
+def refit_epoch_s(m: Candidate, folds: int) -> float:
+    """One epoch of the refit run: every image trained, fold 0 validated (nominally)."""
+    return m.train_s + m.val_s / folds
+
+
 def cost(members: Sequence[Candidate], folds: int, epochs: int, *, holdout: bool = False,
-         test_ratio: float = 0.0) -> float:
+         test_ratio: float = 0.0, refit: bool = False) -> float:
     """Planned seconds of training ``members`` with ``folds`` folds (only fold 0 for a ``holdout``
-    run) for ``epochs`` each, plus their predictions (``test_ratio``: test images per training image)."""
+    run, plus a run on every image with ``refit``) for ``epochs`` each, plus their predictions
+    (``test_ratio``: test images per training image)."""
     trained = 1 if holdout else folds
     return (sum(trained * (epochs * m.fold_epoch_s(folds) + FOLD_OVERHEAD_S) + MEMBER_OVERHEAD_S
+                + (epochs * refit_epoch_s(m, folds) + FOLD_OVERHEAD_S if refit else 0.0)
                 + extras_s(m, folds, holdout, test_ratio) for m in members) + FINAL_OVERHEAD_S)
 
 
@@ -175,9 +186,11 @@ def minimum_s(candidates: Sequence[Candidate], val_fraction: float = 0.2, test_r
     return min(cost([c], k, 1, holdout=True, test_ratio=test_ratio) for c in candidates)
 
 
-def _epochs_fit(usable: float, members: Sequence[Candidate], folds: int, holdout: bool, test_ratio: float) -> int:
-    fixed = cost(members, folds, 0, holdout=holdout, test_ratio=test_ratio)
-    per_epoch = sum((1 if holdout else folds) * m.fold_epoch_s(folds) for m in members)
+def _epochs_fit(usable: float, members: Sequence[Candidate], folds: int, holdout: bool, test_ratio: float,
+                refit: bool = False) -> int:
+    fixed = cost(members, folds, 0, holdout=holdout, test_ratio=test_ratio, refit=refit)
+    per_epoch = sum((1 if holdout else folds) * m.fold_epoch_s(folds) + (refit_epoch_s(m, folds) if refit else 0.0)
+                    for m in members)
     return int((usable - fixed) // per_epoch) if usable > fixed and per_epoch > 0 else 0
 
 
@@ -235,11 +248,22 @@ def make_plan(candidates: Sequence[Candidate], budget_s: float, preset: str | Pr
             return Plan(p.name, budget_s, folds, epochs, list(members),
                         spent_s + cost(members, folds, epochs, test_ratio=test_ratio), why, list(candidates),
                         single_epochs=single_epochs, test_ratio=test_ratio)
-    why = (f"preset {p.name}: the budget buys about one run: no shape's fold models reach {bar} epochs (the single "
-           f"default run would get {single_epochs} in this time; {'; '.join(tried) or 'no shape fits the candidates'}"
-           f"), so auto trains that run on {share:.0%} of the images for {fit_single} epochs (one measured: "
-           f"{single.fold_epoch_s(k_hold):.1f}s) and keeps TTA and biases only where the held-out {1 - share:.0%} "
-           "says they pay")
+    shapes = f"the single default run would get {single_epochs} in this time; " + (
+        "; ".join(tried) or "no shape fits the candidates")
+    refit_epochs = min(p.max_epochs, _epochs_fit(usable, [single], k_hold, True, test_ratio, refit=True))
+    if refit_epochs >= bar:
+        why = (f"preset {p.name}: no shape's fold models reach {bar} epochs ({shapes}), but one run on {share:.0%} "
+               f"of the images and a refit on all of them both get {refit_epochs} (AutoGluon's refit_full): the "
+               f"held-out {1 - share:.0%} measures TTA and biases and how long the refit trains (one epoch measured "
+               f"{single.fold_epoch_s(k_hold):.1f}s + refit {refit_epoch_s(single, k_hold):.1f}s)")
+        return Plan(p.name, budget_s, k_hold, refit_epochs, [single],
+                    spent_s + cost([single], k_hold, refit_epochs, holdout=True, test_ratio=test_ratio, refit=True),
+                    why, list(candidates), mode="holdout", epochs_upper=refit_epochs, single_epochs=single_epochs,
+                    test_ratio=test_ratio, refit=True)
+    why = (f"preset {p.name}: the budget buys about one run: no shape's fold models reach {bar} epochs ({shapes}), "
+           f"nor a holdout + refit on all the images ({refit_epochs} epochs each), so auto trains that run on "
+           f"{share:.0%} of the images for {fit_single} epochs (one measured: {single.fold_epoch_s(k_hold):.1f}s) and "
+           f"keeps TTA and biases only where the held-out {1 - share:.0%} says they pay")
     return Plan(p.name, budget_s, k_hold, fit_single, [single],
                 spent_s + cost([single], k_hold, fit_single, holdout=True, test_ratio=test_ratio), why,
                 list(candidates), mode="holdout", epochs_upper=p.max_epochs, single_epochs=single_epochs,

@@ -134,6 +134,31 @@ def train_fold(cfg: PodiumConfig, run_dir: Path, frame: pd.DataFrame, classes: l
     return result
 
 
+def train_refit(cfg: PodiumConfig, run_dir: str | Path, *, name: str = "refit", progress: bool = True, log=print):
+    """One run on every image of a cv folder's pool (AutoGluon's refit_full): after a fold told how
+    long to train and what pays (TTA, biases), the final model also learns from the images that
+    were held out. Written as ``<run_dir>/<name>``; its validation part is fold 0, which it trains
+    on too, so only its ``last`` checkpoint means anything (its validation scores do not)."""
+    from podium.data.samples import PreparedData
+    from podium.model.training import train
+    from podium.tasks.spec import drop_training_ages
+
+    run_dir = Path(run_dir)
+    meta = read_cv_meta(run_dir)
+    frame, classes = _load_pool(cfg, log)
+    frame = _reuse_or_write_cv_files(run_dir, cfg, frame, classes, meta["k"], None)
+    columns = [c for c in frame.columns if c != "fold"]
+    refit_cfg = cfg.model_copy(deep=True)
+    refit_cfg.output.dir, refit_cfg.output.name, refit_cfg.output.group = str(run_dir), name, run_dir.name
+    every = drop_training_ages(frame[columns].reset_index(drop=True), cfg.task, log)
+    nominal_val = frame.loc[frame["fold"].to_numpy() == 0, columns].reset_index(drop=True)
+    log(f"refit: {len(every)} train images (all of them; fold 0's {len(nominal_val)} also validate, nominally)")
+    result = train(refit_cfg, prepared=PreparedData(every, nominal_val, list(classes)), progress=progress, log=log)
+    if result.run_dir != run_dir / name:
+        raise PodiumError(f"the refit run was written to {result.run_dir}, expected {run_dir / name}")
+    return result
+
+
 def _load_pool(cfg: PodiumConfig, log) -> tuple[pd.DataFrame, list[str]]:
     """All labelled images of data.train, read as `podium train` reads them (task labels, crops)."""
     from podium.data.samples import load_pool
