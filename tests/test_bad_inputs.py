@@ -584,6 +584,22 @@ def test_run_name_is_a_single_folder_name(tmp_path, capsys, name):
     assert not (tmp_path / "outside").exists()
 
 
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_out_that_is_a_file_is_refused_before_predicting(run_copy, tmp_path, capsys, monkeypatch, command):
+    import podium.inference.predict as predict_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("predicted before refusing --out")
+
+    monkeypatch.setattr(predict_module, "predict_frame", never)
+    run, data = run_copy
+    taken = tmp_path / "taken.txt"
+    taken.write_text("mine")
+    code, err = run_cli([command, run, "--data", data, "--out", taken / "sub", "--quiet"], capsys)
+    assert code == 2 and f"{taken} is a file" in err, err
+    assert taken.read_text() == "mine"
+
+
 def test_run_files_follow_the_umask(tmp_path):
     from podium.fileio import write_json
 

@@ -180,6 +180,13 @@ def output_dir(out: str | Path | None, parent: str | Path, name: str) -> Path:
     return next_free_dir(out.parent, out.name)
 
 
+def check_output_path(out: str | Path | None) -> None:
+    """Refuse an ``--out`` that `output_dir` could never create (it, or a folder above it, is a
+    file) before a command does its work, not after minutes of predicting."""
+    if out is not None:
+        _check_not_a_file(Path(out))
+
+
 def next_free_file(path: str | Path) -> Path:
     """``path`` when no file is there, else ``stem-2.suffix``, ``stem-3.suffix``...: reserved here
     (created empty, atomically), so a file output never overwrites one (the file twin of `output_dir`)."""

@@ -291,8 +291,9 @@ def predict_to_folder(predictor, data, *, out=None, batch_size=None, tta: Any = 
                       biases=None, progress: bool = False) -> tuple[Predictions, pd.DataFrame]:
     """`predict` for files: the result record and the probability table with predictions."""
     from podium.evaluation.tables import prediction_table
-    from podium.rundir import PREDICTIONS_DIR, output_dir
+    from podium.rundir import PREDICTIONS_DIR, check_output_path, output_dir
 
+    check_output_path(out)
     frame, probs, root = predict_probabilities(predictor, data, batch_size=batch_size, tta=tta, tta_merge=tta_merge,
                                                biases=biases, progress=progress)
     out_dir = output_dir(out, _default_parent(predictor) / PREDICTIONS_DIR, Path(data).stem or "data")
@@ -339,8 +340,9 @@ def evaluate(source, data, *, out: str | Path | None = None, checkpoint: str = "
     from podium.data.samples import load_labeled
     from podium.evaluation.metrics import save_classification_report
     from podium.evaluation.tables import prediction_table, save_probabilities
-    from podium.rundir import CONFUSION_FILE, EVALUATIONS_DIR, PER_CLASS_FILE, output_dir
+    from podium.rundir import CONFUSION_FILE, EVALUATIONS_DIR, PER_CLASS_FILE, check_output_path, output_dir
 
+    check_output_path(out)
     predictor = as_predictor(source, checkpoint=checkpoint, trust=trust)
     cfg = predictor.config
     frame = load_labeled(data, cfg, strict_fixes=False)  # the model's label fixes may name other images
