@@ -55,7 +55,7 @@ def test_a_plan_never_gives_a_member_less_than_the_single_default_run(preset, bu
     else:
         assert plan.members == [single] and plan.folds == 5 and plan.trained_folds == [0]
         if plan.refit:  # the holdout and the refit on every image both get the epochs a cv fold would need
-            assert plan.epochs >= PRESETS[preset].min_epochs and plan.epochs_upper == plan.epochs
+            assert plan.epochs >= PRESETS[preset].min_epochs and plan.epochs_upper == PRESETS[preset].max_epochs
         else:
             assert plan.epochs == min(fits, PRESETS[preset].max_epochs)
 

@@ -258,7 +258,7 @@ def make_plan(candidates: Sequence[Candidate], budget_s: float, preset: str | Pr
                f"{single.fold_epoch_s(k_hold):.1f}s + refit {refit_epoch_s(single, k_hold):.1f}s)")
         return Plan(p.name, budget_s, k_hold, refit_epochs, [single],
                     spent_s + cost([single], k_hold, refit_epochs, holdout=True, test_ratio=test_ratio, refit=True),
-                    why, list(candidates), mode="holdout", epochs_upper=refit_epochs, single_epochs=single_epochs,
+                    why, list(candidates), mode="holdout", epochs_upper=p.max_epochs, single_epochs=single_epochs,
                     test_ratio=test_ratio, refit=True)
     why = (f"preset {p.name}: the budget buys about one run: no shape's fold models reach {bar} epochs ({shapes}), "
            f"nor a holdout + refit on all the images ({refit_epochs} epochs each), so auto trains that run on "
