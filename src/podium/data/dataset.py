@@ -193,6 +193,12 @@ def _read_competition(root: Path, age_thresholds, log) -> pd.DataFrame:
 BAD_IMAGE_HINT = "Remove or replace unreadable images, or set data.on_bad_image=skip to leave them out"
 
 
+def skipped_images_note(skipped: Sequence[str]) -> str:
+    """The one line train and cv log for images `check_images` left out (data.on_bad_image=skip),
+    naming the first few so the user can find them."""
+    return f"skipped {len(skipped)} unreadable image(s) (data.on_bad_image=skip): {summarize_list(list(skipped), 3)}"
+
+
 def check_images(frame: pd.DataFrame, on_bad_image: str = "error", workers: int = 8) -> tuple[pd.DataFrame, list[str]]:
     """Find unreadable images before training.
 

@@ -531,6 +531,15 @@ def header_timeout_protocol(seconds: float):
     enough of them the server, for good. The request body and the answer have their own timeout
     (``request_timeout_s``, in `BodyLimit` and `/predict`). h11 rather than httptools: this hooks
     h11's connection state, which says when a request head is complete.
+
+    Why a subclass of uvicorn's protocol rather than a setting: uvicorn (0.55) has none for this.
+    ``timeout_keep_alive`` is armed only after a response and cancelled by the first byte received
+    (``data_received``), so one byte a minute keeps it off; ``h11_max_incomplete_event_size`` caps a
+    head's size, not its time; ASGI middleware runs only once the head is parsed. The setting
+    uvicorn planned for it (``--timeout-request-start``, Kludex/uvicorn#157) was never added. A
+    proxy in front (nginx ``client_header_timeout``) does the same where there is one; `serve` is
+    also run bare. The hooks used (``connection_made``, ``data_received``, ``on_response_complete``,
+    ``connection_lost``, ``self.conn``) are exercised by tests/test_serve.py against a real server.
     """
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol

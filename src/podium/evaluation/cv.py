@@ -167,7 +167,9 @@ def _load_pool(cfg: PodiumConfig, log) -> tuple[pd.DataFrame, list[str]]:
         log(f"note: data.val ({cfg.data.val}) is not used: cross-validation draws every fold from data.train")
     frame, classes, bad = load_pool(cfg, log)
     if bad:
-        log(f"skipped {len(bad)} unreadable image(s) (data.on_bad_image=skip): {summarize_list(bad, 3)}")
+        from podium.data.dataset import skipped_images_note
+
+        log(skipped_images_note(bad))
     return frame, classes
 
 

@@ -39,7 +39,7 @@ def load_module(ckpt_path: str | Path, classes: list[str] | None = None, model_n
         raise PodiumError(
             f"checkpoint {ckpt_path} was trained on {len(hparams['classes'])} classes "
             f"{hparams['classes'][:10]}, but the run's class map has {len(classes)}: {classes[:10]}")
-    found = (hparams.get("model_cfg") or {}).get("name") if isinstance(hparams.get("model_cfg"), dict) else None
+    found = checkpoint_model_name(checkpoint)
     if model_name is not None and found is not None and found != model_name:
         raise PodiumError(
             f"checkpoint {ckpt_path} holds a {found} model, but the run's config.yaml names model.name={model_name}; "
@@ -49,13 +49,21 @@ def load_module(ckpt_path: str | Path, classes: list[str] | None = None, model_n
     try:
         module.load_state_dict(checkpoint["state_dict"], strict=True)
     except RuntimeError as exc:
+        why = misfit(state_shapes(module.state_dict()), state_shapes(checkpoint["state_dict"])) or str(exc)[:300]
         raise PodiumError(
             f"checkpoint {ckpt_path} does not fit model {module.model_cfg.name} with "
-            f"{len(hparams['classes'])} classes (architecture or class count mismatch): {str(exc)[:300]}") from None
+            f"{len(hparams['classes'])} classes (architecture or class count mismatch): {why}") from None
     from podium.model.ordinal import apply_saved_cuts
 
     apply_saved_cuts(module, ckpt_path.parent)  # a run's tuned ordinal bin edges, if any
     return module.eval()
+
+
+def checkpoint_model_name(checkpoint: dict) -> str | None:
+    """The model.name a checkpoint (as `read_checkpoint` returns it) was trained with, or None for
+    one that does not say: what resume and prediction compare with the run's config.yaml."""
+    model_cfg = (checkpoint.get("hyper_parameters") or {}).get("model_cfg")
+    return model_cfg.get("name") if isinstance(model_cfg, dict) else None
 
 
 def state_shapes(state_dict: dict) -> dict[str, tuple[int, ...]]:

@@ -46,7 +46,7 @@ def resume_point(info: RunInfo, epochs: int | None = None) -> ResumePoint:
     is only resumed with more epochs than it has, so its summary is never replaced
     by a shorter one.
     """
-    from podium.model.checkpoints import read_checkpoint
+    from podium.model.checkpoints import checkpoint_model_name, read_checkpoint, state_shapes
 
     path = info.checkpoint("last")
     ckpt = read_checkpoint(path)
@@ -58,9 +58,7 @@ def resume_point(info: RunInfo, epochs: int | None = None) -> ResumePoint:
             "another run; restore this run's last.ckpt or start a new run")
     done = completed_epochs(ckpt)
     cfg = info.config
-    hparams = ckpt.get("hyper_parameters") or {}
-    model_cfg = hparams.get("model_cfg")
-    found = model_cfg.get("name") if isinstance(model_cfg, dict) else None
+    found = checkpoint_model_name(ckpt)
     if found is not None and found != cfg.model.name:
         raise PodiumError(
             f"cannot resume {info.dir}: {path} holds a {found} model, but the run's config.yaml names "
@@ -78,8 +76,6 @@ def resume_point(info: RunInfo, epochs: int | None = None) -> ResumePoint:
     extended = epochs is not None and epochs != cfg.train.epochs
     if extended:  # config.yaml says so once every check has passed (`record_extension`)
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
-    from podium.model.checkpoints import state_shapes
-
     return ResumePoint(cfg, path, done, extended, shapes=state_shapes(ckpt["state_dict"]))
 
 

@@ -17,11 +17,11 @@ import pandas as pd
 import torch
 
 from podium.data.datamodule import PodiumDataModule
-from podium.data.dataset import class_counts, describe_split, encode_labels
+from podium.data.dataset import class_counts, describe_split, encode_labels, skipped_images_note
 from podium.data.images import load_resized
 from podium.data.samples import PreparedData, load_split, prepare_data
 from podium.data.transforms import build_train_pipeline, channel_stats, resolve_normalization
-from podium.errors import PodiumError, summarize_list
+from podium.errors import PodiumError
 from podium.fileio import write_csv, write_json
 from podium.model.losses import compute_class_weights
 from podium.rundir import (
@@ -195,8 +195,7 @@ def _train(cfg: PodiumConfig, held: contextlib.ExitStack, *, resume, dry_run: bo
     check_sync_batchnorm(cfg.train)
     ckpt_path, start_epoch, extend = start.ckpt_path, start.start_epoch, start.extend
     if prepared.skipped:
-        log(f"skipped {len(prepared.skipped)} unreadable image(s) (data.on_bad_image=skip): "
-            f"{summarize_list(prepared.skipped, 3)}")
+        log(skipped_images_note(prepared.skipped))
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg, prepared, start_epoch)
     module = build_module(cfg, prepared, start.mean, start.std)
