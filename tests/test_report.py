@@ -353,6 +353,48 @@ def test_report_with_gradcam(tmp_path):
     assert not (tmp_path / "fixed" / "gradcam.png").exists()
 
 
+def test_vit_target_is_the_last_blocks_norm_on_the_patch_grid():
+    """A ViT's only Conv2d is its patch embedding (the first layer): Grad-CAM explains the last
+    block's first norm instead, its tokens laid back on the patch grid without the class and
+    register tokens (timm's num_prefix_tokens), for whatever input size the model runs at."""
+    import timm
+
+    from podium.reports.gradcam import cam_target, gradcam_batch, plan_cam
+
+    vit = timm.create_model("test_vit", pretrained=False, num_classes=3, reg_tokens=2)
+    target = cam_target(vit)
+    assert target.layer is vit.blocks[-1].norm1 and target.prefix == 3 and target.patch == (16, 16)
+    assert target.grid((32, 48)) == (2, 3) and target.grid((112, 112)) == (7, 7)
+    tokens = torch.arange(3 + 6, dtype=torch.float32).view(1, 9, 1).expand(2, 9, 4)
+    as_map = target.reshape_transform((32, 48))(tokens)
+    assert as_map.shape == (2, 4, 2, 3) and as_map[1, 3].tolist() == [[3, 4, 5], [6, 7, 8]]  # row-major patches
+    plan = plan_cam(vit, torch.zeros(1, 3, 32, 32))  # 2x2 patches: upscaled in whole patches to a 7x7 grid
+    assert (plan.feature_hw, plan.cam_hw, plan.cam_feature_hw, plan.skip) == ((2, 2), (112, 112), (7, 7), None)
+    assert "patch-token grid is only 2x2" in plan.describe()
+    maps, logits = gradcam_batch(vit, torch.randn(2, 3, 112, 112), [0, 2])
+    assert maps.shape == (2, 112, 112) and logits.shape == (2, 3) and maps.max() > 0
+    cells = maps[0].reshape(7, 16, 7, 16).mean(axis=(1, 3))
+    assert cells.std() > 0.05  # one value per patch that differs across patches, not a colour field
+
+
+def test_report_gradcam_on_a_vision_transformer(tmp_path, capsys):
+    """`podium report --gradcam` on a trained timm ViT (test_vit at 32 px: a 2x2 patch grid)."""
+    from conftest import fast_overrides, make_folder
+
+    from podium.cli import main
+
+    data = make_folder(tmp_path / "train", {"cat": 6, "dog": 6, "fox": 6})
+    overrides = fast_overrides(tmp_path, **{"model.name": "test_vit", "train.lr": "1e-6"})  # untrained: wrong rows
+    assert main(["train", *overrides, f"data.train={data}", "data.val_fraction=0.5", "--quiet"]) == 0
+    run = tmp_path / "runs dir" / "exp"
+    assert main(["report", str(run), "--gradcam"]) == 0, capsys.readouterr().err
+    page = html.unescape((run / "report.html").read_text())
+    part = page[page.index("<h2>Grad-CAM</h2>"):]
+    part = part[:part.index("</section>")]
+    assert "skipped" not in part and "patch-token grid is only 2x2" in part and "upscaled to 112x112" in part
+    assert (run / "report" / "gradcam.png").is_file()
+
+
 # --------------------------------------------------------------------------- headless rendering
 
 

@@ -465,7 +465,7 @@ def _gradcam_source(run_dir: Path):
     from podium.rundir import load_run
 
     info = load_run(run_dir)
-    module = load_module(info.checkpoint("best"), info.classes)
+    module = load_module(info.checkpoint("best"), info.classes, model_name=info.config.model.name)
     return gradcam_source(module, info.config.data.size_hw)
 
 

@@ -2,7 +2,11 @@
 
 podium adds only what the library leaves to its caller:
 
-* the feature layer (the last Conv2d) and a guard against in-place activations after it;
+* the feature layer and how its output becomes a 2-D map (`CamTarget`): a CNN's last Conv2d; for a
+  vision transformer (timm's ViT/DeiT/EVA family, torchvision's ViT) the first norm of its last
+  block, whose patch tokens are laid back on the patch grid with the class/register tokens dropped
+  (pytorch-grad-cam's ``reshape_transform``). The patch embedding, a ViT's only Conv2d, is the
+  first layer, not a feature map worth explaining; a guard against in-place activations after it;
 * the input size. A heat map has the resolution of the layer's feature map: MobileNetV2 at
   64 px has a 2x2 one, and a 2x2 map bilinearly stretched over the picture is a colour field, not
   an explanation. `plan_cam` probes the map's size once and, below `MIN_FEATURE_SIDE`, computes
@@ -13,7 +17,9 @@ podium adds only what the library leaves to its caller:
 """
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +63,83 @@ def last_conv(model: torch.nn.Module) -> torch.nn.Module | None:
 
 
 @dataclass(frozen=True)
+class CamTarget:
+    """The layer Grad-CAM weights and the layout of its output.
+
+    A convolutional layer gives (N, C, h, w) as it is. A transformer block gives tokens
+    (N, prefix + h*w, C): ``prefix`` class/distillation/register tokens (timm's
+    ``num_prefix_tokens``), then one token per patch in row-major order on a grid that depends on
+    the input size (``grid``: input (H, W) -> (h, w)); `reshape_transform` turns them into a map.
+    """
+
+    layer: torch.nn.Module
+    prefix: int = 0
+    grid: Callable[[tuple[int, int]], tuple[int, int]] | None = None
+    patch: tuple[int, int] = (1, 1)  # a transformer takes inputs in whole patches
+
+    @property
+    def tokens(self) -> bool:
+        return self.grid is not None
+
+    @property
+    def what(self) -> str:
+        """How the page names the map."""
+        return "last block's patch-token grid" if self.tokens else "last feature map"
+
+    def reshape_transform(self, input_hw: tuple[int, int]) -> Callable | None:
+        """pytorch-grad-cam's ``reshape_transform`` for an input of ``input_hw``; None for a conv layer."""
+        if self.grid is None:
+            return None
+        return functools.partial(tokens_to_map, prefix=self.prefix, grid=self.grid((int(input_hw[0]), int(input_hw[1]))))
+
+
+def tokens_to_map(tokens: torch.Tensor, prefix: int, grid: tuple[int, int]) -> torch.Tensor:
+    """(N, prefix + h*w, C) tokens -> (N, C, h, w): the prefix tokens dropped (they sit on no
+    patch), the patch tokens back in their places."""
+    n, length, channels = tokens.shape
+    h, w = grid
+    if length - prefix != h * w:
+        raise ValueError(f"{length} tokens are not {prefix} prefix token(s) + a {h}x{w} patch grid")
+    return tokens[:, prefix:, :].reshape(n, h, w, channels).permute(0, 3, 1, 2)
+
+
+def _timm_grid(patch_embed) -> Callable[[tuple[int, int]], tuple[int, int]]:
+    def grid(hw: tuple[int, int]) -> tuple[int, int]:
+        if hasattr(patch_embed, "dynamic_feat_size"):  # what the model computes (padding included)
+            h, w = patch_embed.dynamic_feat_size(hw)
+            return int(h), int(w)
+        ph, pw = patch_embed.patch_size
+        return hw[0] // ph, hw[1] // pw
+    return grid
+
+
+def cam_target(model: torch.nn.Module, layer: torch.nn.Module | None = None) -> CamTarget | None:
+    """Where Grad-CAM looks in ``model`` (``layer`` when given), or None when it has no such layer.
+
+    A vision transformer (timm: ``patch_embed``, ``blocks``, ``num_prefix_tokens``; torchvision:
+    ``conv_proj``, ``encoder.layers``) is explained at its last block's first norm, as
+    pytorch-grad-cam recommends (its ViT example): with a class-token head the block's own output
+    reaches the head only through the class token, so its patch tokens get no gradient, while the
+    norm feeds the attention in which every patch token informs the class token (an average-pooled
+    head is served as well). Anything else: the last Conv2d.
+    """
+    net: Any = model  # the attributes below are the models' own, unknown to nn.Module's type
+    if hasattr(net, "patch_embed") and hasattr(net, "blocks") and hasattr(net, "num_prefix_tokens"):
+        last = net.blocks[-1]
+        patch = tuple(int(v) for v in getattr(net.patch_embed, "patch_size", (1, 1)))
+        return CamTarget(layer if layer is not None else getattr(last, "norm1", last),
+                         prefix=int(net.num_prefix_tokens), grid=_timm_grid(net.patch_embed),
+                         patch=(patch[0], patch[-1]))
+    if hasattr(net, "conv_proj") and hasattr(net, "encoder") and hasattr(net, "patch_size"):
+        last = net.encoder.layers[-1]
+        p = int(net.patch_size)
+        return CamTarget(layer if layer is not None else getattr(last, "ln_1", last), prefix=1,
+                         grid=lambda hw: (hw[0] // p, hw[1] // p), patch=(p, p))
+    layer = layer if layer is not None else last_conv(model)
+    return CamTarget(layer) if layer is not None else None
+
+
+@dataclass(frozen=True)
 class CamPlan:
     """How the report computes its maps: at ``cam_hw`` (the model's ``input_hw``, or that upscaled
     until the feature map is large enough), or ``skip``, the one-line reason it does not."""
@@ -66,6 +149,7 @@ class CamPlan:
     cam_hw: tuple[int, int]
     cam_feature_hw: tuple[int, int]
     skip: str | None = None
+    what: str = "last feature map"  # or a transformer's "last block's patch-token grid"
 
     @property
     def upscaled(self) -> bool:
@@ -75,22 +159,24 @@ class CamPlan:
         h, w = self.input_hw
         fh, fw = self.feature_hw
         if not self.upscaled:
-            return f"At the model's {h}x{w} input the last feature map is {fh}x{fw}; maps computed at that size."
+            return f"At the model's {h}x{w} input the {self.what} is {fh}x{fw}; maps computed at that size."
         ch, cw = self.cam_hw
         bh, bw = self.cam_feature_hw
-        return (f"At the model's {h}x{w} input the last feature map is only {fh}x{fw} (a heat map would be a colour "
+        return (f"At the model's {h}x{w} input the {self.what} is only {fh}x{fw} (a heat map would be a colour "
                 f"field), so the maps are computed on the same input upscaled to {ch}x{cw}, where it is {bh}x{bw}.")
 
 
-def _feature_hw(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:
+def _feature_hw(model: torch.nn.Module, target: CamTarget, x: torch.Tensor) -> tuple[int, int]:
     import torch
 
     seen: dict[str, tuple[int, int]] = {}
+    reshape = target.reshape_transform((int(x.shape[-2]), int(x.shape[-1])))
 
     def hook(_m, _i, out):
+        out = reshape(out) if reshape is not None else out
         seen["hw"] = (int(out.shape[-2]), int(out.shape[-1]))
 
-    handle = layer.register_forward_hook(hook)
+    handle = target.layer.register_forward_hook(hook)
     was_training = model.training
     try:
         model.eval()
@@ -109,35 +195,45 @@ def plan_cam(model: torch.nn.Module, x: torch.Tensor, layer: torch.nn.Module | N
     import torch.nn.functional as F
 
     h, w = int(x.shape[-2]), int(x.shape[-1])
-    layer = layer if layer is not None else last_conv(model)
-    if layer is None:
+    target = cam_target(model, layer)
+    if target is None:
         return CamPlan((h, w), (0, 0), (h, w), (0, 0),
-                       skip=f"{type(model).__name__} has no convolutional feature map to weight "
-                            "(Grad-CAM here needs a Conv2d layer).")
-    fh, fw = _feature_hw(model, layer, x[:1])
+                       skip=f"{type(model).__name__} has no convolutional feature map or transformer blocks to "
+                            "weight (Grad-CAM here needs a Conv2d layer or a ViT).")
+    what = target.what
+    try:
+        fh, fw = _feature_hw(model, target, x[:1])
+    except ValueError as exc:  # tokens that do not lay out on the patch grid
+        return CamPlan((h, w), (0, 0), (h, w), (0, 0), skip=f"the {what} cannot be laid out as a map: {exc}.",
+                       what=what)
     if min(fh, fw) >= MIN_FEATURE_SIDE:
-        return CamPlan((h, w), (fh, fw), (h, w), (fh, fw))
+        return CamPlan((h, w), (fh, fw), (h, w), (fh, fw), what=what)
     factor = MIN_FEATURE_SIDE / max(1, min(fh, fw))
     cam_hw, bigger = (h, w), (fh, fw)
     for _ in range(3):  # a stride's rounding can leave the map a cell short: grow again from what it gave
-        cam_hw = (math.ceil(cam_hw[0] * factor), math.ceil(cam_hw[1] * factor))
+        cam_hw = (_whole(cam_hw[0] * factor, target.patch[0]), _whole(cam_hw[1] * factor, target.patch[1]))
         if max(cam_hw) > MAX_CAM_SIDE:
-            return CamPlan((h, w), (fh, fw), cam_hw, bigger,
-                           skip=f"the last feature map is {fh}x{fw} at the model's {h}x{w} input and a "
+            return CamPlan((h, w), (fh, fw), cam_hw, bigger, what=what,
+                           skip=f"the {what} is {fh}x{fw} at the model's {h}x{w} input and a "
                                 f"{MIN_FEATURE_SIDE}x{MIN_FEATURE_SIDE} one would need an input over {MAX_CAM_SIDE} px.")
         try:
-            bigger = _feature_hw(model, layer, F.interpolate(x[:1], size=cam_hw, mode="bilinear", align_corners=False))
+            bigger = _feature_hw(model, target, F.interpolate(x[:1], size=cam_hw, mode="bilinear", align_corners=False))
         except Exception as exc:  # a model built for one input size (a fixed positional embedding, a flatten)
-            return CamPlan((h, w), (fh, fw), cam_hw, bigger,
-                           skip=f"the last feature map is {fh}x{fw} at the model's {h}x{w} input (too coarse to "
+            return CamPlan((h, w), (fh, fw), cam_hw, bigger, what=what,
+                           skip=f"the {what} is {fh}x{fw} at the model's {h}x{w} input (too coarse to "
                                 f"show anything) and the model does not run on an input upscaled to "
                                 f"{cam_hw[0]}x{cam_hw[1]} ({type(exc).__name__}).")
         if min(bigger) >= MIN_FEATURE_SIDE:
-            return CamPlan((h, w), (fh, fw), cam_hw, bigger)
+            return CamPlan((h, w), (fh, fw), cam_hw, bigger, what=what)
         factor = MIN_FEATURE_SIDE / max(1, min(bigger))
-    return CamPlan((h, w), (fh, fw), cam_hw, bigger,
-                   skip=f"the last feature map is {fh}x{fw} at the model's {h}x{w} input and stays "
+    return CamPlan((h, w), (fh, fw), cam_hw, bigger, what=what,
+                   skip=f"the {what} is {fh}x{fw} at the model's {h}x{w} input and stays "
                         f"{bigger[0]}x{bigger[1]} at {cam_hw[0]}x{cam_hw[1]}.")
+
+
+def _whole(side: float, patch: int) -> int:
+    """``side`` rounded up to whole patches (a transformer's input; 1 for a CNN)."""
+    return math.ceil(math.ceil(side) / patch) * patch
 
 
 def gradcam_batch(model: torch.nn.Module, batch: torch.Tensor, targets: list[int],
@@ -156,9 +252,10 @@ def gradcam_batch(model: torch.nn.Module, batch: torch.Tensor, targets: list[int
     if batch.ndim != 4 or len(targets) != batch.shape[0]:
         raise ValueError(f"gradcam_batch expects (N, C, H, W) and N targets, got {tuple(batch.shape)} "
                          f"and {len(targets)} targets")
-    layer = layer if layer is not None else last_conv(model)
-    if layer is None:
-        raise ValueError(f"{type(model).__name__} has no Conv2d layer; pass layer=")
+    target = cam_target(model, layer)
+    if target is None:
+        raise ValueError(f"{type(model).__name__} has no Conv2d layer or transformer blocks; pass layer=")
+    layer = target.layer
     if min(targets, default=0) < 0:
         raise ValueError(f"target_class {min(targets)} out of range (negative)")
     was_training = model.training
@@ -172,7 +269,8 @@ def gradcam_batch(model: torch.nn.Module, batch: torch.Tensor, targets: list[int
     handles = [layer.register_forward_hook(lambda _m, _i, out: out.detach().requires_grad_(True), prepend=True)]
     cam = None
     try:
-        cam = GradCAM(model=_LogitsOnly(model), target_layers=[layer])
+        cam = GradCAM(model=_LogitsOnly(model), target_layers=[layer],
+                      reshape_transform=target.reshape_transform((int(batch.shape[-2]), int(batch.shape[-1]))))
         handles.append(layer.register_forward_hook(lambda _m, _i, out: out.clone()))
         for p in params:  # no graph for the weights: the forward below the layer records nothing
             p.requires_grad_(False)

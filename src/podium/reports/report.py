@@ -38,7 +38,8 @@ class GradCamSource(Protocol):
     ``preprocess`` maps an HxWx3 uint8 RGB image to a (1, C, H, W) float tensor,
     normalised exactly as at validation time. It should resize, not crop, so
     the heatmap lines up with the picture. ``layer`` (optional attribute)
-    picks the conv layer; the last Conv2d is used otherwise.
+    picks the layer; otherwise `podium.reports.gradcam.cam_target` does (a ViT's last
+    block, else the last Conv2d).
     """
 
     model: torch.nn.Module
