@@ -97,25 +97,88 @@ def test_plan_members_are_diverse_and_budget_too_small_names_the_minimum():
         make_plan(CANDIDATES, 600, "medium", spent_s=590)
 
 
-def test_measured_step_times_are_reused_on_this_machine(tmp_path):
-    from podium.autopilot.plan import measure_candidates
+def test_cached_step_times_are_hints_a_probe_rescales_so_a_loaded_cache_no_longer_underplans(tmp_path):
+    """The benchmark's 18m cells: step times cached while the machine was loaded (x17) planned a
+    holdout run that ended after 98 s of 1080 s. The first candidate is always timed afresh (the
+    probe); the other cached times are scaled by its ratio, so the plan is the one fresh
+    measurements give, and it fills the budget."""
+    from podium.autopilot.plan import TIMING_MAX_AGE_S, measure_candidates
     from podium.schema import load_config
 
     cfg = load_config(None, ["model.pretrained=false", "train.batch_size=10", "train.accelerator=cpu"])
-    timed = []
+    timed, load, now = [], [17.0], [1e9]
+    truth = {32: (0.2, 0.05), 48: (0.45, 0.11)}  # seconds per step and per prediction batch, idle
 
     def timer(name, size, batch, n_classes, device, steps, clock):
-        timed.append((name, size))
-        return 0.5, 0.1
+        timed.append(size)
+        return truth[size][0] * load[0], truth[size][1] * load[0]
 
-    kw = dict(log=lambda *a: None, timer=timer, cache=tmp_path / "timings.json")
-    first = measure_candidates(cfg, ["test_resnet"], [32, 48], 100, 3, **kw)
-    assert timed == [("test_resnet", 32), ("test_resnet", 48)]
-    assert first[0].train_s == pytest.approx(10 * 0.5) and first[0].val_s == pytest.approx(10 * 0.1)
-    again = measure_candidates(cfg, ["test_resnet"], [32, 48], 200, 3, **kw)
-    assert len(timed) == 2 and again[1].train_s == pytest.approx(20 * 0.5)  # reused, scaled to the new pool
-    measure_candidates(cfg, ["test_resnet"], [32], 100, 4, **kw)  # another class count: measured
-    assert len(timed) == 3
+    kw = dict(log=lambda *a: None, timer=timer, cache=tmp_path / "timings.json", now=lambda: now[0])
+    loaded = measure_candidates(cfg, ["test_resnet"], [32, 48], 600, 3, **kw)  # cached under load
+    assert timed == [32, 48]
+    load[0], now[0] = 1.0, now[0] + 3600  # an hour later the machine is idle
+    calibrated = measure_candidates(cfg, ["test_resnet"], [32, 48], 600, 3, **kw)
+    assert timed == [32, 48, 32]  # only the probe was timed again
+    fresh = measure_candidates(cfg, ["test_resnet"], [32, 48], 600, 3, **{**kw, "cache": False})
+    del timed[3:]
+    for c, f in zip(calibrated, fresh):
+        assert c.train_s == pytest.approx(f.train_s) and c.val_s == pytest.approx(f.val_s)
+    default = dict(default=("test_resnet", 32), test_ratio=649 / 596)
+    stale, good = make_plan(loaded, 1080, "medium", **default), make_plan(calibrated, 1080, "medium", **default)
+    same = make_plan(fresh, 1080, "medium", **default)
+    assert (good.mode, good.folds, good.epochs, good.members) == (same.mode, same.folds, same.epochs, same.members)
+    assert _trained_epochs(good) >= 4 * _trained_epochs(stale)  # the loaded cache planned a quarter of it
+    assert good.mode == "cv" and good.planned_s >= 0.75 * 1080  # the budget is filled, not 9% of it
+    now[0] += TIMING_MAX_AGE_S + 1  # too old to be a hint: every candidate timed again
+    measure_candidates(cfg, ["test_resnet"], [32, 48], 600, 3, **kw)
+    assert timed == [32, 48, 32, 32, 48]
+    measure_candidates(cfg, ["test_resnet"], [32], 100, 4, **kw)  # another class count: its own entry
+    assert timed[-1] == 32 and len(timed) == 6
+
+
+def test_a_plan_fills_the_budget_when_the_preset_does_not_cap_it():
+    """Below the preset's caps the plan uses PLAN_SHARE of the budget to within one epoch."""
+    roomy = Preset("roomy", ((5, 2), (5, 1)), 2, 10_000, (64, 96), ("tv/mobilenet_v2", "resnet18"))
+    for budget in (600, 1800, 7200, 36000):
+        plan = make_plan(CANDIDATES, budget, roomy, default=("tv/mobilenet_v2", 64))
+        shape = dict(holdout=plan.mode == "holdout", refit=plan.refit)
+        epoch = cost(plan.members, plan.folds, plan.epochs + 1, **shape) - cost(plan.members, plan.folds, plan.epochs,
+                                                                                 **shape)
+        assert budget * PLAN_SHARE - epoch <= plan.planned_s <= budget * PLAN_SHARE, (budget, plan.describe())
+
+
+def test_later_stages_are_replanned_on_the_time_actually_spent():
+    """After the first plan's runs, the epochs they actually took and the time left decide a
+    second stage: the holdout's other folds (a fold ensemble), a refit, or one more cv member."""
+    from dataclasses import replace
+
+    from podium.autopilot.plan import grow_plan, speed_ratio
+
+    medium = PRESETS["medium"]
+    # the 18m benchmark cell: a step time cached under load planned 34 s epochs; they took 2 s
+    stale = [Candidate("tv/mobilenet_v2", 64, 40.0, 6.3)]
+    plan = make_plan(stale, 1080, "medium", default=("tv/mobilenet_v2", 64), test_ratio=649 / 596)
+    assert plan.mode == "holdout"
+    ratio = speed_ratio([9.0, 2.1, 2.0, 1.9, 2.0], plan.members[0].fold_epoch_s(5))
+    assert ratio == pytest.approx(2.0 / plan.members[0].fold_epoch_s(5))  # the median, not the start-up epoch
+    grown = grow_plan(plan, medium, spent_s=98, ratio=ratio, epochs_done=20)
+    assert grown is not None and grown.mode == "cv" and grown.folds == 5 and grown.epochs == 20
+    assert not grown.refit and grown.planned_s <= 1080 and "stage 2" in grown.stages[0]
+    assert grown.members[0].train_s == pytest.approx(40.0 * ratio)  # costs as the machine runs them now
+    assert grow_plan(grown, medium, spent_s=400, ratio=1.0, epochs_done=20) is None  # no other candidate
+    # the machine stayed slow: no time for another stage
+    assert grow_plan(plan, medium, spent_s=1000, ratio=1.0, epochs_done=10) is None
+    # time for a refit but not for 4 more folds: the refit (the holdout had none)
+    one = replace(plan, refit=False)
+    refit = grow_plan(one, medium, spent_s=600, ratio=0.5, epochs_done=10)
+    assert refit is not None and refit.mode == "holdout" and refit.refit and "refit" in refit.stages[0]
+    # a cv plan that ran fast gets the next candidate as one more member
+    cv = make_plan(CANDIDATES, 7200, Preset("two", ((5, 1),), 3, 10, (64,), ("tv/mobilenet_v2", "resnet18")),
+                   default=("tv/mobilenet_v2", 64))
+    assert cv.mode == "cv" and len(cv.members) == 1
+    more = grow_plan(cv, PRESETS["medium"], spent_s=1500, ratio=0.4, epochs_done=cv.epochs)
+    assert more is not None and len(more.members) == 2 and more.members[1].model == "resnet18"
+    assert more.members[1].train_s == pytest.approx(30.0 * 0.4) and more.planned_s <= 7200
 
 
 def _fake_measure(epoch_s: float, calls: list | None = None):
@@ -236,11 +299,21 @@ def test_a_composite_task_with_groups_goes_through(tmp_path):
     assert len(pd.read_csv(r.summary["submission"])) == 6 and len(r.oof) == 24
 
 
-def test_a_small_budget_trains_one_holdout_run_measures_tta_on_its_held_out_part(tmp_path):
+def _first_stage_only(monkeypatch) -> None:
+    """The tiny runs take far less than the made-up measurements say: without this the time left
+    would buy a later stage (tested in test_a_fast_machine_grows_the_plan_and_resumes_mid_stage)."""
+    import podium.autopilot.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "grow_plan", lambda *a, **k: None)
+
+
+def test_a_small_budget_trains_one_holdout_run_measures_tta_on_its_held_out_part(tmp_path, monkeypatch):
     """A budget that buys about one run: only the default candidate is measured, one run trains on
     the single run's share (fold 0 of 5 held out) with up to the preset's epochs under train.max_time,
     TTA is measured on the held-out images, and the submission comes from that run."""
     import podium
+
+    _first_stage_only(monkeypatch)
 
     colour_images(tmp_path / "train", per_class=5)
     colour_images(tmp_path / "test", per_class=2, seed=5, labeled=False)
@@ -263,19 +336,47 @@ def test_a_small_budget_trains_one_holdout_run_measures_tta_on_its_held_out_part
     assert len(pd.read_csv(s["submission"])) == 6
 
 
-def test_a_budget_for_two_runs_refits_the_holdout_on_every_image(tmp_path):
+def test_a_budget_for_two_runs_refits_the_holdout_on_every_image_and_resumes_the_refit(tmp_path, monkeypatch):
     """Between one run and the fold ensembles: the holdout run decides TTA and the epochs, then a
     run on every image (validation part included, last epoch kept) is the final model and predicts
-    the test set."""
+    the test set. Killed during the refit and run again, it reuses the holdout run and its TTA
+    measurement and trains only the refit."""
     import podium
+    import podium.evaluation.cv as cv
 
+    _first_stage_only(monkeypatch)
     colour_images(tmp_path / "train", per_class=5)
     colour_images(tmp_path / "test", per_class=2, seed=5, labeled=False)
+    real_refit, real_run_cv, calls = cv.train_refit, cv.run_cv, []
+
+    def killed_refit(cfg, run_dir, **kw):
+        calls.append("refit")
+        if calls.count("refit") == 1:
+            raise KeyboardInterrupt  # killed as the refit starts
+        return real_refit(cfg, run_dir, **kw)
+
+    def counted_run_cv(cfg, **kw):
+        calls.append(f"fold{kw['only_fold']}")
+        return real_run_cv(cfg, **kw)
+
+    monkeypatch.setattr(cv, "train_refit", killed_refit)
+    monkeypatch.setattr(cv, "run_cv", counted_run_cv)
     preset = Preset("p", ((5, 2),), 2, 2, (32,), ("test_resnet", "test_efficientnet"))
-    r = podium.auto(tmp_path / "train", time="2m", preset=preset, test=tmp_path / "test", out=tmp_path / "auto",
-                    overrides=[*_base(tmp_path), "model.name=test_resnet", "data.image_size=32"], export=False,
-                    log=lambda *a: None, measure=_fake_measure(3.0))
+    args = dict(time="2m", preset=preset, test=tmp_path / "test", out=tmp_path / "auto",
+                overrides=[*_base(tmp_path), "model.name=test_resnet", "data.image_size=32"], export=False,
+                log=lambda *a: None, measure=_fake_measure(3.0))
+    with pytest.raises(KeyboardInterrupt):
+        podium.auto(tmp_path / "train", **args)
+    assert calls == ["fold0", "refit"]
+    member = tmp_path / "auto" / "members" / "m0-test_resnet-32"
+    ckpt = next((member / "fold0").rglob("*.ckpt"))
+    stamp = ckpt.stat().st_mtime_ns
+    state = json.loads((tmp_path / "auto" / "auto_state.json").read_text())
+    assert "tta:m0-test_resnet-32" in state["steps"] and "refit:m0-test_resnet-32" not in state["steps"]
+    r = podium.auto(tmp_path / "train", **args)
+    assert calls == ["fold0", "refit", "refit"] and ckpt.stat().st_mtime_ns == stamp  # the holdout run reused
     assert r.plan.mode == "holdout" and r.plan.refit and r.plan.epochs == 2
+    assert r.summary["spent_s"] > state["spent_s"]
     member = Path(r.summary["members"][0]["dir"])
     refit = member / "refit"
     summary = json.loads((refit / "summary.json").read_text())
@@ -286,3 +387,41 @@ def test_a_budget_for_two_runs_refits_the_holdout_on_every_image(tmp_path):
     assert r.summary["final"]["model"] == str(refit)
     assert r.summary["members"][0]["test"] == r.summary["final"]["test"] and "refit-test" in r.summary["final"]["test"]
     assert len(pd.read_csv(r.summary["submission"])) == 6 and len(r.oof) == held["val_images"]
+
+
+def test_a_fast_machine_grows_the_plan_and_resumes_mid_stage(tmp_path, monkeypatch):
+    """Measured (here: made up) as slow, the budget buys one run; the run's own epochs show the
+    machine is fast, so the time left is re-planned: the holdout run becomes fold 0 of a 5-fold
+    member. Killed during the second stage, the run resumes it without retraining finished folds."""
+    import podium
+    import podium.evaluation.cv as cv
+
+    colour_images(tmp_path / "train", per_class=5)
+    colour_images(tmp_path / "test", per_class=2, seed=5, labeled=False)
+    real_run_cv, calls = cv.run_cv, []
+
+    def flaky_run_cv(cfg, **kw):
+        calls.append(kw["only_fold"])
+        if calls == [0, 1, 2]:  # killed in the second stage's second fold
+            raise KeyboardInterrupt
+        return real_run_cv(cfg, **kw)
+
+    monkeypatch.setattr(cv, "run_cv", flaky_run_cv)
+    preset = Preset("p", ((5, 1),), 2, 2, (32,), ("test_resnet",))
+    args = dict(time="3m", preset=preset, test=tmp_path / "test", out=tmp_path / "auto",
+                overrides=[*_base(tmp_path), "model.name=test_resnet", "data.image_size=32"], export=False,
+                log=lambda *a: None, measure=_fake_measure(40.0))
+    with pytest.raises(KeyboardInterrupt):
+        podium.auto(tmp_path / "train", **args)
+    state = json.loads((tmp_path / "auto" / "auto_state.json").read_text())
+    assert state["plan"]["mode"] == "cv" and len(state["plan"]["stages"]) == 1  # the grown plan is saved
+    assert "other 4 folds" in state["plan"]["stages"][0]
+    member = tmp_path / "auto" / "members" / "m0-test_resnet-32"
+    stamps = {f: next((member / f"fold{f}").rglob("*.ckpt")).stat().st_mtime_ns for f in (0, 1)}
+    calls.clear()
+    r = podium.auto(tmp_path / "train", **args)
+    assert calls == [2, 3, 4]  # folds 0 and 1 reused
+    assert all(next((member / f"fold{f}").rglob("*.ckpt")).stat().st_mtime_ns == t for f, t in stamps.items())
+    assert r.plan.mode == "cv" and r.summary["mode"] == "cv" and len(r.oof) == 15  # OOF on every image
+    assert r.summary["plan"]["stages"] == state["plan"]["stages"]
+    assert len(pd.read_csv(r.summary["submission"])) == 6

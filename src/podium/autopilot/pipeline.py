@@ -30,11 +30,13 @@ from podium.autopilot.plan import (
     Candidate,
     Plan,
     Preset,
+    Timings,
     decode_seconds,
     extras_s,
+    grow_plan,
     make_plan,
-    measure_candidates,
     refit_epoch_s,
+    speed_ratio,
 )
 from podium.errors import PodiumError
 from podium.fileio import write_json, write_parquet
@@ -115,63 +117,84 @@ def run_auto(data: str | Path, *, time_budget: str | float, preset: str | Preset
     ``measure(cfg, names, sizes, n_images, n_classes) -> [Candidate]`` replaces the timing on
     this machine (tests); ``clock`` is the wall clock the budget is counted on.
     """
-    from podium.data.samples import load_pool
     from podium.durations import parse_duration
-    from podium.schema import load_config
 
     if isinstance(preset, str) and preset not in PRESETS:
         raise PodiumError(f"--preset {preset!r} is not known: use one of {', '.join(PRESETS)}")
     budget_s = parse_duration(time_budget, "--time")
+    cfg, frame, classes = _load_inputs(data, test, config, overrides)
+    p = PRESETS[preset] if isinstance(preset, str) else preset
+    folder = Path(out) if out is not None else Path(cfg.output.dir) / f"auto-{_slug(Path(data).stem)}"
+    sig = _signature(data, test, budget_s, p.name, models, sizes, overrides, config)
+    if (folder / AUTO_STATE_FILE).is_file():
+        plan, state = _resume(folder, sig, budget_s, clock, log)
+    else:
+        if folder.exists() and any(folder.iterdir()):
+            raise PodiumError(f"{folder} exists and is not an auto folder (no {AUTO_STATE_FILE}): give --out NEW_FOLDER")
+        plan, state = _start(folder, sig, cfg, frame, classes, test, budget_s, p, models, sizes, measure, clock, log)
+    log(f"plan: {plan.describe()}")
+    log(f"why: {plan.why}")
+    for stage in plan.stages:
+        log(stage)
+    return _execute(folder, cfg, plan, p, state, classes, test=test, overrides=overrides, config=config,
+                    export=export, progress=progress, log=log)
+
+
+def _load_inputs(data, test, config, overrides: Sequence[str]) -> tuple[Any, pd.DataFrame, list[str]]:
+    """The config and the labelled pool, refusing bad input before any folder is made."""
+    from podium.data.samples import load_pool
+    from podium.evaluation.cv import _load_test
+    from podium.schema import load_config
+
     if not Path(data).exists():
         raise PodiumError(f"data {data} does not exist: give a folder of class folders or a CSV (path,label)")
     if test is not None and not Path(test).exists():
         raise PodiumError(f"--test {test} does not exist: give a folder or CSV of unlabelled images")
     cfg = load_config(config, [f"data.train={data}", *overrides])
-    p = PRESETS[preset] if isinstance(preset, str) else preset
     frame, classes, _ = load_pool(cfg, lambda *a: None)
     if len(classes) < 2:
         raise PodiumError(f"data {data} has {len(classes)} class(es): auto needs at least 2")
-    from podium.evaluation.cv import _load_test
-
     if test is not None:
         _load_test(cfg, test)
-    folder = Path(out) if out is not None else Path(cfg.output.dir) / f"auto-{_slug(Path(data).stem)}"
-    sig = _signature(data, test, budget_s, p.name, models, sizes, overrides, config)
-    state_path = folder / AUTO_STATE_FILE
-    if state_path.is_file():
-        record = read_json_file(state_path, "auto's state")
-        if record.get("signature") != sig:
-            changed = [k for k in sig if record.get("signature", {}).get(k) != sig[k]]
-            raise PodiumError(f"{folder} holds an auto run started with other arguments ({', '.join(changed)} "
-                              f"differ): run again with the same arguments to resume it, or give --out NEW_FOLDER")
-        plan = Plan.from_dict(record["plan"])
-        state = _State(folder, record, clock)
-        log(f"resuming {folder}: {state.before:.0f}s of {budget_s:.0f}s already spent")
-    else:
-        if folder.exists() and any(folder.iterdir()):
-            raise PodiumError(f"{folder} exists and is not an auto folder (no {AUTO_STATE_FILE}): give --out NEW_FOLDER")
-        t_plan = clock()
-        names = list(models) if models else list(dict.fromkeys([cfg.model.name, *p.backbones]))
-        cand_sizes = [int(s) for s in sizes] if sizes else list(p.sizes)
-        n_test = len(_load_test(cfg, test)) if test is not None else 0
-        default = _default_candidate(cfg, names, cand_sizes)
-        plan_args: dict[str, Any] = dict(default_epochs=cfg.train.epochs, val_fraction=cfg.data.val_fraction,
-                                         default=default, test_ratio=n_test / max(len(frame), 1))
-        candidates = _measure(cfg, names, cand_sizes, frame, len(classes), budget_s, p, plan_args, measure,
-                              lambda: clock() - t_plan, log)
-        if not candidates:
-            raise PodiumError(f"none of {', '.join(names)} has pretrained weights on this machine: set "
-                              "model.pretrained_path, give --models with cached weights, or model.pretrained=false")
-        measured_s = clock() - t_plan
-        plan = make_plan(candidates, budget_s, p, spent_s=measured_s, **plan_args)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = _State(folder, {"signature": sig, "plan": plan.to_dict(), "spent_s": 0.0, "steps": {}}, clock)
-        state.t0 -= measured_s  # the measuring counts against the budget
-        state.save()
-    log(f"plan: {plan.describe()}")
-    log(f"why: {plan.why}")
-    return _execute(folder, cfg, plan, state, classes, test=test, overrides=overrides, config=config, export=export,
-                    progress=progress, log=log)
+    return cfg, frame, classes
+
+
+def _resume(folder: Path, sig: dict, budget_s: float, clock: Callable[[], float], log) -> tuple[Plan, _State]:
+    """The plan (with the stages it grew by) and the time spent, from an earlier attempt's state."""
+    record = read_json_file(folder / AUTO_STATE_FILE, "auto's state")
+    if record.get("signature") != sig:
+        changed = [k for k in sig if record.get("signature", {}).get(k) != sig[k]]
+        raise PodiumError(f"{folder} holds an auto run started with other arguments ({', '.join(changed)} "
+                          f"differ): run again with the same arguments to resume it, or give --out NEW_FOLDER")
+    state = _State(folder, record, clock)
+    log(f"resuming {folder}: {state.before:.0f}s of {budget_s:.0f}s already spent")
+    return Plan.from_dict(record["plan"]), state
+
+
+def _start(folder: Path, sig: dict, cfg, frame: pd.DataFrame, classes: list[str], test, budget_s: float, p: Preset,
+           models, sizes, measure: Callable | None, clock: Callable[[], float], log) -> tuple[Plan, _State]:
+    """Measure the candidates, make the first plan and write the state; the measuring counts."""
+    from podium.evaluation.cv import _load_test
+
+    t_plan = clock()
+    names = list(models) if models else list(dict.fromkeys([cfg.model.name, *p.backbones]))
+    cand_sizes = [int(s) for s in sizes] if sizes else list(p.sizes)
+    n_test = len(_load_test(cfg, test)) if test is not None else 0
+    plan_args: dict[str, Any] = dict(default_epochs=cfg.train.epochs, val_fraction=cfg.data.val_fraction,
+                                     default=_default_candidate(cfg, names, cand_sizes),
+                                     test_ratio=n_test / max(len(frame), 1))
+    candidates = _measure(cfg, names, cand_sizes, frame, len(classes), budget_s, p, plan_args, measure,
+                          lambda: clock() - t_plan, log)
+    if not candidates:
+        raise PodiumError(f"none of {', '.join(names)} has pretrained weights on this machine: set "
+                          "model.pretrained_path, give --models with cached weights, or model.pretrained=false")
+    measured_s = clock() - t_plan
+    plan = make_plan(candidates, budget_s, p, spent_s=measured_s, **plan_args)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = _State(folder, {"signature": sig, "plan": plan.to_dict(), "spent_s": 0.0, "steps": {}}, clock)
+    state.t0 -= measured_s  # the measuring counts against the budget
+    state.save()
+    return plan, state
 
 
 def _default_candidate(cfg, names: Sequence[str], sizes: Sequence[int]) -> tuple[str, int]:
@@ -186,10 +209,12 @@ def _measure(cfg, names: Sequence[str], sizes: Sequence[int], frame: pd.DataFram
     """Measure the single default run's candidate first; measure the others only when the budget
     buys more than that one run with it (on a small budget measuring was most of the time spent:
     78 s of 6 minutes for two sizes on a loaded CPU, benchmarks/auto/RESULTS.md)."""
+    timings = Timings(log=log)  # one session: the first candidate timed is the probe of the cached times
+
     def timed(nm: str, szs: Sequence[int]) -> list[Candidate]:
         if measure is not None:
             return list(measure(cfg, [nm], list(szs), len(frame), n_classes))
-        found = measure_candidates(cfg, [nm], list(szs), len(frame), n_classes, log=log)
+        found = timings.measure(cfg, [nm], list(szs), len(frame), n_classes)
         paths = frame["path"].astype(str).tolist()
         per_image = {s: decode_seconds(paths, s) for s in szs}
         return [Candidate(c.model, c.size, c.train_s + per_image[c.size] * len(frame),
@@ -238,110 +263,195 @@ def _member_overrides(folder: Path, plan: Plan, c: Candidate, name: str, max_tim
 EXTRAS_SAFETY = 1.25
 
 
-def _execute(folder: Path, cfg, plan: Plan, state: _State, classes: list[str], *, test, overrides, config,
-             export: bool, progress: bool, log) -> AutoResult:
-    from podium.evaluation.cv import gather_cv, run_cv
-    from podium.schema import load_config
+@dataclass
+class _Run:
+    """What every step of one auto run needs: where it writes, its config and state, its inputs."""
+    folder: Path
+    cfg: Any
+    state: _State
+    classes: list[str]
+    test: Any
+    overrides: Sequence[str]
+    config: Any
+    progress: bool
+    log: Callable
 
-    k, n, holdout = plan.folds, len(plan.members), plan.mode == "holdout"
-    trained = plan.trained_folds
-    member_dirs: list[Path] = []
-    for i, c in enumerate(plan.members):
-        name = _member_name(i, c)
-        mdir = folder / "members" / name
-        if state.step(f"member:{name}") is None:
-            for j, f in enumerate(trained):
-                if is_finished_run(fold_dir(mdir, f)):
-                    log(f"{name} fold {f}: finished earlier, reused")
-                    continue
-                folds_left = (n - i) * len(trained) - j
-                reserve = (sum(MEMBER_OVERHEAD_S + EXTRAS_SAFETY * extras_s(m, k, holdout, plan.test_ratio)
-                               for m in plan.members[i:]) + FINAL_OVERHEAD_S + FOLD_OVERHEAD_S * folds_left)
-                share = (plan.budget_s - state.spent - reserve) / folds_left
-                if plan.refit:  # the holdout's part of what is left; the refit gets the rest
-                    reserve += FOLD_OVERHEAD_S
-                    part = c.fold_epoch_s(k) / (c.fold_epoch_s(k) + refit_epoch_s(c, k))
-                    share = (plan.budget_s - state.spent - reserve) * part
-                share = max(share, c.fold_epoch_s(k) * 1.5 + 5)
-                mcfg = load_config(config, [f"data.train={cfg.data.train}", *overrides,
-                                            *_member_overrides(folder, plan, c, name, share)])
-                fd = fold_dir(mdir, f)
-                if fd.is_dir() and any(fd.iterdir()):
-                    log(f"{name} fold {f}: interrupted earlier, continued")
-                    from podium.model.training import train
+    def member_config(self, plan: Plan, c: Candidate, name: str, max_time_s: float, *extra: str):
+        from podium.schema import load_config
 
-                    train(None, resume=fd, progress=progress, log=log)
-                else:
-                    what = f"holdout run (fold {f} of {k} held out)" if holdout else f"fold {f}/{k}"
-                    log(f"{name} {what}: training (max {share:.0f}s)")
-                    # no test_data: the test images are predicted once per member, with TTA where it paid
-                    run_cv(mcfg, folds=k, only_fold=f, progress=progress, log=log)
-                state.record.setdefault("folds_done", {}).setdefault(name, []).append(f)
-                state.save()
-            if holdout:
-                from podium.rundir import read_summary
+        return load_config(self.config, [f"data.train={self.cfg.data.train}", *self.overrides,
+                                         *_member_overrides(self.folder, plan, c, name, max_time_s), *extra])
 
-                run = fold_dir(mdir, 0)
-                trained_epochs = read_summary(run).get("epochs_trained")
-                state.done(f"member:{name}", {"holdout_macro_f1": _macro_f1(read_val_predictions(run), classes),
-                                              "dir": str(mdir), "run": str(run), "epochs_trained": trained_epochs})
-            else:
-                if not (mdir / CV_SUMMARY_FILE).is_file():
-                    gather_cv(mdir, progress=progress, log=log)
-                summary = read_json_file(mdir / CV_SUMMARY_FILE, "a member's cv summary")
-                state.done(f"member:{name}", {"cv_macro_f1": summary["cv_macro_f1"], "dir": str(mdir)})
-        member_dirs.append(mdir)
-    if holdout:
-        members = [_holdout_extras(mdir, state, classes, None if plan.refit else test, progress, log)
-                   for mdir in member_dirs]
-        if plan.refit:
-            members = [_refit(folder, cfg, plan, state, m, test, overrides=overrides, config=config,
-                              progress=progress, log=log) for m in members]
-    else:
-        members = [_member_extras(mdir, state, classes, test, progress, log) for mdir in member_dirs]
+
+def _execute(folder: Path, cfg, plan: Plan, preset: Preset, state: _State, classes: list[str], *, test, overrides,
+             config, export: bool, progress: bool, log) -> AutoResult:
+    """Train the plan's members, grow it by the stages the time left buys, then the measured extras."""
+    run = _Run(folder, cfg, state, classes, test, overrides, config, progress, log)
+    while True:
+        member_dirs = [_train_member(run, plan, i) for i in range(len(plan.members))]
+        grown = _next_stage(run, plan, preset, member_dirs)
+        if grown is None:
+            break
+        plan = grown
+    members = _extras(run, plan, member_dirs)
     final = _choose_final(folder, members, state, test, log)
     return _finish(folder, cfg, plan, state, classes, final, members, test, export, log)
 
 
-def _refit(folder: Path, cfg, plan: Plan, state: _State, member: dict, test, *, overrides, config, progress: bool,
-           log) -> dict:
+def _member_dir(folder: Path, i: int, c: Candidate) -> Path:
+    return folder / "members" / _member_name(i, c)
+
+
+def _train_member(run: _Run, plan: Plan, i: int) -> Path:
+    """Member ``i``'s folds (those not finished earlier), then its record: the holdout run's
+    held-out score, or the gathered cv summary."""
+    c = plan.members[i]
+    mdir = _member_dir(run.folder, i, c)
+    key = f"member:{mdir.name}"
+    if run.state.step(key) is None:
+        for f in plan.trained_folds:
+            _train_fold(run, plan, i, f)
+        run.state.done(key, _member_record(run, plan, mdir))
+    return mdir
+
+
+def _folds_left(run: _Run, plan: Plan, i: int) -> int:
+    """Fold models still to train from member ``i`` on (this one included)."""
+    return sum(not is_finished_run(fold_dir(_member_dir(run.folder, j, m), f))
+               for j, m in enumerate(plan.members) if j >= i for f in plan.trained_folds)
+
+
+def _fold_share(run: _Run, plan: Plan, i: int) -> float:
+    """Seconds member ``i``'s next fold may train (its train.max_time): the time left after the
+    predictions still ahead, split evenly over the folds left (a refit plan's holdout gets its
+    part by the two runs' epoch costs)."""
+    c, k, holdout = plan.members[i], plan.folds, plan.mode == "holdout"
+    left = _folds_left(run, plan, i)
+    reserve = (sum(MEMBER_OVERHEAD_S + EXTRAS_SAFETY * extras_s(m, k, holdout, plan.test_ratio)
+                   for m in plan.members[i:]) + FINAL_OVERHEAD_S + FOLD_OVERHEAD_S * left)
+    share = (plan.budget_s - run.state.spent - reserve) / max(left, 1)
+    if plan.refit:  # the holdout's part of what is left; the refit gets the rest
+        part = c.fold_epoch_s(k) / (c.fold_epoch_s(k) + refit_epoch_s(c, k))
+        share = (plan.budget_s - run.state.spent - reserve - FOLD_OVERHEAD_S) * part
+    return max(share, c.fold_epoch_s(k) * 1.5 + 5)
+
+
+def _train_fold(run: _Run, plan: Plan, i: int, f: int) -> None:
+    """One fold model of member ``i``: reused when finished, continued when interrupted."""
+    from podium.evaluation.cv import run_cv
+
+    c = plan.members[i]
+    mdir = _member_dir(run.folder, i, c)
+    fd = fold_dir(mdir, f)
+    if is_finished_run(fd):
+        run.log(f"{mdir.name} fold {f}: finished earlier, reused")
+        return
+    share = _fold_share(run, plan, i)
+    if fd.is_dir() and any(fd.iterdir()):
+        from podium.model.training import train
+
+        run.log(f"{mdir.name} fold {f}: interrupted earlier, continued")
+        train(None, resume=fd, progress=run.progress, log=run.log)
+    else:
+        what = f"holdout run (fold {f} of {plan.folds} held out)" if plan.mode == "holdout" else f"fold {f}/{plan.folds}"
+        run.log(f"{mdir.name} {what}: training (max {share:.0f}s)")
+        # no test_data: the test images are predicted once per member, with TTA where it paid
+        run_cv(run.member_config(plan, c, mdir.name, share), folds=plan.folds, only_fold=f, progress=run.progress,
+               log=run.log)
+    run.state.record.setdefault("folds_done", {}).setdefault(mdir.name, []).append(f)
+    run.state.save()
+
+
+def _member_record(run: _Run, plan: Plan, mdir: Path) -> dict:
+    from podium.evaluation.cv import gather_cv
+    from podium.rundir import read_summary
+
+    if plan.mode == "holdout":
+        fold0 = fold_dir(mdir, 0)
+        return {"holdout_macro_f1": _macro_f1(read_val_predictions(fold0), run.classes), "dir": str(mdir),
+                "run": str(fold0), "epochs_trained": read_summary(fold0).get("epochs_trained")}
+    if not (mdir / CV_SUMMARY_FILE).is_file():
+        gather_cv(mdir, progress=run.progress, log=run.log)
+    summary = read_json_file(mdir / CV_SUMMARY_FILE, "a member's cv summary")
+    return {"cv_macro_f1": summary["cv_macro_f1"], "dir": str(mdir)}
+
+
+def _next_stage(run: _Run, plan: Plan, preset: Preset, member_dirs: list[Path]) -> Plan | None:
+    """The plan grown by what the time left buys (`grow_plan`), re-planned on the epochs the last
+    trained run actually took; saved in the state so that a resumed run continues it."""
+    from podium.rundir import read_summary
+
+    last = read_summary(fold_dir(member_dirs[-1], plan.trained_folds[-1]))
+    ratio = speed_ratio(last.get("epoch_times_s") or [], plan.members[-1].fold_epoch_s(plan.folds))
+    if ratio is None:
+        return None
+    first = read_summary(fold_dir(member_dirs[0], 0))
+    grown = grow_plan(plan, preset, spent_s=run.state.spent, ratio=ratio,
+                      epochs_done=int(first.get("epochs_trained") or plan.epochs))
+    if grown is None:
+        return None
+    run.log(grown.stages[-1])
+    run.log(f"plan: {grown.describe()}")
+    if grown.mode != plan.mode:  # the holdout member is now a cv member: recorded again once its folds are done
+        for d in member_dirs:
+            run.state.record.get("steps", {}).pop(f"member:{d.name}", None)
+    run.state.record["plan"] = grown.to_dict()
+    run.state.save()
+    return grown
+
+
+def _extras(run: _Run, plan: Plan, member_dirs: list[Path]) -> list[dict]:
+    """Each member's measured extras: TTA on its held-out or OOF rows, its test predictions, and
+    for a holdout + refit plan the refit on every image."""
+    if plan.mode != "holdout":
+        return [_member_extras(mdir, run.state, run.classes, run.test, run.progress, run.log) for mdir in member_dirs]
+    members = [_holdout_extras(mdir, run.state, run.classes, None if plan.refit else run.test, run.progress, run.log)
+               for mdir in member_dirs]
+    if plan.refit:
+        members = [_refit(run, plan, m) for m in members]
+    return members
+
+
+def _refit(run: _Run, plan: Plan, member: dict) -> dict:
     """The holdout member refit on every image for the epochs its holdout run trained (AutoGluon's
     refit_full), with ``train.monitor=epoch`` (its validation part is in its training data, so the
     last epoch is its model); the test set is predicted by it, with TTA where the holdout's
     held-out images said it pays. The member's held-out predictions stay the holdout run's."""
-    from podium.evaluation.cv import train_refit
-    from podium.model.training import train
-    from podium.rundir import read_summary
-    from podium.schema import load_config
-
     mdir = Path(member["dir"])
-    c = plan.members[0]
     key = f"refit:{mdir.name}"
-    rec = state.step(key)
+    rec = run.state.step(key)
     if rec is None:
-        rdir = mdir / "refit"
-        epochs = int(read_summary(fold_dir(mdir, 0)).get("epochs_trained") or plan.epochs)
-        reserve = MEMBER_OVERHEAD_S + EXTRAS_SAFETY * extras_s(c, plan.folds, True, plan.test_ratio) + FINAL_OVERHEAD_S
-        max_s = max(plan.budget_s - state.spent - reserve, refit_epoch_s(c, plan.folds) * 1.5 + 5)
-        if is_finished_run(rdir):
-            log(f"{mdir.name} refit: finished earlier, reused")
-        elif rdir.is_dir() and any(rdir.iterdir()):
-            log(f"{mdir.name} refit: interrupted earlier, continued")
-            train(None, resume=rdir, progress=progress, log=log)
-        else:
-            rcfg = load_config(config, [f"data.train={cfg.data.train}", *overrides,
-                                        *_member_overrides(folder, plan, c, mdir.name, max_s),
-                                        f"train.epochs={epochs}", "train.monitor=epoch"])
-            log(f"{mdir.name} refit on every image: {epochs} epochs, the holdout run's (max {max_s:.0f}s)")
-            train_refit(rcfg, mdir, name="refit", progress=progress, log=log)
-        rec = {"dir": str(rdir), "epochs": epochs, "epochs_trained": read_summary(rdir).get("epochs_trained")}
-        if test is not None:
-            rec["test"] = _member_test(rdir, test, TTA_VIEWS if member["kept"] else None, mdir / "refit-test", progress)
-        state.done(key, rec)
+        rec = _train_refit(run, plan, mdir)
+        if run.test is not None:
+            rec["test"] = _member_test(Path(rec["dir"]), run.test, TTA_VIEWS if member["kept"] else None,
+                                       mdir / "refit-test", run.progress)
+        run.state.done(key, rec)
     out = {**member, "model": rec["dir"], "refit": rec}
     if "test" in rec:
         out["test"] = rec["test"]
     return out
+
+
+def _train_refit(run: _Run, plan: Plan, mdir: Path) -> dict:
+    """The refit run itself: reused when finished, continued when interrupted."""
+    from podium.evaluation.cv import train_refit
+    from podium.model.training import train
+    from podium.rundir import read_summary
+
+    c, rdir = plan.members[0], mdir / "refit"
+    epochs = int(read_summary(fold_dir(mdir, 0)).get("epochs_trained") or plan.epochs)
+    reserve = MEMBER_OVERHEAD_S + EXTRAS_SAFETY * extras_s(c, plan.folds, True, plan.test_ratio) + FINAL_OVERHEAD_S
+    max_s = max(plan.budget_s - run.state.spent - reserve, refit_epoch_s(c, plan.folds) * 1.5 + 5)
+    if is_finished_run(rdir):
+        run.log(f"{mdir.name} refit: finished earlier, reused")
+    elif rdir.is_dir() and any(rdir.iterdir()):
+        run.log(f"{mdir.name} refit: interrupted earlier, continued")
+        train(None, resume=rdir, progress=run.progress, log=run.log)
+    else:
+        rcfg = run.member_config(plan, c, mdir.name, max_s, f"train.epochs={epochs}", "train.monitor=epoch")
+        run.log(f"{mdir.name} refit on every image: {epochs} epochs, the holdout run's (max {max_s:.0f}s)")
+        train_refit(rcfg, mdir, name="refit", progress=run.progress, log=run.log)
+    return {"dir": str(rdir), "epochs": epochs, "epochs_trained": read_summary(rdir).get("epochs_trained")}
 
 
 def _macro_f1(table: pd.DataFrame, classes: list[str]) -> float:

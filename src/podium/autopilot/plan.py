@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from podium.errors import PodiumError
@@ -91,6 +91,7 @@ class Plan:
     single_epochs: int = 0
     test_ratio: float = 0.0
     refit: bool = False
+    stages: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,6 +121,10 @@ class Plan:
         names = ", ".join(f"{m.model}@{m.size}" for m in self.members)
         return (f"{self.folds} folds x {len(self.members)} member(s) at {'/'.join(map(str, sizes))} px, "
                 f"{self.epochs} epochs: {budget} ({names})")
+
+    def bar(self, preset: Preset) -> int:
+        """The epochs a fold model must reach to be worth training (as in `make_plan`)."""
+        return max(self.single_epochs, preset.min_epochs, 1)
 
 
 def extras_s(m: Candidate, folds: int, holdout: bool, test_ratio: float) -> float:
@@ -208,66 +213,193 @@ def make_plan(candidates: Sequence[Candidate], budget_s: float, preset: str | Pr
     fold ensemble add to what one run would reach, instead of trading epochs and data for averaging.
     Otherwise the budget buys about one run, and auto does that run (a holdout: fold 0 of the
     single run's fold count) with as many epochs as fit, plus the cheap steps measured on its
-    held-out part (TTA, biases). Refuses (naming the measured minimum) a budget too small for one
-    epoch of that run. ``spent_s`` (the measuring) is already gone from the budget.
+    held-out part (TTA, biases), and a refit on every image where two runs fit. Refuses (naming
+    the measured minimum) a budget too small for one epoch of that run. ``spent_s`` (the
+    measuring) is already gone from the budget.
     """
     p = PRESETS[preset] if isinstance(preset, str) else preset
     if not candidates:
         raise PodiumError("podium auto: no candidate backbone to plan with")
-    usable = max(budget_s - spent_s, 0.0) * PLAN_SHARE
-    k_hold = holdout_folds(val_fraction)
-    share = (k_hold - 1) / k_hold
-    single = single_candidate(candidates, p, default)
-    fit_single = min(p.max_epochs, _epochs_fit(usable, [single], k_hold, True, test_ratio))
+    ctx = _Context(p, budget_s, spent_s, max(budget_s - spent_s, 0.0) * PLAN_SHARE, holdout_folds(val_fraction),
+                   single_candidate(candidates, p, default), test_ratio, list(candidates))
+    fit_single = min(p.max_epochs, _epochs_fit(ctx.usable, [ctx.single], ctx.k_hold, True, test_ratio))
     if fit_single < 1:
-        floor = minimum_s([single], val_fraction, test_ratio)
-        need = spent_s + floor / PLAN_SHARE
-        raise PodiumError(f"a budget of {budget_s:.0f}s is too small: measuring the candidates took {spent_s:.0f}s and "
-                          f"the cheapest plan measured on this machine (one run of 1 epoch of {single.model}@"
-                          f"{single.size} on {share:.0%} of the images, its predictions included) needs "
-                          f"{floor / PLAN_SHARE:.0f}s more with the safety share: {need:.0f}s in all; give --time "
-                          f"{math.ceil(need / 60)}m or more (or fewer --models/--sizes to measure)")
-    single_epochs = min(default_epochs, fit_single)
-    bar = max(single_epochs, p.min_epochs)
-    order = diverse_order(candidates, p)
-    tried = []
+        raise _too_small(ctx, val_fraction)
+    ctx.single_epochs = min(default_epochs, fit_single)
+    return _cv_plan(ctx) or _refit_plan(ctx) or _holdout_plan(ctx, fit_single)
+
+
+@dataclass
+class _Context:
+    """What every kind of plan is measured against: the budget left, the single default run."""
+    preset: Preset
+    budget_s: float
+    spent_s: float
+    usable: float
+    k_hold: int
+    single: Candidate
+    test_ratio: float
+    candidates: list[Candidate]
+    single_epochs: int = 0
+    refit_epochs: int = 0
+    tried: list[str] = field(default_factory=list)
+
+    @property
+    def share(self) -> float:
+        return (self.k_hold - 1) / self.k_hold
+
+    @property
+    def bar(self) -> int:
+        """The epochs a fold model (or a refit) must reach to beat what one run gets in the same time."""
+        return max(self.single_epochs, self.preset.min_epochs)
+
+    def plan(self, folds: int, epochs: int, members: list[Candidate], why: str, **kw) -> Plan:
+        holdout = kw.get("mode") == "holdout"
+        planned = self.spent_s + cost(members, folds, epochs, holdout=holdout, test_ratio=self.test_ratio,
+                                      refit=kw.get("refit", False))
+        return Plan(self.preset.name, self.budget_s, folds, epochs, members, planned, why, self.candidates,
+                    single_epochs=self.single_epochs, test_ratio=self.test_ratio,
+                    epochs_upper=self.preset.max_epochs if holdout else 0, **kw)
+
+
+def _too_small(ctx: _Context, val_fraction: float) -> PodiumError:
+    floor = minimum_s([ctx.single], val_fraction, ctx.test_ratio)
+    need = ctx.spent_s + floor / PLAN_SHARE
+    return PodiumError(f"a budget of {ctx.budget_s:.0f}s is too small: measuring the candidates took {ctx.spent_s:.0f}s "
+                       f"and the cheapest plan measured on this machine (one run of 1 epoch of {ctx.single.model}@"
+                       f"{ctx.single.size} on {ctx.share:.0%} of the images, its predictions included) needs "
+                       f"{floor / PLAN_SHARE:.0f}s more with the safety share: {need:.0f}s in all; give --time "
+                       f"{math.ceil(need / 60)}m or more (or fewer --models/--sizes to measure)")
+
+
+def _cv_plan(ctx: _Context) -> Plan | None:
+    """The first of the preset's (folds, members) shapes whose fold models reach the bar, if any."""
+    p = ctx.preset
+    order = diverse_order(ctx.candidates, p)
     for folds, n in p.shapes:
         if n > len(order):
             continue
-        if (folds - 1) / folds < share - SHARE_SLACK - 1e-9:
-            tried.append(f"{folds}x{n}: fold models on {(folds - 1) / folds:.0%} < {share:.0%} of the images")
+        if (folds - 1) / folds < ctx.share - SHARE_SLACK - 1e-9:
+            ctx.tried.append(f"{folds}x{n}: fold models on {(folds - 1) / folds:.0%} < {ctx.share:.0%} of the images")
             continue
         members = order[:n]
-        epochs = min(p.max_epochs, _epochs_fit(usable, members, folds, False, test_ratio))
-        tried.append(f"{folds}x{n}: {epochs} epochs")
-        if epochs >= bar:
-            why = (f"preset {p.name}: the first shape (folds x members) whose fold models reach {bar} epochs (the "
-                   f"single default run would get {single_epochs} in this time; the preset wants {p.min_epochs}) in "
-                   f"{PLAN_SHARE:.0%} of the budget ({'; '.join(tried)}); one epoch of one fold measured "
+        epochs = min(p.max_epochs, _epochs_fit(ctx.usable, members, folds, False, ctx.test_ratio))
+        ctx.tried.append(f"{folds}x{n}: {epochs} epochs")
+        if epochs >= ctx.bar:
+            why = (f"preset {p.name}: the first shape (folds x members) whose fold models reach {ctx.bar} epochs (the "
+                   f"single default run would get {ctx.single_epochs} in this time; the preset wants {p.min_epochs}) "
+                   f"in {PLAN_SHARE:.0%} of the budget ({'; '.join(ctx.tried)}); one epoch of one fold measured "
                    + ", ".join(f"{m.model}@{m.size}={m.fold_epoch_s(folds):.1f}s" for m in members))
-            return Plan(p.name, budget_s, folds, epochs, list(members),
-                        spent_s + cost(members, folds, epochs, test_ratio=test_ratio), why, list(candidates),
-                        single_epochs=single_epochs, test_ratio=test_ratio)
-    shapes = f"the single default run would get {single_epochs} in this time; " + (
-        "; ".join(tried) or "no shape fits the candidates")
-    refit_epochs = min(p.max_epochs, _epochs_fit(usable, [single], k_hold, True, test_ratio, refit=True))
-    if refit_epochs >= bar:
-        why = (f"preset {p.name}: no shape's fold models reach {bar} epochs ({shapes}), but one run on {share:.0%} "
-               f"of the images and a refit on all of them both get {refit_epochs} (AutoGluon's refit_full): the "
-               f"held-out {1 - share:.0%} measures TTA and biases and how long the refit trains (one epoch measured "
-               f"{single.fold_epoch_s(k_hold):.1f}s + refit {refit_epoch_s(single, k_hold):.1f}s)")
-        return Plan(p.name, budget_s, k_hold, refit_epochs, [single],
-                    spent_s + cost([single], k_hold, refit_epochs, holdout=True, test_ratio=test_ratio, refit=True),
-                    why, list(candidates), mode="holdout", epochs_upper=p.max_epochs, single_epochs=single_epochs,
-                    test_ratio=test_ratio, refit=True)
-    why = (f"preset {p.name}: the budget buys about one run: no shape's fold models reach {bar} epochs ({shapes}), "
-           f"nor a holdout + refit on all the images ({refit_epochs} epochs each), so auto trains that run on "
-           f"{share:.0%} of the images for {fit_single} epochs (one measured: {single.fold_epoch_s(k_hold):.1f}s) and "
-           f"keeps TTA and biases only where the held-out {1 - share:.0%} says they pay")
-    return Plan(p.name, budget_s, k_hold, fit_single, [single],
-                spent_s + cost([single], k_hold, fit_single, holdout=True, test_ratio=test_ratio), why,
-                list(candidates), mode="holdout", epochs_upper=p.max_epochs, single_epochs=single_epochs,
-                test_ratio=test_ratio)
+            return ctx.plan(folds, epochs, list(members), why)
+    return None
+
+
+def _shapes_note(ctx: _Context) -> str:
+    return f"the single default run would get {ctx.single_epochs} in this time; " + (
+        "; ".join(ctx.tried) or "no shape fits the candidates")
+
+
+def _refit_plan(ctx: _Context) -> Plan | None:
+    """One holdout run and a refit on every image, both reaching the bar (AutoGluon's refit_full)."""
+    p, c, k = ctx.preset, ctx.single, ctx.k_hold
+    epochs = min(p.max_epochs, _epochs_fit(ctx.usable, [c], k, True, ctx.test_ratio, refit=True))
+    ctx.refit_epochs = epochs  # named by the holdout plan's why
+    if epochs < ctx.bar:
+        return None
+    why = (f"preset {p.name}: no shape's fold models reach {ctx.bar} epochs ({_shapes_note(ctx)}), but one run on "
+           f"{ctx.share:.0%} of the images and a refit on all of them both get {epochs} (AutoGluon's refit_full): the "
+           f"held-out {1 - ctx.share:.0%} measures TTA and biases and how long the refit trains (one epoch measured "
+           f"{c.fold_epoch_s(k):.1f}s + refit {refit_epoch_s(c, k):.1f}s)")
+    return ctx.plan(k, epochs, [c], why, mode="holdout", refit=True)
+
+
+def _holdout_plan(ctx: _Context, fit_single: int) -> Plan:
+    """The one run the budget buys, with as many epochs as fit."""
+    c, k = ctx.single, ctx.k_hold
+    why = (f"preset {ctx.preset.name}: the budget buys about one run: no shape's fold models reach {ctx.bar} epochs "
+           f"({_shapes_note(ctx)}), nor a holdout + refit on all the images "
+           f"({ctx.refit_epochs} epochs each), so auto trains that run on {ctx.share:.0%} of the images "
+           f"for {fit_single} epochs (one measured: {c.fold_epoch_s(k):.1f}s) and keeps TTA and biases only where the "
+           f"held-out {1 - ctx.share:.0%} says they pay")
+    return ctx.plan(k, fit_single, [c], why, mode="holdout")
+
+
+# ---------------------------------------------------------------- later stages: re-planned on the time spent
+
+
+def speed_ratio(epoch_times: Sequence[float], planned_epoch_s: float) -> float | None:
+    """How much slower (>1) or faster (<1) the epochs actually ran than planned: the median of
+    the measured epochs (the first one pays for start-up) over the planned epoch."""
+    times = sorted(float(t) for t in epoch_times if t and t > 0)
+    if not times or planned_epoch_s <= 0:
+        return None
+    return times[len(times) // 2] / planned_epoch_s
+
+
+def rescaled(c: Candidate, ratio: float) -> Candidate:
+    """``c`` with its costs as this machine runs them now (``ratio`` from `speed_ratio`)."""
+    return replace(c, train_s=c.train_s * ratio, val_s=c.val_s * ratio)
+
+
+def grow_plan(plan: Plan, preset: Preset, *, spent_s: float, ratio: float, epochs_done: int) -> Plan | None:
+    """The next stage the time actually left buys, once the plan's training is done; None if none.
+
+    The first plan is made from a short measurement; the runs then show what an epoch really
+    costs (``ratio``: measured over planned, from `speed_ratio`) and ``spent_s`` what is left. A
+    cached step time measured under another load planned 11 epochs where 20 ran in 9% of the
+    budget (benchmarks/auto/RESULTS.md), and a loaded machine can go idle mid-run. So every
+    candidate's cost is rescaled by ``ratio`` and, within `PLAN_SHARE` of the time left with
+    the steps still ahead (predictions, the refit) counted:
+
+    - a holdout run becomes fold 0 of a cv member: the other folds train for up to the
+      ``epochs_done`` it trained (at least the plan's bar), and the member is a fold ensemble with
+      out-of-fold predictions on every image (a planned refit is then not needed);
+    - else a holdout run without a refit gets one (for the epochs it trained);
+    - a cv plan gets one more member, the next candidate in the preset's diverse order.
+    """
+    left = max(plan.budget_s - spent_s, 0.0) * PLAN_SHARE
+    now = replace(plan, members=[rescaled(m, ratio) for m in plan.members],
+                  candidates=[rescaled(c, ratio) for c in plan.candidates])
+    done = f"{spent_s:.0f}s of {plan.budget_s:.0f}s spent, epochs ran x{ratio:.2f} the planned time"
+    if plan.mode == "holdout":
+        return _grow_holdout(now, preset, spent_s, left, epochs_done, done)
+    return _grow_cv(now, preset, spent_s, left, done)
+
+
+def _grow_holdout(plan: Plan, preset: Preset, spent_s: float, left: float, epochs_done: int, done: str) -> Plan | None:
+    """The holdout's other folds if they fit for the plan's bar, else a refit if it fits."""
+    c, k, tr = plan.members[0], plan.folds, plan.test_ratio
+    stage = f"stage {len(plan.stages) + 2}: {done}"
+    fixed = (k - 1) * FOLD_OVERHEAD_S + extras_s(c, k, False, tr) + MEMBER_OVERHEAD_S + FINAL_OVERHEAD_S
+    per_epoch = (k - 1) * c.fold_epoch_s(k)
+    epochs = min(epochs_done, int((left - fixed) // per_epoch)) if left > fixed and per_epoch > 0 else 0
+    if epochs >= plan.bar(preset):
+        why = (f"{stage}: the other {k - 1} folds of {c.model}@{c.size} for {epochs} epochs fit (the holdout "
+               f"trained {epochs_done}): a {k}-fold ensemble instead of one run")
+        return replace(plan, mode="cv", epochs=epochs, epochs_upper=0, refit=False,
+                       planned_s=spent_s + fixed + epochs * per_epoch, stages=[*plan.stages, why])
+    need = (epochs_done * refit_epoch_s(c, k) + FOLD_OVERHEAD_S + extras_s(c, k, True, tr) + MEMBER_OVERHEAD_S
+            + FINAL_OVERHEAD_S)
+    if plan.refit or epochs_done < 1 or need > left:
+        return None
+    why = f"{stage}: a refit on every image for the {epochs_done} epochs the holdout trained fits ({need:.0f}s)"
+    return replace(plan, refit=True, planned_s=spent_s + need, stages=[*plan.stages, why])
+
+
+def _grow_cv(plan: Plan, preset: Preset, spent_s: float, left: float, done: str) -> Plan | None:
+    """One more member, the next candidate in the preset's diverse order, if it fits."""
+    k, tr = plan.folds, plan.test_ratio
+    used = {(m.model, m.size) for m in plan.members}
+    nxt = next((c for c in diverse_order(plan.candidates, preset) if (c.model, c.size) not in used), None)
+    if nxt is None:
+        return None
+    need = (sum(MEMBER_OVERHEAD_S + extras_s(m, k, False, tr) for m in plan.members)
+            + cost([nxt], k, plan.epochs, test_ratio=tr))
+    if need > left:
+        return None
+    why = (f"stage {len(plan.stages) + 2}: {done}: one more member, {nxt.model}@{nxt.size}, {k} folds x "
+           f"{plan.epochs} epochs fits ({need:.0f}s with the predictions still ahead)")
+    return replace(plan, members=[*plan.members, nxt], planned_s=spent_s + need, stages=[*plan.stages, why])
 
 
 # ---------------------------------------------------------------- measuring on this machine
@@ -314,57 +446,110 @@ def timing_key(device: str, name: str, size: int, batch: int, n_classes: int) ->
     return f"{os.uname().nodename}|{device}|{name}|{size}px|batch{batch}|{n_classes}cls"
 
 
-def measure_candidates(cfg, names: Sequence[str], sizes: Sequence[int], n_images: int, n_classes: int, *,
-                       steps: int = 3, clock: Callable[[], float] = time.perf_counter,
-                       log: Callable = print, timer: Callable | None = None,
-                       cache: Path | None | bool = True) -> list[Candidate]:
-    """Time a short slice of training (``steps`` optimizer steps after a warm-up step, on
-    batches of ``train.batch_size`` at each size) and of prediction for every candidate on
-    this machine's training device, and scale both to the whole training set; image decoding
-    is timed on real files separately by the caller and added to ``train_s``/``val_s``.
+#: a cached step time older than this is measured again (a library upgrade or another load pattern since)
+TIMING_MAX_AGE_S = 7 * 24 * 3600.0
 
-    A step time measured earlier on this machine (same device, backbone, size, batch and class
-    count) is reused from `timings_file` (``cache``: True for that file, a path, or False) instead
-    of measured again: on a small budget measuring is a large part of the time (78 s of 6 minutes
-    on a loaded CPU, benchmarks/auto/RESULTS.md). ``timer`` replaces `_time_steps` (tests)."""
-    import torch
 
-    from podium.fileio import write_json
+class Timings:
+    """Step times on this machine: measured, or hinted by `timings_file` and checked by a probe.
 
-    device = "cuda" if torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda") else "cpu"
-    batch = cfg.train.batch_size
-    path = timings_file() if cache is True else (Path(cache) if cache else None)
-    known: dict = {}
-    if path is not None and path.is_file():
+    A cached time is only a hint: the load on a shared machine changes the cost of a step many
+    times over (benchmarks/auto/RESULTS.md: a step time cached while four sessions shared two
+    cores planned 11 epochs of 34 s; on the idle machine they took 2 s, and the 18m cells ended
+    after 98 s of 1080 s). So the first candidate asked for (the single default run's) is always
+    timed afresh, the probe; every cached time is then scaled by the probe's ratio to its own
+    cached time (``load``: the machine's speed now against when the cache was written), and
+    entries older than `TIMING_MAX_AGE_S` are measured again. Only the other candidates are
+    saved the measuring, which on a small budget was a large part of it (78 s of 6 minutes).
+    ``timer`` replaces `_time_steps` and ``now`` the wall clock of the entries' age (tests).
+    """
+
+    def __init__(self, cache: Path | None | bool = True, *, steps: int = 3, clock: Callable[[], float] = time.perf_counter,
+                 timer: Callable | None = None, now: Callable[[], float] = time.time, log: Callable = print):
+        self.path = timings_file() if cache is True else (Path(cache) if cache else None)
+        self.steps, self.clock, self.timer, self.now, self.log = steps, clock, timer or _time_steps, now, log
+        self.known = self._read()
+        self.load: float | None = None  # probe time / cached time, once the probe ran against a cached entry
+        self.probed = False
+
+    def _read(self) -> dict:
+        if self.path is None or not self.path.is_file():
+            return {}
         import json
 
         try:
-            known = json.loads(path.read_text())
+            known = json.loads(self.path.read_text())
         except (OSError, ValueError):
-            known = {}  # an unreadable cache is measured again, not an error
-    out = []
-    for name in names:
-        ok, weights = weights_for(name, cfg)
-        if not ok:
-            log(f"  {name}: no local weights (model.pretrained_path, torch hub or Hugging Face cache): skipped")
-            continue
-        for size in sizes:
-            key = timing_key(device, name, int(size), batch, n_classes)
-            if key in known:
-                step_s, fwd_s = float(known[key]["step_s"]), float(known[key]["fwd_s"])
-                note = f" (measured earlier, {known[key].get('at', '?')}; reused)"
-            else:
-                step_s, fwd_s = (timer or _time_steps)(name, int(size), batch, n_classes, device, steps, clock)
-                note = ""
-                if path is not None:
-                    known[key] = {"step_s": step_s, "fwd_s": fwd_s,
-                                  "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-                    write_json(path, known)
-            batches = math.ceil(n_images / batch)
-            out.append(Candidate(name, int(size), batches * step_s, batches * fwd_s, weights))
-            log(f"  {name}@{size}: {step_s * 1000:.0f} ms/step -> {batches * step_s:.1f}s per epoch of "
-                f"{n_images} images{note}")
-    return out
+            return {}  # an unreadable cache is measured again, not an error
+        return known if isinstance(known, dict) else {}
+
+    def _fresh(self, key: str) -> dict | None:
+        entry = self.known.get(key)
+        if not isinstance(entry, dict) or "step_s" not in entry:
+            return None
+        age = self.now() - float(entry.get("t", 0.0))
+        return entry if age <= TIMING_MAX_AGE_S else None
+
+    def step_times(self, key: str, name: str, size: int, batch: int, n_classes: int,
+                   device: str) -> tuple[float, float, str]:
+        """(step seconds, prediction-batch seconds, how they were found) for one candidate."""
+        hint = self._fresh(key)
+        if hint is not None and self.load is not None:  # calibrated by the probe: used, scaled
+            note = f" (cached {hint.get('at', '?')}, x{self.load:.2f} for the load now)"
+            return float(hint["step_s"]) * self.load, float(hint["fwd_s"]) * self.load, note
+        step_s, fwd_s = self.timer(name, size, batch, n_classes, device, self.steps, self.clock)
+        note = ""
+        if not self.probed:
+            self.probed = True
+            if hint is not None and float(hint["step_s"]) > 0:
+                self.load = step_s / float(hint["step_s"])
+                note = f" (probe: x{self.load:.2f} the cached {hint.get('at', '?')} time; cached times scaled by it)"
+        self._save(key, step_s, fwd_s)
+        return step_s, fwd_s, note
+
+    def _save(self, key: str, step_s: float, fwd_s: float) -> None:
+        if self.path is None:
+            return
+        import os
+
+        from podium.fileio import write_json
+
+        self.known[key] = {"step_s": step_s, "fwd_s": fwd_s, "t": self.now(), "load_avg": round(os.getloadavg()[0], 2),
+                           "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(self.now()))}
+        write_json(self.path, self.known)
+
+    def measure(self, cfg, names: Sequence[str], sizes: Sequence[int], n_images: int, n_classes: int) -> list[Candidate]:
+        """Time a short slice of training (``steps`` optimizer steps after a warm-up step, on
+        batches of ``train.batch_size`` at each size) and of prediction for every candidate on
+        this machine's training device, and scale both to the whole training set; image decoding
+        is timed on real files separately by the caller and added to ``train_s``/``val_s``."""
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda") else "cpu"
+        batch = cfg.train.batch_size
+        out = []
+        for name in names:
+            ok, weights = weights_for(name, cfg)
+            if not ok:
+                self.log(f"  {name}: no local weights (model.pretrained_path, torch hub or Hugging Face cache): skipped")
+                continue
+            for size in sizes:
+                key = timing_key(device, name, int(size), batch, n_classes)
+                step_s, fwd_s, note = self.step_times(key, name, int(size), batch, n_classes, device)
+                batches = math.ceil(n_images / batch)
+                out.append(Candidate(name, int(size), batches * step_s, batches * fwd_s, weights))
+                self.log(f"  {name}@{size}: {step_s * 1000:.0f} ms/step -> {batches * step_s:.1f}s per epoch of "
+                         f"{n_images} images{note}")
+        return out
+
+
+def measure_candidates(cfg, names: Sequence[str], sizes: Sequence[int], n_images: int, n_classes: int, *,
+                       steps: int = 3, clock: Callable[[], float] = time.perf_counter, log: Callable = print,
+                       timer: Callable | None = None, cache: Path | None | bool = True,
+                       now: Callable[[], float] = time.time) -> list[Candidate]:
+    """Every candidate's cost on this machine, in one `Timings` session (the first is the probe)."""
+    return Timings(cache, steps=steps, clock=clock, timer=timer, now=now, log=log).measure(
+        cfg, names, sizes, n_images, n_classes)
 
 
 def _time_steps(name: str, size: int, batch: int, n_classes: int, device: str, steps: int,
