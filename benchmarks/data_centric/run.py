@@ -228,17 +228,20 @@ def with_ids(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def audit_cell(study: Study, dataset: str, seed: int, noise: float, pool: pd.DataFrame, test: Path,
-               method: str = LEGACY_AUDIT_METHOD) -> None:
+               method: str = LEGACY_AUDIT_METHOD, variants: tuple[str, ...] = ("relabelled", "cleaned")) -> None:
     """One noise level of one seed. ``method`` (the audit's cleanlab filter_by): the first rows of
     results.csv ran cleanlab's default, prune_by_noise_rate, as study ``audit``; another method is
     study ``audit:METHOD`` on the same noisy pool, cv run and noisy run, with its own audit folder
-    and fixed runs."""
+    and fixed runs. ``variants``: the retrained runs, ``relabelled`` (every flagged label set to the
+    suggestion), ``cleaned`` (every flagged image dropped) and ``cleaned-capS`` (flagged images
+    dropped while no class loses more than the share S of its images, most suspicious first:
+    `Audit.suggested_fixes(max_class_share=S)`)."""
     import podium
+    from podium.curation.audit import load_audit
 
     name, suffix = ("audit", "") if method == LEGACY_AUDIT_METHOD else (f"audit:{method}", f"-{method}")
     tag = f"n{int(noise * 100)}-s{seed}"
-    if all(study.done(study=name, dataset=dataset, seed=seed, noise=noise, variant=v)
-           for v in ("cleaned", "relabelled")):
+    if all(study.done(study=name, dataset=dataset, seed=seed, noise=noise, variant=v) for v in variants):
         return
     noisy, flips = inject_noise(pool, label_views(dataset), noise, seed)
     train = study.csv(dataset, f"noisy-{tag}", noisy)
@@ -246,7 +249,7 @@ def audit_cell(study: Study, dataset: str, seed: int, noise: float, pool: pd.Dat
     cv = study.cv(study.config(dataset, train, f"audit-cv-{tag}", seed))
     folder = cv / f"audit-bench{suffix}"
     audit = podium.audit(cv, features=False, out=folder, method=method, log=QUIET) if not (
-        folder / "issues.csv").is_file() else _read_audit(folder)
+        folder / "issues.csv").is_file() else load_audit(folder)
     issues = audit.issues
     labels = issues[issues["kind"] == "label"]
     flagged = {(str(i), str(a)) for i, a in zip(labels["id"], labels["attribute"], strict=True)}
@@ -263,22 +266,19 @@ def audit_cell(study: Study, dataset: str, seed: int, noise: float, pool: pd.Dat
     if not study.done(study=name, dataset=dataset, seed=seed, noise=noise, variant="noisy"):
         study.record(study=name, dataset=dataset, seed=seed, noise=noise, variant="noisy",
                      macro_f1=study.test_f1(noisy_run, test), run_dir=str(noisy_run))
-    for action, variant in (("relabel", "relabelled"), ("drop", "cleaned")):
+    for variant in variants:
         if study.done(study=name, dataset=dataset, seed=seed, noise=noise, variant=variant):
             continue
-        fixes = audit.suggested_fixes(kinds=("label",), action=action)
-        fixes_path = study.work / "data" / dataset / f"{action}{suffix}-{tag}.csv"
+        action = "relabel" if variant == "relabelled" else "drop"
+        share = float(variant.removeprefix("cleaned-cap")) if variant.startswith("cleaned-cap") else None
+        fixes = audit.suggested_fixes(kinds=("label",), action=action, max_class_share=share)
+        cap = "" if share is None else f"-cap{share:g}"
+        fixes_path = study.work / "data" / dataset / f"{action}{suffix}{cap}-{tag}.csv"
         fixes.to_csv(fixes_path, index=False)
         run = study.train(study.config(dataset, train, f"audit-{variant}{suffix}-{tag}", seed,
                                        f"task.label_fixes={fixes_path}"))
         study.record(study=name, dataset=dataset, seed=seed, noise=noise, variant=variant,
                      macro_f1=study.test_f1(run, test), n_flagged=len(fixes), run_dir=str(run))
-
-
-def _read_audit(folder: Path):
-    from podium.curation.audit import Audit
-
-    return Audit(folder, json.loads((folder / "audit.json").read_text()), pd.read_csv(folder / "issues.csv", dtype={"id": str}))
 
 
 def clean_cell(study: Study, dataset: str, seed: int, pool: Path, test: Path) -> Path:
@@ -393,9 +393,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--audit-method", default=LEGACY_AUDIT_METHOD,
                         help="podium audit --method (cleanlab filter_by) for the audit study")
+    parser.add_argument("--audit-variants", default="relabelled,cleaned",
+                        help="retrained runs of the audit study: relabelled, cleaned, cleaned-capS (S: max class share)")
     parser.add_argument("--report", action="store_true", help="only write RESULTS tables from results.csv")
     args = parser.parse_args(argv)
     study = Study(args.work.expanduser(), args.epochs, args.out)
+    bad = [v for v in args.audit_variants.split(",") if v not in ("relabelled", "cleaned")
+           and not (v.startswith("cleaned-cap") and v.removeprefix("cleaned-cap").replace(".", "", 1).isdigit())]
+    if bad:
+        parser.error(f"--audit-variants: unknown {bad}; allowed relabelled, cleaned, cleaned-capS (e.g. cleaned-cap0.4)")
     if args.report:
         from benchmarks.data_centric.report import write_report
 
@@ -411,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "audit":
                     clean_cell(study, dataset, seed, pool_csv, test_csv)
                     for noise in (float(n) for n in args.noise.split(",")):
-                        audit_cell(study, dataset, seed, noise, pool, test_csv, args.audit_method)
+                        audit_cell(study, dataset, seed, noise, pool, test_csv, args.audit_method,
+                                   tuple(args.audit_variants.split(",")))
                 elif name == "pseudo":
                     pseudo_cell(study, dataset, seed, pool, test_csv)
                 elif name == "distill":
