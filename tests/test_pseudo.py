@@ -155,3 +155,72 @@ def test_a_model_without_honest_predictions_or_a_pool_of_another_task_is_refused
     binned = load_config(None, ['task.attributes={"gender": ["female", "robot"], "age": ["young", "old"]}',
                                 "task.bins={age: [30]}"])
     check_unlabeled_labels(csv, binned, ["female/young", "female/old", "robot/young", "robot/old"])  # fine
+
+
+def test_the_class_cap_keeps_the_labelled_proportions_most_confident_first():
+    from podium.curation.pseudo import keep_proportions
+
+    rng = np.random.default_rng(2)
+    predicted = np.array([0] * 5 + [1] * 200 + [2] * 10)
+    confidence = rng.uniform(0.5, 1.0, len(predicted))
+    probs = np.zeros((len(predicted), 3))
+    probs[np.arange(len(predicted)), predicted] = confidence
+    probs[np.arange(len(predicted)), (predicted + 1) % 3] = 1 - confidence
+    chosen = np.ones(len(predicted), bool)
+    share = np.array([0.1, 0.6, 0.3])
+    kept, limiting = keep_proportions(probs, chosen, share)
+    # class 2 is scarcest (10 eligible / 0.3 = 33 images in all): 3, 20 and 10 of them
+    assert limiting == 2 and np.bincount(predicted[kept], minlength=3).tolist() == [3, 20, 10]
+    for k in range(3):
+        mine = predicted == k
+        assert confidence[mine & kept].min() >= confidence[mine & ~kept].max(initial=0)  # the most confident
+    none_rare = chosen & (predicted != 0)
+    kept, limiting = keep_proportions(probs, none_rare, share)
+    assert limiting == 0 and not kept.any()  # a class with no eligible image leaves none of the others
+    kept, _ = keep_proportions(probs, chosen, np.array([0.0, 0.6, 0.4]))
+    assert not kept[predicted == 0].any() and kept[predicted == 1].sum() == 15  # 10 / 0.4 = 25 in all
+
+
+def _planted_round(tmp_path, monkeypatch, pool_predicted: np.ndarray, balance: bool):
+    """One round of `pseudo_label` on planted OOF (labelled: 10% a, 60% b, 30% c) and planted pool
+    predictions, training replaced by a recorder: what the round would train on."""
+    import podium.curation.pseudo as pseudo
+
+    classes = ["a", "b", "c"]
+    rng = np.random.default_rng(4)
+    y = np.repeat([0, 1, 2], [20, 120, 60])
+    oof = np.eye(3)[y] * 0.8 + 0.1
+    table = pd.DataFrame(oof, columns=classes).assign(target=np.asarray(classes)[y])
+    pool = pd.DataFrame({"id": [f"u{i}" for i in range(len(pool_predicted))],
+                         "path": [f"/u/{i}.png" for i in range(len(pool_predicted))]})
+    probs = np.eye(3)[pool_predicted] * rng.uniform(0.9, 0.95, (len(pool_predicted), 1))
+    probs = probs + (1 - probs.sum(1, keepdims=True)) / 3
+    predicted = pd.concat([pool.assign(fold=-1), pd.DataFrame(probs, columns=classes)], axis=1)
+    trained = []
+    monkeypatch.setattr(pseudo, "honest_predictions", lambda model: (table, classes, "out-of-fold predictions"))
+    monkeypatch.setattr(pseudo, "predictions", lambda *a, **k: predicted)
+    monkeypatch.setattr(pseudo, "_train_round", lambda cfg, *a: trained.append(cfg) or tmp_path / "model")
+    monkeypatch.setattr(pseudo, "_score", lambda model: 0.5)
+    from podium.schema import load_config
+
+    record = {}
+    for r in (1,):
+        record = pseudo._round(r, tmp_path / "teacher", pool, classes, load_config(None, []), tmp_path / "out",
+                               0.9, "soft", None, False, balance, False, lambda *a: None)
+    return record, trained
+
+
+def test_a_round_keeps_the_labelled_class_proportions_or_stops_saying_why(tmp_path, monkeypatch):
+    from podium.rundir import read_table
+
+    # the pool's confident predictions: 4 a, 100 b, 30 c -> balanced: a limits (4 / 0.1 = 40): 4, 24, 12
+    entry, trained = _planted_round(tmp_path, monkeypatch, np.repeat([0, 1, 2], [4, 100, 30]), balance=True)
+    assert entry["per_class"] == {"a": 4, "b": 24, "c": 12} and entry["balanced_by"] == "a" and len(trained) == 1
+    assert entry["eligible"] == {"a": 4, "b": 100, "c": 30}
+    assert len(read_table(entry["labels"], "pseudo-labels")) == 40
+    unbalanced, _ = _planted_round(tmp_path / "u", monkeypatch, np.repeat([0, 1, 2], [4, 100, 30]), balance=False)
+    assert unbalanced["per_class"] == {"a": 4, "b": 100, "c": 30}
+    # no confident image of the rare class: nothing keeps the proportions, the round is not trained
+    entry, trained = _planted_round(tmp_path / "s", monkeypatch, np.repeat([1, 2], [100, 30]), balance=True)
+    assert entry["model"] is None and not trained
+    assert "'a' has none that precise" in entry["stopped"] and "--no-balance" in entry["stopped"]

@@ -40,6 +40,10 @@ def register(sub) -> None:
                    help="train each round as a cv run with K folds (default: a cv model's own K; else single runs)")
     p.add_argument("--group-by-folder", action="store_true",
                    help="the unlabelled images of one folder are one group (e.g. one person)")
+    p.add_argument("--no-balance", action="store_true",
+                   help="do not cap each class's pseudo-labels to keep the labelled class proportions (by "
+                        "default a class none are precise enough for limits the others, so rounds do not shift "
+                        "the balance against it)")
     p.add_argument("--out", help="output folder (default: MODEL-pseudo beside the model)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -68,6 +72,13 @@ def register(sub) -> None:
                    help="how labels are flagged: cleanlab's find_label_issues filter_by (default "
                         "low_normalized_margin; prune_by_noise_rate is cleanlab's own default; an unknown "
                         "name lists them all)")
+    p.add_argument("--suggest", choices=("drop", "relabel"),
+                   help="also write suggested_fixes.csv in the audit folder: every flagged label dropped or set "
+                        "to the suggestion (not applied: train with task.label_fixes=... to use it)")
+    p.add_argument("--max-class-share", type=unit_float, metavar="S",
+                   help="with --suggest: no class loses more than the share S of its audited images to the "
+                        "suggested fixes, most suspicious first (protects rare classes, whose true images the "
+                        "models flag along with their flips)")
 
 
 def cmd_distill(args) -> int:
@@ -96,22 +107,29 @@ def cmd_pseudo_label(args) -> int:
     out = console()
     result = podium.pseudo_label(args.model, args.unlabeled, rounds=args.rounds, precision=args.precision,
                                  mode=args.mode, folds=args.folds, config=config, overrides=overrides,
-                                 group_by_folder=args.group_by_folder, out=args.out, progress=not args.quiet,
-                                 log=notes(out))
+                                 group_by_folder=args.group_by_folder, balance=not args.no_balance, out=args.out,
+                                 progress=not args.quiet, log=notes(out))
     rows = {"unlabelled images": result.record["n_unlabeled"], "mode": result.record["mode"]}
     for entry in result.record["rounds"]:
         score = entry["score"]
         rows[f"round {entry['round']}"] = (f"{entry['n_pseudo']} pseudo-labelled, macro F1 "
                                            f"{'-' if score is None else f'{score:.4f}'} ({entry['model']})")
+    if result.record.get("stopped"):
+        rows["stopped"] = result.record["stopped"]
     rows["folder"] = str(result.dir)
     table("pseudo-labelling", rows, out)
     return 0
 
 
 def cmd_audit(args) -> int:
+    import pandas as pd
+
     import podium
+    from podium.errors import PodiumError
 
     out = console()
+    if args.max_class_share is not None and args.suggest is None:
+        raise PodiumError("--max-class-share caps the suggested fixes: give --suggest drop (or relabel) with it")
     result = podium.audit(args.run, out=args.out, features=not args.no_features, max_review=args.max_review,
                           method=args.method, log=notes(out))
     s = result.summary
@@ -125,5 +143,10 @@ def cmd_audit(args) -> int:
     rows.update({"issues": str(result.dir / "issues.csv"), "review page": str(result.review_page),
                  "next": "open the review page, choose, export label_fixes.csv, then train with "
                          "task.label_fixes=label_fixes.csv"})
+    if args.suggest:
+        path = result.write_suggested_fixes(args.suggest, max_class_share=args.max_class_share)
+        n = len(pd.read_csv(path))
+        cap = "" if args.max_class_share is None else f", no class losing more than {args.max_class_share:g} of it"
+        rows["suggested fixes"] = f"{n} {args.suggest} row(s){cap}: {path} (not applied)"
     table(f"audit of {s['source']}", rows, out)
     return 0

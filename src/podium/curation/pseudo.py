@@ -8,7 +8,10 @@ predictions above it are right at least ``precision`` of the time; the round the
 as a normal run or cv run with ``data.pseudo_labels`` pointing at those images
 (`podium.model.soft_targets`): soft (the probabilities) or hard (the class) targets, in
 training parts only, never in validation folds or the OOF score, an image whose group is
-in a validation part left out of that fold.
+in a validation part left out of that fold. By default (``balance``) each class's pseudo-labels
+are capped so they keep the labelled class proportions: a rare class no pseudo-label is precise
+enough for would otherwise get none while the common ones got hundreds, shifting every round's
+balance against it.
 
 With a cv run as the model and rounds trained on the same folds (same images, k and fold
 seed), each fold of the next round gets the pseudo-labels of the same fold's model (which
@@ -92,6 +95,30 @@ def select(probs: np.ndarray, thresholds: pd.DataFrame) -> np.ndarray:
     return probs.max(1) >= limits[predicted]
 
 
+def keep_proportions(probs: np.ndarray, chosen: np.ndarray, share: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """(the chosen images left, the class that limited them): a per-class cap so the pseudo-labels
+    keep the labelled class proportions ``share``: the most confident ``floor(N x share)`` of each
+    class, N as large as the scarcest class allows (its eligible images / its share). Why: a class
+    no pseudo-label is precise enough for (a rare, hard class) would otherwise get none while the
+    others get hundreds, and each round would shift the balance against it (on faces_mask3_dev the
+    rounds added 974 + 226 images of the common classes and none of the rare one). A class the
+    labelled images lack (share 0) gets none; a class none of whose images qualify leaves none."""
+    predicted, confidence = probs.argmax(1), probs.max(1)
+    eligible = np.bincount(predicted[chosen], minlength=probs.shape[1]).astype(np.float64)
+    present = share > 0
+    if not present.any():
+        return np.zeros_like(chosen), None
+    room = np.full(len(share), np.inf)
+    room[present] = eligible[present] / share[present]
+    limiting = int(room.argmin())
+    quota = np.floor(room[limiting] * share + 1e-9).astype(np.int64)
+    kept = np.zeros_like(chosen)
+    for k in range(probs.shape[1]):
+        mine = np.flatnonzero(chosen & (predicted == k))
+        kept[mine[np.argsort(-confidence[mine], kind="stable")][:quota[k]]] = True
+    return kept, limiting
+
+
 # ---------------------------------------------------------------- the model of a round
 
 
@@ -157,10 +184,13 @@ def predictions(model: Path, pool: pd.DataFrame, classes: list[str], log=print, 
 
 def pseudo_label(model: str | Path, unlabeled: str | Path, *, rounds: int = 1, precision: float = 0.9,
                  mode: str = "soft", folds: int | None = None, config: str | Path | None = None,
-                 overrides: Sequence[str] = (), group_by_folder: bool = False, out: str | Path | None = None,
-                 progress: bool = False, log=print) -> PseudoLabelResult:
+                 overrides: Sequence[str] = (), group_by_folder: bool = False, balance: bool = True,
+                 out: str | Path | None = None, progress: bool = False, log=print) -> PseudoLabelResult:
     """Rounds of pseudo-labelling (see the module docstring). ``folds``: train each round as a cv
-    run with that many folds (default: a cv model's own k; a run or ensemble: single runs)."""
+    run with that many folds (default: a cv model's own k; a run or ensemble: single runs).
+    ``balance``: the pseudo-labels keep the labelled class proportions (`keep_proportions`); a
+    round that can add none that way (a class no pseudo-label is precise enough for) is not
+    trained, and the rounds stop there, saying why."""
     from podium.rundir import folder_kind, output_dir, read_cv_meta
 
     model = Path(model)
@@ -176,11 +206,16 @@ def pseudo_label(model: str | Path, unlabeled: str | Path, *, rounds: int = 1, p
     out_dir = output_dir(out, model.parent, f"{model.name}-pseudo")
     done: list[dict] = []
     record = {"model": str(model), "unlabeled": str(unlabeled), "n_unlabeled": len(pool), "precision": precision,
-              "mode": mode, "folds": folds, "rounds": done}
+              "mode": mode, "folds": folds, "balance": balance, "rounds": done}
     teacher = model
     for r in range(1, rounds + 1):
         per_fold = _same_folds(teacher, cfg, folds)
-        entry = _round(r, teacher, pool, classes, cfg, out_dir, precision, mode, folds, per_fold, progress, log)
+        entry = _round(r, teacher, pool, classes, cfg, out_dir, precision, mode, folds, per_fold, balance, progress,
+                       log)
+        if entry.get("model") is None:
+            record["stopped"] = entry["stopped"]
+            write_json(out_dir / PSEUDO_FILE, record)
+            break
         done.append(entry)
         write_json(out_dir / PSEUDO_FILE, record)
         teacher = Path(entry["model"])
@@ -200,31 +235,60 @@ def _same_folds(teacher: Path, cfg: PodiumConfig, folds: int | None) -> bool:
 
 
 def _round(r: int, teacher: Path, pool: pd.DataFrame, classes: list[str], cfg: PodiumConfig, out_dir: Path,
-           precision: float, mode: str, folds: int | None, per_fold: bool, progress: bool, log) -> dict:
+           precision: float, mode: str, folds: int | None, per_fold: bool, balance: bool, progress: bool,
+           log) -> dict:
     from podium.data.dataset import encode_labels
 
     table, _, what = honest_predictions(teacher)
     y = encode_labels(table["target"], classes, f"{teacher} {what}")
     thresholds = class_thresholds(table[classes].to_numpy(np.float64), y, classes, precision)
     predicted = predictions(teacher, pool, classes, log, per_fold=per_fold)
-    keep = select(predicted[classes].to_numpy(np.float64), thresholds)
+    probs = predicted[classes].to_numpy(np.float64)
+    keep = select(probs, thresholds)
+    eligible = _class_counts(probs[keep & (predicted["fold"] == -1).to_numpy()], classes)
+    limited_by = None
+    if balance:  # each set (the whole model's, each fold's) keeps the labelled proportions
+        share = np.bincount(y, minlength=len(classes)) / max(len(y), 1)
+        for fold in predicted["fold"].unique():
+            rows = (predicted["fold"] == fold).to_numpy()
+            kept, limiting = keep_proportions(probs[rows], keep[rows], share)
+            keep[rows] = kept
+            if fold == -1 and limiting is not None:
+                limited_by = classes[limiting]
     labels = predicted[keep].reset_index(drop=True)
     folder = out_dir / f"round{r}"
     write_csv(folder / THRESHOLDS_FILE, thresholds)
     write_parquet(folder / LABELS_FILE, labels)
     chosen = labels[labels["fold"] == -1]
-    counts = pd.Series(np.asarray(classes)[chosen[classes].to_numpy().argmax(1)]).value_counts()
+    counts = _class_counts(chosen[classes].to_numpy(np.float64), classes)
+    capped = (f"; capped to the labelled class proportions, limited by {limited_by!r} ({eligible[limited_by]} "
+              f"eligible)" if balance and limited_by is not None else "")
     log(f"round {r}: {len(chosen)} of {len(pool)} unlabelled image(s) pseudo-labelled by {teacher} "
-        f"(precision >= {precision} on its {what})")
+        f"(precision >= {precision} on its {what}{capped})")
+    if chosen.empty:
+        why = (f"round {r} not trained: no unlabelled image keeps the labelled class proportions at precision "
+               f"{precision} ({limited_by!r} has none that precise; eligible per class: {eligible}). Lower the "
+               f"precision, or turn the balance off (--no-balance, balance=False) to pseudo-label the other classes "
+               f"alone" if balance and any(n > 0 for n in eligible.values()) else
+               f"round {r} not trained: no unlabelled image clears its class's threshold at precision {precision}")
+        log(why)
+        return {"round": r, "model": None, "stopped": why}
     round_cfg = validate_config(deep_merge(cfg.model_dump(mode="json"), {
         "data": {"pseudo_labels": str(folder / LABELS_FILE), "pseudo_mode": mode},
         "output": {"dir": str(folder), "name": "model"}}))
     model_dir = _train_round(round_cfg, folds, progress, log)
     return {"round": r, "teacher": str(teacher), "labels": str(folder / LABELS_FILE), "n_pseudo": len(chosen),
             "per_fold_labels": per_fold,
-            "per_class": {str(k): int(v) for k, v in counts.items()},
+            "per_class": {str(k): int(v) for k, v in counts.items() if v},
+            "eligible": eligible, "balanced_by": limited_by,
             "thresholds": dict(zip(thresholds["class"], thresholds["threshold"], strict=True)),
             "model": str(model_dir), "score": _score(model_dir)}
+
+
+def _class_counts(probs: np.ndarray, classes: list[str]) -> dict[str, int]:
+    """How many of these rows each class is the most likely class of."""
+    found = np.bincount(probs.argmax(1), minlength=len(classes)) if len(probs) else np.zeros(len(classes), int)
+    return {c: int(n) for c, n in zip(classes, found, strict=True)}
 
 
 def _train_round(cfg: PodiumConfig, folds: int | None, progress: bool, log) -> Path:
