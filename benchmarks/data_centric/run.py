@@ -201,14 +201,16 @@ class Study:
         found = finished(cfg, lambda d: (d / CV_SUMMARY_FILE).is_file())
         return found or Path(podium.cross_validate(cfg, folds=folds, log=QUIET).dir)
 
-    def test_f1(self, model: Path, test: Path) -> float:
+    def test_f1(self, model: Path, test: Path, checkpoint: str = "best") -> float:
+        """Macro F1 on the held-back part: of the run's best checkpoint (chosen on its validation
+        part, which holds the noisy labels too) or of its last epoch (no choice made)."""
         import podium
 
-        out = model / "evaluations" / "heldback"
+        out = model / "evaluations" / ("heldback" if checkpoint == "best" else f"heldback-{checkpoint}")
         metrics = out / "metrics.json"
         if metrics.is_file():
             return float(json.loads(metrics.read_text())["f1"])
-        return float(podium.evaluate(model, test, out=out).metrics["f1"])
+        return float(podium.evaluate(model, test, out=out, checkpoint=checkpoint).metrics["f1"])
 
 
 def finished(cfg, is_done: Callable[[Path], bool]) -> Path | None:
@@ -289,6 +291,27 @@ def clean_cell(study: Study, dataset: str, seed: int, pool: Path, test: Path) ->
     return run
 
 
+def rescore_last(study: Study) -> Path:
+    """``results_last_epoch.csv``: the held-back macro F1 of the last epoch of every single run of the
+    audit study (noisy, clean, cleaned*, relabelled), beside its best-checkpoint F1. Why: each run
+    keeps the epoch of best macro F1 on its validation part, which holds noisy labels (and only
+    ~20 images of the rare class), so that choice adds noise to every paired comparison."""
+    out = study.out / "results_last_epoch.csv"
+    done = set(pd.read_csv(out)["run_dir"]) if out.is_file() else set()
+    table = pd.read_csv(study.results)
+    runs = table[table["study"].astype(str).str.startswith("audit") & (table["variant"] != "audit")]
+    test = study.work / "data" / "faces" / "test.csv"
+    for row in runs.drop_duplicates("run_dir").itertuples(index=False):
+        if row.run_dir in done or row.dataset != "faces" or not (Path(row.run_dir) / "last.ckpt").is_file():
+            continue
+        f1 = study.test_f1(Path(row.run_dir), test, checkpoint="last")
+        frame = pd.DataFrame([{"dataset": row.dataset, "seed": row.seed, "run_dir": row.run_dir,
+                               "macro_f1_best": row.macro_f1, "macro_f1_last": f1}])
+        frame.to_csv(out, mode="a", header=not out.is_file(), index=False)
+        print(json.dumps({"run_dir": row.run_dir, "best": row.macro_f1, "last": f1}), flush=True)
+    return out
+
+
 # ---------------------------------------------------------------- pseudo-label study
 
 
@@ -305,10 +328,17 @@ def halves(dataset: str, pool: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
     return pool.iloc[a].reset_index(drop=True), unlabelled.reset_index(drop=True)
 
 
-def pseudo_cell(study: Study, dataset: str, seed: int, pool: pd.DataFrame, test: Path) -> None:
+def pseudo_cell(study: Study, dataset: str, seed: int, pool: pd.DataFrame, test: Path, precision: float = 0.9,
+                balance: bool = False) -> None:
+    """Round 0 and rounds 1, 2 of `podium pseudo-label` at ``precision``. The first rows ran at 0.9
+    before the per-class cap existed (``balance`` False: variants round1, round2); other settings
+    are variants ``roundR-bal-pP`` / ``roundR-all-pP`` with their own folders. A round that the cap
+    leaves empty is not trained (podium stops): its row has no F1 and says why."""
     import podium
 
-    if study.done(study="pseudo", dataset=dataset, seed=seed, variant="round2"):
+    suffix = "" if (precision, balance) == (0.9, False) else f"-{'bal' if balance else 'all'}-p{precision:g}"
+    if any(study.done(study="pseudo", dataset=dataset, seed=seed, variant=f"round{r}{suffix}") for r in (2,)) or (
+            study.done(study="pseudo", dataset=dataset, seed=seed, variant=f"stopped{suffix}")):
         return
     labelled, unlabelled = halves(dataset, pool)
     train = study.csv(dataset, "half-labelled", labelled)
@@ -319,21 +349,30 @@ def pseudo_cell(study: Study, dataset: str, seed: int, pool: pd.DataFrame, test:
                      run_dir=str(model), extra=json.dumps({"cv_macro_f1": podium.CrossValidation(model).score,
                                                            "labelled": len(labelled), "unlabelled": len(unlabelled)}))
     for r in (1, 2):
-        out = study.work / "runs" / dataset / f"pseudo-r{r}-s{seed}"
-        record = out / "pseudo.json"
-        if record.is_file() and json.loads(record.read_text())["rounds"]:
-            entry = json.loads(record.read_text())["rounds"][0]
+        out = study.work / "runs" / dataset / f"pseudo{suffix}-r{r}-s{seed}"
+        record_file = out / "pseudo.json"
+        if record_file.is_file() and (json.loads(record_file.read_text())["rounds"]
+                                      or json.loads(record_file.read_text()).get("stopped")):
+            record = json.loads(record_file.read_text())
         else:
             t0 = time.time()
-            entry = podium.pseudo_label(model, unlabelled_csv, rounds=1, precision=0.9, mode="soft", out=out,
-                                        log=QUIET).record["rounds"][0]
-            entry["wall_s"] = round(time.time() - t0, 1)
+            record = podium.pseudo_label(model, unlabelled_csv, rounds=1, precision=precision, mode="soft",
+                                         balance=balance, out=out, log=QUIET).record
+            if record["rounds"]:
+                record["rounds"][0]["wall_s"] = round(time.time() - t0, 1)
+        if not record["rounds"]:
+            study.record(study="pseudo", dataset=dataset, seed=seed, variant=f"stopped{suffix}",
+                         extra=json.dumps({"round": r, "stopped": record["stopped"]}))
+            return
+        entry = record["rounds"][0]
         model = Path(entry["model"])
-        if not study.done(study="pseudo", dataset=dataset, seed=seed, variant=f"round{r}"):
-            study.record(study="pseudo", dataset=dataset, seed=seed, variant=f"round{r}",
+        if not study.done(study="pseudo", dataset=dataset, seed=seed, variant=f"round{r}{suffix}"):
+            study.record(study="pseudo", dataset=dataset, seed=seed, variant=f"round{r}{suffix}",
                          macro_f1=study.test_f1(model, test), run_dir=str(model),
                          extra=json.dumps({"cv_macro_f1": entry["score"], "n_pseudo": entry["n_pseudo"],
-                                           "per_class": entry["per_class"], "thresholds": entry["thresholds"]}))
+                                           "per_class": entry["per_class"], "thresholds": entry["thresholds"],
+                                           "eligible": entry.get("eligible"), "precision": precision,
+                                           "balance": balance}))
 
 
 # ---------------------------------------------------------------- distillation study
@@ -395,6 +434,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="podium audit --method (cleanlab filter_by) for the audit study")
     parser.add_argument("--audit-variants", default="relabelled,cleaned",
                         help="retrained runs of the audit study: relabelled, cleaned, cleaned-capS (S: max class share)")
+    parser.add_argument("--pseudo-precision", type=float, default=0.9, help="podium pseudo-label --precision")
+    parser.add_argument("--pseudo-balance", action="store_true",
+                        help="the per-class cap (podium's default; the first rows ran without it)")
+    parser.add_argument("--rescore-last", action="store_true",
+                        help="only score the last epoch of every single run of the audit study on the held-back "
+                             "part (results_last_epoch.csv): macro F1 with no checkpoint chosen on the noisy "
+                             "validation part")
     parser.add_argument("--report", action="store_true", help="only write RESULTS tables from results.csv")
     args = parser.parse_args(argv)
     study = Study(args.work.expanduser(), args.epochs, args.out)
@@ -408,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
         write_report(study.results, args.out / "tables.md")
         return 0
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    if args.rescore_last:
+        rescore_last(study)
+        return 0
     data = {name: tuple(with_ids(t) for t in DATASETS[name]()) for name in args.datasets.split(",")}
     for seed in (int(s) for s in args.seeds.split(",")):
         for dataset, (pool, test) in data.items():
@@ -420,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
                         audit_cell(study, dataset, seed, noise, pool, test_csv, args.audit_method,
                                    tuple(args.audit_variants.split(",")))
                 elif name == "pseudo":
-                    pseudo_cell(study, dataset, seed, pool, test_csv)
+                    pseudo_cell(study, dataset, seed, pool, test_csv, args.pseudo_precision, args.pseudo_balance)
                 elif name == "distill":
                     distill_cell(study, dataset, seed, pool_csv, test_csv)
                 else:
