@@ -166,6 +166,12 @@ def test_later_stages_are_replanned_on_the_time_actually_spent():
     assert not grown.refit and grown.planned_s <= 1080 and "stage 2" in grown.stages[0]
     assert grown.members[0].train_s == pytest.approx(40.0 * ratio)  # costs as the machine runs them now
     assert grow_plan(grown, medium, spent_s=400, ratio=1.0, epochs_done=20) is None  # no other candidate
+    # the fold models must reach what the single default run gets at the speed now (10 epochs), not the
+    # 5 a slower measurement promised: with time left for 4 folds of about 8 epochs, a refit instead
+    slow = replace(plan, single_epochs=5, refit=False)
+    late = grow_plan(slow, medium, spent_s=1080 - (4 * 7 * grown.members[0].fold_epoch_s(5) + 60) / PLAN_SHARE,
+                     ratio=ratio, epochs_done=20)
+    assert late is not None and late.mode == "holdout" and late.refit and late.single_epochs == 10
     # the machine stayed slow: no time for another stage
     assert grow_plan(plan, medium, spent_s=1000, ratio=1.0, epochs_done=10) is None
     # time for a refit but not for 4 more folds: the refit (the holdout had none)
@@ -409,8 +415,8 @@ def test_a_fast_machine_grows_the_plan_and_resumes_mid_stage(tmp_path, monkeypat
     monkeypatch.setattr(cv, "run_cv", flaky_run_cv)
     preset = Preset("p", ((5, 1),), 2, 2, (32,), ("test_resnet",))
     args = dict(time="3m", preset=preset, test=tmp_path / "test", out=tmp_path / "auto",
-                overrides=[*_base(tmp_path), "model.name=test_resnet", "data.image_size=32"], export=False,
-                log=lambda *a: None, measure=_fake_measure(40.0))
+                overrides=[*_base(tmp_path), "model.name=test_resnet", "data.image_size=32", "train.epochs=2"],
+                export=False, log=lambda *a: None, measure=_fake_measure(40.0))
     with pytest.raises(KeyboardInterrupt):
         podium.auto(tmp_path / "train", **args)
     state = json.loads((tmp_path / "auto" / "auto_state.json").read_text())

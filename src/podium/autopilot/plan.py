@@ -92,6 +92,7 @@ class Plan:
     test_ratio: float = 0.0
     refit: bool = False
     stages: list[str] = field(default_factory=list)
+    default_epochs: int = 10
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,6 +126,11 @@ class Plan:
     def bar(self, preset: Preset) -> int:
         """The epochs a fold model must reach to be worth training (as in `make_plan`)."""
         return max(self.single_epochs, preset.min_epochs, 1)
+
+    def single_now(self) -> int:
+        """What the single default run would get in the whole budget at the plan's (rescaled) costs."""
+        fit = _epochs_fit(self.budget_s * PLAN_SHARE, self.members[:1], self.folds, True, self.test_ratio)
+        return max(min(self.default_epochs, fit), 1)
 
 
 def extras_s(m: Candidate, folds: int, holdout: bool, test_ratio: float) -> float:
@@ -221,7 +227,7 @@ def make_plan(candidates: Sequence[Candidate], budget_s: float, preset: str | Pr
     if not candidates:
         raise PodiumError("podium auto: no candidate backbone to plan with")
     ctx = _Context(p, budget_s, spent_s, max(budget_s - spent_s, 0.0) * PLAN_SHARE, holdout_folds(val_fraction),
-                   single_candidate(candidates, p, default), test_ratio, list(candidates))
+                   single_candidate(candidates, p, default), test_ratio, list(candidates), default_epochs)
     fit_single = min(p.max_epochs, _epochs_fit(ctx.usable, [ctx.single], ctx.k_hold, True, test_ratio))
     if fit_single < 1:
         raise _too_small(ctx, val_fraction)
@@ -240,6 +246,7 @@ class _Context:
     single: Candidate
     test_ratio: float
     candidates: list[Candidate]
+    default_epochs: int
     single_epochs: int = 0
     refit_epochs: int = 0
     tried: list[str] = field(default_factory=list)
@@ -258,7 +265,7 @@ class _Context:
         planned = self.spent_s + cost(members, folds, epochs, holdout=holdout, test_ratio=self.test_ratio,
                                       refit=kw.get("refit", False))
         return Plan(self.preset.name, self.budget_s, folds, epochs, members, planned, why, self.candidates,
-                    single_epochs=self.single_epochs, test_ratio=self.test_ratio,
+                    single_epochs=self.single_epochs, test_ratio=self.test_ratio, default_epochs=self.default_epochs,
                     epochs_upper=self.preset.max_epochs if holdout else 0, **kw)
 
 
@@ -352,7 +359,8 @@ def grow_plan(plan: Plan, preset: Preset, *, spent_s: float, ratio: float, epoch
     the steps still ahead (predictions, the refit) counted:
 
     - a holdout run becomes fold 0 of a cv member: the other folds train for up to the
-      ``epochs_done`` it trained (at least the plan's bar), and the member is a fold ensemble with
+      ``epochs_done`` it trained, at least what the single default run would get at the speed
+      measured now (`Plan.single_now`), and the member is a fold ensemble with
       out-of-fold predictions on every image (a planned refit is then not needed);
     - else a holdout run without a refit gets one (for the epochs it trained);
     - a cv plan gets one more member, the next candidate in the preset's diverse order.
@@ -360,6 +368,7 @@ def grow_plan(plan: Plan, preset: Preset, *, spent_s: float, ratio: float, epoch
     left = max(plan.budget_s - spent_s, 0.0) * PLAN_SHARE
     now = replace(plan, members=[rescaled(m, ratio) for m in plan.members],
                   candidates=[rescaled(c, ratio) for c in plan.candidates])
+    now.single_epochs = now.single_now()  # the bar, as the machine runs now: a fast machine raises it
     done = f"{spent_s:.0f}s of {plan.budget_s:.0f}s spent, epochs ran x{ratio:.2f} the planned time"
     if plan.mode == "holdout":
         return _grow_holdout(now, preset, spent_s, left, epochs_done, done)
@@ -375,7 +384,8 @@ def _grow_holdout(plan: Plan, preset: Preset, spent_s: float, left: float, epoch
     epochs = min(epochs_done, int((left - fixed) // per_epoch)) if left > fixed and per_epoch > 0 else 0
     if epochs >= plan.bar(preset):
         why = (f"{stage}: the other {k - 1} folds of {c.model}@{c.size} for {epochs} epochs fit (the holdout "
-               f"trained {epochs_done}): a {k}-fold ensemble instead of one run")
+               f"trained {epochs_done}; at this speed the single default run would get {plan.single_epochs}): a "
+               f"{k}-fold ensemble instead of one run")
         return replace(plan, mode="cv", epochs=epochs, epochs_upper=0, refit=False,
                        planned_s=spent_s + fixed + epochs * per_epoch, stages=[*plan.stages, why])
     need = (epochs_done * refit_epoch_s(c, k) + FOLD_OVERHEAD_S + extras_s(c, k, True, tr) + MEMBER_OVERHEAD_S
