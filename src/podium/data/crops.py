@@ -360,6 +360,33 @@ def crop_images(
     unmasked photo shows plainly. Without a face, the image falls back to
     ``fallback_box`` (pixels or fractions; None = the whole image), used as is.
     """
+    _check_crop_args(samples, margin=margin, chin_share=chin_share, fallback_box=fallback_box,
+                     group_reuse=group_reuse, image_format=image_format)
+    paths = samples["path"].astype(str).tolist()
+    ids = samples["id"].astype(str).tolist()
+    groups = samples["group"].tolist() if group_reuse else [None] * len(paths)
+    aspect_value = parse_aspect(aspect)
+    fallback = tuple(float(v) for v in fallback_box) if fallback_box is not None else None
+    key = cache_key(paths, ids, {
+        "detector": detector.settings(), "margin": float(margin), "chin_share": float(chin_share),
+        "aspect": aspect_value, "fallback_box": fallback, "group_reuse": bool(group_reuse),
+        "reuse_stem": reuse_stem if group_reuse else None, "format": image_format,
+    })
+    root = Path(out_dir).resolve() / key
+    start = time.perf_counter()
+    plan = _Plan(detector, float(margin), float(chin_share), aspect_value, fallback, image_format,
+                 reuse_stem.lower(), root)
+    manifest, cached = _cached_or_cropped(plan, key, paths, ids, groups, reuse_stem, workers, progress)
+    out = samples.copy()
+    out["path"] = [str(root / row["crop"]) for row in manifest["rows"]]
+    report = dict(manifest["report"], cached=cached, cache_dir=str(root),
+                  seconds=round(time.perf_counter() - start, 3))
+    return out, report
+
+
+def _check_crop_args(samples: pd.DataFrame, *, margin: float, chin_share: float,
+                     fallback_box: Sequence[float] | None, group_reuse: bool, image_format: str) -> None:
+    """Every argument of `crop_images` checked before any image is read or folder made."""
     missing = [c for c in ("path", "id") if c not in samples.columns]
     if missing:
         raise PodiumError(f"samples table lacks column(s) {missing}; it has {list(samples.columns)}")
@@ -372,37 +399,22 @@ def crop_images(
         raise PodiumError(f"crop margin must be >= 0 and chin_share in [0, 1]; got {margin}, {chin_share}")
     if fallback_box is not None:
         resolve_box(fallback_box, 1000, 1000)  # validate before any work
-    paths = samples["path"].astype(str).tolist()
-    ids = samples["id"].astype(str).tolist()
     duplicated = samples["id"][samples["id"].duplicated()].astype(str).unique().tolist()
     if duplicated:
         raise PodiumError(f"sample ids must be unique to name their crops; repeated: {summarize_list(duplicated)}")
-    groups = samples["group"].tolist() if group_reuse else [None] * len(paths)
-    aspect_value = parse_aspect(aspect)
-    fallback = tuple(float(v) for v in fallback_box) if fallback_box is not None else None
-    key = cache_key(paths, ids, {
-        "detector": detector.settings(), "margin": float(margin), "chin_share": float(chin_share),
-        "aspect": aspect_value, "fallback_box": fallback, "group_reuse": bool(group_reuse),
-        "reuse_stem": reuse_stem if group_reuse else None, "format": image_format,
-    })
-    root = Path(out_dir).resolve() / key
-    start = time.perf_counter()
-    with _build_lock(root):
-        manifest = _read_manifest(root, key, ids)
-        if manifest is None:
-            plan = _Plan(detector, float(margin), float(chin_share), aspect_value, fallback,
-                         image_format, reuse_stem.lower(), root)
-            units = _work_units(paths, groups, reuse_stem)
-            results = _run_units(plan, units, paths, ids, workers, progress)
-            manifest = _write_manifest(root, key, paths, ids, results, detector.settings())
-            cached = False
-        else:
-            cached = True
-    out = samples.copy()
-    out["path"] = [str(root / row["crop"]) for row in manifest["rows"]]
-    report = dict(manifest["report"], cached=cached, cache_dir=str(root),
-                  seconds=round(time.perf_counter() - start, 3))
-    return out, report
+
+
+def _cached_or_cropped(plan: _Plan, key: str, paths: list[str], ids: list[str], groups: list, reuse_stem: str,
+                       workers: int, progress: Callable[[int, int], None] | None) -> tuple[dict, bool]:
+    """The crop folder's manifest and whether it was there already: under the folder's build lock,
+    an identical earlier run's crops are reused, else every image is cropped and the manifest written."""
+    with _build_lock(plan.root):
+        manifest = _read_manifest(plan.root, key, ids)
+        if manifest is not None:
+            return manifest, True
+        units = _work_units(paths, groups, reuse_stem)
+        results = _run_units(plan, units, paths, ids, workers, progress)
+        return _write_manifest(plan.root, key, paths, ids, results, plan.detector.settings()), False
 
 
 def cache_key(paths: Sequence[str], ids: Sequence[str], settings: dict[str, Any]) -> str:

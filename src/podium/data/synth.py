@@ -164,41 +164,55 @@ def synth_mask_dataset(
     train_people = _people(rng, people, first_id=1)
     test_people = _people(rng, n_eval, first_id=people + 1)
 
-    csv_rows, labels = [], []
-    for person in train_people:
-        traits = _person_traits(rng, person["gender"], person["age"], person["race"])
-        folder = f"{person['id']}_{person['gender']}_{person['race']}_{person['age']}"
-        for stem in PHOTO_STEMS:
-            path = out / "train" / "images" / folder / (stem + _photo_extension(rng, vary_extensions))
-            _save(draw_face(traits, PHOTO_MASK[stem], (w, h), rng), path, jpeg_quality)
-            labels.append(_code(person, PHOTO_MASK[stem]))
-        csv_rows.append({**{k: person[k] for k in ("id", "gender", "race", "age")}, "path": folder})
-    write_csv(out / "train" / "train.csv", pd.DataFrame(csv_rows, columns=["id", "gender", "race", "age", "path"]))
-
-    eval_rows = []
-    for person in test_people:
-        traits = _person_traits(rng, person["gender"], person["age"], person["race"])
-        for stem in PHOTO_STEMS:
-            image_id = hashlib.sha1(f"{seed}/{person['id']}/{stem}".encode()).hexdigest() + ".jpg"
-            _save(draw_face(traits, PHOTO_MASK[stem], (w, h), rng), out / "eval" / "images" / image_id, jpeg_quality)
-            eval_rows.append({"ImageID": image_id, "truth": _code(person, PHOTO_MASK[stem])})
-    eval_frame = pd.DataFrame(eval_rows).iloc[rng.permutation(len(eval_rows))].reset_index(drop=True)
-    write_csv(out / "eval" / "info.csv", pd.DataFrame({"ImageID": eval_frame["ImageID"], "ans": 0}))
-    write_csv(out / "eval_truth.csv", pd.DataFrame({"ImageID": eval_frame["ImageID"], "ans": eval_frame["truth"]}))
-
+    labels = _write_train_split(out, train_people, rng, (w, h), vary_extensions, jpeg_quality)
+    eval_images = _write_eval_split(out, test_people, rng, seed, (w, h), jpeg_quality)
     names = MASK_TASK.composite_names()
     return {
         "root": str(out),
         "people": people,
         "eval_people": n_eval,
         "train_images": len(labels),
-        "eval_images": len(eval_rows),
+        "eval_images": eval_images,
         "image_size": [w, h],
         "gender_age_combos": sorted({f"{p['gender']}/{MASK_TASK.classes('age')[p['age_bin']]}" for p in train_people}),
         "class_counts": {names[c]: int(n) for c, n in zip(*np.unique(labels, return_counts=True))},
         "eval_truth": str(out / "eval_truth.csv"),
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def _write_train_split(out: Path, people: list[dict[str, Any]], rng: np.random.Generator, size: tuple[int, int],
+                       vary_extensions: bool, jpeg_quality: int) -> list[int]:
+    """train/images/<person folder>/<photo> and train/train.csv, as the competition lays them out;
+    the class code of every photo written, in order."""
+    csv_rows, labels = [], []
+    for person in people:
+        traits = _person_traits(rng, person["gender"], person["age"], person["race"])
+        folder = f"{person['id']}_{person['gender']}_{person['race']}_{person['age']}"
+        for stem in PHOTO_STEMS:
+            path = out / "train" / "images" / folder / (stem + _photo_extension(rng, vary_extensions))
+            _save(draw_face(traits, PHOTO_MASK[stem], size, rng), path, jpeg_quality)
+            labels.append(_code(person, PHOTO_MASK[stem]))
+        csv_rows.append({**{k: person[k] for k in ("id", "gender", "race", "age")}, "path": folder})
+    write_csv(out / "train" / "train.csv", pd.DataFrame(csv_rows, columns=["id", "gender", "race", "age", "path"]))
+    return labels
+
+
+def _write_eval_split(out: Path, people: list[dict[str, Any]], rng: np.random.Generator, seed: int,
+                      size: tuple[int, int], jpeg_quality: int) -> int:
+    """eval/images under hash-like names in shuffled order, eval/info.csv with ``ans=0``, and their
+    true classes in eval_truth.csv (outside the competition layout); returns the image count."""
+    eval_rows = []
+    for person in people:
+        traits = _person_traits(rng, person["gender"], person["age"], person["race"])
+        for stem in PHOTO_STEMS:
+            image_id = hashlib.sha1(f"{seed}/{person['id']}/{stem}".encode()).hexdigest() + ".jpg"
+            _save(draw_face(traits, PHOTO_MASK[stem], size, rng), out / "eval" / "images" / image_id, jpeg_quality)
+            eval_rows.append({"ImageID": image_id, "truth": _code(person, PHOTO_MASK[stem])})
+    eval_frame = pd.DataFrame(eval_rows).iloc[rng.permutation(len(eval_rows))].reset_index(drop=True)
+    write_csv(out / "eval" / "info.csv", pd.DataFrame({"ImageID": eval_frame["ImageID"], "ans": 0}))
+    write_csv(out / "eval_truth.csv", pd.DataFrame({"ImageID": eval_frame["ImageID"], "ans": eval_frame["truth"]}))
+    return len(eval_rows)
 
 
 def _code(person: dict[str, Any], mask: str) -> int:

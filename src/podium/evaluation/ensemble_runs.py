@@ -184,7 +184,7 @@ def ensemble_members(specs: list[str], method: str = "soft", *, out: str | Path 
     the same weights are applied to the test tables. Everything is checked
     before the output folder is created, so a refused ensemble leaves nothing.
     """
-    from podium.evaluation.ensemble import align_members, create_voter, member_score_table
+    from podium.evaluation.ensemble import create_voter
 
     if not specs:
         raise PodiumError("give at least one ensemble member (CV folder, run folder or parquet file)")
@@ -192,37 +192,61 @@ def ensemble_members(specs: list[str], method: str = "soft", *, out: str | Path 
     if test_probs and len(test_probs) != len(specs):
         raise PodiumError(f"--test-probs gives {len(test_probs)} file(s) for {len(specs)} members; give one per member")
     members = [load_member(s, t) for s, t in zip(specs, test_probs or [None] * len(specs))]
-    names, classes = [m.name for m in members], members[0].classes
-    result: dict = {"method": method, "members": names, "classes": classes, "weights": None,
+    classes = members[0].classes
+    result: dict = {"method": method, "members": [m.name for m in members], "classes": classes, "weights": None,
                     "voting": "on the classes"}
     attributes = composite_task(classes)
     if attributes is not None:  # multi-attribute classes: vote each attribute, then compose
         vote = _per_attribute(vote, attributes)
         result["voting"] = "per attribute, then composed"
-    oof_table, weights = None, None
-    if _all_or_none(members, "oof", "OOF/validation predictions"):
-        arrays = align_members([m.oof for m in members], names, classes)
-        y, ids, targets = _common_targets(members, classes)
-        weights = _fit_and_check(result, method, arrays, y, vote, _groups(members[0], ids))
-        combined = vote(arrays, weights)
-        result["scores"] = member_score_table(arrays, y, len(classes), names, {f"ensemble ({method})": combined},
-                                              weights)
-        result["oof_macro_f1"] = float(result["scores"]["macro_f1"].iloc[-1])
-        pred = np.asarray(classes)[combined.argmax(1)]
-        base = {"id": ids, "target": targets, "prediction": pred}
-        if "path" in members[0].oof.columns:  # image paths let the report show the worst errors
-            paths = members[0].oof.assign(id=members[0].oof["id"].astype(str)).set_index("id")["path"]
-            base = {"id": ids, "path": paths.reindex(ids).to_numpy(), "target": targets, "prediction": pred}
-        oof_table = pd.concat([pd.DataFrame(base), pd.DataFrame(combined, columns=classes)], axis=1)
-    elif method == "weighted":
-        raise PodiumError("the weighted method fits weights on OOF predictions, but no member has any; "
-                          "use soft, hard or rank for test-only members")
-    test_probs_avg = None
-    if _all_or_none(members, "test", "test probabilities (pass --test-probs, one file per member)"):
-        arrays = align_members([m.test for m in members], [f"{n} (test)" for n in names], classes)
-        test_ids, test_probs_avg = members[0].test["id"].astype(str), vote(arrays, weights)
-    if oof_table is None and test_probs_avg is None:
+    oof_table, weights = _combine_oof(members, method, vote, result)
+    test = _combine_test(members, vote, weights)
+    if oof_table is None and test is None:
         raise PodiumError("the members have neither OOF nor test predictions to combine")
+    _write_ensemble(out, members, result, oof_table, test)
+    return result
+
+
+def _combine_oof(members: list, method: str, vote, result: dict) -> tuple[pd.DataFrame | None, np.ndarray | None]:
+    """The ensemble's OOF prediction table and weights (``weighted`` only), with every member's
+    and the ensemble's scores in ``result``; (None, None) when the members have no OOF rows."""
+    from podium.evaluation.ensemble import align_members, member_score_table
+
+    names, classes = result["members"], result["classes"]
+    if not _all_or_none(members, "oof", "OOF/validation predictions"):
+        if method == "weighted":
+            raise PodiumError("the weighted method fits weights on OOF predictions, but no member has any; "
+                              "use soft, hard or rank for test-only members")
+        return None, None
+    arrays = align_members([m.oof for m in members], names, classes)
+    y, ids, targets = _common_targets(members, classes)
+    weights = _fit_and_check(result, method, arrays, y, vote, _groups(members[0], ids))
+    combined = vote(arrays, weights)
+    result["scores"] = member_score_table(arrays, y, len(classes), names, {f"ensemble ({method})": combined},
+                                          weights)
+    result["oof_macro_f1"] = float(result["scores"]["macro_f1"].iloc[-1])
+    pred = np.asarray(classes)[combined.argmax(1)]
+    base = {"id": ids, "target": targets, "prediction": pred}
+    if "path" in members[0].oof.columns:  # image paths let the report show the worst errors
+        paths = members[0].oof.assign(id=members[0].oof["id"].astype(str)).set_index("id")["path"]
+        base = {"id": ids, "path": paths.reindex(ids).to_numpy(), "target": targets, "prediction": pred}
+    return pd.concat([pd.DataFrame(base), pd.DataFrame(combined, columns=classes)], axis=1), weights
+
+
+def _combine_test(members: list, vote, weights: np.ndarray | None) -> tuple[pd.Series, np.ndarray] | None:
+    """The test ids and the combined test probabilities, or None when the members have none."""
+    from podium.evaluation.ensemble import align_members
+
+    if not _all_or_none(members, "test", "test probabilities (pass --test-probs, one file per member)"):
+        return None
+    arrays = align_members([m.test for m in members], [f"{m.name} (test)" for m in members], members[0].classes)
+    return members[0].test["id"].astype(str), vote(arrays, weights)
+
+
+def _write_ensemble(out: str | Path | None, members: list, result: dict, oof_table: pd.DataFrame | None,
+                    test: tuple[pd.Series, np.ndarray] | None) -> None:
+    """The ensemble folder: scores and OOF table, test outputs (submission), ensemble.json, and
+    the report where the OOF rows have image paths. ``result`` gains the folder and its files."""
     from podium.rundir import output_dir
 
     out_dir = output_dir(out, Path("runs"), "ensemble")
@@ -231,17 +255,16 @@ def ensemble_members(specs: list[str], method: str = "soft", *, out: str | Path 
     if oof_table is not None:
         write_csv(out_dir / SCORES_FILE, result["scores"])
         write_parquet(out_dir / OOF_FILE, oof_table)
-    if test_probs_avg is not None:
+    if test is not None:
         from podium.schema import SubmissionConfig
 
         sub = next((m.submission for m in members if m.submission is not None), None) or SubmissionConfig()
-        result.update(write_test_outputs(out_dir, test_ids, test_probs_avg, classes, sub))
+        result.update(write_test_outputs(out_dir, test[0], test[1], result["classes"], sub))
     write_json(out_dir / ENSEMBLE_FILE, {k: v for k, v in result.items() if k != "scores"})
     if oof_table is not None and "path" in oof_table.columns:
         from podium.reports.report import build_run_report
 
         result["report"] = str(build_run_report(out_dir))
-    return result
 
 
 def _fit_and_check(result: dict, method: str, arrays: list[np.ndarray], y: np.ndarray, vote,

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -172,78 +173,107 @@ def _train(cfg: PodiumConfig, held: contextlib.ExitStack, *, resume, dry_run: bo
            prepared: PreparedData | None, epochs: int | None) -> TrainResult:
     """`train` with the run's writer lock held in ``held`` (taken before a resumed run is touched,
     right after a new run's folder is made) until the caller's block ends."""
+    from podium.model.distributed import launched_rank
     from podium.model.engine import check_accelerator
+    from podium.quiet import quiet_libraries
 
     if cfg is not None:  # a resumed run's config is its own, read below
         check_accelerator(cfg.train.accelerator)
     started = time.time()
-    from podium.quiet import quiet_libraries
-
     held.enter_context(quiet_libraries())  # Lightning's banners and tips, for this run only
-    from podium.model.distributed import ShareRunDir, check_launch, check_sync_batchnorm, launched_rank
-
     if cfg is not None:  # before any data is read; a resumed run's config is checked below
-        check_launch(cfg.train)
-        check_sync_batchnorm(cfg.train)
+        _check_train_config(cfg)
     ddp_worker = launched_rank() != 0  # ranks >= 1 never create folders: they learn rank 0's (ShareRunDir)
     if resume is not None and not ddp_worker:
         held.enter_context(run_lock(load_run(resume).dir, "train --resume", log))
     start = _starting_point(cfg, resume, epochs, prepared, log)
-    cfg, prepared, run_dir = start.cfg, start.prepared, start.run_dir
+    _check_train_config(start.cfg)
+    if start.prepared.skipped:
+        log(skipped_images_note(start.prepared.skipped))
+    datamodule, module = _build_model_and_data(start, held)
+    if dry_run:
+        return _dry_run(start.cfg, module, datamodule, start.prepared, callbacks, progress)
+    run_dir = _open_run_dir(start, held, new=resume is None, ddp_worker=ddp_worker, log=log)
+    return _fit(start, run_dir, module, datamodule, callbacks, progress=progress, ddp_worker=ddp_worker,
+                started=started)
+
+
+def _check_train_config(cfg: PodiumConfig) -> None:
+    """The checks a config passes before any data is read: the accelerator exists, a multi-device
+    run was launched as one, SyncBatchNorm has more than one device."""
+    from podium.model.distributed import check_launch, check_sync_batchnorm
+    from podium.model.engine import check_accelerator
+
     check_accelerator(cfg.train.accelerator)
     check_launch(cfg.train)
     check_sync_batchnorm(cfg.train)
-    ckpt_path, start_epoch, extend = start.ckpt_path, start.start_epoch, start.extend
-    if prepared.skipped:
-        log(skipped_images_note(prepared.skipped))
-    pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(cfg, prepared, start_epoch)
-    module = build_module(cfg, prepared, start.mean, start.std)
+
+
+def _build_model_and_data(start: _Start, held: contextlib.ExitStack) -> tuple[PodiumDataModule, Any]:
+    """The seeded datamodule and model of a run, checked (batch norm with the batch size, a resumed
+    checkpoint that fits), with the CPU cores shared out for the length of ``held``."""
     from podium.model.guards import check_batch_norm_batch
 
+    cfg = start.cfg
+    pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg, start.prepared, start.start_epoch)
+    module = build_module(cfg, start.prepared, start.mean, start.std)
     check_batch_norm_batch(module, cfg.train.batch_size, cfg.model.name)
     if start.ckpt_shapes is not None:
-        _check_resume_fits(module, start.ckpt_shapes, ckpt_path)
+        _check_resume_fits(module, start.ckpt_shapes, start.ckpt_path)
     held.enter_context(share_cpu_cores(cfg, datamodule.num_workers))
+    return datamodule, module
 
-    if dry_run:
-        return _dry_run(cfg, module, datamodule, prepared, callbacks, progress)
 
+def _open_run_dir(start: _Start, held: contextlib.ExitStack, *, new: bool, ddp_worker: bool, log) -> Path:
+    """The run folder training writes: a new run's is made (by rank 0) and locked; an extended
+    run's config.yaml records its new length. Optional trackers are checked first, so a missing
+    W&B/MLflow stops before the folder exists."""
+    from podium.model.distributed import launched_rank
     from podium.reports.tracking import check_installed
 
-    check_installed(cfg.output)  # a missing W&B/MLflow stops here, before the run folder exists
-    if resume is None:
+    cfg, run_dir = start.cfg, start.run_dir
+    check_installed(cfg.output)
+    if new:
         run_dir = _new_run_dir(cfg, start) if not ddp_worker else Path(cfg.output.dir) / cfg.output.name
         if not ddp_worker:
             held.enter_context(run_lock(run_dir, "train", log))
-    if extend and not ddp_worker:
+    if start.extend and not ddp_worker:
         from podium.model.lifecycle import record_extension
 
         record_extension(run_dir, cfg)
     log(f"run folder: {run_dir}" if not ddp_worker else f"rank {launched_rank()}: rank 0 makes and writes the run folder")
-    log(describe_split(prepared.train, prepared.val).to_string())
+    log(describe_split(start.prepared.train, start.prepared.val).to_string())
+    return run_dir
 
+
+def _fit(start: _Start, run_dir: Path, module, datamodule: PodiumDataModule, callbacks, *, progress: bool,
+         ddp_worker: bool, started: float) -> TrainResult:
+    """Lightning's fit, recorded in the run's status.json (running, then finished, interrupted or
+    failed), and the run's outputs written by rank 0 (`finish_run`)."""
+    from podium.model.distributed import ShareRunDir
     from podium.model.engine import build_callbacks, build_trainer
     from podium.model.guards import RunOutcome
     from podium.model.lifecycle import recorded_run
 
+    cfg = start.cfg
     outcome = RunOutcome()
     shared = ShareRunDir(run_dir)
     with recorded_run(run_dir, enabled=not ddp_worker) as record:
         record.outcome = outcome
-        extra = list(callbacks or []) + extend + [outcome, shared]
+        extra = list(callbacks or []) + start.extend + [outcome, shared]
         trainer = build_trainer(cfg, run_dir, callbacks=build_callbacks(cfg, run_dir, extra), progress=progress,
                                 loggers=not ddp_worker)
         try:
             record.fitting = True
             # weights_only=True: Lightning's own resume load never unpickles objects either
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=start.ckpt_path, weights_only=True)
         finally:
             record.fitting = False
         if not trainer.is_global_zero:
             return TrainResult(shared.run_dir, {}, {})
         datamodule.publish_caches()
-        result = finish_run(cfg, run_dir, prepared, module, trainer, datamodule, started)
+        result = finish_run(cfg, run_dir, start.prepared, module, trainer, datamodule, started)
         record.status("finished", epoch=int(trainer.current_epoch), best_metric=result.summary.get("best_metric"))
     return result
 

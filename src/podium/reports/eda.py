@@ -323,22 +323,49 @@ def run_eda(
     too, so duplicates between train and test and broken test files show up.
     """
     out_dir = Path(out_dir)
-    fig_dir = out_dir / "figures"
     attributes = list(attributes or [])
+    _check_eda_inputs(samples, attributes, test_samples)
+    rng = np.random.default_rng(seed)
+    train, table, scans, stats_mask = _scan_table(samples, test_samples, rng, max_images_for_stats, progress)
+    n_train = len(train)
+    page = Page("Exploratory data analysis", f"{n_train} training images" + (
+        f", {len(table) - n_train} test images" if len(table) > n_train else ""))
+    overview = page.section("Overview")
+    result: dict[str, Any] = {"n_train": n_train, "n_test": len(table) - n_train}
+    result.update(_analysis_sections(page, out_dir, train, table, scans, stats_mask, rng, attributes=attributes,
+                                     test_samples=test_samples, sample_per_class=sample_per_class,
+                                     phash_threshold=phash_threshold, dhash_threshold=dhash_threshold))
+    result["yaml"] = _yaml_snippet(result)
+    page.section("Config snippet").text(
+        "What the defaults compute for this data (sqrt inverse-frequency class weights); the data's own mean/std "
+        "is commented out: fine-tuning ImageNet weights keeps ImageNet's statistics."
+    ).code(result["yaml"])
+    _overview(overview, result)
+    write_json(out_dir / "eda.json", result)
+    page.write(out_dir / "eda.html")
+    return result
+
+
+def _check_eda_inputs(samples: pd.DataFrame, attributes: list[str], test_samples: pd.DataFrame | None) -> None:
+    """The tables' columns and a non-empty training table, before any image is read."""
     _check_columns(samples, attributes, "samples")
     if test_samples is not None:
         _check_columns(test_samples, [], "test_samples")
     if len(samples) == 0:
         raise PodiumError("the samples table is empty: no images to analyse. Check the data folder in the config.")
 
+
+def _scan_table(samples: pd.DataFrame, test_samples: pd.DataFrame | None, rng: np.random.Generator,
+                max_images_for_stats: int, progress: bool) -> tuple[pd.DataFrame, pd.DataFrame, list, np.ndarray]:
+    """The training rows, and one table of training and test rows with every image's size, hash
+    and read error; their scans; and which rows (up to ``max_images_for_stats`` training images,
+    drawn from ``rng``) also had their channel statistics measured."""
     train = samples.reset_index(drop=True).assign(_label=lambda f: _labels(f), _split="train")
     frames = [train]
     if test_samples is not None and len(test_samples):
         frames.append(test_samples.reset_index(drop=True).assign(_label=lambda f: _labels(f), _split="test"))
     table = pd.concat(frames, ignore_index=True)
     table["path"] = table["path"].astype(str)
-
-    rng = np.random.default_rng(seed)
     n_train = len(train)
     stats_idx = rng.choice(n_train, size=min(max_images_for_stats, n_train), replace=False)
     stats_mask = np.zeros(len(table), bool)
@@ -348,13 +375,17 @@ def run_eda(
     table["width"] = [s.width for s in scans]
     table["height"] = [s.height for s in scans]
     table["sha1"] = [s.sha1 for s in scans]
+    return train, table, scans, stats_mask
 
-    page = Page("Exploratory data analysis", f"{n_train} training images" + (
-        f", {len(table) - n_train} test images" if len(frames) > 1 else ""))
-    overview = page.section("Overview")
-    result: dict[str, Any] = {"n_train": n_train, "n_test": len(table) - n_train}
 
-    result["classes"] = _class_section(page, fig_dir, train)
+def _analysis_sections(page: Page, out_dir: Path, train: pd.DataFrame, table: pd.DataFrame, scans: list,
+                       stats_mask: np.ndarray, rng: np.random.Generator, *, attributes: list[str],
+                       test_samples: pd.DataFrame | None, sample_per_class: int, phash_threshold: int,
+                       dhash_threshold: int) -> dict[str, Any]:
+    """The page's analysis sections in reading order (classes, attributes, sizes, channels, a
+    sample grid, unreadable files, duplicates, groups) and the numbers each adds to eda.json."""
+    fig_dir = out_dir / "figures"
+    result: dict[str, Any] = {"classes": _class_section(page, fig_dir, train)}
     if attributes:
         result["attributes"] = _attribute_section(page, fig_dir, train, attributes)
     result["sizes"] = _size_section(page, fig_dir, table)
@@ -366,15 +397,6 @@ def run_eda(
     result["duplicates"] = _duplicate_section(page, out_dir, fig_dir, table, scans, phash_threshold, dhash_threshold)
     if "group" in train.columns:
         result["groups"] = _group_section(page, fig_dir, train, test_samples)
-
-    result["yaml"] = _yaml_snippet(result)
-    page.section("Config snippet").text(
-        "What the defaults compute for this data (sqrt inverse-frequency class weights); the data's own mean/std "
-        "is commented out: fine-tuning ImageNet weights keeps ImageNet's statistics."
-    ).code(result["yaml"])
-    _overview(overview, result)
-    write_json(out_dir / "eda.json", result)
-    page.write(out_dir / "eda.html")
     return result
 
 
