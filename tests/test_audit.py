@@ -105,6 +105,11 @@ def test_the_audit_method_takes_effect_and_an_unknown_one_is_refused(tmp_path):
     default = run_audit(run, features=False, log=lambda *a: None)
     assert "filter_by=low_normalized_margin" in default.summary["method"]["labels"]
     assert set(default.issues.loc[default.issues["kind"] == "label", "id"]) != flagged
+    import podium  # the API and the CLI take their default from curation.audit's DEFAULT_LABEL_METHOD
+    from podium.cli import main
+
+    assert podium.audit(run, features=False, log=lambda *a: None).summary["method"] == default.summary["method"]
+    assert main(["audit", str(run), "--no-features", "--method", "predicted_neq_given"]) == 0
     with pytest.raises(PodiumError, match="valid: .*prune_by_noise_rate.*Did you mean 'low_normalized_margin'"):
         run_audit(run, features=False, method="low_normalised_margin", log=lambda *a: None)
 

@@ -525,14 +525,16 @@ def check_submission(file: str | Path, info: str | Path, *, classes: int = 18) -
 
 
 def audit(source: str | Path | CrossValidation | Run, *, out: str | Path | None = None, features: bool = True,
-          max_review: int = 300, method: str = "low_normalized_margin", log: Callable = print):
+          max_review: int = 300, method: str | None = None, log: Callable = print):
     """The images whose labels are probably wrong (cleanlab on out-of-fold probabilities; a single
     run: its validation part only), duplicates and outliers, with an offline review page whose
     choices export a label_fixes.csv. ``method``: cleanlab's ``filter_by`` (see
-    `podium.curation.audit.LABEL_METHODS`). The CLI's `podium audit`. Returns `podium.curation.audit.Audit`."""
-    from podium.curation.audit import run_audit
+    `podium.curation.audit.LABEL_METHODS`; None: its benchmarked ``DEFAULT_LABEL_METHOD``, owned
+    there). The CLI's `podium audit`. Returns `podium.curation.audit.Audit`."""
+    from podium.curation.audit import DEFAULT_LABEL_METHOD, run_audit
 
-    return run_audit(_folder(source), out=out, features=features, max_review=max_review, method=method, log=log)
+    return run_audit(_folder(source), out=out, features=features, max_review=max_review,
+                     method=method or DEFAULT_LABEL_METHOD, log=log)
 
 
 def distill(teacher: str | Path | CrossValidation | Ensemble, *, model: str | None = None,

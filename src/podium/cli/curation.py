@@ -68,7 +68,7 @@ def register(sub) -> None:
                    help="skip the feature-space outliers (they run each fold's model over its images once)")
     p.add_argument("--max-review", type=positive_int, default=300, metavar="N",
                    help="cards per section of the review page, most suspicious first (default 300)")
-    p.add_argument("--method", default="low_normalized_margin",
+    p.add_argument("--method", default=None,  # None: podium.curation.audit.DEFAULT_LABEL_METHOD
                    help="how labels are flagged: cleanlab's find_label_issues filter_by (default "
                         "low_normalized_margin; prune_by_noise_rate is cleanlab's own default; an unknown "
                         "name lists them all)")
