@@ -848,3 +848,29 @@ def test_class_with_a_single_image_is_reported(tmp_path):
     prepared = prepare_data(load_config(None, [f"data.train={root}"]), log=messages.append)
     assert "fox" not in set(prepared.val["label"])
     assert any("1 class(es) have no validation images" in m and "'fox' (1 image)" in m for m in messages), messages
+
+
+def test_more_processes_than_the_split_can_feed_is_one_message_from_rank_zero(tmp_path):
+    """`train.devices=3` on 4 training images: every rank refuses alike (no rank crashes in a
+    collective, no "last.ckpt does not exist"), the message prints once, the run says failed."""
+    data = make_folder(tmp_path / "few", {"cat": 3, "dog": 3})
+    overrides = [*fast_overrides(tmp_path), f"data.train={data}", "data.val_fraction=0.34", "train.devices=3",
+                 "train.strategy=ddp", "output.name=three", "output.report=false"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "podium", "train", *overrides, "--quiet"], cwd=tmp_path,
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.count("error:") == 1 and "Traceback" not in done.stderr
+    assert "3 processes" in done.stderr and "4 training and 2 validation" in done.stderr
+    status = json.loads((tmp_path / "runs dir" / "three" / "status.json").read_text())
+    assert status["status"] == "failed" and "3 processes" in status["error"]
+
+
+def test_rank_shares_need_two_training_images_and_one_validation_image_each():
+    from podium.data.datamodule import check_rank_shares
+    from podium.errors import EveryRankError
+    check_rank_shares(1, 0, 1)  # a single process: nothing to share
+    check_rank_shares(6, 3, 3)
+    for n_train, n_val in [(5, 3), (6, 2)]:
+        with pytest.raises(EveryRankError, match="at least 2 and 1"):
+            check_rank_shares(n_train, n_val, 3)

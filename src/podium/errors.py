@@ -25,6 +25,11 @@ class PodiumError(Exception):
         return self.message
 
 
+class EveryRankError(PodiumError):
+    """A user error that every DDP process finds alike (all compute it from the same data): each
+    process stops, and the CLI prints it on rank 0 only instead of once per process."""
+
+
 def _worker_original(name: str, message: str) -> str:
     """The original message of an error a DataLoader worker re-raised in the main process.
 

@@ -15,7 +15,7 @@ import sys
 import warnings
 
 from podium.cli.common import EXIT_USER_ERROR
-from podium.errors import PodiumError, RunInterrupted
+from podium.errors import EveryRankError, PodiumError, RunInterrupted
 
 #: every command module, in the order ``podium --help`` lists their commands
 COMMAND_MODULES = ("podium.cli.core", "podium.cli.cv", "podium.cli.auto", "podium.cli.tools", "podium.cli.curation", "podium.cli.tune",
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     except PodiumError as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        if _printed_here(exc):
+            print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except RunInterrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
@@ -89,3 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _printed_here(exc: PodiumError) -> bool:
+    """Whether this process prints the error: all of them, except an error every DDP rank
+    found alike, which rank 0 prints once."""
+    if not isinstance(exc, EveryRankError):
+        return True
+    from podium.model.distributed import launched_rank
+
+    return launched_rank() == 0

@@ -26,6 +26,7 @@ from podium.data.dataset import (
 from podium.data.device import DeviceBatches, DeviceImages, device_augment
 from podium.data.images import set_max_image_pixels
 from podium.data.transforms import Pipeline
+from podium.errors import EveryRankError
 from podium.schema import AugmentConfig, DataConfig
 
 
@@ -63,6 +64,11 @@ class PodiumDataModule(pl.LightningDataModule):
                                       cache=build_cache(train["path"], cfg, "train"), bad_image_hint=BAD_IMAGE_HINT)
         self.val_set = build_eval_dataset(val["path"], self.val_targets, cfg, augment, cache=True,
                                           on_bad_image=cfg.on_bad_image, bad_image_hint=BAD_IMAGE_HINT)
+
+    def setup(self, stage: str) -> None:
+        """Refuse a split too small for the processes before any rank trains: every rank computes
+        the same shares, so all refuse alike instead of one crashing inside a collective."""
+        check_rank_shares(len(self.train_set), len(self.val_set), self._rank_share()[1])
 
     def _device_sets(self, train_paths, train_rows, val_paths) -> None:
         """`data.cache=device`: decoded uint8 images that move to the training device (`DeviceImages`)."""
@@ -117,3 +123,17 @@ class PodiumDataModule(pl.LightningDataModule):
             published = finalize() if finalize is not None else None
             if published is not None:
                 dataset.cache = published
+
+
+def check_rank_shares(n_train: int, n_val: int, world: int) -> None:
+    """Under DDP each process needs two training images (batch norm cannot train on one) and one
+    validation image (Lightning refuses an empty loader): say so, not a rank's crash."""
+    if world == 1:
+        return
+    train_share, val_share = n_train // world, n_val // world
+    if train_share >= 2 and val_share >= 1:
+        return
+    raise EveryRankError(
+        f"{world} processes (train.devices x train.num_nodes) share {n_train} training and {n_val} validation "
+        f"images: each process gets {train_share} training and as few as {val_share} validation image(s), "
+        f"but needs at least 2 and 1. Use fewer processes (train.devices=1) or add images.")
