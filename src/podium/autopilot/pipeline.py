@@ -134,6 +134,8 @@ def run_auto(data: str | Path, *, time_budget: str | float, preset: str | Preset
         plan, state = _start(folder, sig, cfg, frame, classes, test, budget_s, p, models, sizes, measure, clock, log)
     log(f"plan: {plan.describe()}")
     log(f"why: {plan.why}")
+    for note in plan.notes:
+        log(f"not tuned: {note}")
     for stage in plan.stages:
         log(stage)
     return _execute(folder, cfg, plan, p, state, classes, test=test, overrides=overrides, config=config,

@@ -29,6 +29,16 @@ TTA_VIEWS = ["hflip"]
 SHARE_SLACK = 0.05
 
 
+#: What the plan does not tune, and the measurement behind it (benchmarks/auto/tuning.py, RESULTS.md:
+#: faces_mask3_dev reduced pool, mobilenet_v2 at 64 px, CPU), printed with every plan and kept in auto.json
+TUNING_NOTES = (
+    "learning rate: the config's train.lr. Lightning's lr_find is not run: on faces_mask3 its 100 steps cost "
+    "about 11 epochs of the pool (1203 s on the shared CPU, more than an 18m budget's training) and it suggested "
+    "1.0e-05 (its steepest-slope rule caught the start of the curve), while the loss curve's valley (lowest at "
+    "0.024) lies around the default 0.01; `podium lr-find CONFIG` draws the curve to judge by eye",
+)
+
+
 @dataclass(frozen=True)
 class Preset:
     """What a preset may choose: fold counts and member counts in order of preference, the epochs
@@ -93,6 +103,7 @@ class Plan:
     refit: bool = False
     stages: list[str] = field(default_factory=list)
     default_epochs: int = 10
+    notes: list[str] = field(default_factory=lambda: list(TUNING_NOTES))
 
     def to_dict(self) -> dict:
         return asdict(self)
