@@ -20,7 +20,7 @@ from PIL import Image
 
 from podium.cli import main
 from podium.deploy.export import export_run
-from podium.deploy.serve import ServeSettings, create_app
+from podium.deploy.serve import ServeSettings, create_app, server_config
 from podium.errors import PodiumError
 from podium.inference.predictor import load_predictor
 
@@ -52,7 +52,8 @@ def serving(predictor, **settings):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(predictor, ServeSettings(**settings)), log_level="warning"))
+    config = ServeSettings(**settings)  # served as `podium serve` serves (its protocol, limits and timeouts)
+    server = uvicorn.Server(server_config(create_app(predictor, config), config, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -292,6 +293,18 @@ def test_batching_auto_is_off_for_a_cpu_model(predictor):
     assert batching_on(ServeSettings(), gpu) and not batching_on(ServeSettings(batching="off"), gpu)
     with pytest.raises(PodiumError, match="auto, on or off"):
         ServeSettings(batching="sometimes")
+
+
+def test_header_timeout_option_reaches_the_server_settings(monkeypatch):
+    import podium
+    from podium.cli import main
+
+    seen: dict = {}
+    monkeypatch.setattr(podium, "serve", lambda model, **kw: seen.update(kw))
+    assert main(["serve", "runs/exp", "--header-timeout", "2.5"]) == 0
+    assert seen["settings"].header_timeout_s == 2.5 and ServeSettings().header_timeout_s == 10.0
+    with pytest.raises(PodiumError, match="header_timeout_s > 0"):
+        ServeSettings(header_timeout_s=0)
 
 
 # ---------------------------------------------------------------- the page in headless Chromium
