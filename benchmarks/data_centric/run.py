@@ -235,9 +235,9 @@ def audit_cell(study: Study, dataset: str, seed: int, noise: float, pool: pd.Dat
     results.csv ran cleanlab's default, prune_by_noise_rate, as study ``audit``; another method is
     study ``audit:METHOD`` on the same noisy pool, cv run and noisy run, with its own audit folder
     and fixed runs. ``variants``: the retrained runs, ``relabelled`` (every flagged label set to the
-    suggestion), ``cleaned`` (every flagged image dropped) and ``cleaned-capS`` (flagged images
-    dropped while no class loses more than the share S of its images, most suspicious first:
-    `Audit.suggested_fixes(max_class_share=S)`)."""
+    suggestion) and ``cleaned`` (every flagged image dropped). The ``cleaned-cap0.4`` rows (flagged
+    images dropped while no class lost more than 40% of its images) ran at commit d685536, whose
+    `suggested_fixes(max_class_share=)` was removed after they scored below ``cleaned``."""
     import podium
     from podium.curation.audit import load_audit
 
@@ -272,10 +272,8 @@ def audit_cell(study: Study, dataset: str, seed: int, noise: float, pool: pd.Dat
         if study.done(study=name, dataset=dataset, seed=seed, noise=noise, variant=variant):
             continue
         action = "relabel" if variant == "relabelled" else "drop"
-        share = float(variant.removeprefix("cleaned-cap")) if variant.startswith("cleaned-cap") else None
-        fixes = audit.suggested_fixes(kinds=("label",), action=action, max_class_share=share)
-        cap = "" if share is None else f"-cap{share:g}"
-        fixes_path = study.work / "data" / dataset / f"{action}{suffix}{cap}-{tag}.csv"
+        fixes = audit.suggested_fixes(kinds=("label",), action=action)
+        fixes_path = study.work / "data" / dataset / f"{action}{suffix}-{tag}.csv"
         fixes.to_csv(fixes_path, index=False)
         run = study.train(study.config(dataset, train, f"audit-{variant}{suffix}-{tag}", seed,
                                        f"task.label_fixes={fixes_path}"))
@@ -433,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audit-method", default=LEGACY_AUDIT_METHOD,
                         help="podium audit --method (cleanlab filter_by) for the audit study")
     parser.add_argument("--audit-variants", default="relabelled,cleaned",
-                        help="retrained runs of the audit study: relabelled, cleaned, cleaned-capS (S: max class share)")
+                        help="retrained runs of the audit study: relabelled, cleaned")
     parser.add_argument("--pseudo-precision", type=float, default=0.9, help="podium pseudo-label --precision")
     parser.add_argument("--pseudo-balance", action="store_true",
                         help="the per-class cap (podium's default; the first rows ran without it)")
@@ -444,10 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="only write RESULTS tables from results.csv")
     args = parser.parse_args(argv)
     study = Study(args.work.expanduser(), args.epochs, args.out)
-    bad = [v for v in args.audit_variants.split(",") if v not in ("relabelled", "cleaned")
-           and not (v.startswith("cleaned-cap") and v.removeprefix("cleaned-cap").replace(".", "", 1).isdigit())]
+    bad = [v for v in args.audit_variants.split(",") if v not in ("relabelled", "cleaned")]
     if bad:
-        parser.error(f"--audit-variants: unknown {bad}; allowed relabelled, cleaned, cleaned-capS (e.g. cleaned-cap0.4)")
+        parser.error(f"--audit-variants: unknown {bad}; allowed relabelled, cleaned")
     if args.report:
         from benchmarks.data_centric.report import write_report
 

@@ -73,12 +73,9 @@ def register(sub) -> None:
                         "low_normalized_margin; prune_by_noise_rate is cleanlab's own default; an unknown "
                         "name lists them all)")
     p.add_argument("--suggest", choices=("drop", "relabel"),
-                   help="also write suggested_fixes.csv in the audit folder: every flagged label dropped or set "
-                        "to the suggestion (not applied: train with task.label_fixes=... to use it)")
-    p.add_argument("--max-class-share", type=unit_float, metavar="S",
-                   help="with --suggest: no class loses more than the share S of its audited images to the "
-                        "suggested fixes, most suspicious first (protects rare classes, whose true images the "
-                        "models flag along with their flips)")
+                   help="also write suggested_fixes.csv in the audit folder: every flagged image dropped or its "
+                        "label set to the suggestion (not applied: train with task.label_fixes=... to use it; "
+                        "drop retrained best in benchmarks/data_centric)")
 
 
 def cmd_distill(args) -> int:
@@ -125,11 +122,8 @@ def cmd_audit(args) -> int:
     import pandas as pd
 
     import podium
-    from podium.errors import PodiumError
 
     out = console()
-    if args.max_class_share is not None and args.suggest is None:
-        raise PodiumError("--max-class-share caps the suggested fixes: give --suggest drop (or relabel) with it")
     result = podium.audit(args.run, out=args.out, features=not args.no_features, max_review=args.max_review,
                           method=args.method, log=notes(out))
     s = result.summary
@@ -144,9 +138,7 @@ def cmd_audit(args) -> int:
                  "next": "open the review page, choose, export label_fixes.csv, then train with "
                          "task.label_fixes=label_fixes.csv"})
     if args.suggest:
-        path = result.write_suggested_fixes(args.suggest, max_class_share=args.max_class_share)
-        n = len(pd.read_csv(path))
-        cap = "" if args.max_class_share is None else f", no class losing more than {args.max_class_share:g} of it"
-        rows["suggested fixes"] = f"{n} {args.suggest} row(s){cap}: {path} (not applied)"
+        path = result.write_suggested_fixes(args.suggest)
+        rows["suggested fixes"] = f"{len(pd.read_csv(path))} {args.suggest} row(s): {path} (not applied)"
     table(f"audit of {s['source']}", rows, out)
     return 0

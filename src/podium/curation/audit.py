@@ -88,17 +88,16 @@ class Audit:
     def review_page(self) -> Path:
         return self.dir / REVIEW_FILE
 
-    def suggested_fixes(self, kinds: tuple[str, ...] = ("label", "group_label"), action: str = "relabel", *,
-                        max_class_share: float | None = None) -> pd.DataFrame:
+    def suggested_fixes(self, kinds: tuple[str, ...] = ("label", "group_label"), action: str = "relabel") -> pd.DataFrame:
         """`suggested_fixes` of this audit's issues (a DataFrame; nothing is written or applied)."""
-        return suggested_fixes(self.issues, kinds, action, quality=self.quality, max_class_share=max_class_share)
+        return suggested_fixes(self.issues, kinds, action)
 
-    def write_suggested_fixes(self, action: str = "drop", *, max_class_share: float | None = None,
+    def write_suggested_fixes(self, action: str = "drop",
                               kinds: tuple[str, ...] = ("label", "group_label")) -> Path:
         """``suggested_fixes.csv`` in the audit folder: `suggested_fixes` as a label-fixes file that
         `task.label_fixes` applies only when a run is given it (nothing is applied here)."""
         path = self.dir / SUGGESTED_FILE
-        write_csv(path, self.suggested_fixes(kinds, action, max_class_share=max_class_share))
+        write_csv(path, self.suggested_fixes(kinds, action))
         return path
 
 
@@ -524,61 +523,20 @@ def _summary(data: AuditData, views: list[View], grouped: list[str], issues: pd.
 
 
 def suggested_fixes(issues: pd.DataFrame, kinds: tuple[str, ...] = ("label", "group_label"),
-                    action: str = "relabel", *, quality: pd.DataFrame | None = None,
-                    max_class_share: float | None = None) -> pd.DataFrame:
+                    action: str = "relabel") -> pd.DataFrame:
     """Label-fix rows (id, attribute, new_value, action) for every issue of ``kinds``: its
     suggestion (``relabel``) or the image/group left out (``drop``). For notebooks and
     benchmarks that decide in code what the review page lets a person decide.
 
-    ``max_class_share``: no class (of an attribute) loses more than this share of its audited
-    images (``quality``, the audit's label_quality table) to the fixes; its most suspicious
-    issues are fixed first and the rest left as labelled. Why: the models judging the labels
-    know a rare class worst, so its true images are flagged with its flips; on faces_mask3_dev
-    with 15% noise, dropping every flagged image took ~40% of the rare class's true images
-    (benchmarks/data_centric/RESULTS.md)."""
+    Dropping every flagged image is what retrained best on faces_mask3_dev with 15% injected
+    noise (benchmarks/data_centric/RESULTS.md): relabelling to the suggestion, and a per-class
+    cap that kept a rare class's flagged images beyond a share of the class (tried and removed),
+    both scored lower on all three seeds."""
     if action not in ("relabel", "drop"):
         raise PodiumError(f"action must be relabel or drop, found {action!r}")
     chosen = issues[issues["kind"].isin(kinds)]
-    if max_class_share is not None:
-        chosen = within_class_share(chosen, quality, max_class_share, action)
     if action == "drop":
         return pd.DataFrame({"id": chosen["id"].drop_duplicates(), "attribute": "", "new_value": "",
                              "action": "drop"}).reset_index(drop=True)
     return pd.DataFrame({"id": chosen["id"], "attribute": chosen["attribute"], "new_value": chosen["suggested"],
                          "action": "relabel"}).drop_duplicates(["id", "attribute"]).reset_index(drop=True)
-
-
-def within_class_share(chosen: pd.DataFrame, quality: pd.DataFrame | None, share: float, action: str) -> pd.DataFrame:
-    """The issues of ``chosen`` fixed when no class gives up more than ``share`` of its images,
-    most suspicious first. An issue takes its images (one, or every image of a group) out of their
-    class of the issue's attribute (relabel) or of every attribute (drop: the image is gone); it
-    is left out when that would pass a class's budget, floor(share x the class's audited images)."""
-    if not 0 <= share <= 1:
-        raise PodiumError(f"max_class_share must be between 0 and 1 (a share of each class), found {share}")
-    if quality is None or quality.empty:
-        raise PodiumError("max_class_share needs the audit's per-image label quality (label_quality.csv) to count "
-                          "each class's images; pass the Audit's quality table (podium.curation.audit.load_audit)")
-    q = quality.assign(id=quality["id"].astype(str), given=quality["given"].astype(str))
-    sizes = q.groupby(["attribute", "given"]).size()
-    budget = {key: int(np.floor(share * n + 1e-9)) for key, n in sizes.items()}
-    classes_of = {i: list(zip(rows["attribute"], rows["given"], strict=True)) for i, rows in q.groupby("id")}
-    members = q.drop_duplicates("id").groupby(q.drop_duplicates("id")["group"].astype(str))["id"].agg(list)
-    taken: set[tuple[str, str]] = set()  # (image, attribute) already given up; attribute "" = the whole image
-    accepted = []
-    order = chosen.assign(_s=chosen["suspicion"].astype(float)).sort_values("_s", ascending=False, kind="stable")
-    for index, row in zip(order.index, order.itertuples(index=False), strict=True):
-        ident = str(row.id)
-        images = [ident] if row.scope != "group" else list(members.get(ident, []))
-        costs: dict[tuple[str, str], int] = {}
-        for image in images:
-            if (image, "") in taken or (action == "relabel" and (image, row.attribute) in taken):
-                continue
-            for attribute, given in classes_of.get(image, []):
-                if action == "drop" or attribute == row.attribute:
-                    costs[(attribute, given)] = costs.get((attribute, given), 0) + 1
-        if all(budget.get(key, 0) >= n for key, n in costs.items()):
-            for key, n in costs.items():
-                budget[key] -= n
-            taken |= {(image, "" if action == "drop" else row.attribute) for image in images}
-            accepted.append(index)
-    return chosen.loc[[i for i in chosen.index if i in set(accepted)]]
