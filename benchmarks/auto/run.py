@@ -119,7 +119,7 @@ def run_auto(args, task: str, seed: int, budget: str, pool: Path, test: Path, im
             "tta_gain": {m["name"]: m.get("gain") for m in s["members"]},
             "final": f"{s['final']['kind']} {s['final']['name']}", "ensemble": s["final"]["ensemble"],
             "biases_kept": s["biases"]["kept"], "tta": {m["name"]: m["kept"] for m in s["members"]},
-            "oof_macro_f1": s["oof_macro_f1"], "folder": str(r.dir)}
+            "oof_macro_f1": s["oof_macro_f1"], "stages": s["plan"].get("stages", []), "folder": str(r.dir)}
 
 
 def main(argv=None) -> int:
