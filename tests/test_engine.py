@@ -40,3 +40,19 @@ def test_train_gives_the_caller_its_torch_thread_count_back(tmp_path, image_fold
         assert torch.get_num_threads() == 7
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_fixed_size_vit_is_built_for_the_runs_image_size(tmp_path, image_folder):
+    """timm's ViTs take one input size (a positional embedding per patch of it): vit_tiny_patch16_224
+    at data.image_size=32 stopped mid-fit with timm's AssertionError ('Input height (32) doesn't
+    match model (224)'). It is built for the run's size, and its checkpoint reloads at that size."""
+    from podium.model.checkpoints import load_module
+
+    cfg = load_config(None, fast_overrides(tmp_path, **{"model.name": "vit_tiny_patch16_224", "data.image_size": "32",
+                                                        "output.report": "false"}) + [f"data.train={image_folder}"])
+    result = train(cfg, progress=False, log=lambda *a: None)
+    module = load_module(result.run_dir / "best.ckpt", model_name="vit_tiny_patch16_224")
+    assert module.hparams["img_size"] == [32, 32] and tuple(module.model.patch_embed.img_size) == (32, 32)
+    assert module.model.pos_embed.shape[1] == 1 + 2 * 2  # the class token and a 2x2 patch grid
+    with torch.no_grad():
+        assert module.model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)

@@ -38,7 +38,7 @@ class Classifier(pl.LightningModule):
                  class_weights: list[float] | None = None, load_pretrained: bool = True,
                  heads: list[int] | None = None, head_weights: list[float] | None = None,
                  class_counts: list[int] | None = None, ordinal: list[dict] | None = None,
-                 soft_temperature: float | None = None):
+                 soft_temperature: float | None = None, img_size: list[int] | None = None):
         super().__init__()
         # Typed configs in, plain dicts into the checkpoint (loadable with weights_only=True);
         # a dict from a checkpoint is validated by the schema, so defaults live in one place.
@@ -52,7 +52,9 @@ class Classifier(pl.LightningModule):
             "head_weights": None if head_weights is None else [float(w) for w in head_weights],
             "class_counts": None if class_counts is None else [int(c) for c in class_counts],
             "ordinal": None if not ordinal else [dict(o) for o in ordinal],
-            "soft_temperature": None if soft_temperature is None else float(soft_temperature)})
+            "soft_temperature": None if soft_temperature is None else float(soft_temperature),
+            # the input size a fixed-size model (ViT) was built for; None in older checkpoints
+            "img_size": None if img_size is None else [int(v) for v in img_size]})
         m, t = self.model_cfg, self.train_cfg
         self.classes = list(classes)
         n = len(classes)
@@ -62,7 +64,8 @@ class Classifier(pl.LightningModule):
         self._init_ordinal(ordinal or [])
         self.model = create_model(
             m.name, sum(self.widths) if self.heads else n, dropout=m.dropout,
-            pretrained=m.pretrained and load_pretrained, pretrained_path=m.pretrained_path if load_pretrained else None)
+            pretrained=m.pretrained and load_pretrained, pretrained_path=m.pretrained_path if load_pretrained else None,
+            img_size=None if img_size is None else (int(img_size[0]), int(img_size[-1])))
         self._start_ordinal_at_priors()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)

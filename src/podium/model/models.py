@@ -17,13 +17,17 @@ TV_PREFIX = "tv/"
 
 
 def create_model(name: str, num_classes: int, *, pretrained: bool = True, pretrained_path: str | None = None,
-                 dropout: float = 0.0) -> nn.Module:
-    """A classifier with a fresh ``num_classes`` head; records its head's name in ``podium_head``."""
+                 dropout: float = 0.0, img_size: tuple[int, int] | None = None) -> nn.Module:
+    """A classifier with a fresh ``num_classes`` head; records its head's name in ``podium_head``.
+
+    ``img_size`` (the run's data.image_size as (height, width)) reaches timm models that are built
+    for one input size (``fixed_input_size``: ViT, DeiT, EVA, Swin...), whose positional embedding
+    is then made for it (pretrained ones resampled by timm); other models take any size anyway."""
     if pretrained_path is not None and not Path(pretrained_path).expanduser().is_file():
         raise PodiumError(f"model.pretrained_path: weights file not found: {pretrained_path}")
     if name.startswith(TV_PREFIX):
         return _create_torchvision(name[len(TV_PREFIX):], num_classes, pretrained, pretrained_path, dropout)
-    return _create_timm(name, num_classes, pretrained, pretrained_path, dropout)
+    return _create_timm(name, num_classes, pretrained, pretrained_path, dropout, img_size)
 
 
 def head_name(model: nn.Module) -> str:
@@ -41,7 +45,21 @@ def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
 
 # ---------------------------------------------------------------- timm
 
-def _create_timm(name: str, num_classes: int, pretrained: bool, path: str | None, dropout: float) -> nn.Module:
+def _fixed_size_kwargs(name: str, img_size: tuple[int, int] | None) -> dict:
+    """``{"img_size": ...}`` where timm's model takes one input size and the run's is another, else {}."""
+    import timm
+
+    if img_size is None:
+        return {}
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not getattr(cfg, "fixed_input_size", False):
+        return {}
+    size = (int(img_size[0]), int(img_size[-1]))
+    return {} if tuple(cfg.input_size[-2:]) == size else {"img_size": size}
+
+
+def _create_timm(name: str, num_classes: int, pretrained: bool, path: str | None, dropout: float,
+                 img_size: tuple[int, int] | None = None) -> nn.Module:
     import timm
 
     if not timm.is_model(name):
@@ -51,10 +69,17 @@ def _create_timm(name: str, num_classes: int, pretrained: bool, path: str | None
             f"model.name: unknown model {name!r}{tv_hint}. "
             + (f"Closest timm models: {', '.join(hint)}. " if hint else "")
             + "See timm.list_models() or torchvision.models.list_models().")
+    sized = _fixed_size_kwargs(name, img_size)
     try:
         model = timm.create_model(name, pretrained=pretrained and path is None,
-                                  num_classes=num_classes, drop_rate=dropout)
+                                  num_classes=num_classes, drop_rate=dropout, **sized)
     except Exception as exc:
+        if sized and not isinstance(exc, OSError):
+            h, w = sized["img_size"]
+            raise PodiumError(
+                f"model.name={name} is built for one input size and cannot be built for data.image_size "
+                f"{h}x{w}: {type(exc).__name__}: {str(exc)[:200]}. Use an image size it accepts (its default "
+                f"is {timm.models.get_pretrained_cfg(name).input_size[-1]}) or another model") from None
         if pretrained and path is None:
             raise _download_error(name, exc) from None
         raise

@@ -88,7 +88,8 @@ def build_module(cfg: PodiumConfig, prepared: PreparedData, mean, std):
                       class_weights=None if weights is None else [float(w) for w in np.asarray(weights, dtype=float)],
                       heads=task.heads, head_weights=head_weights, class_counts=train_counts,
                       ordinal=ordinal_specs(task, prepared.train),
-                      soft_temperature=None if prepared.soft is None else prepared.soft.temperature)
+                      soft_temperature=None if prepared.soft is None else prepared.soft.temperature,
+                      img_size=list(cfg.data.size_hw))
 
 
 def ordinal_specs(task: TaskSpec, train: pd.DataFrame) -> list[dict] | None:
