@@ -380,8 +380,25 @@ def test_a_budget_for_two_runs_refits_the_holdout_on_every_image_and_resumes_the
     stamp = ckpt.stat().st_mtime_ns
     state = json.loads((tmp_path / "auto" / "auto_state.json").read_text())
     assert "tta:m0-test_resnet-32" in state["steps"] and "refit:m0-test_resnet-32" not in state["steps"]
+    import podium.autopilot.pipeline as pipeline
+
+    real_test = pipeline._member_test
+
+    def killed_test(source, test, views, out_dir, progress):
+        if out_dir.name == "refit-test" and "killed" not in calls:
+            calls.append("killed")
+            raise KeyboardInterrupt  # killed after the refit trained, while it predicts the test set
+        return real_test(source, test, views, out_dir, progress)
+
+    monkeypatch.setattr(pipeline, "_member_test", killed_test)
+    with pytest.raises(KeyboardInterrupt):
+        podium.auto(tmp_path / "train", **args)
+    assert calls == ["fold0", "refit", "refit", "killed"] and ckpt.stat().st_mtime_ns == stamp  # holdout reused
+    refit_ckpt = next((member / "refit").rglob("last.ckpt"))
+    refit_stamp = refit_ckpt.stat().st_mtime_ns
     r = podium.auto(tmp_path / "train", **args)
-    assert calls == ["fold0", "refit", "refit"] and ckpt.stat().st_mtime_ns == stamp  # the holdout run reused
+    assert calls == ["fold0", "refit", "refit", "killed"]  # neither run trained again
+    assert ckpt.stat().st_mtime_ns == stamp and refit_ckpt.stat().st_mtime_ns == refit_stamp
     assert r.plan.mode == "holdout" and r.plan.refit and r.plan.epochs == 2
     assert r.summary["spent_s"] > state["spent_s"]
     member = Path(r.summary["members"][0]["dir"])
