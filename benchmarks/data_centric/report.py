@@ -74,11 +74,19 @@ def distill_table(results: pd.DataFrame) -> str:
     return "\n".join(rows)
 
 
-def write_report(results: Path, out: Path) -> Path:
+def write_report(results: Path, out: Path, test: Path | None = None) -> Path:
+    """tables.md; with ``test`` (the held-back CSV, on the machine that has the run folders) also the
+    paired retraining tables of the 15% faces cells."""
     table = pd.read_csv(results)
-    text = "\n\n".join(["## Audit\n\n" + audit_table(table), "### Per attribute\n\n" + attribute_table(table),
-                        "## Pseudo-labels\n\n" + pseudo_table(table), "## Distillation\n\n" + distill_table(table)])
-    out.write_text(text + "\n")
+    parts = ["## Audit\n\n" + audit_table(table), "### Per attribute\n\n" + attribute_table(table)]
+    if test is not None and test.is_file():
+        for study, variants in (("audit:low_normalized_margin", ["cleaned", "cleaned-cap0.4"]),
+                                ("audit", ["cleaned", "relabelled"])):
+            for checkpoint in ("best", "last"):
+                parts.append(f"### Retraining, paired ({study}, {checkpoint})\n\n"
+                             + paired_table(table, test, variants, study, checkpoint=checkpoint))
+    parts += ["## Pseudo-labels\n\n" + pseudo_table(table), "## Distillation\n\n" + distill_table(table)]
+    out.write_text("\n\n".join(parts) + "\n")
     return out
 
 
