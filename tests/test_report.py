@@ -375,16 +375,25 @@ def test_vit_target_is_the_last_blocks_norm_on_the_patch_grid():
     assert maps.shape == (2, 112, 112) and logits.shape == (2, 3) and maps.max() > 0
     cells = maps[0].reshape(7, 16, 7, 16).mean(axis=(1, 3))
     assert cells.std() > 0.05  # one value per patch that differs across patches, not a colour field
+    # a ViT built for 32 px only: the CAM runs on a copy rebuilt for 112 px (timm's set_input_size)
+    fixed = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32)
+    plan = plan_cam(fixed, torch.zeros(1, 3, 32, 32))
+    assert (plan.cam_hw, plan.cam_feature_hw, plan.skip) == ((112, 112), (7, 7), None)
+    assert plan.model is not None and plan.model is not fixed and tuple(fixed.patch_embed.img_size) == (32, 32)
+    assert "positional embedding resampled" in plan.describe()
+    maps, logits = gradcam_batch(plan.model, torch.randn(2, 3, 112, 112), [0, 2])
+    assert maps.shape == (2, 112, 112) and maps.max() > 0
 
 
 def test_report_gradcam_on_a_vision_transformer(tmp_path, capsys):
-    """`podium report --gradcam` on a trained timm ViT (test_vit at 32 px: a 2x2 patch grid)."""
+    """`podium report --gradcam` on a trained timm ViT built for 32 px only (vit_tiny_patch16_224:
+    a 2x2 patch grid), explained on a copy rebuilt for 112 px (a 7x7 grid)."""
     from conftest import fast_overrides, make_folder
 
     from podium.cli import main
 
     data = make_folder(tmp_path / "train", {"cat": 6, "dog": 6, "fox": 6})
-    overrides = fast_overrides(tmp_path, **{"model.name": "test_vit", "train.lr": "1e-6"})  # untrained: wrong rows
+    overrides = fast_overrides(tmp_path, **{"model.name": "vit_tiny_patch16_224", "train.lr": "1e-6"})  # wrong rows
     assert main(["train", *overrides, f"data.train={data}", "data.val_fraction=0.5", "--quiet"]) == 0
     run = tmp_path / "runs dir" / "exp"
     assert main(["report", str(run), "--gradcam"]) == 0, capsys.readouterr().err
@@ -392,6 +401,7 @@ def test_report_gradcam_on_a_vision_transformer(tmp_path, capsys):
     part = page[page.index("<h2>Grad-CAM</h2>"):]
     part = part[:part.index("</section>")]
     assert "skipped" not in part and "patch-token grid is only 2x2" in part and "upscaled to 112x112" in part
+    assert "positional embedding resampled" in part
     assert (run / "report" / "gradcam.png").is_file()
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -150,6 +150,9 @@ class CamPlan:
     cam_feature_hw: tuple[int, int]
     skip: str | None = None
     what: str = "last feature map"  # or a transformer's "last block's patch-token grid"
+    #: a fixed-size transformer rebuilt for ``cam_hw`` (timm's ``set_input_size``) where the model
+    #: itself takes only its own size; None: the model runs the CAM input as it is
+    model: Any = field(default=None, compare=False, repr=False)
 
     @property
     def upscaled(self) -> bool:
@@ -162,8 +165,11 @@ class CamPlan:
             return f"At the model's {h}x{w} input the {self.what} is {fh}x{fw}; maps computed at that size."
         ch, cw = self.cam_hw
         bh, bw = self.cam_feature_hw
+        resized = (" (a copy of the model with its positional embedding resampled to that grid, as for a "
+                   "larger input)" if self.model is not None else "")
         return (f"At the model's {h}x{w} input the {self.what} is only {fh}x{fw} (a heat map would be a colour "
-                f"field), so the maps are computed on the same input upscaled to {ch}x{cw}, where it is {bh}x{bw}.")
+                f"field), so the maps are computed on the same input upscaled to {ch}x{cw}, where it is {bh}x{bw}"
+                f"{resized}.")
 
 
 def _feature_hw(model: torch.nn.Module, target: CamTarget, x: torch.Tensor) -> tuple[int, int]:
@@ -209,7 +215,7 @@ def plan_cam(model: torch.nn.Module, x: torch.Tensor, layer: torch.nn.Module | N
     if min(fh, fw) >= MIN_FEATURE_SIDE:
         return CamPlan((h, w), (fh, fw), (h, w), (fh, fw), what=what)
     factor = MIN_FEATURE_SIDE / max(1, min(fh, fw))
-    cam_hw, bigger = (h, w), (fh, fw)
+    cam_hw, bigger, resized = (h, w), (fh, fw), None
     for _ in range(3):  # a stride's rounding can leave the map a cell short: grow again from what it gave
         cam_hw = (_whole(cam_hw[0] * factor, target.patch[0]), _whole(cam_hw[1] * factor, target.patch[1]))
         if max(cam_hw) > MAX_CAM_SIDE:
@@ -217,18 +223,50 @@ def plan_cam(model: torch.nn.Module, x: torch.Tensor, layer: torch.nn.Module | N
                            skip=f"the {what} is {fh}x{fw} at the model's {h}x{w} input and a "
                                 f"{MIN_FEATURE_SIDE}x{MIN_FEATURE_SIDE} one would need an input over {MAX_CAM_SIDE} px.")
         try:
-            bigger = _feature_hw(model, target, F.interpolate(x[:1], size=cam_hw, mode="bilinear", align_corners=False))
+            big = F.interpolate(x[:1], size=cam_hw, mode="bilinear", align_corners=False)
+            bigger, resized = _probe_upscaled(model, target, layer, big)
         except Exception as exc:  # a model built for one input size (a fixed positional embedding, a flatten)
             return CamPlan((h, w), (fh, fw), cam_hw, bigger, what=what,
                            skip=f"the {what} is {fh}x{fw} at the model's {h}x{w} input (too coarse to "
                                 f"show anything) and the model does not run on an input upscaled to "
                                 f"{cam_hw[0]}x{cam_hw[1]} ({type(exc).__name__}).")
         if min(bigger) >= MIN_FEATURE_SIDE:
-            return CamPlan((h, w), (fh, fw), cam_hw, bigger, what=what)
+            return CamPlan((h, w), (fh, fw), cam_hw, bigger, what=what, model=resized)
         factor = MIN_FEATURE_SIDE / max(1, min(bigger))
     return CamPlan((h, w), (fh, fw), cam_hw, bigger, what=what,
                    skip=f"the {what} is {fh}x{fw} at the model's {h}x{w} input and stays "
                         f"{bigger[0]}x{bigger[1]} at {cam_hw[0]}x{cam_hw[1]}.")
+
+
+def _probe_upscaled(model: torch.nn.Module, target: CamTarget, layer: torch.nn.Module | None,
+                    big: torch.Tensor) -> tuple[tuple[int, int], torch.nn.Module | None]:
+    """The map's size at the upscaled input ``big``, and the model copy that ran it where the model
+    itself takes one input size only (None: the model ran it). The copy is timm's own answer to a
+    new input size (``set_input_size`` resamples the positional embedding); the error of the model
+    is raised where there is no such copy (or an explicit ``layer`` that belongs to the model)."""
+    try:
+        return _feature_hw(model, target, big), None
+    except Exception:
+        twin = _resized_copy(model, (int(big.shape[-2]), int(big.shape[-1]))) if layer is None else None
+        if twin is None:
+            raise
+        twin_target = cam_target(twin)
+        assert twin_target is not None  # a copy of a model that had a target
+        return _feature_hw(twin, twin_target, big), twin
+
+
+def _resized_copy(model: torch.nn.Module, hw: tuple[int, int]) -> torch.nn.Module | None:
+    """A copy of a fixed-size timm transformer built for input ``hw``, or None for other models."""
+    import copy
+
+    if not callable(getattr(model, "set_input_size", None)):
+        return None
+    twin = copy.deepcopy(model)
+    try:
+        twin.set_input_size(img_size=hw)  # type: ignore[operator]
+    except Exception:  # a model whose set_input_size takes other arguments: no copy, the skip says why
+        return None
+    return twin
 
 
 def _whole(side: float, patch: int) -> int:

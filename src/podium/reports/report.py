@@ -468,7 +468,8 @@ def _gradcam_section(page: Page, out: Path, suspects: pd.DataFrame, classes: lis
     if plan.upscaled:
         batch = F.interpolate(batch, size=plan.cam_hw, mode="bilinear", align_corners=False)
     predicted = [index[row.predicted] for row, _ in loaded]
-    maps, logits = gradcam_batch(source.model, torch.cat([batch, batch]),
+    model = plan.model if plan.model is not None else source.model  # a fixed-size ViT's resized copy
+    maps, logits = gradcam_batch(model, torch.cat([batch, batch]),
                                  predicted + [index[row.label] for row, _ in loaded], layer)
     n = len(loaded)
     sec.text("Where the model looked: heat maps for the predicted class and for the true class on the most "
