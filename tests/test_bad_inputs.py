@@ -679,6 +679,19 @@ def test_augment_op_that_takes_a_function_is_refused(tmp_path, capsys, image_fol
     assert not (tmp_path / "runs dir").exists()
 
 
+def test_augment_op_given_null_where_it_takes_an_optional_function_builds():
+    """null is no function, which these parameters allow (Equalize without a mask); only code is refused."""
+    import numpy as np
+
+    from podium.data.transforms import build_train_pipeline
+    from podium.schema import AugmentConfig
+
+    cfg = AugmentConfig(train_ops=[{"name": "Equalize", "mask": None, "p": 1.0}])
+    image = np.tile(np.arange(0, 64, dtype=np.uint8).reshape(8, 8, 1), (4, 4, 3))  # a dim ramp
+    out = build_train_pipeline(cfg, (32, 32))(image, seed=0)
+    assert out.shape[-2:] == (32, 32) and int(out.max()) > 200  # equalized: the ramp spans the range
+
+
 # ---------------------------------------------------------------- images
 
 def _png_header_only(path: Path, width: int, height: int) -> Path:

@@ -135,6 +135,8 @@ def _refuse_function_params(op, name: str, params: dict[str, Any], where: str) -
             continue
         if isinstance(value, str) and "str" in annotation:
             continue  # the op also takes a name here (torchvision's labels_getter="default")
+        if value is None and "None" in annotation:
+            continue  # null: no function (Equalize's mask, labels_getter), which the op allows
         raise PodiumError(
             f"{where}: {name}'s `{key}` takes a Python function, which a config cannot give ({key}={value!r} is not "
             f"code). Use ops that take plain values, or build the augmentation in Python (podium.data.transforms)")
