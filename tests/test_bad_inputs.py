@@ -352,6 +352,8 @@ def test_sigint_exits_130_and_marks_run_interrupted(tmp_path, capsys, image_fold
     original = podium.train
     monkeypatch.setattr(podium, "train", lambda *a, **k: original(*a, **{**k, "callbacks": [CtrlC()]}))
     handler = signal.getsignal(signal.SIGINT)
+    # a terminal's Ctrl+C, even where this process started with SIGINT ignored (a background job)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code, err = run_cli(["train", *fast_overrides(tmp_path, **{"train.epochs": 2}), f"data.train={image_folder}",
                              "--quiet"], capsys)
