@@ -380,9 +380,28 @@ def test_vit_target_is_the_last_blocks_norm_on_the_patch_grid():
     plan = plan_cam(fixed, torch.zeros(1, 3, 32, 32))
     assert (plan.cam_hw, plan.cam_feature_hw, plan.skip) == ((112, 112), (7, 7), None)
     assert plan.model is not None and plan.model is not fixed and tuple(fixed.patch_embed.img_size) == (32, 32)
-    assert "positional embedding resampled" in plan.describe()
+    assert "position encoding resampled" in plan.describe()
     maps, logits = gradcam_batch(plan.model, torch.randn(2, 3, 112, 112), [0, 2])
     assert maps.shape == (2, 112, 112) and maps.max() > 0
+
+
+def test_swin_target_is_its_last_blocks_norm_channels_first():
+    """timm's Swin keeps (N, h, w, C) maps: Grad-CAM takes its last block's first norm, channels moved
+    first (its only Conv2d is the patch embedding, which the fallback picked)."""
+    import timm
+
+    from podium.reports.gradcam import cam_target, gradcam_batch, plan_cam
+
+    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=3, img_size=112,
+                             window_size=7, depths=(1, 1, 1, 1), embed_dim=16, num_heads=(1, 1, 1, 1))
+    target = cam_target(swin)
+    assert target.layer is swin.layers[-1].blocks[-1].norm1 and target.channels_last
+    assert target.reshape_transform((112, 112))(torch.zeros(2, 3, 4, 5)).shape == (2, 5, 3, 4)
+    plan = plan_cam(swin, torch.zeros(1, 3, 112, 112))  # 28 -> 14 -> 7 -> 4 (padded): a 4x4 map, upscaled
+    assert (plan.feature_hw, plan.cam_hw, plan.cam_feature_hw, plan.skip) == ((4, 4), (196, 196), (7, 7), None), plan
+    model = plan.model if plan.model is not None else swin
+    maps, _ = gradcam_batch(model, torch.randn(1, 3, *plan.cam_hw), [1])
+    assert maps.shape == (1, *plan.cam_hw) and maps.max() > 0
 
 
 def test_report_gradcam_on_a_vision_transformer(tmp_path, capsys):
@@ -401,7 +420,7 @@ def test_report_gradcam_on_a_vision_transformer(tmp_path, capsys):
     part = page[page.index("<h2>Grad-CAM</h2>"):]
     part = part[:part.index("</section>")]
     assert "skipped" not in part and "patch-token grid is only 2x2" in part and "upscaled to 112x112" in part
-    assert "positional embedding resampled" in part
+    assert "position encoding resampled" in part
     assert (run / "report" / "gradcam.png").is_file()
 
 

@@ -76,10 +76,11 @@ class CamTarget:
     prefix: int = 0
     grid: Callable[[tuple[int, int]], tuple[int, int]] | None = None
     patch: tuple[int, int] = (1, 1)  # a transformer takes inputs in whole patches
+    channels_last: bool = False  # (N, h, w, C): a hierarchical transformer's stage (timm's Swin)
 
     @property
     def tokens(self) -> bool:
-        return self.grid is not None
+        return self.grid is not None or self.channels_last
 
     @property
     def what(self) -> str:
@@ -88,6 +89,8 @@ class CamTarget:
 
     def reshape_transform(self, input_hw: tuple[int, int]) -> Callable | None:
         """pytorch-grad-cam's ``reshape_transform`` for an input of ``input_hw``; None for a conv layer."""
+        if self.channels_last:
+            return _channels_first
         if self.grid is None:
             return None
         return functools.partial(tokens_to_map, prefix=self.prefix, grid=self.grid((int(input_hw[0]), int(input_hw[1]))))
@@ -101,6 +104,11 @@ def tokens_to_map(tokens: torch.Tensor, prefix: int, grid: tuple[int, int]) -> t
     if length - prefix != h * w:
         raise ValueError(f"{length} tokens are not {prefix} prefix token(s) + a {h}x{w} patch grid")
     return tokens[:, prefix:, :].reshape(n, h, w, channels).permute(0, 3, 1, 2)
+
+
+def _channels_first(tokens: torch.Tensor) -> torch.Tensor:
+    """(N, h, w, C) -> (N, C, h, w)."""
+    return tokens.permute(0, 3, 1, 2)
 
 
 def _timm_grid(patch_embed) -> Callable[[tuple[int, int]], tuple[int, int]]:
@@ -117,7 +125,8 @@ def cam_target(model: torch.nn.Module, layer: torch.nn.Module | None = None) -> 
     """Where Grad-CAM looks in ``model`` (``layer`` when given), or None when it has no such layer.
 
     A vision transformer (timm: ``patch_embed``, ``blocks``, ``num_prefix_tokens``; torchvision:
-    ``conv_proj``, ``encoder.layers``) is explained at its last block's first norm, as
+    ``conv_proj``, ``encoder.layers``; timm's Swin family, stages of (N, h, w, C) maps: ``layers``,
+    ``output_fmt`` NHWC) is explained at its last block's first norm, as
     pytorch-grad-cam recommends (its ViT example): with a class-token head the block's own output
     reaches the head only through the class token, so its patch tokens get no gradient, while the
     norm feeds the attention in which every patch token informs the class token (an average-pooled
@@ -130,6 +139,11 @@ def cam_target(model: torch.nn.Module, layer: torch.nn.Module | None = None) -> 
         return CamTarget(layer if layer is not None else getattr(last, "norm1", last),
                          prefix=int(net.num_prefix_tokens), grid=_timm_grid(net.patch_embed),
                          patch=(patch[0], patch[-1]))
+    if getattr(net, "output_fmt", None) == "NHWC" and hasattr(net, "patch_embed") and hasattr(net, "layers"):
+        last = net.layers[-1].blocks[-1] if hasattr(net.layers[-1], "blocks") else net.layers[-1]
+        patch = tuple(int(v) for v in getattr(net.patch_embed, "patch_size", (1, 1)))
+        return CamTarget(layer if layer is not None else getattr(last, "norm1", last), patch=(patch[0], patch[-1]),
+                         channels_last=True)
     if hasattr(net, "conv_proj") and hasattr(net, "encoder") and hasattr(net, "patch_size"):
         last = net.encoder.layers[-1]
         p = int(net.patch_size)
@@ -165,8 +179,8 @@ class CamPlan:
             return f"At the model's {h}x{w} input the {self.what} is {fh}x{fw}; maps computed at that size."
         ch, cw = self.cam_hw
         bh, bw = self.cam_feature_hw
-        resized = (" (a copy of the model with its positional embedding resampled to that grid, as for a "
-                   "larger input)" if self.model is not None else "")
+        resized = (" (on a copy of the model rebuilt by timm for that input, its position encoding resampled)"
+                   if self.model is not None else "")
         return (f"At the model's {h}x{w} input the {self.what} is only {fh}x{fw} (a heat map would be a colour "
                 f"field), so the maps are computed on the same input upscaled to {ch}x{cw}, where it is {bh}x{bw}"
                 f"{resized}.")
@@ -261,9 +275,13 @@ def _resized_copy(model: torch.nn.Module, hw: tuple[int, int]) -> torch.nn.Modul
 
     if not callable(getattr(model, "set_input_size", None)):
         return None
+    import warnings
+
     twin = copy.deepcopy(model)
     try:
-        twin.set_input_size(img_size=hw)  # type: ignore[operator]
+        with warnings.catch_warnings():  # torch's notes on timm's resampling code, not the user's concern
+            warnings.simplefilter("ignore", UserWarning)
+            twin.set_input_size(img_size=hw)  # type: ignore[operator]
     except Exception:  # a model whose set_input_size takes other arguments: no copy, the skip says why
         return None
     return twin
