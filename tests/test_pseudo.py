@@ -223,4 +223,4 @@ def test_a_round_keeps_the_labelled_class_proportions_or_stops_saying_why(tmp_pa
     # no confident image of the rare class: nothing keeps the proportions, the round is not trained
     entry, trained = _planted_round(tmp_path / "s", monkeypatch, np.repeat([1, 2], [100, 30]), balance=True)
     assert entry["model"] is None and not trained
-    assert "'a' has none that precise" in entry["stopped"] and "--no-balance" in entry["stopped"]
+    assert "'a' has none that precise" in entry["stopped"] and "balance=False" in entry["stopped"]

@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="retrained runs of the audit study: relabelled, cleaned")
     parser.add_argument("--pseudo-precision", type=float, default=0.9, help="podium pseudo-label --precision")
     parser.add_argument("--pseudo-balance", action="store_true",
-                        help="the per-class cap (podium's default; the first rows ran without it)")
+                        help="podium pseudo-label --balance: the per-class cap (off by default; the first rows ran without it)")
     parser.add_argument("--rescore-last", action="store_true",
                         help="only score the last epoch of every single run of the audit study on the held-back "
                              "part (results_last_epoch.csv): macro F1 with no checkpoint chosen on the noisy "

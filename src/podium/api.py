@@ -555,14 +555,15 @@ def distill(teacher: str | Path | CrossValidation | Ensemble, *, model: str | No
 def pseudo_label(model: str | Path | Run | CrossValidation | Ensemble, unlabeled: str | Path, *, rounds: int = 1,
                  precision: float = 0.9, mode: str = "soft", folds: int | None = None,
                  config: str | Path | None = None, overrides: Sequence[str] = (), group_by_folder: bool = False,
-                 balance: bool = True, out: str | Path | None = None, progress: bool = False,
+                 balance: bool = False, out: str | Path | None = None, progress: bool = False,
                  log: Callable = print):
     """Rounds of training on labelled + pseudo-labelled images: the model of each round labels the
     unlabelled images whose class clears a per-class threshold chosen on its out-of-fold (or
     validation) predictions for ``precision``; every round is a normal run, or cv run with
     ``folds`` (default: a cv model's own). Pseudo-labelled images never enter validation or the
     OOF score. ``balance``: the pseudo-labels keep the labelled class proportions (a class none
-    are precise enough for limits the others; `podium.curation.pseudo.keep_proportions`). The
+    are precise enough for limits the others; `podium.curation.pseudo.keep_proportions`; off by
+    default). The
     CLI's `podium pseudo-label`; returns `podium.curation.pseudo.PseudoLabelResult`."""
     from podium.curation.pseudo import pseudo_label as run_rounds
 

@@ -40,10 +40,10 @@ def register(sub) -> None:
                    help="train each round as a cv run with K folds (default: a cv model's own K; else single runs)")
     p.add_argument("--group-by-folder", action="store_true",
                    help="the unlabelled images of one folder are one group (e.g. one person)")
-    p.add_argument("--no-balance", action="store_true",
-                   help="do not cap each class's pseudo-labels to keep the labelled class proportions (by "
-                        "default a class none are precise enough for limits the others, so rounds do not shift "
-                        "the balance against it)")
+    p.add_argument("--balance", action="store_true",
+                   help="cap each class's pseudo-labels to keep the labelled class proportions (a class none are "
+                        "precise enough for limits the others, so rounds do not shift the balance against it; a "
+                        "round left with nothing to add is not trained)")
     p.add_argument("--out", help="output folder (default: MODEL-pseudo beside the model)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -104,7 +104,7 @@ def cmd_pseudo_label(args) -> int:
     out = console()
     result = podium.pseudo_label(args.model, args.unlabeled, rounds=args.rounds, precision=args.precision,
                                  mode=args.mode, folds=args.folds, config=config, overrides=overrides,
-                                 group_by_folder=args.group_by_folder, balance=not args.no_balance, out=args.out,
+                                 group_by_folder=args.group_by_folder, balance=args.balance, out=args.out,
                                  progress=not args.quiet, log=notes(out))
     rows = {"unlabelled images": result.record["n_unlabeled"], "mode": result.record["mode"]}
     for entry in result.record["rounds"]:

@@ -8,10 +8,12 @@ predictions above it are right at least ``precision`` of the time; the round the
 as a normal run or cv run with ``data.pseudo_labels`` pointing at those images
 (`podium.model.soft_targets`): soft (the probabilities) or hard (the class) targets, in
 training parts only, never in validation folds or the OOF score, an image whose group is
-in a validation part left out of that fold. By default (``balance``) each class's pseudo-labels
-are capped so they keep the labelled class proportions: a rare class no pseudo-label is precise
+in a validation part left out of that fold. With ``balance`` each class's pseudo-labels are
+capped so they keep the labelled class proportions: a rare class no pseudo-label is precise
 enough for would otherwise get none while the common ones got hundreds, shifting every round's
-balance against it.
+balance against it. It is off by default: on faces_mask3_dev it left almost nothing to add (the
+rare class could hardly be pseudo-labelled) and its one paired round scored below the uncapped
+one (benchmarks/data_centric/RESULTS.md).
 
 With a cv run as the model and rounds trained on the same folds (same images, k and fold
 seed), each fold of the next round gets the pseudo-labels of the same fold's model (which
@@ -184,13 +186,13 @@ def predictions(model: Path, pool: pd.DataFrame, classes: list[str], log=print, 
 
 def pseudo_label(model: str | Path, unlabeled: str | Path, *, rounds: int = 1, precision: float = 0.9,
                  mode: str = "soft", folds: int | None = None, config: str | Path | None = None,
-                 overrides: Sequence[str] = (), group_by_folder: bool = False, balance: bool = True,
+                 overrides: Sequence[str] = (), group_by_folder: bool = False, balance: bool = False,
                  out: str | Path | None = None, progress: bool = False, log=print) -> PseudoLabelResult:
     """Rounds of pseudo-labelling (see the module docstring). ``folds``: train each round as a cv
     run with that many folds (default: a cv model's own k; a run or ensemble: single runs).
     ``balance``: the pseudo-labels keep the labelled class proportions (`keep_proportions`); a
     round that can add none that way (a class no pseudo-label is precise enough for) is not
-    trained, and the rounds stop there, saying why."""
+    trained, and the rounds stop there, saying why. Off by default (see the module docstring)."""
     from podium.rundir import folder_kind, output_dir, read_cv_meta
 
     model = Path(model)
@@ -268,8 +270,8 @@ def _round(r: int, teacher: Path, pool: pd.DataFrame, classes: list[str], cfg: P
     if chosen.empty:
         why = (f"round {r} not trained: no unlabelled image keeps the labelled class proportions at precision "
                f"{precision} ({limited_by!r} has none that precise; eligible per class: {eligible}). Lower the "
-               f"precision, or turn the balance off (--no-balance, balance=False) to pseudo-label the other classes "
-               f"alone" if balance and any(n > 0 for n in eligible.values()) else
+               f"precision, or leave the balance off (no --balance; balance=False) to pseudo-label the other "
+               f"classes alone" if balance and any(n > 0 for n in eligible.values()) else
                f"round {r} not trained: no unlabelled image clears its class's threshold at precision {precision}")
         log(why)
         return {"round": r, "model": None, "stopped": why}
