@@ -456,3 +456,40 @@ def test_pages_render_headless(report, tmp_path):
         image = cv2.imread(str(shot))
         assert image is not None, proc.stderr[-2000:]
         assert image.shape[:2] == (900, 1280) and image.std() > 10
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium not installed (apt-get install -y chromium)")
+def test_wrong_predictions_table_fits_1280_px_in_chromium(tmp_path):
+    """Issue 19's check: at 1280 px the confidently-wrong table shows `predicted` and `confidence`
+    without horizontal scrolling, with ids as long as a real dataset's (person folders) and images
+    stored deep in the user's tree (an absolute path column pushed both off screen)."""
+    from browser import DevTools, wait_for
+
+    deep = tmp_path / "home" / "someone" / "competitions" / "mask-classification-2026" / "data" / "train" / "images"
+    preds = planted_predictions(deep)
+    preds["id"] = [f"000{k:03d}_female_Asian_45/incorrect_mask_{k:02d}.jpg" for k in range(len(preds))]
+    run = write_run(tmp_path / "run", preds)
+    page = build_run_report(run, max_gallery=8)
+    tools = DevTools(_chromium(), tmp_path / "profile")
+    try:
+        target = tools.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = tools.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        tools.send("Emulation.setDeviceMetricsOverride",
+                   {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session)
+        tools.send("Page.enable", session=session)
+        tools.send("Page.navigate", {"url": page.as_uri()}, session)
+        wait_for(tools, session, "document.readyState === 'complete'")
+        layout = tools.send("Runtime.evaluate", {"returnByValue": True, "expression": """(() => {
+            const wrap = document.querySelector('#confidently-wrong .table-wrap');
+            const heads = Array.from(wrap.querySelectorAll('th'));
+            const right = name => heads.find(h => h.textContent === name).getBoundingClientRect().right;
+            return {width: window.innerWidth, scroll: wrap.scrollWidth, client: wrap.clientWidth,
+                    heads: heads.map(h => h.textContent), predicted: right('predicted'),
+                    confidence: right('confidence'), page: document.documentElement.scrollWidth};
+        })()"""}, session)["result"]["value"]
+    finally:
+        tools.close()
+    assert layout["width"] == 1280, layout
+    assert layout["heads"] == ["id", "label", "predicted", "confidence"], layout
+    assert layout["scroll"] <= layout["client"] and layout["page"] <= 1280, layout  # no horizontal scrolling
+    assert layout["predicted"] <= 1280 and layout["confidence"] <= 1280, layout
