@@ -8,7 +8,7 @@ import re
 import warnings
 
 import yaml
-from conftest import fast_overrides, make_folder
+from conftest import COLORS, fast_overrides, make_folder
 
 from podium.cli import main
 from podium.quiet import epoch_line, quiet_libraries, verbosity
@@ -100,6 +100,36 @@ def test_tune_to_a_file_prints_the_table_once_at_full_width(tmp_path, capfd):
     assert text.count("┏") == 1, text  # one table, not one per redraw
     assert re.search(r"┘\n+best trial \d", text), text  # the summary starts on its own line
     assert sum("COMPLETE" in line for line in text.splitlines()) == 2
+
+
+def test_cv_to_a_file_is_one_plain_line_per_epoch_per_fold_and_quiet_prints_results_only(tmp_path, capfd):
+    """Issue 19 names cv beside train and tune: every fold repeated Lightning's banners and tips."""
+    data = make_folder(tmp_path / "data", {c: 6 for c in COLORS})
+    args = ["cv", *fast_overrides(tmp_path, **{"data.train": str(data), "train.epochs": 2,
+                                               "output.report": "false", "output.name": "cv"}), "--folds", "2"]
+    text = run_to_file(args, capfd)
+    assert_clean(text)
+    epochs = [line.split()[1] for line in text.splitlines() if line.startswith("epoch ")]
+    assert epochs == ["1/2", "2/2"] * 2, text  # one line per epoch of each fold, no redraws
+    assert "\r" not in text and "fold 1:" in text and "CV macro F1" in text
+
+    quiet = run_to_file([*args, "--quiet", "output.name=cv-quiet", "train.epochs=1"], capfd)
+    assert_clean(quiet)
+    assert not [line for line in quiet.splitlines() if line.startswith(("epoch ", "fold ", "run folder"))], quiet
+    assert "CV macro F1" in quiet  # the results table still shown
+
+
+def test_tune_quiet_prints_the_study_result_without_the_trials_table(tmp_path, capfd):
+    data = make_folder(tmp_path / "data")
+    raw = parse_overrides(fast_overrides(tmp_path, **{"data.train": str(data), "output.report": "false"}))
+    raw["search"] = {"train.lr": {"low": 1e-3, "high": 0.2, "log": True}}
+    cfg = tmp_path / "tune.yaml"
+    cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
+    text = run_to_file(["tune", str(cfg), "--trials", "1", "--study", "q", "--dir", str(tmp_path / "st"), "--quiet"],
+                       capfd)
+    assert_clean(text)
+    assert "┏" not in text and not [line for line in text.splitlines() if line.startswith("epoch ")], text
+    assert re.search(r"^best trial 0: ", text, re.M), text
 
 
 def test_quiet_libraries_restores_levels_and_filters_and_keeps_other_warnings():
