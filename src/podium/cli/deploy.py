@@ -70,7 +70,7 @@ def register(sub) -> None:
                    help="validation images the parity check runs on (default: 64)")
     p.add_argument("--out", help="model file to write (default: MODEL/exports/<format>/model.onnx|.pt)")
 
-    p = add_command(sub, "serve", "Serve a run or an exported model over HTTP (FastAPI), micro-batched.",
+    p = add_command(sub, "serve", "Serve a run or an exported model over HTTP (FastAPI); requests micro-batched on a GPU, one by one on a CPU (--batching).",
                     cmd_serve, SERVE_EXAMPLE)
     p.add_argument("model", help="run, cv run or ensemble folder (PyTorch), model.onnx (onnxruntime), or model.pt "
                                  "(TorchScript, with --trust-model)")
