@@ -112,6 +112,20 @@ def test_f1_weights_start_at_log_loss_weights_and_never_end_below_them():
     np.testing.assert_allclose(ens.fit_ensemble_weights(members, y, 4), w)
 
 
+def test_f1_weights_never_end_below_the_best_member_on_the_fitting_rows():
+    """Issue 19 item 3: the weighted ensemble scored below its best member. Whatever the start (here
+    all weight on the noise member, far below the best member), the search ends at least at the best
+    member's macro F1: each member alone (weight 1.0) is one of the candidates it tries."""
+    y = _imbalanced()
+    members = [_noisy_member(y, 4, 1.6, seed=1), _noisy_member(y, 4, 1.0, seed=2), _noisy_member(y, 4, 0.0, seed=3)]
+    f1 = lambda weights: ens.macro_f1(y, ens.soft_vote(members, weights).argmax(1), 4)  # noqa: E731
+    best_member = max(ens.macro_f1(y, m.argmax(1), 4) for m in members)
+    start = np.array([0.0, 0.0, 1.0])
+    assert f1(start) < best_member - 0.2
+    assert f1(ens.fit_weights_f1(members, y, 4, start=start)) >= best_member
+    assert f1(ens.fit_ensemble_weights(members, y, 4)) >= best_member
+
+
 def test_nested_check_with_a_noise_member_is_not_below_the_best_member():
     """Issue 19's check: one member is noise; the weighted ensemble's nested score is not below the best member's."""
     y = _imbalanced()
