@@ -70,6 +70,7 @@ def test_a_budget_buying_about_one_run_gets_the_single_run_plan_a_large_one_fold
     assert small.planned_s <= 78 + (360 - 78) * PLAN_SHARE
     assert "about one run" in small.why and "1 run of tv/mobilenet_v2@64 on 80%" in small.describe()
     assert any(n.startswith("learning rate:") and "lr_find" in n for n in small.notes)  # why the lr is not searched
+    assert any(n.startswith("layer decay: off") for n in small.notes)
     large = make_plan(measured, 4 * 3600, "medium", default=("tv/mobilenet_v2", 64), test_ratio=649 / 596)
     assert large.mode == "cv" and large.folds == 5 and len(large.members) == 2
     assert large.epochs >= large.single_epochs == 10
