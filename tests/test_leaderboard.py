@@ -123,7 +123,8 @@ def test_report_opens_with_the_rounded_headline(trained):
     html = build_run_report(trained.run_dir).read_text()
     summary = html[html.index("Summary</h2>"):html.index("Training curves</h2>")]
     f1 = trained.summary["val_metrics"]["f1"]
-    assert f"{f1:.3f} (epoch {trained.summary['best_epoch']})" in summary
+    # counted from 1 beside "1 of 1" epochs (summary.json keeps Lightning's 0-based index)
+    assert f"{f1:.3f} (epoch {trained.summary['best_epoch'] + 1})" in summary
     assert "test_efficientnet" in summary and "1 of 1" in summary and " s<" in summary
     assert repr(trained.summary["val_metrics"]["acc"]) not in summary, "no 16-digit floats"
     assert "{" not in summary.split("Resolved config")[0], "no dicts dumped as JSON"

@@ -44,6 +44,10 @@ def test_train_to_a_file_is_one_plain_line_per_epoch_without_banners(tmp_path, c
     epochs = [line for line in text.splitlines() if line.startswith("epoch ")]
     assert [line.split()[1] for line in epochs] == ["1/3", "2/3", "3/3"], text
     assert all("train_loss" in line and "val_f1" in line for line in epochs)
+    # the result table numbers the best epoch as the lines above it do (it said "epoch 1" for "epoch 2/3")
+    f1 = {line.split()[1].split("/")[0]: float(line.split("val_f1 ")[1].split()[0]) for line in epochs}
+    shown = re.search(r"best val_f1 \(epoch (\d+)\)", text)
+    assert shown and f1[shown.group(1)] == max(f1.values()), text
     run_dir = next((tmp_path / "runs dir").iterdir())
     # the full path of the run is on one line of the results table, not folded at 80 columns
     assert any(str(run_dir) in line for line in text.splitlines()), text
@@ -152,6 +156,18 @@ def test_quiet_libraries_restores_levels_and_filters_and_keeps_other_warnings():
         assert lg.level == logging.ERROR
     finally:
         lg.setLevel(before_level)
+
+
+def test_progress_bar_counts_epochs_from_one():
+    """The terminal bar counts as the plain lines do: "Epoch 2/2" for the last of two epochs
+    (Lightning's own bar says "Epoch 1/1")."""
+    from types import SimpleNamespace
+
+    from podium.quiet import make_progress_bar
+
+    bar = make_progress_bar()
+    bar._trainer = SimpleNamespace(max_epochs=2)
+    assert bar._get_train_description(1).strip() == "Epoch 2/2"
 
 
 def test_epoch_line_puts_training_losses_first():

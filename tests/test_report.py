@@ -97,6 +97,16 @@ def test_report_sections_and_files(report):
     assert "path" in pd.read_csv(run / "suspect_labels.csv").columns  # the CSV keeps it
 
 
+def test_report_counts_epochs_from_one(report):
+    """The curves and the last-epoch table number epochs as the epoch lines do (metrics.csv's 0, 1, 2
+    are epochs 1, 2, 3; test_leaderboard checks the headline's best epoch)."""
+    _, run, path = report
+    page = path.read_text()
+    last = page[page.index("<h3>Last epoch</h3>"):]
+    last = last[:last.index("</table>")]
+    assert re.search(r"<td>3</td>", last) and not re.search(r"<td>2</td>", last), last
+
+
 def test_confusion_matrix_matches_planted(report):
     preds, run, _ = report
     counts = pd.read_csv(run / "report" / "confusion_counts.csv").set_index("true")

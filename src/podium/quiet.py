@@ -89,11 +89,34 @@ def plain_output(stream=None) -> bool:
         return True
 
 
+def shown_epoch(index: int) -> int:
+    """The epoch number people read: 1-based, as the per-epoch lines (``epoch 3/15``), the progress
+    bar, the result tables, `podium runs` and the report's curves count. Lightning, metrics.csv,
+    summary.json and checkpoint names keep its 0-based index; a 2-epoch run whose best epoch was
+    its last said "epoch 2/2" in its log and then "best val_f1 (epoch 1)"."""
+    return int(index) + 1
+
+
+def make_progress_bar():
+    """Lightning's rich bar (terminals), counting epochs as `shown_epoch` does ("Epoch 2/2" for the
+    last of two, where Lightning's own bar says "Epoch 1/1")."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class EpochBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            text = f"Epoch {shown_epoch(current_epoch)}"
+            if self.trainer.max_epochs is not None:
+                text += f"/{self.trainer.max_epochs}"
+            return f"{text:{len(self.validation_description)}}"  # padded as Lightning does: no flicker
+
+    return EpochBar(leave=True)
+
+
 def epoch_line(epoch: int, epochs: int, metrics: dict) -> str:
     """``epoch 3/15 train_loss 0.4100 val_f1 0.8120 ...``: one line, losses first, then the rest by name."""
     names = sorted(metrics, key=lambda k: (not k.startswith("train_"), k))
     parts = [f"{k} {v:.4f}" for k, v in ((k, metrics[k]) for k in names)]
-    return " ".join([f"epoch {epoch + 1}/{epochs}", *parts])
+    return " ".join([f"epoch {shown_epoch(epoch)}/{epochs}", *parts])
 
 
 def make_epoch_lines():

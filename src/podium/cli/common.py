@@ -132,6 +132,14 @@ def duration(seconds) -> str:
     return fmt_duration(seconds)
 
 
+def best_label(summary: dict) -> str:
+    """'best val_f1 (epoch 2)': the best epoch numbered as the epoch lines above it count (from 1)."""
+    from podium.quiet import shown_epoch
+
+    epoch = summary.get("best_epoch")
+    return f"best {summary['monitor']}" + ("" if epoch is None else f" (epoch {shown_epoch(epoch)})")
+
+
 def add_config_items(p) -> None:
     p.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE", help="a YAML config, then dotted.key=value overrides")
 

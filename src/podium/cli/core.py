@@ -8,6 +8,7 @@ from podium.cli.common import (
     add_config_items,
     add_group,
     add_prediction_options,
+    best_label,
     console,
     duration,
     notes,
@@ -39,7 +40,7 @@ def cmd_train(args) -> int:
         return 0
     m = s["val_metrics"]
     table(f"trained {s['run_dir']}", {
-        f"best {s['monitor']} (epoch {s['best_epoch']})": s["best_metric"],
+        best_label(s): s["best_metric"],
         "val accuracy": m["acc"], "val macro F1": m["f1"], "val macro precision": m["precision"],
         "val macro recall": m["recall"], "val macro ROC-AUC": m["auroc"], "wall time": duration(s["wall_time_s"]),
         "skipped images": s["skipped_images"], "run folder": s["run_dir"],

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from podium.cli.common import (
     add_command,
+    best_label,
     console,
     duration,
     notes,
@@ -92,7 +93,7 @@ def cmd_distill(args) -> int:
         "teacher": teacher.get("path"), "temperature / alpha": f"{teacher.get('temperature')} / {teacher.get('alpha')}",
         "training images with soft targets": teacher.get("labelled_rows"),
         "unlabelled images": teacher.get("unlabeled_rows", 0),
-        f"best {s['monitor']} (epoch {s['best_epoch']})": s["best_metric"], "val macro F1": m["f1"],
+        best_label(s): s["best_metric"], "val macro F1": m["f1"],
         "val accuracy": m["acc"], "wall time": duration(s["wall_time_s"]), "run folder": s["run_dir"]}, out)
     return 0
 

@@ -538,14 +538,12 @@ def build_trainer(cfg: PodiumConfig, run_dir: Path, *, callbacks: list[Callback]
         from podium.reports.tracking import create_loggers
 
         made = create_loggers(cfg, run_dir)
-    from podium.quiet import make_epoch_lines, plain_output
+    from podium.quiet import make_epoch_lines, make_progress_bar, plain_output
 
     # a redrawn bar in a terminal; one plain line per epoch in a file or pipe (a bar there is fragments)
     bar = progress and not plain_output()
     if bar:
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        callbacks = list(callbacks or []) + [RichProgressBar(leave=True)]
+        callbacks = list(callbacks or []) + [make_progress_bar()]
     elif progress:
         callbacks = list(callbacks or []) + [make_epoch_lines()]
     return pl.Trainer(

@@ -20,6 +20,7 @@ import pandas as pd
 import yaml
 
 from podium.errors import PodiumError, closest
+from podium.quiet import shown_epoch
 from podium.rundir import (
     CLASSES_FILE,
     CONFIG_FILE,
@@ -399,7 +400,7 @@ def headline(row: dict) -> dict[str, str]:
     epoch = row.get("best_epoch")
     val = fmt_score(row.get("val_f1"))
     if val != "-" and epoch is not None and not pd.isna(epoch):
-        val += f" (epoch {int(epoch)})"
+        val += f" (epoch {shown_epoch(epoch)})"  # counted from 1, as the epoch lines and 'epochs 2 of 2'
     elif val != "-" and row.get("kind") == "cv":
         val += " (fold mean)"
     epochs = "-" if row.get("epochs") is None or pd.isna(row.get("epochs")) else str(int(row["epochs"]))

@@ -20,6 +20,7 @@ import pandas as pd
 from podium.data.images import BadImageError, load_rgb, resize_rgb
 from podium.errors import PodiumError, summarize_list
 from podium.fileio import write_csv
+from podium.quiet import shown_epoch
 from podium.reports.gradcam import overlay_heatmap
 from podium.reports.html import Page
 
@@ -199,6 +200,9 @@ def _curves_section(page: Page, out: Path, run_dir: Path) -> None:
     if not tables:
         sec.note("No metrics.csv in the run folder.")
         return
+    # epochs counted from 1 (metrics.csv keeps Lightning's 0-based index), as the epoch lines and tables do
+    tables = {name: frame.assign(epoch=frame["epoch"].map(shown_epoch)) if "epoch" in frame.columns else frame
+              for name, frame in tables.items()}
     caption = "One panel per logged quantity, per epoch"
     if len(tables) > 1:
         caption += f": each of the {len(tables)} folds thin, their mean bold"
