@@ -525,7 +525,7 @@ def check_submission(file: str | Path, info: str | Path, *, classes: int = 18) -
 
 
 def audit(source: str | Path | CrossValidation | Run, *, out: str | Path | None = None, features: bool = True,
-          max_review: int = 300, method: str | None = None, log: Callable = print):
+          max_review: int | None = None, method: str | None = None, log: Callable = print):
     """The images whose labels are probably wrong (cleanlab on out-of-fold probabilities; a single
     run: its validation part only), duplicates and outliers, with an offline review page whose
     choices export a label_fixes.csv. ``method``: cleanlab's ``filter_by`` (see

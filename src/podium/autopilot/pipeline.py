@@ -145,7 +145,7 @@ def run_auto(data: str | Path, *, time_budget: str | float, preset: str | Preset
 def _load_inputs(data, test, config, overrides: Sequence[str]) -> tuple[Any, pd.DataFrame, list[str]]:
     """The config and the labelled pool, refusing bad input before any folder is made."""
     from podium.data.samples import load_pool
-    from podium.evaluation.cv import _load_test
+    from podium.evaluation.cv import load_test
     from podium.schema import load_config
 
     if not Path(data).exists():
@@ -157,7 +157,7 @@ def _load_inputs(data, test, config, overrides: Sequence[str]) -> tuple[Any, pd.
     if len(classes) < 2:
         raise PodiumError(f"data {data} has {len(classes)} class(es): auto needs at least 2")
     if test is not None:
-        _load_test(cfg, test)
+        load_test(cfg, test)
     return cfg, frame, classes
 
 
@@ -176,12 +176,12 @@ def _resume(folder: Path, sig: dict, budget_s: float, clock: Callable[[], float]
 def _start(folder: Path, sig: dict, cfg, frame: pd.DataFrame, classes: list[str], test, budget_s: float, p: Preset,
            models, sizes, measure: Callable | None, clock: Callable[[], float], log) -> tuple[Plan, _State]:
     """Measure the candidates, make the first plan and write the state; the measuring counts."""
-    from podium.evaluation.cv import _load_test
+    from podium.evaluation.cv import load_test
 
     t_plan = clock()
     names = list(models) if models else list(dict.fromkeys([cfg.model.name, *p.backbones]))
     cand_sizes = [int(s) for s in sizes] if sizes else list(p.sizes)
-    n_test = len(_load_test(cfg, test)) if test is not None else 0
+    n_test = len(load_test(cfg, test)) if test is not None else 0
     plan_args: dict[str, Any] = dict(default_epochs=cfg.train.epochs, val_fraction=cfg.data.val_fraction,
                                      default=_default_candidate(cfg, names, cand_sizes),
                                      test_ratio=n_test / max(len(frame), 1))

@@ -67,7 +67,7 @@ def register(sub) -> None:
     p.add_argument("--out", help="output folder (default: RUN/audit, numbered when taken)")
     p.add_argument("--no-features", action="store_true",
                    help="skip the feature-space outliers (they run each fold's model over its images once)")
-    p.add_argument("--max-review", type=positive_int, default=300, metavar="N",
+    p.add_argument("--max-review", type=positive_int, default=None, metavar="N",
                    help="cards per section of the review page, most suspicious first (default 300)")
     p.add_argument("--method", default=None,  # None: podium.curation.audit.DEFAULT_LABEL_METHOD
                    help="how labels are flagged: cleanlab's find_label_issues filter_by (default "

@@ -446,7 +446,7 @@ def _knn_distance(features: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- the audit
 
 
-def run_audit(path: str | Path, *, out: str | Path | None = None, features: bool = True, max_review: int = 400,
+def run_audit(path: str | Path, *, out: str | Path | None = None, features: bool = True, max_review: int | None = None,
               method: str = DEFAULT_LABEL_METHOD, log=print) -> Audit:
     """Audit a cv run (every image, OOF) or a single run (its validation part); write the audit folder
     (``issues.csv``, ``label_quality.csv``, ``audit.json``, ``review.html``) beside the run.
@@ -474,9 +474,10 @@ def run_audit(path: str | Path, *, out: str | Path | None = None, features: bool
     write_csv(out_dir / ISSUES_FILE, issues)
     quality_table = pd.concat(quality, ignore_index=True)
     write_csv(out_dir / QUALITY_FILE, quality_table)
-    from podium.curation.review import write_review_page
+    from podium.curation.review import MAX_REVIEW, write_review_page
 
-    write_review_page(out_dir / REVIEW_FILE, data, views, issues, summary, max_review=max_review)
+    write_review_page(out_dir / REVIEW_FILE, data, views, issues, summary,
+                      max_review=MAX_REVIEW if max_review is None else max_review)
     write_json(out_dir / AUDIT_FILE, summary)
     return Audit(out_dir, summary, issues, quality_table)
 

@@ -121,9 +121,11 @@ SCRIPT = r"""
 })();
 """
 
+MAX_REVIEW = 300  # cards per section on review.html: the page stays light; issues.csv holds every one
+
 
 def write_review_page(path: Path, data: AuditData, views: list[View], issues: pd.DataFrame, summary: dict, *,
-                      max_review: int = 300) -> Path:
+                      max_review: int = MAX_REVIEW) -> Path:
     """review.html: the issues as cards (at most ``max_review`` per section, most suspicious first)."""
     baseline, fixes_file = _baseline_rows(data)
     page = Page("Label audit", data.note, style=STYLE, script=SCRIPT)

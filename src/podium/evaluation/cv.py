@@ -82,7 +82,7 @@ def run_cv(cfg: PodiumConfig, *, folds: int | None = None, only_fold: int | None
         raise PodiumError(f"--fold {only_fold} is out of range: folds are numbered 0..{k - 1}")
     frame, classes = _load_pool(cfg, log)
     if test_data:
-        _load_test(cfg, test_data)  # a bad --test fails before any folder is made
+        load_test(cfg, test_data)  # a bad --test fails before any folder is made
     if only_fold is None:
         from podium.rundir import next_free_dir
 
@@ -179,7 +179,7 @@ def _is_competition(cfg: PodiumConfig, test_data) -> bool:
     return bool(test_data) and cfg.task.mode != "per_attribute" and is_competition_layout(cfg, test_data)
 
 
-def _load_test(cfg: PodiumConfig, test_data) -> pd.DataFrame:
+def load_test(cfg: PodiumConfig, test_data) -> pd.DataFrame:
     """Unlabelled test images, read the way `podium predict` reads them."""
     from podium.data.samples import prediction_samples
 
