@@ -122,7 +122,7 @@ def run_auto(data: str | Path, *, time_budget: str | float, preset: str | Preset
     if isinstance(preset, str) and preset not in PRESETS:
         raise PodiumError(f"--preset {preset!r} is not known: use one of {', '.join(PRESETS)}")
     budget_s = parse_duration(time_budget, "--time")
-    cfg, frame, classes = _load_inputs(data, test, config, overrides)
+    cfg, frame, classes, n_test = _load_inputs(data, test, config, overrides)
     p = PRESETS[preset] if isinstance(preset, str) else preset
     folder = Path(out) if out is not None else Path(cfg.output.dir) / f"auto-{_slug(Path(data).stem)}"
     sig = _signature(data, test, budget_s, p.name, models, sizes, overrides, config)
@@ -131,7 +131,7 @@ def run_auto(data: str | Path, *, time_budget: str | float, preset: str | Preset
     else:
         if folder.exists() and any(folder.iterdir()):
             raise PodiumError(f"{folder} exists and is not an auto folder (no {AUTO_STATE_FILE}): give --out NEW_FOLDER")
-        plan, state = _start(folder, sig, cfg, frame, classes, test, budget_s, p, models, sizes, measure, clock, log)
+        plan, state = _start(folder, sig, cfg, frame, classes, n_test, budget_s, p, models, sizes, measure, clock, log)
     log(f"plan: {plan.describe()}")
     log(f"why: {plan.why}")
     for note in plan.notes:
@@ -142,8 +142,9 @@ def run_auto(data: str | Path, *, time_budget: str | float, preset: str | Preset
                     export=export, progress=progress, log=log)
 
 
-def _load_inputs(data, test, config, overrides: Sequence[str]) -> tuple[Any, pd.DataFrame, list[str]]:
-    """The config and the labelled pool, refusing bad input before any folder is made."""
+def _load_inputs(data, test, config, overrides: Sequence[str]) -> tuple[Any, pd.DataFrame, list[str], int]:
+    """The config, the labelled pool and the number of test images, refusing bad input before any
+    folder is made."""
     from podium.data.samples import load_pool
     from podium.evaluation.cv import load_test
     from podium.schema import load_config
@@ -156,9 +157,8 @@ def _load_inputs(data, test, config, overrides: Sequence[str]) -> tuple[Any, pd.
     frame, classes, _ = load_pool(cfg, lambda *a: None)
     if len(classes) < 2:
         raise PodiumError(f"data {data} has {len(classes)} class(es): auto needs at least 2")
-    if test is not None:
-        load_test(cfg, test)
-    return cfg, frame, classes
+    n_test = len(load_test(cfg, test)) if test is not None else 0
+    return cfg, frame, classes, n_test
 
 
 def _resume(folder: Path, sig: dict, budget_s: float, clock: Callable[[], float], log) -> tuple[Plan, _State]:
@@ -173,15 +173,12 @@ def _resume(folder: Path, sig: dict, budget_s: float, clock: Callable[[], float]
     return Plan.from_dict(record["plan"]), state
 
 
-def _start(folder: Path, sig: dict, cfg, frame: pd.DataFrame, classes: list[str], test, budget_s: float, p: Preset,
+def _start(folder: Path, sig: dict, cfg, frame: pd.DataFrame, classes: list[str], n_test: int, budget_s: float, p: Preset,
            models, sizes, measure: Callable | None, clock: Callable[[], float], log) -> tuple[Plan, _State]:
     """Measure the candidates, make the first plan and write the state; the measuring counts."""
-    from podium.evaluation.cv import load_test
-
     t_plan = clock()
     names = list(models) if models else list(dict.fromkeys([cfg.model.name, *p.backbones]))
     cand_sizes = [int(s) for s in sizes] if sizes else list(p.sizes)
-    n_test = len(load_test(cfg, test)) if test is not None else 0
     plan_args: dict[str, Any] = dict(default_epochs=cfg.train.epochs, val_fraction=cfg.data.val_fraction,
                                      default=_default_candidate(cfg, names, cand_sizes),
                                      test_ratio=n_test / max(len(frame), 1))
