@@ -22,8 +22,8 @@ import pandas as pd
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2-b0353104.pth"
-TARS = {"faces_mask3": "faces_mask3_dev.tar", "hymenoptera": "hymenoptera.tar"}
-NOT_SUPPORTED = {"utkface": "gender x age bins need a task.* config this script does not write yet"}
+TARS = {"faces_mask3": "faces_mask3_dev.tar", "hymenoptera": "hymenoptera.tar", "utkface": "utkface_dev.tar"}
+ROOTS = {"utkface": "utkface_dev"}  # the folder a tar extracts to, where it is not the task's name
 
 
 def task_tables(name: str, cache: Path, limit: int | None = None) -> tuple[Path, Path, Path]:
@@ -31,7 +31,7 @@ def task_tables(name: str, cache: Path, limit: int | None = None) -> tuple[Path,
     the test part is fold 0 of podium's grouped stratified 5-fold split (seed 0), about 20%."""
     from podium.data.splits import make_folds
 
-    root = cache / "data" / name
+    root = cache / "data" / ROOTS.get(name, name)
     if not root.is_dir():
         (cache / "data").mkdir(parents=True, exist_ok=True)
         subprocess.run(["tar", "-xf", str(SHARED / "data" / TARS[name]), "-C", str(cache / "data")], check=True)
@@ -43,6 +43,11 @@ def task_tables(name: str, cache: Path, limit: int | None = None) -> tuple[Path,
         t = pd.read_csv(root / "labels.csv")
         frame = pd.DataFrame({"path": [str(root / p) for p in t["path"]], "label": t["label"],
                               "group": t["source_image"].astype(str)})
+    elif name == "utkface":  # gender x age bin (<30, 30-59, >=60), 6 classes; no person id: one image per group
+        t = pd.read_csv(root / "labels.csv")
+        age_bin = np.where(t["age"] < 30, "young", np.where(t["age"] < 60, "middle", "old"))
+        frame = pd.DataFrame({"path": [str(root / p) for p in t["path"]], "label": t["gender"].astype(str) + "_" + age_bin,
+                              "group": [Path(p).stem for p in t["path"]]})
     else:  # hymenoptera: class folders under train/ and val/, one image per group
         paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         frame = pd.DataFrame({"path": [str(p) for p in paths], "label": [p.parent.name for p in paths],
@@ -124,7 +129,7 @@ def run_auto(args, task: str, seed: int, budget: str, pool: Path, test: Path, im
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", default="faces_mask3,hymenoptera")
+    p.add_argument("--tasks", default="faces_mask3,utkface,hymenoptera")
     p.add_argument("--budgets", default="20m,60m")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--preset", default="medium")
@@ -145,9 +150,6 @@ def main(argv=None) -> int:
     cells.mkdir(parents=True, exist_ok=True)
     done = {json.loads(line)["cell"] for line in results.read_text().splitlines()} if results.is_file() else set()
     for task in args.tasks.split(","):
-        if task in NOT_SUPPORTED:
-            print(f"{task}: skipped ({NOT_SUPPORTED[task]})")
-            continue
         pool, test, images = task_tables(task, cache, args.limit_pool)
         for seed in [int(s) for s in args.seeds.split(",")]:
             todo = [("single", None)] + [("auto", b) for b in args.budgets.split(",")]
