@@ -69,6 +69,22 @@ class Classifier(pl.LightningModule):
         self._start_ordinal_at_priors()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self._init_losses(t, n, class_weights, class_counts, head_weights)
+        self.mixup = _build_mixup(t, n)
+        # training rows with soft targets (distillation, pseudo-labels): see `soft_target_loss`
+        self.soft_temperature = soft_temperature
+        self.val_metrics = create_metrics(n)
+        self.skipped_images = 0
+        self.channels_last = bool(t.channels_last)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # Compiled callable kept off the module tree, so checkpoints keep plain parameter names.
+        object.__setattr__(self, "_run_model", _maybe_compile(self.model, t.compile))
+
+    def _init_losses(self, t: TrainConfig, n: int, class_weights: list[float] | None,
+                     class_counts: list[int] | None, head_weights: list[float] | None) -> None:
+        """The training loss: one criterion, or one per head of a composite task; with deferred
+        re-weighting (`train.drw_epochs`) also an unweighted twin for the epochs before it starts."""
         loss_kw = dict(label_smoothing=t.label_smoothing, focal_gamma=t.focal_gamma, logit_adjust_tau=t.logit_adjust_tau)
         # Deferred re-weighting: an unweighted twin of the loss serves the epochs before the last drw_epochs.
         self.drw_from_epoch = max(0, t.epochs - t.drw_epochs) if t.drw_epochs and class_weights is not None else 0
@@ -87,16 +103,6 @@ class Classifier(pl.LightningModule):
             self.criterion = create_loss(t.loss, n, class_weights=weights, class_counts=class_counts, **loss_kw)
             if self.drw_from_epoch:
                 self.criterion_unweighted = create_loss(t.loss, n, class_counts=class_counts, **loss_kw)
-        self.mixup = _build_mixup(t, n)
-        # training rows with soft targets (distillation, pseudo-labels): see `soft_target_loss`
-        self.soft_temperature = soft_temperature
-        self.val_metrics = create_metrics(n)
-        self.skipped_images = 0
-        self.channels_last = bool(t.channels_last)
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        # Compiled callable kept off the module tree, so checkpoints keep plain parameter names.
-        object.__setattr__(self, "_run_model", _maybe_compile(self.model, t.compile))
 
     def _init_ordinal(self, ordinal: list[dict]) -> None:
         """Ordinal heads (`task.ordinal`): ``hi - lo`` cumulative outputs instead of k logits, and
