@@ -15,7 +15,8 @@ def test_cv_one_fold_per_call_then_gather_and_ensemble(tmp_path, capsys, monkeyp
     assert cli.main(["cv", *args, "--folds", "2", "--fold", "0", "--quiet"]) == 0
     assert (run / "folds.csv").is_file() and (run / "fold0" / "summary.json").is_file()
     assert not (run / "fold1").exists() and not (run / "oof_predictions.parquet").exists()
-    capsys.readouterr()
+    out = capsys.readouterr().out  # the CLI, not the library, says which folds are left and what to run
+    assert "folds still to train" in out and "cv-gather" in out and "1" in out.split("folds still to train")[1].split("\n")[0]
     assert cli.main(["cv-gather", str(run)]) == 2
     assert "fold 1 missing" in capsys.readouterr().err
 

@@ -290,6 +290,13 @@ class CrossValidation(_Model):
     def scores(self) -> pd.DataFrame:
         return pd.DataFrame(self.summary.get("folds", []))
 
+    @property
+    def missing_folds(self) -> list[int]:
+        """Folds not finished yet (trained separately with ``fold=``); gathering needs none missing."""
+        from podium.rundir import fold_dir, is_finished_run, read_cv_meta
+
+        return [f for f in range(int(read_cv_meta(self.dir)["k"])) if not is_finished_run(fold_dir(self.dir, f))]
+
 
 def cross_validate(cfg: PodiumConfig | dict | str | Path, *, folds: int | None = None, fold: int | None = None,
                    test: str | Path | None = None, save_epochs: bool = False, progress: bool = False,

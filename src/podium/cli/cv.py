@@ -19,7 +19,7 @@ from podium.cli.common import (
     table,
     tta_list,
 )
-from podium.errors import PodiumError
+from podium.errors import PodiumError, summarize_list
 
 EXAMPLES = {
     "cv": "podium cv cfg.yaml train.epochs=5 --folds 5 --test data/test\n"
@@ -98,8 +98,9 @@ def cmd_cv(args) -> int:
     if result.summary:
         _print_summary(result.summary, out)
     else:
-        table("cross-validation", {"folder": result.dir, "next": f"podium cv-gather {result.dir} once every fold is done"},
-              out)
+        missing = result.missing_folds
+        table("cross-validation", {"folder": result.dir, "folds still to train": summarize_list(missing),
+                                   "next": f"podium cv --fold N for each, then podium cv-gather {result.dir}"}, out)
     return 0
 
 

@@ -100,13 +100,8 @@ def run_cv(cfg: PodiumConfig, *, folds: int | None = None, only_fold: int | None
         _check_fold_free(run_dir, fold)
         train_fold(cfg, run_dir, frame, classes, fold, save_epochs=save_epochs, progress=progress, log=log)
     done = [f for f in range(k) if fold_status(fold_dir(run_dir, f)) == "done"]
-    summary = None
-    if len(done) == k:
-        summary = gather_cv(run_dir, progress=progress)
-    else:
-        missing = [f for f in range(k) if f not in done]
-        log(f"{len(done)} of {k} folds done; train fold(s) {summarize_list(missing)} with --fold, "
-            f"then run `podium cv-gather {run_dir}`")
+    # with folds still missing, the caller says what to run next (the CLI: `--fold`, then cv-gather)
+    summary = gather_cv(run_dir, progress=progress) if len(done) == k else None
     return CVResult(run_dir, list(todo), summary)
 
 
