@@ -1,4 +1,5 @@
 import lightning.pytorch as pl
+import pytest
 import torch
 from conftest import fast_overrides
 
@@ -56,3 +57,44 @@ def test_a_fixed_size_vit_is_built_for_the_runs_image_size(tmp_path, image_folde
     assert module.model.pos_embed.shape[1] == 1 + 2 * 2  # the class token and a 2x2 patch grid
     with torch.no_grad():
         assert module.model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_a_torchvision_vit_is_built_for_the_runs_image_size_from_224_px_weights(tmp_path):
+    """torchvision's ViTs were always built at 224 px: tv/vit_b_16 at data.image_size=32 with
+    model.pretrained_path stopped mid-fit with torchvision's AssertionError ('Wrong image height!
+    Expected 224 but got 32!'). It is built for the run's size, the 224-px weights' position
+    embedding resampled by torchvision's interpolate_embeddings, and its checkpoint reloads at 32 px."""
+    import torchvision
+    from torchvision.models.vision_transformer import interpolate_embeddings
+
+    from podium.model.checkpoints import load_module
+    from podium.model.engine import Classifier
+    from podium.schema import ModelConfig, TrainConfig
+
+    torch.manual_seed(0)
+    at_224 = torchvision.models.vit_b_16(weights=None).state_dict()
+    torch.save(at_224, tmp_path / "vit_b_16_224.pt")
+    module = Classifier(ModelConfig(name="tv/vit_b_16", pretrained_path=str(tmp_path / "vit_b_16_224.pt")),
+                        TrainConfig(), ["a", "b", "c"], (0.5,) * 3, (0.25,) * 3, img_size=[32, 32])
+    resampled = interpolate_embeddings(32, 16, dict(at_224))["encoder.pos_embedding"]
+    assert module.model.image_size == 32
+    assert torch.equal(module.model.encoder.pos_embedding.detach(), resampled)  # 1 + 2x2 tokens, from the file
+    assert torch.equal(module.model.conv_proj.weight.detach(), at_224["conv_proj.weight"])
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, tmp_path / "best.ckpt")
+    reloaded = load_module(tmp_path / "best.ckpt", model_name="tv/vit_b_16")
+    assert reloaded.model.image_size == 32
+    with torch.no_grad():
+        assert reloaded.model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_a_torchvision_vit_refuses_a_size_it_cannot_be_built_for():
+    """torchvision's ViT takes one square input, a whole number of patches: anything else is one
+    message saying what the model takes and which sizes would do."""
+    from podium.errors import PodiumError
+    from podium.model.models import create_model
+
+    with pytest.raises(PodiumError, match=r"tv/vit_b_16 .* multiple of its 16-px patch, but data.image_size is "
+                                          r"40x40\. Use a square multiple of 16 \(e\.g\. data\.image_size=32 or 48\)$"):
+        create_model("tv/vit_b_16", 3, pretrained=False, img_size=(40, 40))
+    with pytest.raises(PodiumError, match=r"data.image_size is 32x48\. .* or a timm ViT"):
+        create_model("tv/vit_b_32", 3, pretrained=False, img_size=(32, 48))

@@ -116,7 +116,7 @@ class DataConfig(Section):
     label_case: Literal["error", "merge", "keep"] = Field("error", description="Labels that differ only by case or surrounding spaces ('cat', 'Cat', 'cat '): refuse them naming the variants, merge them (every label stripped and lower-cased), or keep them as separate classes.")
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Fraction of `train` held out for validation when `val` is empty.")
     split_seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed of the holdout split (fixed so runs are comparable).")
-    image_size: int | tuple[int, int] = Field(224, description="Network input size: an int (square) or [height, width]. A model built for one size (timm ViT, DeiT, EVA, Swin) is built for this one.")
+    image_size: int | tuple[int, int] = Field(224, description="Network input size: an int (square) or [height, width]. A model built for one size (timm ViT, DeiT, EVA, Swin; torchvision's tv/vit_*, square and a multiple of its patch) is built for this one.")
     num_workers: int | None = Field(None, ge=0, description="DataLoader worker processes (default: chosen from the CPU count).")
     on_bad_image: Literal["error", "skip"] = Field("error", description="Unreadable images: stop naming the file, or skip them and report the count.")
     max_image_pixels: int | None = Field(178_956_970, ge=1, description="Images with more pixels (width x height, read from the header) are bad images, refused or skipped like unreadable ones: decompression bombs never get decoded. null = no limit.")

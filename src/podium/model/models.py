@@ -20,13 +20,15 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = True, pretra
                  dropout: float = 0.0, img_size: tuple[int, int] | None = None) -> nn.Module:
     """A classifier with a fresh ``num_classes`` head; records its head's name in ``podium_head``.
 
-    ``img_size`` (the run's data.image_size as (height, width)) reaches timm models that are built
-    for one input size (``fixed_input_size``: ViT, DeiT, EVA, Swin...), whose positional embedding
-    is then made for it (pretrained ones resampled by timm); other models take any size anyway."""
+    ``img_size`` (the run's data.image_size as (height, width)) reaches the models that are built
+    for one input size, whose positional embedding is then made for it: timm's ``fixed_input_size``
+    ones (ViT, DeiT, EVA, Swin...; pretrained ones resampled by timm) and torchvision's ViTs
+    (pretrained ones resampled by torchvision's ``interpolate_embeddings``); other models take any
+    size anyway."""
     if pretrained_path is not None and not Path(pretrained_path).expanduser().is_file():
         raise PodiumError(f"model.pretrained_path: weights file not found: {pretrained_path}")
     if name.startswith(TV_PREFIX):
-        return _create_torchvision(name[len(TV_PREFIX):], num_classes, pretrained, pretrained_path, dropout)
+        return _create_torchvision(name[len(TV_PREFIX):], num_classes, pretrained, pretrained_path, dropout, img_size)
     return _create_timm(name, num_classes, pretrained, pretrained_path, dropout, img_size)
 
 
@@ -99,7 +101,8 @@ def _is_tv_model(name: str) -> bool:
     return name in torchvision.models.list_models(module=torchvision.models)
 
 
-def _create_torchvision(name: str, num_classes: int, pretrained: bool, path: str | None, dropout: float) -> nn.Module:
+def _create_torchvision(name: str, num_classes: int, pretrained: bool, path: str | None, dropout: float,
+                        img_size: tuple[int, int] | None = None) -> nn.Module:
     import torchvision
 
     names = torchvision.models.list_models(module=torchvision.models)
@@ -108,22 +111,72 @@ def _create_torchvision(name: str, num_classes: int, pretrained: bool, path: str
         raise PodiumError(
             f"model.name: unknown torchvision classification model {name!r}"
             + (f"; did you mean tv/{hint[0]}?" if hint else "; see torchvision.models.list_models()"))
-    if path is not None:
-        model = torchvision.models.get_model(name, weights=None)
-        _load_state_dict_file(model, path, f"tv/{name}")
-    elif pretrained:
+    sized = _tv_vit_size(name, img_size)
+    if pretrained and path is None and not sized:
         try:
             model = torchvision.models.get_model(name, weights="DEFAULT")
         except Exception as exc:
             raise _download_error(f"tv/{name}", exc) from None
     else:
-        model = torchvision.models.get_model(name, weights=None)
+        model = torchvision.models.get_model(name, weights=None, **sized)
+        if path is not None:
+            _load_state(model, _fit_tv_vit(model, _read_state_dict(path)), path, f"tv/{name}")
+        elif pretrained:  # a ViT at the run's size: torchvision's weights, their position embedding resampled
+            model.load_state_dict(_fit_tv_vit(model, _download_tv_state(name)))
     model.podium_head = _replace_last_linear(model, num_classes, dropout)
     return model
 
 
+def _tv_vit_size(name: str, img_size: tuple[int, int] | None) -> dict:
+    """``{"image_size": side}`` for a torchvision ViT (built for one square input, 224 px unless
+    told) where the run has a size, else {}; a size it cannot be built for is refused."""
+    import torchvision
+    from torchvision.models import vision_transformer
+
+    if img_size is None or torchvision.models.get_model_builder(name).__module__ != vision_transformer.__name__:
+        return {}
+    patch = int(name.rsplit("_", 1)[-1])  # vit_b_16: 16-px patches
+    h, w = int(img_size[0]), int(img_size[-1])
+    if h == w and h % patch == 0:
+        return {"image_size": h}
+    low = max(patch, max(h, w) // patch * patch)
+    raise PodiumError(
+        f"model.name=tv/{name} is built for one square input whose side is a multiple of its {patch}-px "
+        f"patch, but data.image_size is {h}x{w}. Use a square multiple of {patch} "
+        f"(e.g. data.image_size={low} or {low + patch})"
+        + (", or a timm ViT (e.g. vit_base_patch16_224), which takes [height, width]" if h != w else ""))
+
+
+def _fit_tv_vit(model: nn.Module, state: dict) -> dict:
+    """``state`` with a torchvision ViT's position embedding resampled to ``model``'s image_size by
+    torchvision's own ``interpolate_embeddings`` (weights saved at another size, e.g. ImageNet's
+    224 px); any other state as it is."""
+    from collections import OrderedDict
+
+    from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
+
+    if not isinstance(model, VisionTransformer) or "encoder.pos_embedding" not in state:
+        return state
+    return interpolate_embeddings(model.image_size, model.patch_size, OrderedDict(state))
+
+
+def _download_tv_state(name: str) -> dict:
+    """The state dict of torchvision's default pretrained weights for ``name`` (downloaded once)."""
+    import torchvision
+
+    try:
+        return torchvision.models.get_model_weights(name).DEFAULT.get_state_dict(progress=True, check_hash=True)
+    except Exception as exc:
+        raise _download_error(f"tv/{name}", exc) from None
+
+
 def _load_state_dict_file(model: nn.Module, path: str, name: str, skip_prefix: str | None = None) -> None:
     """Strict load, except that the classifier (``skip_prefix``) may differ: it is replaced anyway."""
+    _load_state(model, _read_state_dict(path), path, name, skip_prefix)
+
+
+def _read_state_dict(path: str) -> dict:
+    """The state dict in a weights file: plain, or under ``state_dict`` / ``model``."""
     from podium.model.serialization import safe_torch_load
 
     state = safe_torch_load(Path(path).expanduser(), kind="weights file")
@@ -133,6 +186,11 @@ def _load_state_dict_file(model: nn.Module, path: str, name: str, skip_prefix: s
         state = state["model"]
     if not isinstance(state, dict):
         raise PodiumError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def _load_state(model: nn.Module, state: dict, path: str, name: str, skip_prefix: str | None = None) -> None:
+    """Load the weights file's ``state``: strict, except that the classifier (``skip_prefix``) may differ."""
     if skip_prefix:
         state = {k: v for k, v in state.items() if not k.startswith(skip_prefix)}
     result = model.load_state_dict(state, strict=False)
