@@ -177,6 +177,24 @@ def test_hashes_are_robust_to_resize_and_distinct_otherwise():
     assert hamming(h(a), h(other)).min() > 12
 
 
+@pytest.mark.parametrize("per_class, suggested", [((3, 3), False), ((3, 2), True)])
+def test_class_weights_are_suggested_only_for_imbalanced_data(tmp_path, per_class, suggested):
+    """Balanced data got 'class_weights: [1.0, 1.0]' (no weighting at all) in the config snippet and the
+    class-balance section; weights are suggested from the imbalance ratio IMBALANCED_RATIO (1.5) on."""
+    rows = [{"path": save(smooth_image(100 * c + k, (24, 24)), tmp_path / "data" / label / f"{k}.png"),
+             "id": f"{label}/{k}.png", "label": label}
+            for c, (label, n) in enumerate(zip(("a", "b"), per_class)) for k in range(n)]
+    result = run_eda(pd.DataFrame(rows), tmp_path / "eda", sample_per_class=1)
+    page = (tmp_path / "eda" / "eda.html").read_text()
+    assert result["classes"]["imbalance_ratio"] == pytest.approx(max(per_class) / min(per_class))
+    assert ("class_weights" in result["yaml"]) is suggested and ("class_weights:" in page) is suggested
+    assert ("suggested weight" in page) is suggested and ("no class weights to suggest" in page) is not suggested
+    if suggested:
+        assert yaml.safe_load(result["yaml"])["train"]["class_weights"] == result["classes"]["class_weights"] != []
+    else:
+        assert result["classes"]["class_weights"] == []
+
+
 def test_class_weights_mean_one():
     w = class_weights(pd.Series([10, 30, 60]))
     assert np.mean(w) == pytest.approx(1.0, abs=1e-3) and w[0] > w[1] > w[2]

@@ -180,7 +180,8 @@ def test_eda_to_a_file_has_no_progress_redraws(tmp_path, capfd):
     text = run_to_file(["eda", str(data), "--out", str(tmp_path / "eda")], capfd)
     assert_clean(text)
     assert "scanning images" not in text and "\r" not in text  # the bar is for terminals only
-    assert text.startswith("EDA report: ") and "class_weights:" in text
+    assert text.startswith("EDA report: ") and "paste into your config:" in text and "#   mean: [" in text
+    assert "class_weights:" not in text  # 12 images of each colour: balanced, no weights suggested
 
 
 def _logging_state(records: list[str]) -> str:

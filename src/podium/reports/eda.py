@@ -30,6 +30,10 @@ THUMB = 88
 MAX_GRID_CLASSES = 40
 MAX_PAIRS = 100_000
 UNLABELED = "(unlabeled)"
+#: largest / smallest class count from which the data is called imbalanced and class weights are
+#: suggested: below it the default sqrt weights stay within sqrt(1.5) = 1.22x of each other (and
+#: balanced data would get [1.0, 1.0, ...], i.e. no weighting at all)
+IMBALANCED_RATIO = 1.5
 
 
 @dataclass
@@ -337,7 +341,8 @@ def run_eda(
                                      phash_threshold=phash_threshold, dhash_threshold=dhash_threshold))
     result["yaml"] = _yaml_snippet(result)
     page.section("Config snippet").text(
-        "What the defaults compute for this data (sqrt inverse-frequency class weights); the data's own mean/std "
+        "What the defaults compute for this data (sqrt inverse-frequency class weights where the classes are "
+        f"imbalanced, largest / smallest {IMBALANCED_RATIO:g} or more); the data's own mean/std "
         "is commented out: fine-tuning ImageNet weights keeps ImageNet's statistics."
     ).code(result["yaml"])
     _overview(overview, result)
@@ -433,16 +438,21 @@ def _class_section(page: Page, fig_dir: Path, train: pd.DataFrame) -> dict[str, 
         sec.note("No labels: the samples table has no labeled rows.")
         return out
     ratio = round(float(counts.max() / counts.min()), 3)
-    weights = class_weights(counts)
+    imbalanced = ratio >= IMBALANCED_RATIO
+    weights = class_weights(counts) if imbalanced else []
     out.update(imbalance_ratio=ratio, class_weights=weights)
     frame = pd.DataFrame({"class": counts.index, "count": counts.to_numpy(),
-                          "share": (counts / counts.sum()).round(4).to_numpy(), "suggested weight": weights})
+                          "share": (counts / counts.sum()).round(4).to_numpy()})
+    if imbalanced:
+        frame["suggested weight"] = weights
     sec.table(frame, max_rows=500)
     sec.figure(_bar(counts, "images per class"), "Images per class", save_to=fig_dir / "class_counts.png")
-    sec.text(f"Imbalance ratio (largest / smallest class): {ratio:g}.")
+    sec.text(f"Imbalance ratio (largest / smallest class): {ratio:g}." + (
+        "" if imbalanced else f" Balanced (below {IMBALANCED_RATIO:g}): no class weights to suggest."))
     if n_unlabeled:
         sec.note(f"{n_unlabeled} rows have no label and are left out of the counts.")
-    sec.code(f"train:\n  class_weights: {_yaml_list(weights)}  # order: {', '.join(map(str, counts.index))}")
+    if imbalanced:
+        sec.code(f"train:\n  class_weights: {_yaml_list(weights)}  # order: {', '.join(map(str, counts.index))}")
     return out
 
 
