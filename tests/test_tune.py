@@ -112,6 +112,35 @@ def test_missing_monitor_is_an_error_not_a_warning():
         TrialReporter(trial=None, monitor="val_f1").on_validation_end(Trainer(), None)
 
 
+def test_trials_table_shows_durations_as_the_cli_does():
+    """The live/final trials table printed raw seconds ('seconds' 1235 for a 20-minute trial);
+    it shows wall time like every other podium table ('20 min 34 s'), '-' for a running trial."""
+    import datetime as dt
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from podium.tuning.outputs import trials_table
+
+    study = optuna.create_study(direction="maximize")
+    start = dt.datetime(2026, 1, 1)
+    for value, seconds in ((0.5, 1234.5678), (0.7, 12.3)):
+        study.add_trial(optuna.trial.FrozenTrial(
+            number=0, trial_id=0, state=States.COMPLETE, value=value, datetime_start=start,
+            datetime_complete=start + dt.timedelta(seconds=seconds), params={}, distributions={},
+            user_attrs={}, system_attrs={}, intermediate_values={}))
+    study.enqueue_trial({})
+    study.ask()  # a running trial: no duration yet
+    settings = SimpleNamespace(study_name="s", trials=3, direction="maximize", monitor="val_f1", params=[])
+    out = io.StringIO()
+    Console(file=out, width=120).print(trials_table(study, settings))
+    lines = out.getvalue().splitlines()
+    cells = {row[0]: row for row in ([c.strip() for c in line.split("│")[1:-1]] for line in lines if line.startswith("│"))}
+    assert "wall time" in out.getvalue() and "seconds" not in out.getvalue()
+    assert (cells["0"][4], cells["1"][4], cells["2"][4]) == ("20 min 34 s", "12 s", "-")  # was 1235, 12.3, ''
+
+
 # ---------------------------------------------------------------- a real study
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from podium.fileio import write_csv, write_json, write_text
+from podium.reports.leaderboard import fmt_duration
 from podium.schema import config_to_yaml, deep_merge, validate_config
 from podium.tuning.results import TuneResult, redact, retry_callback_class
 from podium.tuning.space import apply_values
@@ -155,10 +156,11 @@ def trials_table(study, settings, last: int = 15):
         best = done.loc[done["value"].idxmax() if settings.direction == "maximize" else done["value"].idxmin()]
         title += f", best trial {int(best['number'])} = {best['value']:.4f}"
     table = Table(title=title, header_style="bold")
-    for column in ("#", "state", settings.monitor, "epochs", "seconds", *[p.key for p in settings.params], "note"):
+    for column in ("#", "state", settings.monitor, "epochs", "wall time", *[p.key for p in settings.params], "note"):
         table.add_column(column, overflow="fold")
     for _, row in frame.tail(last).iterrows():
-        cells = [str(row["number"]), row["state"], _fmt(row["value"]), _fmt(row["epochs_run"]), _fmt(row["duration_s"])]
+        cells = [str(row["number"]), row["state"], _fmt(row["value"]), _fmt(row["epochs_run"]),
+                 fmt_duration(row["duration_s"])]
         note = _fmt(row["error"])[:80] or (f"retry of {int(row['retry_of'])}" if _fmt(row["retry_of"]) else "")
         table.add_row(*cells, *[_fmt(row[p.key]) for p in settings.params], note)
     return table
