@@ -98,3 +98,21 @@ def test_a_torchvision_vit_refuses_a_size_it_cannot_be_built_for():
         create_model("tv/vit_b_16", 3, pretrained=False, img_size=(40, 40))
     with pytest.raises(PodiumError, match=r"data.image_size is 32x48\. .* or a timm ViT"):
         create_model("tv/vit_b_32", 3, pretrained=False, img_size=(32, 48))
+
+
+def test_a_fixed_size_timm_vit_loads_224_px_weights_from_pretrained_path_at_the_runs_size(tmp_path):
+    """timm resampled the position embedding of the weights it downloads, not of a model.pretrained_path
+    file: vit_tiny_patch16_224 at data.image_size=32 with 224-px weights stopped with torch's RuntimeError
+    ('size mismatch for pos_embed: [1, 197, 192] ... [1, 5, 192]'). timm's own checkpoint filter resamples it."""
+    import timm
+
+    from podium.model.models import create_model
+
+    at_224 = timm.create_model("vit_tiny_patch16_224", pretrained=False).state_dict()
+    torch.save(at_224, tmp_path / "vit_tiny_224.pt")
+    model = create_model("vit_tiny_patch16_224", 3, pretrained_path=str(tmp_path / "vit_tiny_224.pt"), img_size=(32, 32))
+    assert model.pos_embed.shape == (1, 1 + 2 * 2, 192)
+    assert torch.equal(model.pos_embed.detach()[:, :1], at_224["pos_embed"][:, :1])  # the class token's, kept
+    assert torch.equal(model.patch_embed.proj.weight.detach(), at_224["patch_embed.proj.weight"])
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)

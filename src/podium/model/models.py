@@ -22,9 +22,9 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = True, pretra
 
     ``img_size`` (the run's data.image_size as (height, width)) reaches the models that are built
     for one input size, whose positional embedding is then made for it: timm's ``fixed_input_size``
-    ones (ViT, DeiT, EVA, Swin...; pretrained ones resampled by timm) and torchvision's ViTs
-    (pretrained ones resampled by torchvision's ``interpolate_embeddings``); other models take any
-    size anyway."""
+    ones (ViT, DeiT, EVA, Swin...; pretrained weights, downloaded or from ``pretrained_path``,
+    resampled by timm) and torchvision's ViTs (resampled by torchvision's ``interpolate_embeddings``);
+    other models take any size anyway."""
     if pretrained_path is not None and not Path(pretrained_path).expanduser().is_file():
         raise PodiumError(f"model.pretrained_path: weights file not found: {pretrained_path}")
     if name.startswith(TV_PREFIX):
@@ -89,8 +89,19 @@ def _create_timm(name: str, num_classes: int, pretrained: bool, path: str | None
     if isinstance(model.podium_head, (list, tuple)):
         model.podium_head = model.podium_head[0]
     if path is not None:
-        _load_state_dict_file(model, path, name, skip_prefix=model.podium_head + ".")
+        state = _read_state_dict(path)
+        _load_state(model, _fit_timm(model, state) if sized else state, path, name, skip_prefix=model.podium_head + ".")
     return model
+
+
+def _fit_timm(model: nn.Module, state: dict) -> dict:
+    """``state`` through timm's own checkpoint filter of the model's family (``checkpoint_filter_fn``
+    of ViT, EVA, Swin...), which resamples a position embedding saved at another input size, as timm
+    does to the weights it downloads; as it is for a family without one."""
+    import sys
+
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    return filter_fn(state, model) if callable(filter_fn) else state
 
 
 # ---------------------------------------------------------------- torchvision
@@ -168,11 +179,6 @@ def _download_tv_state(name: str) -> dict:
         return torchvision.models.get_model_weights(name).DEFAULT.get_state_dict(progress=True, check_hash=True)
     except Exception as exc:
         raise _download_error(f"tv/{name}", exc) from None
-
-
-def _load_state_dict_file(model: nn.Module, path: str, name: str, skip_prefix: str | None = None) -> None:
-    """Strict load, except that the classifier (``skip_prefix``) may differ: it is replaced anyway."""
-    _load_state(model, _read_state_dict(path), path, name, skip_prefix)
 
 
 def _read_state_dict(path: str) -> dict:
