@@ -1,11 +1,14 @@
 """Wall-clock durations as people write them: ``90s``, ``30m``, ``2h``, ``1h30m``, ``45`` (seconds)
-or Lightning's ``DD:HH:MM:SS``. One parser for `train.max_time` and `podium auto --time`.
+or Lightning's ``DD:HH:MM:SS``. One parser for `train.max_time` and `podium auto --time`, and one
+formatter for people (`fmt_duration`: leaderboard, `podium runs`, tune's trials table, the CLI).
 
 Torch-free: the CLI validates ``--time`` before anything heavy is imported.
 """
 from __future__ import annotations
 
+import math
 import re
+from typing import Any
 
 from podium.errors import PodiumError
 
@@ -47,3 +50,15 @@ def lightning_duration(seconds: float) -> str:
     h, rest = divmod(rest, 3600)
     m, s = divmod(rest, 60)
     return f"{d:02d}:{h:02d}:{m:02d}:{s:02d}"
+
+
+def fmt_duration(seconds: Any) -> str:
+    """12.3 -> '12 s', 200 -> '3 min 20 s', 4000 -> '1 h 07 min'; '-' for anything not a finite number."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(float(seconds)):
+        return "-"
+    s = float(seconds)
+    if s < 60:
+        return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60):02d} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"

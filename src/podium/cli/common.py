@@ -126,8 +126,8 @@ def table(title: str, rows: dict, out=None) -> None:
 
 
 def duration(seconds) -> str:
-    """Seconds for people ('12 s', '3 min 20 s'): the leaderboard's one formatter (pandas only)."""
-    from podium.reports.leaderboard import fmt_duration
+    """Seconds for people ('12 s', '3 min 20 s'): podium.durations' one formatter."""
+    from podium.durations import fmt_duration
 
     return fmt_duration(seconds)
 

@@ -100,7 +100,8 @@ def _compare(paths: list[str], fmt: str) -> int:
 def _rich_table(title: str, frame):
     from rich.table import Table
 
-    from podium.reports.leaderboard import fmt_duration, fmt_score
+    from podium.durations import fmt_duration
+    from podium.reports.leaderboard import fmt_score
 
     out = Table(title=title if len(frame) else f"{title}: none", header_style="bold")
     for column in frame.columns:

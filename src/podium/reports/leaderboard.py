@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from podium.durations import fmt_duration
 from podium.errors import PodiumError, closest
 from podium.quiet import shown_epoch
 from podium.rundir import (
@@ -381,18 +382,6 @@ def fmt_score(value: Any, digits: int = 3) -> str:
     """0.72222 -> '0.722'; missing -> '-'."""
     number = _number(value)
     return "-" if number is None else f"{number:.{digits}f}"
-
-
-def fmt_duration(seconds: Any) -> str:
-    """12.3 -> '12 s', 200 -> '3 min 20 s', 4000 -> '1 h 07 min'."""
-    s = _number(seconds)
-    if s is None:
-        return "-"
-    if s < 60:
-        return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
-    if s < 3600:
-        return f"{int(s // 60)} min {int(s % 60):02d} s"
-    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
 
 
 def headline(row: dict) -> dict[str, str]:

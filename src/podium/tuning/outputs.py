@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from podium.durations import fmt_duration
 from podium.fileio import write_csv, write_json, write_text
-from podium.reports.leaderboard import fmt_duration
 from podium.schema import config_to_yaml, deep_merge, validate_config
 from podium.tuning.results import TuneResult, redact, retry_callback_class
 from podium.tuning.space import apply_values
