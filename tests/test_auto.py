@@ -245,6 +245,9 @@ def test_auto_resumes_without_retraining_and_refuses_a_useless_ensemble(tmp_path
     assert (r.dir / "auto.json").is_file() and len(r.oof) == 18
     cfg0 = (first / "fold0" / "config.yaml").read_text()
     assert "max_time" in cfg0 and "epochs: 2" in cfg0  # the plan's choices are in each member's resolved config
+    assert "monitor: epoch" in cfg0  # auto's default: fold models keep their last epoch
+    fold0 = json.loads((first / "fold0" / "summary.json").read_text())
+    assert fold0["monitor"] == "epoch" and fold0["best_epoch"] == fold0["epochs_trained"] - 1  # 0-based
     with pytest.raises(PodiumError, match="other arguments"):
         podium.auto(tmp_path / "train", **{**args, "time": "20m"})
 
@@ -297,11 +300,12 @@ def test_a_composite_task_with_groups_goes_through(tmp_path):
     r = podium.auto(tmp_path / "data" / "labels.csv", time="10m", preset=Preset("one", ((2, 1),), 1, 1, (32,), ()),
                     test=tmp_path / "data" / "test.csv", out=tmp_path / "auto", models=["test_resnet"],
                     overrides=[*_base(tmp_path), f"task.attributes={attributes}", "data.group_column=person",
-                               "data.val_fraction=0.5"],
+                               "data.val_fraction=0.5", "train.monitor=val_loss"],
                     export=False, log=lambda *a: None, measure=_fake_measure(2.0))
     member = Path(r.summary["members"][0]["dir"])
     folds = pd.read_csv(member / "folds.csv")
     assert folds.groupby("group")["fold"].nunique().max() == 1  # a person never straddles two folds
+    assert "monitor: val_loss" in (member / "fold0" / "config.yaml").read_text()  # the user's choice beats auto's
     probs = pd.read_parquet(r.dir / "test_probabilities.parquet")
     assert len(r.summary["classes"]) == 6 and set(r.summary["classes"]) <= set(probs.columns)
     assert len(pd.read_csv(r.summary["submission"])) == 6 and len(r.oof) == 24
