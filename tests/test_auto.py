@@ -167,7 +167,15 @@ def test_later_stages_are_replanned_on_the_time_actually_spent():
     assert grown is not None and grown.mode == "cv" and grown.folds == 5 and grown.epochs == 20
     assert not grown.refit and grown.planned_s <= 1080 and "stage 2" in grown.stages[0]
     assert grown.members[0].train_s == pytest.approx(40.0 * ratio)  # costs as the machine runs them now
-    assert grow_plan(grown, medium, spent_s=400, ratio=1.0, epochs_done=20) is None  # no other candidate
+    # no other candidate, and time left for 5 more folds: the first member again, with another seed
+    again = grow_plan(grown, medium, spent_s=400, ratio=1.0, epochs_done=20)
+    assert again is not None and len(again.members) == 2 and again.members[1].seed_offset == 1
+    assert again.members[1] == replace(grown.members[0], seed_offset=1) and again.planned_s <= 1080
+    assert "again with seed +1" in again.stages[-1] and "seed+1" in again.describe()
+    assert grow_plan(again, medium, spent_s=900, ratio=1.0, epochs_done=20) is None  # no time for a third
+    assert grow_plan(again, medium, spent_s=400, ratio=1.0, epochs_done=20) is None  # medium: 2 seeds at most
+    third = grow_plan(again, replace(medium, seeds=3), spent_s=400, ratio=1.0, epochs_done=20)
+    assert third is not None and [m.seed_offset for m in third.members] == [0, 1, 2]
     # the fold models must reach what the single default run gets at the speed now (10 epochs), not the
     # 5 a slower measurement promised: with time left for 4 folds of about 8 epochs, a refit instead
     slow = replace(plan, single_epochs=5, refit=False)
@@ -187,6 +195,26 @@ def test_later_stages_are_replanned_on_the_time_actually_spent():
     more = grow_plan(cv, PRESETS["medium"], spent_s=1500, ratio=0.4, epochs_done=cv.epochs)
     assert more is not None and len(more.members) == 2 and more.members[1].model == "resnet18"
     assert more.members[1].train_s == pytest.approx(30.0 * 0.4) and more.planned_s <= 7200
+
+
+def test_fold_models_share_the_time_left_by_cost_and_train_up_to_the_upper_epochs(tmp_path):
+    """Every cv fold runs under train.max_time with the preset's upper epochs, so a machine faster
+    than measured fills the budget (20m cells ended at 55-86% with fixed epochs); the time is split
+    over the folds left by their epoch cost, after every member's predictions still ahead."""
+    from podium.autopilot.pipeline import EXTRAS_SAFETY, _fold_share, _member_overrides, _Run
+    from podium.autopilot.plan import FINAL_OVERHEAD_S, FOLD_OVERHEAD_S, MEMBER_OVERHEAD_S, Plan, extras_s
+
+    cheap, dear = Candidate("a", 64, 10.0, 2.0), Candidate("b", 96, 30.0, 6.0)
+    plan = Plan("medium", 3600, 5, 10, [cheap, dear], 0.0, "", epochs_upper=20)
+    run = _Run(tmp_path, None, _State(tmp_path, {}, lambda: 0.0), [], None, (), None, False, print)
+    reserve = sum(MEMBER_OVERHEAD_S + EXTRAS_SAFETY * extras_s(m, 5, False, 0.0) for m in plan.members)
+    weights = 5 * (cheap.fold_epoch_s(5) + dear.fold_epoch_s(5))
+    assert _fold_share(run, plan, 0) == pytest.approx(
+        (3600 - reserve - FINAL_OVERHEAD_S - 10 * FOLD_OVERHEAD_S) * cheap.fold_epoch_s(5) / weights)
+    items = _member_overrides(tmp_path, plan, cheap, "m0-a-64", 300.0, 42)
+    assert "train.epochs=20" in items and "train.max_time=300s" in items and not any("seed" in i for i in items)
+    again = _member_overrides(tmp_path, plan, Candidate("a", 64, 10.0, 2.0, seed_offset=1), "m1-a-64-seed1", 300.0, 42)
+    assert "train.seed=43" in again
 
 
 def _fake_measure(epoch_s: float, calls: list | None = None):

@@ -143,9 +143,11 @@ def main(argv=None) -> int:
                                                     "the test part is unchanged")
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "podium-auto-bench"))
+    p.add_argument("--cells", default="auto-cells", help="the cells folder under --cache (a new one for a new "
+                   "commit's cells; copy the single runs' lines into its results.jsonl to reuse them)")
     args = p.parse_args(argv)
     cache = Path(args.cache)
-    cells = cache / ("auto-cells" + (f"-pool{args.limit_pool}" if args.limit_pool else ""))
+    cells = cache / (args.cells + (f"-pool{args.limit_pool}" if args.limit_pool else ""))
     results = cells / "results.jsonl"
     cells.mkdir(parents=True, exist_ok=True)
     done = {json.loads(line)["cell"] for line in results.read_text().splitlines()} if results.is_file() else set()

@@ -251,19 +251,25 @@ def _measure(cfg, names: Sequence[str], sizes: Sequence[int], frame: pd.DataFram
 
 
 def _member_name(i: int, c: Candidate) -> str:
-    return f"m{i}-{_slug(c.model)}-{c.size}"
+    return f"m{i}-{_slug(c.model)}-{c.size}" + (f"-seed{c.seed_offset}" if c.seed_offset else "")
 
 
-def _member_overrides(folder: Path, plan: Plan, c: Candidate, name: str, max_time_s: float) -> list[str]:
-    """A member's config: the plan's choices, visible in each fold's resolved config.yaml. A holdout
-    run may train up to ``epochs_upper`` epochs: train.max_time re-plans its length from its own
+def _member_overrides(folder: Path, plan: Plan, c: Candidate, name: str, max_time_s: float, seed: int) -> list[str]:
+    """A member's config: the plan's choices, visible in each fold's resolved config.yaml. A run
+    may train up to ``epochs_upper`` epochs: train.max_time re-plans its length from its own
     measured epochs, so time the short measurement overestimated is not left unused (a step time
-    reused from a loaded hour planned 11 epochs of 34 s; on the idle machine they took 2 s)."""
-    epochs = max(plan.epochs, plan.epochs_upper) if plan.mode == "holdout" else plan.epochs
+    reused from a loaded hour planned 11 epochs of 34 s; on the idle machine they took 2 s; on an
+    idle machine 20m cv plans ended at 55-86% of their budget with fixed epochs). A repeated
+    candidate trains with another seed (``seed`` + its offset): another model, not a copy."""
+    from podium.schema import SEED_MAX
+
+    epochs = max(plan.epochs, plan.epochs_upper)
     items = [f"model.name={c.model}", f"data.image_size={c.size}", f"train.epochs={epochs}",
              f"train.max_time={max(int(max_time_s), 1)}s", f"output.dir={folder / 'members'}", f"output.name={name}"]
     if c.pretrained_path:
         items.append(f"model.pretrained_path={c.pretrained_path}")
+    if c.seed_offset:
+        items.append(f"train.seed={(seed + c.seed_offset) % (SEED_MAX + 1)}")
     return items
 
 
@@ -288,7 +294,8 @@ class _Run:
         from podium.schema import load_config
 
         return load_config(self.config, [f"data.train={self.cfg.data.train}", *self.overrides,
-                                         *_member_overrides(self.folder, plan, c, name, max_time_s), *extra],
+                                         *_member_overrides(self.folder, plan, c, name, max_time_s, self.cfg.train.seed),
+                                         *extra],
                            base=AUTO_DEFAULTS)
 
 
@@ -324,21 +331,24 @@ def _train_member(run: _Run, plan: Plan, i: int) -> Path:
     return mdir
 
 
-def _folds_left(run: _Run, plan: Plan, i: int) -> int:
-    """Fold models still to train from member ``i`` on (this one included)."""
-    return sum(not is_finished_run(fold_dir(_member_dir(run.folder, j, m), f))
-               for j, m in enumerate(plan.members) if j >= i for f in plan.trained_folds)
+def _folds_left(run: _Run, plan: Plan, i: int) -> list[Candidate]:
+    """The member of each fold model still to train from member ``i`` on (this one included)."""
+    return [m for j, m in enumerate(plan.members) if j >= i for f in plan.trained_folds
+            if not is_finished_run(fold_dir(_member_dir(run.folder, j, m), f))]
 
 
 def _fold_share(run: _Run, plan: Plan, i: int) -> float:
     """Seconds member ``i``'s next fold may train (its train.max_time): the time left after the
-    predictions still ahead, split evenly over the folds left (a refit plan's holdout gets its
-    part by the two runs' epoch costs)."""
+    predictions still ahead (every member's: they all run after the training), split over the
+    fold models left by their measured epoch cost, so each trains as many epochs as its part of
+    the budget holds, up to the plan's upper bound (a refit plan's holdout gets its part by the
+    two runs' epoch costs)."""
     c, k, holdout = plan.members[i], plan.folds, plan.mode == "holdout"
     left = _folds_left(run, plan, i)
     reserve = (sum(MEMBER_OVERHEAD_S + EXTRAS_SAFETY * extras_s(m, k, holdout, plan.test_ratio)
-                   for m in plan.members[i:]) + FINAL_OVERHEAD_S + FOLD_OVERHEAD_S * left)
-    share = (plan.budget_s - run.state.spent - reserve) / max(left, 1)
+                   for m in plan.members) + FINAL_OVERHEAD_S + FOLD_OVERHEAD_S * len(left))
+    weights = sum(m.fold_epoch_s(k) for m in left)
+    share = (plan.budget_s - run.state.spent - reserve) * (c.fold_epoch_s(k) / weights if weights > 0 else 1.0)
     if plan.refit:  # the holdout's part of what is left; the refit gets the rest
         part = c.fold_epoch_s(k) / (c.fold_epoch_s(k) + refit_epoch_s(c, k))
         share = (plan.budget_s - run.state.spent - reserve - FOLD_OVERHEAD_S) * part

@@ -46,33 +46,40 @@ TUNING_NOTES = (
 @dataclass(frozen=True)
 class Preset:
     """What a preset may choose: fold counts and member counts in order of preference, the epochs
-    a member needs to be worth training (``min_epochs``) and the most it gets, candidate sizes."""
+    a member needs to be worth training (``min_epochs``) and the most it gets, candidate sizes, and
+    how many members one candidate may give (``seeds``: repeats with another seed fill time that no
+    other candidate fits in; diminishing returns beyond a few, so a preset caps them)."""
     name: str
     shapes: tuple[tuple[int, int], ...]  # (folds, members), most wanted first
     min_epochs: int
     max_epochs: int
     sizes: tuple[int, ...]
     backbones: tuple[str, ...]
+    seeds: int = 1
 
 
 PRESETS: dict[str, Preset] = {
     "fast": Preset("fast", ((5, 1), (4, 1)), 3, 12, (64,), ("tv/mobilenet_v2", "mobilenetv3_small_100", "resnet18")),
     "medium": Preset("medium", ((5, 2), (5, 1), (4, 1)), 5, 20, (64, 96),
-                     ("tv/mobilenet_v2", "resnet18", "mobilenetv3_large_100")),
+                     ("tv/mobilenet_v2", "resnet18", "mobilenetv3_large_100"), seeds=2),
     "best": Preset("best", ((5, 3), (5, 2), (5, 1), (4, 1)), 8, 30, (96, 64, 128),
-                   ("tv/mobilenet_v2", "resnet18", "mobilenetv3_large_100", "efficientnet_b0")),
+                   ("tv/mobilenet_v2", "resnet18", "mobilenetv3_large_100", "efficientnet_b0"), seeds=3),
 }
 
 
 @dataclass(frozen=True)
 class Candidate:
     """One backbone at one image size with its measured cost on the whole training set:
-    ``train_s`` one training epoch over every image, ``val_s`` one prediction pass."""
+    ``train_s`` one training epoch over every image, ``val_s`` one prediction pass. As a plan's
+    member, ``seed_offset`` > 0 makes a repeat of a candidate already in the plan: the same
+    backbone and size trained with ``train.seed`` + the offset (AutoGluon's repeated bagging:
+    the time left when no other candidate fits buys another model, not idle minutes)."""
     model: str
     size: int
     train_s: float
     val_s: float
     pretrained_path: str | None = None
+    seed_offset: int = 0
 
     def fold_epoch_s(self, folds: int) -> float:
         """One epoch of one fold: (k-1)/k of the images trained, 1/k validated."""
@@ -134,9 +141,11 @@ class Plan:
             return (f"1 run of {m.model}@{m.size} on {share:.0%} of the images ({1 - share:.0%} held out to measure "
                     f"TTA and biases), {self.epochs} epochs{upper}{refit}: {budget}")
         sizes = sorted({m.size for m in self.members})
-        names = ", ".join(f"{m.model}@{m.size}" for m in self.members)
+        names = ", ".join(f"{m.model}@{m.size}" + (f" seed+{m.seed_offset}" if m.seed_offset else "")
+                          for m in self.members)
+        upper = f" (up to {self.epochs_upper} if they run faster)" if self.epochs_upper > self.epochs else ""
         return (f"{self.folds} folds x {len(self.members)} member(s) at {'/'.join(map(str, sizes))} px, "
-                f"{self.epochs} epochs: {budget} ({names})")
+                f"{self.epochs} epochs{upper}: {budget} ({names})")
 
     def bar(self, preset: Preset) -> int:
         """The epochs a fold model must reach to be worth training (as in `make_plan`)."""
@@ -281,7 +290,7 @@ class _Context:
                                       refit=kw.get("refit", False))
         return Plan(self.preset.name, self.budget_s, folds, epochs, members, planned, why, self.candidates,
                     single_epochs=self.single_epochs, test_ratio=self.test_ratio, default_epochs=self.default_epochs,
-                    epochs_upper=self.preset.max_epochs if holdout else 0, **kw)
+                    epochs_upper=self.preset.max_epochs, **kw)
 
 
 def _too_small(ctx: _Context, val_fraction: float) -> PodiumError:
@@ -412,19 +421,35 @@ def _grow_holdout(plan: Plan, preset: Preset, spent_s: float, left: float, epoch
 
 
 def _grow_cv(plan: Plan, preset: Preset, spent_s: float, left: float, done: str) -> Plan | None:
-    """One more member, the next candidate in the preset's diverse order, if it fits."""
+    """One more member if its fold models reach the plan's bar in the time left: the next candidate
+    in the preset's diverse order that does, else a repeat of the plan's first member with another
+    seed. Its folds then share that time under train.max_time, up to the plan's upper epochs."""
     k, tr = plan.folds, plan.test_ratio
+    pending = sum(MEMBER_OVERHEAD_S + extras_s(m, k, False, tr) for m in plan.members)
+    for nxt in _next_members(plan, preset):
+        per_epoch = k * nxt.fold_epoch_s(k)
+        fixed = pending + cost([nxt], k, 0, test_ratio=tr)
+        epochs = min(max(plan.epochs, plan.epochs_upper), int((left - fixed) // per_epoch)) if left > fixed else 0
+        if epochs >= plan.bar(preset):
+            what = f"{nxt.model}@{nxt.size}" + (f" again with seed +{nxt.seed_offset}" if nxt.seed_offset else "")
+            why = (f"stage {len(plan.stages) + 2}: {done}: one more member, {what}, {k} folds x about {epochs} "
+                   f"epochs fits ({fixed + epochs * per_epoch:.0f}s with the predictions still ahead)")
+            return replace(plan, members=[*plan.members, nxt], planned_s=spent_s + fixed + epochs * per_epoch,
+                           stages=[*plan.stages, why])
+    return None
+
+
+def _next_members(plan: Plan, preset: Preset) -> list[Candidate]:
+    """What one more member could be, most wanted first: the candidates not in the plan (diverse
+    order), then the first member again with the next seed offset, while the preset's ``seeds``
+    allow it."""
     used = {(m.model, m.size) for m in plan.members}
-    nxt = next((c for c in diverse_order(plan.candidates, preset) if (c.model, c.size) not in used), None)
-    if nxt is None:
-        return None
-    need = (sum(MEMBER_OVERHEAD_S + extras_s(m, k, False, tr) for m in plan.members)
-            + cost([nxt], k, plan.epochs, test_ratio=tr))
-    if need > left:
-        return None
-    why = (f"stage {len(plan.stages) + 2}: {done}: one more member, {nxt.model}@{nxt.size}, {k} folds x "
-           f"{plan.epochs} epochs fits ({need:.0f}s with the predictions still ahead)")
-    return replace(plan, members=[*plan.members, nxt], planned_s=spent_s + need, stages=[*plan.stages, why])
+    fresh = [c for c in diverse_order(plan.candidates, preset) if (c.model, c.size) not in used]
+    first = plan.members[0]
+    repeats = [m for m in plan.members if (m.model, m.size) == (first.model, first.size)]
+    if len(repeats) >= preset.seeds:
+        return fresh
+    return [*fresh, replace(first, seed_offset=max(m.seed_offset for m in repeats) + 1)]
 
 
 # ---------------------------------------------------------------- measuring on this machine
