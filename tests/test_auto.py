@@ -111,8 +111,9 @@ def test_cached_step_times_are_hints_a_probe_rescales_so_a_loaded_cache_no_longe
     timed, load, now = [], [17.0], [1e9]
     truth = {32: (0.2, 0.05), 48: (0.45, 0.11)}  # seconds per step and per prediction batch, idle
 
-    def timer(name, size, batch, n_classes, device, steps, clock):
+    def timer(name, size, batch, n_classes, device, steps, clock, channels_last):
         timed.append(size)
+        assert channels_last  # timed in the layout the runs train in (train.channels_last)
         return truth[size][0] * load[0], truth[size][1] * load[0]
 
     kw = dict(log=lambda *a: None, timer=timer, cache=tmp_path / "timings.json", now=lambda: now[0])
@@ -136,6 +137,32 @@ def test_cached_step_times_are_hints_a_probe_rescales_so_a_loaded_cache_no_longe
     assert timed == [32, 48, 32, 32, 48]
     measure_candidates(cfg, ["test_resnet"], [32], 100, 4, **kw)  # another class count: its own entry
     assert timed[-1] == 32 and len(timed) == 6
+
+
+def test_the_probe_times_steps_in_the_runs_memory_layout_and_takes_the_median(monkeypatch):
+    """Runs train channels-last (1.7x faster steps on this CPU); a probe in the default layout planned
+    epochs 1.5-2.5x longer than they took. One slow step (here 10 s among 1 s ones) no longer
+    moves the estimate either."""
+    import torch
+
+    import podium.model.models as models
+    from podium.autopilot.plan import _time_steps
+
+    seen: list[bool] = []
+    real = models.create_model
+
+    def spy(*a, **k):
+        model = real(*a, **k)
+        model.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+        return model
+
+    monkeypatch.setattr(models, "create_model", spy)
+    for layout in (True, False):
+        ticks = iter([0.0, 1.0, 1.0, 2.0, 2.0, 12.0, 12.0, 13.0, 13.0, 14.0])  # warm-up, 3 steps (one slow), predict
+        seen.clear()
+        step_s, fwd_s = _time_steps("test_resnet", 32, 4, 3, "cpu", 3, lambda t=ticks: next(t), channels_last=layout)
+        assert step_s == 1.0 and fwd_s == 1.0
+        assert seen and all(s == layout for s in seen)
 
 
 def test_a_plan_fills_the_budget_when_the_preset_does_not_cap_it():

@@ -116,3 +116,19 @@ def test_a_fixed_size_timm_vit_loads_224_px_weights_from_pretrained_path_at_the_
     assert torch.equal(model.patch_embed.proj.weight.detach(), at_224["patch_embed.proj.weight"])
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_a_pretrained_path_file_of_another_architecture_is_refused_in_a_few_names(tmp_path):
+    """resnet18 weights for tv/resnet50 share key names with other shapes: torch raised its own
+    RuntimeError listing every mismatch; now one PodiumError names a few (`checkpoints.misfit`)."""
+    import torchvision
+
+    from podium.errors import PodiumError
+    from podium.model.models import create_model
+
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pt")
+    with pytest.raises(PodiumError, match=r"does not fit tv/resnet50 .*of another shape.*layer1\.0\.conv1\.weight"):
+        create_model("tv/resnet50", 3, pretrained_path=str(tmp_path / "resnet18.pt"))
+    with pytest.raises(PodiumError, match=r"does not fit tv/resnet34 .*missing key"):  # same shapes, fewer blocks
+        create_model("tv/resnet34", 3, pretrained_path=str(tmp_path / "resnet18.pt"))
+    assert create_model("tv/resnet18", 3, pretrained_path=str(tmp_path / "resnet18.pt")).fc.out_features == 3

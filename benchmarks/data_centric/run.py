@@ -298,11 +298,10 @@ def rescore_last(study: Study) -> Path:
     done = set(pd.read_csv(out)["run_dir"]) if out.is_file() else set()
     table = pd.read_csv(study.results)
     runs = table[table["study"].astype(str).str.startswith("audit") & (table["variant"] != "audit")]
-    test = study.work / "data" / "faces" / "test.csv"
     for row in runs.drop_duplicates("run_dir").itertuples(index=False):
-        if row.run_dir in done or row.dataset != "faces" or not (Path(row.run_dir) / "last.ckpt").is_file():
+        if row.run_dir in done or not (Path(row.run_dir) / "last.ckpt").is_file():
             continue
-        f1 = study.test_f1(Path(row.run_dir), test, checkpoint="last")
+        f1 = study.test_f1(Path(row.run_dir), study.work / "data" / row.dataset / "test.csv", checkpoint="last")
         frame = pd.DataFrame([{"dataset": row.dataset, "seed": row.seed, "run_dir": row.run_dir,
                                "macro_f1_best": row.macro_f1, "macro_f1_last": f1}])
         frame.to_csv(out, mode="a", header=not out.is_file(), index=False)

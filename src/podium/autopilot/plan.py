@@ -490,10 +490,11 @@ def timings_file() -> Path:
     return cache_root() / "auto" / "timings.json"
 
 
-def timing_key(device: str, name: str, size: int, batch: int, n_classes: int) -> str:
+def timing_key(device: str, name: str, size: int, batch: int, n_classes: int, channels_last: bool = True) -> str:
     import os
 
-    return f"{os.uname().nodename}|{device}|{name}|{size}px|batch{batch}|{n_classes}cls"
+    layout = "" if channels_last else "|nchw"
+    return f"{os.uname().nodename}|{device}|{name}|{size}px|batch{batch}|{n_classes}cls{layout}|v2"
 
 
 #: a cached step time older than this is measured again (a library upgrade or another load pattern since)
@@ -521,6 +522,7 @@ class Timings:
         self.known = self._read()
         self.load: float | None = None  # probe time / cached time, once the probe ran against a cached entry
         self.probed = False
+        self.channels_last = True  # the run's memory layout (`train.channels_last`), set by `measure`
 
     def _read(self) -> dict:
         if self.path is None or not self.path.is_file():
@@ -547,7 +549,7 @@ class Timings:
         if hint is not None and self.load is not None:  # calibrated by the probe: used, scaled
             note = f" (cached {hint.get('at', '?')}, x{self.load:.2f} for the load now)"
             return float(hint["step_s"]) * self.load, float(hint["fwd_s"]) * self.load, note
-        step_s, fwd_s = self.timer(name, size, batch, n_classes, device, self.steps, self.clock)
+        step_s, fwd_s = self.timer(name, size, batch, n_classes, device, self.steps, self.clock, self.channels_last)
         note = ""
         if not self.probed:
             self.probed = True
@@ -576,7 +578,7 @@ class Timings:
         import torch
 
         device = "cuda" if torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda") else "cpu"
-        batch = cfg.train.batch_size
+        batch, self.channels_last = cfg.train.batch_size, bool(cfg.train.channels_last)
         out = []
         for name in names:
             ok, weights = weights_for(name, cfg)
@@ -584,7 +586,7 @@ class Timings:
                 self.log(f"  {name}: no local weights (model.pretrained_path, torch hub or Hugging Face cache): skipped")
                 continue
             for size in sizes:
-                key = timing_key(device, name, int(size), batch, n_classes)
+                key = timing_key(device, name, int(size), batch, n_classes, self.channels_last)
                 step_s, fwd_s, note = self.step_times(key, name, int(size), batch, n_classes, device)
                 batches = math.ceil(n_images / batch)
                 out.append(Candidate(name, int(size), batches * step_s, batches * fwd_s, weights))
@@ -603,31 +605,36 @@ def measure_candidates(cfg, names: Sequence[str], sizes: Sequence[int], n_images
 
 
 def _time_steps(name: str, size: int, batch: int, n_classes: int, device: str, steps: int,
-                clock: Callable[[], float]) -> tuple[float, float]:
-    """Seconds of one training step and of one prediction batch (after a warm-up of each)."""
+                clock: Callable[[], float], channels_last: bool = True) -> tuple[float, float]:
+    """Seconds of one training step (the median of ``steps``) and of one prediction batch, after a
+    warm-up of each, in the run's memory layout. The first probe timed the default layout while
+    runs train channels-last (`train.channels_last`, 1.7x faster steps on this CPU): on an idle
+    machine it planned epochs 1.5-2.5x longer than they took, and 20m plans were holdout runs
+    where a fold ensemble fitted (benchmarks/auto/RESULTS.md)."""
+    import statistics
+
     import torch
 
     from podium.model.models import create_model
 
     torch.manual_seed(0)
-    model = create_model(name, n_classes, pretrained=False).to(device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = create_model(name, n_classes, pretrained=False).to(device, memory_format=layout)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    x = torch.randn(batch, 3, size, size, device=device)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=layout)
     y = torch.randint(0, n_classes, (batch,), device=device)
 
-    def step() -> None:
+    def step() -> float:
+        t0 = clock()
         opt.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
+        _sync(device)
+        return clock() - t0
 
     model.train()
     step()
-    _sync(device)
-    t0 = clock()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    step_s = (clock() - t0) / steps
+    step_s = statistics.median(step() for _ in range(steps))
     model.eval()
     with torch.no_grad():
         model(x)
