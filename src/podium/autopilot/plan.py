@@ -619,7 +619,7 @@ def _time_steps(name: str, size: int, batch: int, n_classes: int, device: str, s
 
     torch.manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    model = create_model(name, n_classes, pretrained=False).to(device, memory_format=layout)
+    model = create_model(name, n_classes, pretrained=False).to(device).to(memory_format=layout)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=layout)
     y = torch.randint(0, n_classes, (batch,), device=device)
