@@ -120,7 +120,7 @@ def test_a_fixed_size_timm_vit_loads_224_px_weights_from_pretrained_path_at_the_
 
 def test_a_pretrained_path_file_of_another_architecture_is_refused_in_a_few_names(tmp_path):
     """resnet18 weights for tv/resnet50 share key names with other shapes: torch raised its own
-    RuntimeError listing every mismatch; now one PodiumError names a few (`checkpoints.misfit`)."""
+    RuntimeError listing every mismatch; now one PodiumError names a few (`serialization.misfit`)."""
     import torchvision
 
     from podium.errors import PodiumError

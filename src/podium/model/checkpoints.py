@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from podium.errors import PodiumError, summarize_list
-from podium.model.serialization import safe_torch_load
+from podium.model.serialization import misfit, safe_torch_load, state_shapes
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -64,25 +64,6 @@ def checkpoint_model_name(checkpoint: dict) -> str | None:
     one that does not say: what resume and prediction compare with the run's config.yaml."""
     model_cfg = (checkpoint.get("hyper_parameters") or {}).get("model_cfg")
     return model_cfg.get("name") if isinstance(model_cfg, dict) else None
-
-
-def state_shapes(state_dict: dict) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of a state dict's tensors: what `misfit` compares."""
-    return {k: tuple(v.shape) for k, v in state_dict.items() if hasattr(v, "shape")}
-
-
-def misfit(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> str | None:
-    """Why a checkpoint's weights (``found``) cannot load into a model (``expected``), in a few
-    names (missing, unexpected, different shapes), or None when they fit: torch's own message
-    lists every key of both models."""
-    missing = [k for k in expected if k not in found]
-    extra = [k for k in found if k not in expected]
-    shapes = [f"{k} {list(found[k])} vs {list(expected[k])}" for k in expected
-              if k in found and found[k] != expected[k]]
-    parts = [f"{len(missing)} weight(s) missing ({summarize_list(missing, 2)})" if missing else "",
-             f"{len(extra)} unexpected ({summarize_list(extra, 2)})" if extra else "",
-             f"{len(shapes)} of another shape (checkpoint vs model: {summarize_list(shapes, 2)})" if shapes else ""]
-    return "; ".join(p for p in parts if p) or None
 
 
 def checkpoint_classes(path: str | Path) -> list[str]:

@@ -46,7 +46,8 @@ def resume_point(info: RunInfo, epochs: int | None = None) -> ResumePoint:
     is only resumed with more epochs than it has, so its summary is never replaced
     by a shorter one.
     """
-    from podium.model.checkpoints import checkpoint_model_name, read_checkpoint, state_shapes
+    from podium.model.checkpoints import checkpoint_model_name, read_checkpoint
+    from podium.model.serialization import state_shapes
 
     path = info.checkpoint("last")
     ckpt = read_checkpoint(path)

@@ -197,9 +197,9 @@ def _read_state_dict(path: str) -> dict:
 
 def _load_state(model: nn.Module, state: dict, path: str, name: str, skip_prefix: str | None = None) -> None:
     """Load the weights file's ``state``: strict, except that the classifier (``skip_prefix``) may differ.
-    A file of another architecture is refused in a few names (`checkpoints.misfit`), not torch's
+    A file of another architecture is refused in a few names (`serialization.misfit`), not torch's
     dump of every key or its RuntimeError for weights of another shape."""
-    from podium.model.checkpoints import misfit
+    from podium.model.serialization import misfit
 
     if skip_prefix:
         state = {k: v for k, v in state.items() if not k.startswith(skip_prefix)}

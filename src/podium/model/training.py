@@ -137,7 +137,7 @@ def _starting_point(cfg: PodiumConfig, resume, epochs: int | None, prepared: Pre
 def _check_resume_fits(module, shapes: dict, ckpt_path) -> None:
     """last.ckpt must load into the model the run's config builds; otherwise Lightning stops
     mid-setup with torch's list of every weight of both models."""
-    from podium.model.checkpoints import misfit, state_shapes
+    from podium.model.serialization import misfit, state_shapes
 
     problem = misfit(state_shapes(module.state_dict()), shapes)
     if problem:
