@@ -176,6 +176,19 @@ def test_a_plan_fills_the_budget_when_the_preset_does_not_cap_it():
         assert budget * PLAN_SHARE - epoch <= plan.planned_s <= budget * PLAN_SHARE, (budget, plan.describe())
 
 
+def test_a_plan_capped_by_the_preset_says_where_the_rest_of_the_budget_goes():
+    """hymenoptera at 60m planned 9.6 min: the why names the epoch cap, the later stages and --preset best."""
+    capped = make_plan(CANDIDATES, 36000, "medium", default=("tv/mobilenet_v2", 64))
+    assert capped.mode == "cv" and capped.epochs == PRESETS["medium"].max_epochs
+    left = (36000 - capped.planned_s) / 60
+    assert f"caps fold models at 20 epochs, so {left:.1f} min are not planned yet" in capped.why
+    assert "another seed, up to 2 seeds" in capped.why and "--preset best trains up to 30 epochs" in capped.why
+    best = make_plan(CANDIDATES, 360000, "best", default=("tv/mobilenet_v2", 64))
+    assert "caps fold models at 30 epochs" in best.why and "--preset best" not in best.why
+    for budget in (600, 1800):  # the time binds, not the cap: nothing to explain
+        assert "caps fold models" not in make_plan(CANDIDATES, budget, "medium", default=("tv/mobilenet_v2", 64)).why
+
+
 def test_later_stages_are_replanned_on_the_time_actually_spent():
     """After the first plan's runs, the epochs they actually took and the time left decide a
     second stage: the holdout's other folds (a fold ensemble), a refit, or one more cv member."""

@@ -321,8 +321,23 @@ def _cv_plan(ctx: _Context) -> Plan | None:
                    f"single default run would get {ctx.single_epochs} in this time; the preset wants {p.min_epochs}) "
                    f"in {PLAN_SHARE:.0%} of the budget ({'; '.join(ctx.tried)}); one epoch of one fold measured "
                    + ", ".join(f"{m.model}@{m.size}={m.fold_epoch_s(folds):.1f}s" for m in members))
-            return ctx.plan(folds, epochs, list(members), why)
+            plan = ctx.plan(folds, epochs, list(members), why)
+            plan.why += _cap_note(ctx, plan)
+            return plan
     return None
+
+
+def _cap_note(ctx: _Context, plan: Plan) -> str:
+    """Why a plan leaves much of a large budget unplanned: the preset's epoch cap binds, not the time
+    (a user who sees "9.6 min planned of 60" should know where the rest goes and what buys more)."""
+    p = ctx.preset
+    left = ctx.budget_s - plan.planned_s
+    if plan.epochs < p.max_epochs or left < 0.5 * ctx.budget_s:
+        return ""
+    seeds = f", then the first again with another seed, up to {p.seeds} seeds" if p.seeds > 1 else ""
+    more = "" if p.name == "best" else f"; --preset best trains up to {PRESETS['best'].max_epochs} epochs with more members"
+    return (f". The preset caps fold models at {p.max_epochs} epochs, so {left / 60:.1f} min are not planned yet: "
+            f"later stages add members as they fit in the time then left (the next candidate{seeds}){more}")
 
 
 def _shapes_note(ctx: _Context) -> str:
