@@ -104,6 +104,12 @@ def run_single(args, task: str, seed: int, pool: Path, test: Path, images: Path,
             "epochs": args.single_epochs}
 
 
+def fold_epochs(member: Path) -> list[int | None]:
+    """The epochs each fold model of a member trained (its fold runs' summary.json)."""
+    return [json.loads((f / "summary.json").read_text()).get("epochs_trained") if (f / "summary.json").is_file()
+            else None for f in sorted(member.glob("fold*")) if f.is_dir()]
+
+
 def run_auto(args, task: str, seed: int, budget: str, pool: Path, test: Path, images: Path, cells: Path) -> dict:
     import podium
     from podium.durations import parse_duration
@@ -120,7 +126,7 @@ def run_auto(args, task: str, seed: int, budget: str, pool: Path, test: Path, im
     s = r.summary
     return {"test_macro_f1": score(probs, pd.read_csv(test)), "wall_s_this_process": wall, "spent_s": s["spent_s"],
             "budget_s": parse_duration(budget), "within_10pct": s["within_budget"], "plan": s["plan_text"],
-            "mode": s.get("mode", "cv"), "epochs_trained": {m["name"]: m.get("epochs_trained") for m in s["members"]},
+            "mode": s.get("mode", "cv"), "epochs_trained": {m["name"]: fold_epochs(Path(m["dir"])) for m in s["members"]},
             "tta_gain": {m["name"]: m.get("gain") for m in s["members"]},
             "final": f"{s['final']['kind']} {s['final']['name']}", "ensemble": s["final"]["ensemble"],
             "biases_kept": s["biases"]["kept"], "tta": {m["name"]: m["kept"] for m in s["members"]},
