@@ -199,21 +199,22 @@ def _load_state(model: nn.Module, state: dict, path: str, name: str, skip_prefix
     """Load the weights file's ``state``: strict, except that the classifier (``skip_prefix``) may differ.
     A file of another architecture is refused in a few names (`serialization.misfit`), not torch's
     dump of every key or its RuntimeError for weights of another shape."""
-    from podium.model.serialization import misfit
+    from podium.model.serialization import misfit, state_shapes
 
     if skip_prefix:
         state = {k: v for k, v in state.items() if not k.startswith(skip_prefix)}
-    expected = model.state_dict()
-    common = [k for k in state if k in expected and hasattr(state[k], "shape")]
-    why = misfit({k: tuple(expected[k].shape) for k in common}, {k: tuple(state[k].shape) for k in common})
-    result = None if why else model.load_state_dict(state, strict=False)
-    missing = [] if result is None else [k for k in result.missing_keys if not (skip_prefix and k.startswith(skip_prefix))]
-    unexpected = [] if result is None else result.unexpected_keys
-    if why or missing or unexpected:
-        found = why or (f"{len(missing)} missing key(s) such as {missing[:3]}, {len(unexpected)} unexpected "
-                        f"such as {unexpected[:3]}")
+    mine, theirs = state_shapes(model.state_dict()), state_shapes(state)
+    common = [k for k in theirs if k in mine]  # the file's order: misfit names the first few
+    why = misfit({k: mine[k] for k in common}, {k: theirs[k] for k in common})
+    if not why:
+        result = model.load_state_dict(state, strict=False)
+        missing = [k for k in result.missing_keys if not (skip_prefix and k.startswith(skip_prefix))]
+        if missing or result.unexpected_keys:
+            why = (f"{len(missing)} missing key(s) such as {missing[:3]}, {len(result.unexpected_keys)} unexpected "
+                   f"such as {result.unexpected_keys[:3]}")
+    if why:
         raise PodiumError(
-            f"weights file {path} does not fit {name} (architecture mismatch): {found}. Use the model the "
+            f"weights file {path} does not fit {name} (architecture mismatch): {why}. Use the model the "
             f"weights were saved from (a torchvision state dict needs the tv/ prefix, e.g. tv/mobilenet_v2).")
 
 
