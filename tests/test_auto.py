@@ -308,6 +308,8 @@ def test_auto_resumes_without_retraining_and_refuses_a_useless_ensemble(tmp_path
     assert s["spent_s"] > state["spent_s"] > 0  # the first attempt's time counts
     beats = s["final"]["ensemble_record"]["beats_best_member"]
     assert s["final"]["kind"] == ("ensemble" if beats else "member")  # kept exactly when the nested split says so
+    b = s["biases"]  # kept only when the nested gain survives 80% of bootstrap resamples of the OOF rows
+    assert "p_gain" in b and b["kept"] == (b["gain"] > 0 and b["p_gain"] >= 0.8)
     sub = pd.read_csv(s["submission"])
     assert len(sub) == 6
     assert (r.dir / "auto.json").is_file() and len(r.oof) == 18

@@ -147,7 +147,7 @@ def test_tta_with_only_identity_equals_plain_predictions(cv_run):
 
 def test_bias_tuning_reports_a_nested_gain(cv_run):
     result = cv.tune_biases(cv_run.run_dir, n_splits=3)
-    assert len(result["biases"]) == 3 and result["recommended"] == (result["gain"] > 0)
+    assert len(result["biases"]) == 3 and result["recommended"] == (result["gain"] > 0 and result["p_gain"] >= 0.8)
     assert result["f1_before"] == pytest.approx(cv_run.summary["cv_macro_f1"])
     assert (cv_run.run_dir / BIASES_FILE).is_file() and (cv_run.run_dir / "submission_biased.csv").is_file()
 
@@ -159,7 +159,7 @@ def test_bias_tuning_on_a_single_runs_validation_predictions(cv_run, tmp_path):
     result = cv.tune_biases(run, n_splits=3)
     val = pd.read_parquet(run / "val_predictions.parquet")
     assert result["fitted_on"].startswith(f"{len(val)} validation images")
-    assert len(result["biases"]) == 3 and result["recommended"] == (result["gain"] > 0)
+    assert len(result["biases"]) == 3 and result["recommended"] == (result["gain"] > 0 and result["p_gain"] >= 0.8)
     classes = result["classes"]
     y = val["target"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     assert result["f1_before"] == pytest.approx(macro_f1(y, val[classes].to_numpy().argmax(1), 3))

@@ -290,7 +290,7 @@ def test_nested_bias_gain_scores_held_out_folds():
     p, y = _planted_rare_class(n_per_rep=5)
     report = biases.nested_bias_gain(p, y, 3, n_splits=5, seed=0)
     assert report["f1_before"] == pytest.approx(ens.macro_f1(y, p.argmax(1), 3))
-    assert report["gain"] > 0.2
+    assert report["gain"] > 0.2 and report["p_gain"] >= 0.99 and report["recommended"]
     assert len(report["fold_f1_after"]) == 5 and len(report["biases"]) == 3
     # pure-noise probabilities: no honest gain to be found on held-out rows
     rng = np.random.default_rng(0)
@@ -298,9 +298,26 @@ def test_nested_bias_gain_scores_held_out_folds():
     noise = _probs(150, 3, 7)
     in_sample = ens.macro_f1(y_noise, biases.apply_logit_biases(noise, biases.fit_logit_biases(noise, y_noise, 3)).argmax(1), 3)
     held_out = biases.nested_bias_gain(noise, y_noise, 3)
-    assert held_out["f1_after"] < in_sample
+    assert held_out["f1_after"] < in_sample and not held_out["recommended"]
     with pytest.raises(PodiumError, match="n_splits"):
         biases.nested_bias_gain(p[:3], y[:3], 3, n_splits=5)
+
+
+def test_a_positive_bias_gain_that_a_resample_of_the_rows_would_lose_is_not_recommended():
+    """One corrected row in 200 is a positive gain on these rows, but a bootstrap resample misses
+    that row about 37% of the time: below the 80% bar. Thirty corrected rows survive every resample."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    before = np.where(rng.random(200) < 0.3, (y + 1) % 3, y)
+    wrong = np.flatnonzero(before != y)
+    one = before.copy()
+    one[wrong[0]] = y[wrong[0]]
+    assert ens.macro_f1(y, one, 3) > ens.macro_f1(y, before, 3)
+    assert 0.5 < biases.bootstrap_gain_share(y, before, one, 3) < biases.BIAS_CONFIDENCE
+    many = before.copy()
+    many[wrong[:30]] = y[wrong[:30]]
+    assert biases.bootstrap_gain_share(y, before, many, 3) == 1.0
+    assert biases.bootstrap_gain_share(y, before, before, 3) == 0.0  # nothing changed: no gain to keep
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -606,12 +606,13 @@ def _finish(folder: Path, cfg, plan: Plan, state: _State, classes: list[str], fi
     if biases is None:
         try:
             r = nested_bias_gain(probs, y, len(classes), seed=cfg.train.seed)
-            biases = {"biases": [float(b) for b in r["biases"]], "gain": float(r["gain"]),
-                      "f1_before": float(r["f1_before"]), "f1_after": float(r["f1_after"]), "kept": bool(r["gain"] > 0)}
+            biases = {"biases": [float(b) for b in r["biases"]], "gain": float(r["gain"]), "p_gain": r["p_gain"],
+                      "f1_before": float(r["f1_before"]), "f1_after": float(r["f1_after"]), "kept": r["recommended"]}
         except PodiumError as exc:  # too few OOF rows to measure a nested gain: not measured, so not applied
             biases = {"kept": False, "skipped": str(exc)}
         state.done("biases", biases)
-    log("per-class biases: " + (f"nested gain {biases['gain']:+.4f} ({'kept' if biases['kept'] else 'dropped'})"
+    log("per-class biases: " + (f"nested gain {biases['gain']:+.4f}, > 0 in {biases.get('p_gain', float('nan')):.0%} of "
+                                 f"bootstrap resamples ({'kept' if biases['kept'] else 'dropped'})"
                                  if "gain" in biases else f"not measured ({biases['skipped']})"))
     summary: dict = {
         "budget_s": plan.budget_s, "preset": plan.preset, "plan": plan.to_dict(), "plan_text": plan.describe(),

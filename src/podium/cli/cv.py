@@ -141,6 +141,7 @@ def cmd_cv_biases(args) -> int:
 
     r = podium.cv_biases(args.run, splits=args.splits)
     rows = {"macro F1 before (nested)": r["f1_before"], "macro F1 after (nested)": r["f1_after"], "gain": r["gain"],
+            "gain > 0 in bootstrap resamples": f"{r['p_gain']:.0%} (recommended from {r['confidence']:.0%})",
             "recommended": r["recommended"], "biases": ", ".join(f"{c}={b:+.2f}" for c, b in zip(r["classes"], r["biases"]))}
     if r.get("biased_submission"):
         rows["biased submission"] = r["biased_submission"]

@@ -2,7 +2,9 @@
 at prediction time (`podium cv-biases`, a cv run's or ensemble's ``biases.json``).
 
 ``nested_bias_gain`` exists so that the gain claimed for bias tuning is measured on rows the
-biases never saw.
+biases never saw, and says whether that gain is reliable enough to apply the biases: a positive
+nested gain alone was not (benchmarks/auto/RESULTS.md, "Bias gate": 5 of 11 auto cells had a
+nested gain > 0, and together they lost 2.6 points of test macro F1).
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ _EPS = 1e-15
 
 
 DEFAULT_BIAS_GRID = np.round(np.linspace(-2.0, 2.0, 41), 6)
+BIAS_CONFIDENCE = 0.8  # share of paired bootstrap resamples in which the nested gain must be > 0
+BOOTSTRAP_RESAMPLES = 500
 
 
 def apply_logit_biases(probs: np.ndarray, biases: ArrayLike) -> np.ndarray:
@@ -84,12 +88,15 @@ def nested_bias_gain(
     n_classes: int,
     n_splits: int = 5,
     seed: int = 0,
+    confidence: float = BIAS_CONFIDENCE,
     **fit_kwargs,
 ) -> dict:
     """Macro F1 before/after bias tuning, scored only on folds the biases never saw.
 
-    Also returns ``biases`` fitted on all rows, to apply to test predictions
-    when ``gain`` is positive.
+    Also returns ``biases`` fitted on all rows and ``recommended``: apply them only when the
+    nested gain is positive in at least ``confidence`` of paired bootstrap resamples of the rows
+    (``p_gain``). A small positive nested gain is mostly noise: the biases move a rare class's few
+    decisions, and on a test part that flips as often as it holds.
     """
     p = np.asarray(probs, dtype=np.float64)
     y = check_labels(y_true, p.shape[0], n_classes)
@@ -114,13 +121,32 @@ def nested_bias_gain(
         fold_after.append(macro_f1(y[held_idx], after[held_idx], n_classes))
     f1_before = macro_f1(y, before, n_classes)
     f1_after = macro_f1(y, after, n_classes)
+    p_gain = bootstrap_gain_share(y, before, after, n_classes, seed=seed)
     return {
         "f1_before": f1_before,
         "f1_after": f1_after,
         "gain": f1_after - f1_before,
+        "p_gain": p_gain,
+        "confidence": confidence,
+        "recommended": bool(f1_after > f1_before and p_gain >= confidence),
         "fold_f1_before": fold_before,
         "fold_f1_after": fold_after,
         "n_splits": n_splits,
         "seed": seed,
         "biases": fit_logit_biases(p, y, n_classes, **fit_kwargs).tolist(),
     }
+
+
+def bootstrap_gain_share(y: np.ndarray, before: np.ndarray, after: np.ndarray, n_classes: int, *,
+                         resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> float:
+    """Share of paired bootstrap resamples of the rows in which ``after`` scores a higher macro F1
+    than ``before``: how often the gain would survive another draw of the same number of images."""
+    changed = before != after
+    if not changed.any():
+        return 0.0
+    rng = np.random.default_rng(seed)
+    wins = 0
+    for _ in range(resamples):
+        i = rng.integers(0, len(y), len(y))
+        wins += macro_f1(y[i], after[i], n_classes) > macro_f1(y[i], before[i], n_classes)
+    return wins / resamples

@@ -374,7 +374,7 @@ def _fit_biases(table: pd.DataFrame, classes: list[str], fitted_on: str, what: s
     y = encode_labels(table["target"], classes, what)
     report = nested_bias_gain(table[classes].to_numpy(dtype=np.float64), y, len(classes), n_splits=n_splits, seed=seed)
     return {"classes": classes, "biases": report["biases"], "fitted_on": fitted_on,
-            "recommended": bool(report["gain"] > 0), **{k: v for k, v in report.items() if k != "biases"}}
+            **{k: v for k, v in report.items() if k != "biases"}}
 
 
 def load_oof(run_dir: str | Path) -> pd.DataFrame:
