@@ -229,13 +229,20 @@ def with_ids(table: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- audit study
 
 
+#: the audit study's retrained runs and what each does to the flagged labels (None: nothing)
+VARIANT_ACTIONS = {"relabelled": "relabel", "cleaned": "drop", "distilled": None, "cleaned-distilled": "drop"}
+
+
 def audit_cell(study: Study, dataset: str, seed: int, noise: float, pool: pd.DataFrame, test: Path,
                method: str = LEGACY_AUDIT_METHOD, variants: tuple[str, ...] = ("relabelled", "cleaned")) -> None:
     """One noise level of one seed. ``method`` (the audit's cleanlab filter_by): the first rows of
     results.csv ran cleanlab's default, prune_by_noise_rate, as study ``audit``; another method is
     study ``audit:METHOD`` on the same noisy pool, cv run and noisy run, with its own audit folder
     and fixed runs. ``variants``: the retrained runs, ``relabelled`` (every flagged label set to the
-    suggestion) and ``cleaned`` (every flagged image dropped). The ``cleaned-cap0.4`` rows (flagged
+    suggestion), ``cleaned`` (every flagged image dropped), ``distilled`` (the noisy labels kept, each
+    training image also taught the audit cv run's out-of-fold probability: `distill.teacher`, alpha
+    0.5, so a flipped label is outvoted where the folds disagree with it, without deciding which
+    labels are wrong) and ``cleaned-distilled`` (both). The ``cleaned-cap0.4`` rows (flagged
     images dropped while no class lost more than 40% of its images) ran at commit d685536, whose
     `suggested_fixes(max_class_share=)` was removed after they scored below ``cleaned``."""
     import podium
@@ -271,14 +278,16 @@ def audit_cell(study: Study, dataset: str, seed: int, noise: float, pool: pd.Dat
     for variant in variants:
         if study.done(study=name, dataset=dataset, seed=seed, noise=noise, variant=variant):
             continue
-        action = "relabel" if variant == "relabelled" else "drop"
-        fixes = audit.suggested_fixes(kinds=("label",), action=action)
-        fixes_path = study.work / "data" / dataset / f"{action}{suffix}-{tag}.csv"
-        fixes.to_csv(fixes_path, index=False)
-        run = study.train(study.config(dataset, train, f"audit-{variant}{suffix}-{tag}", seed,
-                                       f"task.label_fixes={fixes_path}"))
+        extra, n_fixed = [f"distill.teacher={cv}"] if variant.endswith("distilled") else [], 0
+        action = VARIANT_ACTIONS[variant]
+        if action:
+            fixes = audit.suggested_fixes(kinds=("label",), action=action)
+            fixes_path = study.work / "data" / dataset / f"{action}{suffix}-{tag}.csv"
+            fixes.to_csv(fixes_path, index=False)
+            extra, n_fixed = [*extra, f"task.label_fixes={fixes_path}"], len(fixes)
+        run = study.train(study.config(dataset, train, f"audit-{variant}{suffix}-{tag}", seed, *extra))
         study.record(study=name, dataset=dataset, seed=seed, noise=noise, variant=variant,
-                     macro_f1=study.test_f1(run, test), n_flagged=len(fixes), run_dir=str(run))
+                     macro_f1=study.test_f1(run, test), n_flagged=n_fixed, run_dir=str(run))
 
 
 def clean_cell(study: Study, dataset: str, seed: int, pool: Path, test: Path) -> Path:
@@ -430,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audit-method", default=LEGACY_AUDIT_METHOD,
                         help="podium audit --method (cleanlab filter_by) for the audit study")
     parser.add_argument("--audit-variants", default="relabelled,cleaned",
-                        help="retrained runs of the audit study: relabelled, cleaned")
+                        help=f"retrained runs of the audit study: {', '.join(VARIANT_ACTIONS)}")
     parser.add_argument("--pseudo-precision", type=float, default=0.9, help="podium pseudo-label --precision")
     parser.add_argument("--pseudo-balance", action="store_true",
                         help="podium pseudo-label --balance: the per-class cap (off by default; the first rows ran without it)")
@@ -441,9 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="only write RESULTS tables from results.csv")
     args = parser.parse_args(argv)
     study = Study(args.work.expanduser(), args.epochs, args.out)
-    bad = [v for v in args.audit_variants.split(",") if v not in ("relabelled", "cleaned")]
+    bad = [v for v in args.audit_variants.split(",") if v not in VARIANT_ACTIONS]
     if bad:
-        parser.error(f"--audit-variants: unknown {bad}; allowed relabelled, cleaned")
+        parser.error(f"--audit-variants: unknown {bad}; allowed {', '.join(VARIANT_ACTIONS)}")
     if args.report:
         from benchmarks.data_centric.report import write_report
 
