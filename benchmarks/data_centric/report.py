@@ -74,20 +74,39 @@ def distill_table(results: pd.DataFrame) -> str:
     return "\n".join(rows)
 
 
-def write_report(results: Path, out: Path, test: Path | None = None) -> Path:
-    """tables.md; with ``test`` (the held-back CSV, on the machine that has the run folders) also the
-    paired retraining tables of the 15% faces cells."""
+#: the audit studies' retrained variants compared paired against ``cleaned``, in table order
+PAIRED_VARIANTS = {"audit:low_normalized_margin": ["cleaned", "distilled", "cleaned-distilled", "cleaned-cap0.4",
+                                                   "relabelled"],
+                   "audit": ["cleaned", "relabelled"]}
+
+
+def write_report(results: Path, out: Path, data: Path | None = None) -> Path:
+    """tables.md; with ``data`` (the folder of each dataset's held-back ``DATASET/test.csv``, on the
+    machine that has the run folders) also the paired retraining tables of the 15% cells."""
     table = pd.read_csv(results)
     parts = ["## Audit\n\n" + audit_table(table), "### Per attribute\n\n" + attribute_table(table)]
-    if test is not None and test.is_file():
-        for study, variants in (("audit:low_normalized_margin", ["cleaned", "cleaned-cap0.4"]),
-                                ("audit", ["cleaned", "relabelled"])):
+    for dataset in sorted(table["dataset"].dropna().unique()) if data is not None else []:
+        test = data / dataset / "test.csv"
+        for study, candidates in PAIRED_VARIANTS.items():
+            variants = paired_variants(table, dataset, study, candidates)
+            if not test.is_file() or not variants:
+                continue
             for checkpoint in ("best", "last"):
-                parts.append(f"### Retraining, paired ({study}, {checkpoint})\n\n"
-                             + paired_table(table, test, variants, study, checkpoint=checkpoint))
+                parts.append(f"### Retraining, paired ({dataset}, {study}, {checkpoint})\n\n"
+                             + paired_table(table, test, variants, study, checkpoint=checkpoint, dataset=dataset))
     parts += ["## Pseudo-labels\n\n" + pseudo_table(table), "## Distillation\n\n" + distill_table(table)]
     out.write_text("\n\n".join(parts) + "\n")
     return out
+
+
+def paired_variants(results: pd.DataFrame, dataset: str, study: str, candidates: list[str],
+                    noise: float = 0.15) -> list[str]:
+    """The ``candidates`` that ran on every seed of the study's noisy runs (the paired table pairs
+    by seed), ``cleaned`` first; none when ``cleaned`` did not."""
+    cells = results[(results["study"] == study) & (results["dataset"] == dataset) & (results["noise"] == noise)]
+    seeds = {v: set(cells.loc[cells["variant"] == v, "seed"]) for v in ["noisy", *candidates]}
+    ran = [v for v in candidates if seeds["noisy"] and seeds[v] >= seeds["noisy"]]
+    return ran if "cleaned" in ran else []
 
 
 # ---------------------------------------------------------------- paired comparison of the retrained runs
@@ -105,16 +124,17 @@ def _macro_f1(target: np.ndarray, predicted: np.ndarray, k: int, weight: np.ndar
 
 
 def paired_table(results: pd.DataFrame, test: Path, variants: list[str], study: str, noise: float = 0.15,
-                 checkpoint: str = "best", reps: int = 2000, seed: int = 0) -> str:
+                 checkpoint: str = "best", reps: int = 2000, seed: int = 0, dataset: str = "faces") -> str:
     """Each retraining variant against dropping every flagged image (``cleaned``), paired by seed:
     mean held-back macro F1, the share of the F1 lost to noise it recovers ((V - noisy) / (clean -
     noisy), means over the seeds), and the paired difference to ``cleaned``, each with a 90%
-    interval from resampling the held-back source photos (the same resample for every run, so
+    interval from resampling the held-back source photos (faces; utk: images) (the same resample for every run, so
     the interval is the test part's sampling noise, not the seeds'). ``checkpoint``: the runs'
     best checkpoint (chosen on their noisy validation part) or their last epoch."""
     test_table = pd.read_csv(test)
-    groups = test_table["group"].astype(str).to_numpy()
+    groups = test_table["group" if "group" in test_table else "id"].astype(str).to_numpy()  # utk: one image each
     unique, index = np.unique(groups, return_inverse=True)
+    results = results[results["dataset"] == dataset]
     cells = results[(results["study"] == study) & (results["noise"] == noise)]
     clean = results[(results["variant"] == "clean")].drop_duplicates("seed").set_index("seed")["run_dir"]
     runs: dict[str, dict[int, str]] = {v: cells[cells["variant"] == v].drop_duplicates("seed").set_index("seed")[

@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         from benchmarks.data_centric.report import write_report
 
-        write_report(study.results, args.out / "tables.md", study.work / "data" / "faces" / "test.csv")
+        write_report(study.results, args.out / "tables.md", study.work / "data")
         return 0
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     if args.rescore_last:
