@@ -190,6 +190,7 @@ def test_label_fixes_drop_keep_and_whole_composite_name(tmp_path):
     assert by_id.loc["000001_female_Asian_45/mask1.jpg", "label"] == "incorrect/male/young"
     assert by_id.loc["000001_female_Asian_45/normal.jpg", "label"] == "not_wear/female/middle"
     assert "1 label(s) changed, 3 image(s) dropped, 1 image(s) kept" in outcome.describe()
+    assert "1 row(s) skipped: they name images that are not in this data" in outcome.describe()
     with pytest.raises(PodiumError, match="unknown id 'other_image.jpg'"):
         apply_label_fixes(_samples(), fixes, MASK_TASK)  # without the other source it is a typo
     assert apply_label_fixes(_samples(), fixes, MASK_TASK, strict=False).elsewhere == 1

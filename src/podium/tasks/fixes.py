@@ -56,7 +56,8 @@ class FixOutcome:
         if self.kept:
             parts.append(f"{self.kept} image(s) kept as labelled")
         if self.elsewhere:
-            parts.append(f"{self.elsewhere} row(s) for images of other data")
+            parts.append(f"{self.elsewhere} row(s) skipped: they name images that are not in this data "
+                         "(another source of the run, or its training images when evaluating)")
         return ", ".join(parts)
 
 
