@@ -213,3 +213,35 @@ def test_label_fixes_of_a_plain_task(tmp_path):
     assert "line 4:" in msg and "conflicts with line 3" in msg
     assert "line 5: unknown attribute 'gender'; allowed: label" in msg
     assert "line 6: unknown action 'remove'" in msg
+
+
+def test_label_fixes_weight_images_and_groups(tmp_path):
+    fixes = tmp_path / "fixes.csv"
+    fixes.write_text(
+        "id,attribute,new_value,action\n"
+        "000002,,0.5,weight\n"                                       # a whole person at half weight
+        "000002_male_Asian_25/mask1.jpg,,0.1,weight\n"                # one of its images: the image wins
+        "000001_female_Asian_45/normal.jpg,gender,male,\n"            # relabelled and weighted: both apply
+        "000001_female_Asian_45/normal.jpg,,0,weight\n"
+    )
+    outcome = apply_label_fixes(_samples(), fixes, MASK_TASK)
+    weights = outcome.frame.set_index("id")["sample_weight"]
+    assert weights["000002_male_Asian_25/mask1.jpg"] == 0.1 and weights["000002_male_Asian_25/normal.jpg"] == 0.5
+    assert weights["000001_female_Asian_45/normal.jpg"] == 0.0 and weights["000001_female_Asian_45/mask1.jpg"] == 1.0
+    assert outcome.frame.set_index("id").loc["000001_female_Asian_45/normal.jpg", "gender"] == "male"
+    assert (outcome.changed, outcome.weighted) == (1, 4)
+    assert "4 image(s) weighted in the training loss" in outcome.describe()
+    assert "sample_weight" not in apply_label_fixes(_samples(), _one_relabel(tmp_path), MASK_TASK).frame
+    fixes.write_text("id,attribute,new_value,action\n000002,,-1,weight\n000001,,heavy,weight\n"
+                     "000001,,0.5,weight\n000002,,,drop\n")
+    with pytest.raises(PodiumError) as info:
+        apply_label_fixes(_samples(), fixes, MASK_TASK)
+    msg = str(info.value)
+    assert "line 2: weight '-1' is not a number >= 0" in msg and "line 3: weight 'heavy'" in msg
+    assert "line 5:" in msg and "conflicts with line 2" in msg
+
+
+def _one_relabel(tmp_path):
+    path = tmp_path / "relabel.csv"
+    path.write_text("id,attribute,new_value\n000001,gender,male\n")
+    return path

@@ -306,3 +306,37 @@ def test_a_trained_cv_run_flags_its_flips(noisy_cv):
     assert single.summary["kind"] == "run" and single.summary["note"].startswith("validation part only")
     assert single.summary["n_images"] < result.summary["n_images"]
     assert "This audit saw only the run&#x27;s validation images" in single.review_page.read_text()
+
+
+def test_suggested_weights_train_a_run_that_counts_flagged_labels_less(noisy_cv, tmp_path):
+    """`--suggest weight`: every flagged image kept with weight min(1, p_given / p_suggested); a run
+    given that file trains on exactly those per-row weights and says so in its summary."""
+    import podium
+    from podium.rundir import SOFT_TARGETS_FILE, read_config, read_split, read_table
+
+    cv, flipped = noisy_cv
+    out = tmp_path / "audit"
+    assert main(["audit", str(cv), "--no-features", "--out", str(out), "--suggest", "weight"]) == 0
+    fixes = pd.read_csv(out / "suggested_fixes.csv", dtype={"id": str, "new_value": float})
+    issues = pd.read_csv(out / "issues.csv", dtype={"id": str})
+    labels = issues[issues["kind"] == "label"].set_index("id")
+    assert set(fixes["action"]) == {"weight"} and set(fixes["id"]) == set(labels.index)
+    expected = (labels["p_given"] / labels["p_suggested"]).clip(upper=1.0)
+    assert np.allclose(fixes.set_index("id")["new_value"], expected.loc[fixes["id"]], atol=1e-4)
+    assert fixes.loc[fixes["id"].isin(flipped), "new_value"].max() < 0.5  # the folds doubt the flips
+    cfg = read_config(cv)
+    run = podium.train(load_config(None, [f"{k}={v}" for k, v in {
+        "data.train": cfg.data.train, "model.name": "test_resnet", "model.pretrained": "false",
+        "data.image_size": 32, "train.epochs": 1, "train.batch_size": 8, "train.precision": "'32'",
+        "data.num_workers": 0, "output.tensorboard": "false", "output.report": "false",
+        "output.dir": tmp_path / "runs", "output.name": "weighted", "train.accelerator": "cpu",
+        "train.devices": 1, "task.label_fixes": out / "suggested_fixes.csv"}.items()]), log=lambda *a: None)
+    split = read_split(run.dir)
+    train_ids = set(split.loc[split["split"] == "train", "id"])
+    soft = read_table(run.dir / SOFT_TARGETS_FILE, "soft targets").set_index("id")
+    weights = fixes.set_index("id")["new_value"]
+    weighted = weights[weights.index.isin(train_ids)]
+    assert len(weighted) > 0 and np.allclose(soft.loc[weighted.index, "hard"], weighted, atol=1e-4)
+    assert (soft.drop(index=weighted.index)["hard"] == 1).all() and (soft["soft"] == 0).all()
+    record = run.summary["soft_targets"]["sample_weights"]
+    assert record["weighted_rows"] == int((weighted != 1).sum()) and record["path"] == str(out / "suggested_fixes.csv")

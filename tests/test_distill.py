@@ -55,6 +55,30 @@ def test_soft_target_rows_weight_the_hard_and_the_soft_part():
         assert torch.allclose(blend, 0.3 * plain + 0.7 * soft_only, atol=1e-5)
 
 
+def test_per_row_hard_weights_give_the_weighted_losss_gradient():
+    """Sample weights (`weight` label fixes): row i's hard label counts w_i, so the gradient is that of
+    mean_i(w_i * ce_i), a weight-0 row teaches nothing, and the value is the mean weight times the loss."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    module = _classifier(1.0)
+    images = torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 1])
+    weights = torch.tensor([1.0, 0.2, 0.0, 0.6])
+    rows = torch.cat([labels[:, None].float(), weights[:, None], torch.zeros(4, 1), torch.zeros(4, 3)], 1)
+    value = module.soft_target_loss(images, rows)
+    value.backward()
+    got = [p.grad.clone() for p in module.parameters() if p.grad is not None]
+    module.zero_grad()
+    expected = (weights * F.cross_entropy(module(images), labels, reduction="none")).mean()
+    expected.backward()
+    want = [p.grad for p in module.parameters() if p.grad is not None]
+    assert len(got) == len(want) > 0
+    assert all(torch.allclose(g, w, atol=1e-6) for g, w in zip(got, want, strict=True))
+    plain = F.cross_entropy(module(images)[weights > 0], labels[weights > 0])
+    assert torch.allclose(value, weights[weights > 0].mean() * 0.75 * plain, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def student(noisy_cv, tmp_path_factory):
     import podium

@@ -95,3 +95,30 @@ def test_soft_target_losses_take_one_hot_targets_like_indices(name):
     loss_fn = create_loss(name, 3, class_counts=[50, 20, 5])
     soft = torch.nn.functional.one_hot(target, 3).float()
     assert loss_fn(logits, soft).item() == pytest.approx(loss_fn(logits, target).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ce", "label_smoothing", "focal"])
+def test_scaled_row_gradients_are_the_per_sample_weighted_loss(name):
+    import torch.nn.functional as F
+
+    from podium.model.losses import scale_row_gradients
+
+    torch.manual_seed(1)
+    classes = torch.tensor([1.0, 2.0, 0.5])
+    loss_fn = create_loss(name, 3, class_weights=classes, label_smoothing=0.1, focal_gamma=2.0)
+    logits = torch.randn(8, 3, requires_grad=True)
+    target = torch.arange(8) % 3
+    w = torch.tensor([1.0, 0.0, 0.5, 2.0, 1.0, 0.25, 1.0, 0.0])
+    loss_fn(scale_row_gradients(logits, w), target).backward()
+    got = logits.grad.clone()
+    logits.grad = None
+    c = classes[target]
+    if name == "focal":
+        ce = F.cross_entropy(logits, target, reduction="none")
+        per_row = c * (1 - torch.exp(-ce)).pow(2.0) * ce
+    else:  # torch's per-row terms, class weights (and their share of label smoothing) included
+        per_row = F.cross_entropy(logits, target, weight=classes, reduction="none",
+                                  label_smoothing=0.1 if name == "label_smoothing" else 0.0)
+    ((w * per_row).sum() / c.sum()).backward()  # the weighted loss, normalised as the unweighted one
+    assert torch.allclose(got, logits.grad, atol=1e-6)
+    assert (got[w == 0] == 0).all() and got[w > 0].abs().sum() > 0

@@ -230,7 +230,8 @@ def with_ids(table: pd.DataFrame) -> pd.DataFrame:
 
 
 #: the audit study's retrained runs and what each does to the flagged labels (None: nothing)
-VARIANT_ACTIONS = {"relabelled": "relabel", "cleaned": "drop", "distilled": None, "cleaned-distilled": "drop"}
+VARIANT_ACTIONS = {"relabelled": "relabel", "cleaned": "drop", "distilled": None, "cleaned-distilled": "drop",
+                   "downweighted": "weight"}
 
 
 def audit_cell(study: Study, dataset: str, seed: int, noise: float, pool: pd.DataFrame, test: Path,
@@ -242,7 +243,8 @@ def audit_cell(study: Study, dataset: str, seed: int, noise: float, pool: pd.Dat
     suggestion), ``cleaned`` (every flagged image dropped), ``distilled`` (the noisy labels kept, each
     training image also taught the audit cv run's out-of-fold probability: `distill.teacher`, alpha
     0.5, so a flipped label is outvoted where the folds disagree with it, without deciding which
-    labels are wrong) and ``cleaned-distilled`` (both). The ``cleaned-cap0.4`` rows (flagged
+    labels are wrong), ``cleaned-distilled`` (both) and ``downweighted`` (every flagged image kept,
+    its label weighted in the loss by how much the folds believe it: `suggested_fixes(action="weight")`). The ``cleaned-cap0.4`` rows (flagged
     images dropped while no class lost more than 40% of its images) ran at commit d685536, whose
     `suggested_fixes(max_class_share=)` was removed after they scored below ``cleaned``."""
     import podium

@@ -73,10 +73,11 @@ def register(sub) -> None:
                    help="how labels are flagged: cleanlab's find_label_issues filter_by (default "
                         "low_normalized_margin; prune_by_noise_rate is cleanlab's own default; an unknown "
                         "name lists them all)")
-    p.add_argument("--suggest", choices=("drop", "relabel"),
-                   help="also write suggested_fixes.csv in the audit folder: every flagged image dropped or its "
-                        "label set to the suggestion (not applied: train with task.label_fixes=... to use it; "
-                        "drop retrained best in benchmarks/data_centric)")
+    p.add_argument("--suggest", choices=("drop", "relabel", "weight"),
+                   help="also write suggested_fixes.csv in the audit folder: every flagged image dropped, its "
+                        "label set to the suggestion, or kept with a training weight = how much the folds believe "
+                        "its label (not applied: train with task.label_fixes=... to use it; see "
+                        "benchmarks/data_centric for how each retrained)")
 
 
 def cmd_distill(args) -> int:

@@ -46,6 +46,8 @@ MIN_GROUPS = 5
 BLANK_GRAY_STD = 2.0       # grey-level spread (of 255) below which an image is near-blank
 FENCE_IQR = 3.0            # feature outliers: kNN distance above Q3 + 3 IQR of the class (Tukey's far out)
 MIN_CLASS_FOR_FEATURES = 8
+#: what `suggested_fixes` can write for every flagged image
+SUGGEST_ACTIONS = ("drop", "relabel", "weight")
 ISSUE_COLUMNS = ["kind", "scope", "id", "attribute", "given", "suggested", "p_given", "p_suggested", "suspicion",
                  "group", "fold", "path", "other_id", "other_path", "detail"]
 
@@ -526,18 +528,25 @@ def _summary(data: AuditData, views: list[View], grouped: list[str], issues: pd.
 def suggested_fixes(issues: pd.DataFrame, kinds: tuple[str, ...] = ("label", "group_label"),
                     action: str = "relabel") -> pd.DataFrame:
     """Label-fix rows (id, attribute, new_value, action) for every issue of ``kinds``: its
-    suggestion (``relabel``) or the image/group left out (``drop``). For notebooks and
-    benchmarks that decide in code what the review page lets a person decide.
+    suggestion (``relabel``), the image/group left out (``drop``), or kept with a training weight
+    (``weight``): how much the folds believe the given label against their suggestion,
+    ``min(1, p_given / p_suggested)``, multiplied over an image's flagged attributes. For
+    notebooks and benchmarks that decide in code what the review page lets a person decide.
 
     Dropping every flagged image is what retrained best on faces_mask3_dev with 15% injected
     noise (benchmarks/data_centric/RESULTS.md): relabelling to the suggestion, and a per-class
     cap that kept a rare class's flagged images beyond a share of the class (tried and removed),
     both scored lower on all three seeds."""
-    if action not in ("relabel", "drop"):
-        raise PodiumError(f"action must be relabel or drop, found {action!r}")
+    if action not in SUGGEST_ACTIONS:
+        raise PodiumError(f"action must be one of {', '.join(SUGGEST_ACTIONS)}, found {action!r}")
     chosen = issues[issues["kind"].isin(kinds)]
     if action == "drop":
         return pd.DataFrame({"id": chosen["id"].drop_duplicates(), "attribute": "", "new_value": "",
                              "action": "drop"}).reset_index(drop=True)
+    if action == "weight":
+        belief = (chosen["p_given"].astype(float) / chosen["p_suggested"].astype(float).clip(lower=1e-12)).clip(upper=1.0)
+        weights = belief.groupby(chosen["id"], sort=False).prod()
+        return pd.DataFrame({"id": weights.index, "attribute": "", "new_value": [f"{w:.4f}" for w in weights],
+                             "action": "weight"}).reset_index(drop=True)
     return pd.DataFrame({"id": chosen["id"], "attribute": chosen["attribute"], "new_value": chosen["suggested"],
                          "action": "relabel"}).drop_duplicates(["id", "attribute"]).reset_index(drop=True)

@@ -19,7 +19,7 @@ from podium.durations import lightning_duration
 from podium.errors import PodiumError
 from podium.evaluation.metrics import create_metrics
 from podium.model.guards import FiniteCheckpoint, NonFiniteGuard
-from podium.model.losses import create_loss
+from podium.model.losses import create_loss, scale_row_gradients
 from podium.model.models import create_model, head_name, split_parameters
 from podium.model.optim import WarmupPlateau, create_optimizer, create_scheduler, end_epoch, step_scheduler
 from podium.rundir import EPOCHS_DIR, METRICS_FILE
@@ -197,8 +197,10 @@ class Classifier(pl.LightningModule):
         """The loss of training rows that carry soft targets (`podium.model.soft_targets`): (N, 3 + C)
         floats = class index, weight of that hard label, weight of the soft target, the target
         distribution. The hard part is the configured loss on the rows that have a hard label (so
-        label smoothing and class weights still apply); the soft part is Hinton's distillation term
-        at `soft_temperature`. Each part is weighted per row and averaged over the batch."""
+        label smoothing and class weights still apply) times the rows' mean weight, each row's
+        gradient scaled by its weight over that mean (`scale_row_gradients`: per-sample weights,
+        `task.label_fixes` rows of action ``weight``); the soft part is Hinton's distillation term at `soft_temperature`.
+        Each part is weighted per row and averaged over the batch."""
         from podium.model.losses import distillation_loss
 
         raw = self._run_model(self._prepare(images))
@@ -206,7 +208,10 @@ class Classifier(pl.LightningModule):
         total = raw.new_zeros((), dtype=torch.float32)
         hard = w_hard > 0
         if hard.any():
-            total = total + w_hard[hard].mean() * hard.float().mean() * self.loss_on_outputs(raw[hard], labels[hard])
+            # the batch's mean weight scales the loss (its value, as logged), each row's share of it its gradient
+            mean = w_hard[hard].mean()
+            weighted = scale_row_gradients(raw[hard], w_hard[hard] / mean)
+            total = total + mean * hard.float().mean() * self.loss_on_outputs(weighted, labels[hard])
         soft = w_soft > 0
         if soft.any():
             log_probs = self.composite_log_probs(raw[soft]) if self.heads else raw[soft].float().log_softmax(1)

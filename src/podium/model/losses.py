@@ -97,6 +97,32 @@ def distillation_loss(student_log_probs: torch.Tensor, target_probs: torch.Tenso
     return (t * t) * (target.exp() * (target - student)).sum(1)
 
 
+class _ScaleRowGradients(torch.autograd.Function):
+    """Identity forward; backward multiplies row i's gradient by ``weights[i]``."""
+
+    @staticmethod
+    def forward(ctx, outputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(weights)
+        return outputs.view_as(outputs)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (weights,) = ctx.saved_tensors
+        return grad * weights.to(grad.dtype).view(-1, *([1] * (grad.ndim - 1))), None
+
+
+def scale_row_gradients(outputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``outputs`` unchanged, with each row's gradient scaled by its per-sample weight.
+
+    Every loss here but ``f1`` is a (class-weighted) mean of per-row terms, and a row's term
+    depends on that row's outputs only, so the loss of the scaled outputs has exactly the
+    gradient of the per-sample weighted loss ``sum_i w_i * c_i * l_i / sum_i c_i`` (``c``:
+    class weights). That holds for every loss, head layout and ordinal head without each
+    one learning a ``reduction`` argument; ``f1`` (a batch statistic) gets each row's share of
+    its gradient scaled. The loss's value, as logged, stays the unweighted one."""
+    return _ScaleRowGradients.apply(outputs, weights.detach())
+
+
 def class_priors(counts: Sequence[int] | None) -> torch.Tensor | None:
     """Training-set class frequencies (absent classes get a tiny prior, never log(0))."""
     if counts is None:

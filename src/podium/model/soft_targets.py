@@ -8,6 +8,10 @@ pseudo-labelled images (`data.pseudo_labels`), in the form the loss reads them
   ``distill.alpha``, and keeps its true label, weighted ``1 - alpha``. Images of
   ``distill.unlabeled`` join with the teacher's prediction (folds averaged) as their
   only target.
+* Sample weights: training images that a ``weight`` label fix names
+  (`podium.tasks.fixes`, e.g. from `podium audit --suggest weight`) weight their hard
+  label by it: a probably-wrong label counts less without the image leaving the data.
+  Only the hard label is weighted; a teacher's soft target of the same image is not.
 * Pseudo-labels: the images of the ``data.pseudo_labels`` table join the training part
   only, never validation; one whose group is in the validation part is left out (its
   group would otherwise straddle the split). A table with a ``fold`` column gives each cv
@@ -51,7 +55,8 @@ class SoftTargets:
 def attach_soft_targets(cfg: PodiumConfig, prepared: PreparedData, log=print) -> PreparedData:
     """``prepared`` with pseudo-labelled / teacher-labelled images added to its training part and
     ``prepared.soft`` set; unchanged when the config asks for neither."""
-    if not (cfg.distill.teacher or cfg.data.pseudo_labels):
+    weights = sample_weights(prepared.train)
+    if not (cfg.distill.teacher or cfg.data.pseudo_labels or weights is not None):
         return prepared
     classes = prepared.classes
     train = prepared.train.copy()
@@ -68,6 +73,8 @@ def attach_soft_targets(cfg: PodiumConfig, prepared: PreparedData, log=print) ->
             frame, probs = teacher_predictions(teacher, cfg, classes, log)
             frames.append(frame)
             parts.append(SoftTargets(probs, np.zeros(len(frame), np.float32), np.ones(len(frame), np.float32)))
+    if weights is not None:
+        parts[0].hard *= weights
     if cfg.data.pseudo_labels:
         frame, part = pseudo_rows(cfg, prepared, log)
         frames.append(frame)
@@ -78,6 +85,17 @@ def attach_soft_targets(cfg: PodiumConfig, prepared: PreparedData, log=print) ->
     return prepared
 
 
+def sample_weights(train: pd.DataFrame) -> np.ndarray | None:
+    """(N,) float32 training weights of the labelled rows (the ``weight`` label fixes), or None
+    when no row's weight differs from 1 (nothing to weight: the run trains as without them)."""
+    from podium.tasks.fixes import SAMPLE_WEIGHT
+
+    if SAMPLE_WEIGHT not in train:
+        return None
+    weights = pd.to_numeric(train[SAMPLE_WEIGHT], errors="coerce").fillna(1.0).to_numpy(np.float32)
+    return weights if (weights != 1.0).any() else None
+
+
 def _temperature(cfg: PodiumConfig) -> float:
     return float(cfg.distill.temperature) if cfg.distill.teacher else 1.0
 
@@ -86,6 +104,10 @@ def _record(cfg: PodiumConfig, train: pd.DataFrame) -> dict:
     """What summary.json says about the soft targets: the teacher and how many rows of each origin."""
     origin = train["origin"].fillna("").astype(str) if "origin" in train else pd.Series([""] * len(train))
     record: dict = {}
+    weights = sample_weights(train[origin == ""])
+    if weights is not None:
+        record["sample_weights"] = {"path": cfg.task.label_fixes, "weighted_rows": int((weights != 1.0).sum()),
+                                    "zero_rows": int((weights == 0).sum()), "mean": round(float(weights.mean()), 4)}
     if cfg.distill.teacher:
         record["teacher"] = {"path": cfg.distill.teacher, "alpha": cfg.distill.alpha,
                              "temperature": cfg.distill.temperature, "labelled_rows": int((origin == "").sum()),

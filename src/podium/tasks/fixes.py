@@ -2,8 +2,12 @@
 
 A fixes CSV has the columns ``id, attribute, new_value`` and an optional
 ``action`` column (`ACTIONS`): ``relabel`` (the default when empty or absent),
-``drop`` (leave the image out) or ``keep`` (a label checked and confirmed; it
-changes nothing and is counted). `podium audit`'s review page writes this file.
+``drop`` (leave the image out), ``keep`` (a label checked and confirmed; it
+changes nothing and is counted) or ``weight`` (keep the image and label, but let it
+count ``new_value`` times as much in the training loss: a number >= 0, e.g. 0.2 for
+a label that is probably wrong; 1 is the default of every image). Weights land in
+the ``sample_weight`` column, which training reads (`SAMPLE_WEIGHT`); validation
+scores every image as labelled. `podium audit`'s review page writes this file.
 
 ``id`` is an image id (the ``id`` column: one photo) or a group id (the
 ``group`` column, e.g. a person: every photo of that person). ``attribute`` is
@@ -34,7 +38,9 @@ from podium.tasks.attributes import MASK_TASK, AttributeTask, bin_values
 
 FIX_COLUMNS = ("id", "attribute", "new_value")
 ACTION_COLUMN = "action"
-ACTIONS = ("relabel", "drop", "keep")
+ACTIONS = ("relabel", "drop", "keep", "weight")
+#: the column that `weight` rows set (1.0 where no row names the image)
+SAMPLE_WEIGHT = "sample_weight"
 #: the attribute name meaning the whole class (plain tasks) or a whole composite name
 LABEL = "label"
 
@@ -47,6 +53,7 @@ class FixOutcome:
     changed: int = 0    # images whose label changed
     dropped: int = 0    # images left out
     kept: int = 0       # images confirmed as labelled (`keep` rows)
+    weighted: int = 0   # images whose training weight is not 1 (`weight` rows)
     elsewhere: int = 0  # rows naming images of other data (validation, another source)
 
     def describe(self) -> str:
@@ -55,6 +62,8 @@ class FixOutcome:
             parts.append(f"{self.dropped} image(s) dropped")
         if self.kept:
             parts.append(f"{self.kept} image(s) kept as labelled")
+        if self.weighted:
+            parts.append(f"{self.weighted} image(s) weighted in the training loss")
         if self.elsewhere:
             parts.append(f"{self.elsewhere} row(s) skipped: they name images that are not in this data "
                          "(another source of the run, or its training images when evaluating)")
@@ -67,7 +76,7 @@ class _Fix:
     ident: str
     action: str
     attribute: str
-    value: tuple[str, Any] | None  # ("class", index) / ("number", value) / ("name", class name)
+    value: tuple[str, Any] | None  # ("class", index) / ("number", value) / ("name", class name) / ("weight", w)
 
 
 def read_label_fixes(path: str | Path) -> pd.DataFrame:
@@ -135,11 +144,16 @@ def _parse_rows(fixes: pd.DataFrame, task: AttributeTask | None, classes: list[s
                 if isinstance(value, str):
                     row_problems.append(value)
                     value = None
-        attr = attr if action != "drop" else ""
+        elif action == "weight":
+            value = _parse_weight(raw)
+            if isinstance(value, str):
+                row_problems.append(value)
+                value = None
+        attr = attr if action not in ("drop", "weight") else ""
         clash = _conflict(earlier.get(ident, []), action, attr, raw)
         if clash:
             row_problems.append(f"{ident} {' '.join(filter(None, (attr, action, raw)))} conflicts with {clash}")
-        earlier.setdefault(ident, []).append((line, action, attr, raw if action == "relabel" else ""))
+        earlier.setdefault(ident, []).append((line, action, attr, raw if action in ("relabel", "weight") else ""))
         if row_problems:
             problems.append(f"line {line}: " + "; ".join(row_problems))
         else:
@@ -149,11 +163,15 @@ def _parse_rows(fixes: pd.DataFrame, task: AttributeTask | None, classes: list[s
 
 def _conflict(rows: list[tuple[int, str, str, str]], action: str, attr: str, raw: str) -> str | None:
     """The earlier row of the same id this one contradicts: a drop against anything but a drop;
-    a relabel or keep of the same attribute, or of the whole image (no attribute, or `label`),
-    that means something else."""
+    two different weights; a relabel or keep of the same attribute, or of the whole image (no
+    attribute, or `label`), that means something else. A weight goes with a relabel or keep."""
     for line, e_action, e_attr, e_raw in rows:
         if "drop" in (action, e_action):
             same = action == e_action
+        elif "weight" in (action, e_action):
+            if action != e_action:
+                continue
+            same = _parse_weight(raw) == _parse_weight(e_raw)
         elif attr == e_attr or not attr or not e_attr or LABEL in (attr, e_attr):
             same = (action, raw if action == "relabel" else "") == (e_action, e_raw)
         else:
@@ -161,6 +179,17 @@ def _conflict(rows: list[tuple[int, str, str, str]], action: str, attr: str, raw
         if not same:
             return f"line {line} ({' '.join(filter(None, (e_attr, e_action, e_raw)))})"
     return None
+
+
+def _parse_weight(raw: str) -> tuple[str, float] | str:
+    """("weight", w) for a finite number >= 0; a string is the reason it is invalid."""
+    try:
+        weight = float(raw)
+    except ValueError:
+        weight = math.nan
+    if math.isfinite(weight) and weight >= 0:
+        return ("weight", weight)
+    return f"weight {raw!r} is not a number >= 0 (the image's share of the training loss; 1 = as every image)"
 
 
 def _check_attribute(task: AttributeTask | None, attr: str, action: str) -> str | None:
@@ -242,11 +271,18 @@ def _apply(df: pd.DataFrame, parsed: list[_Fix], task: AttributeTask | None) -> 
             drop |= _rows(out, fix).to_numpy()
         elif fix.action == "keep":
             kept |= _rows(out, fix).to_numpy()
+        elif fix.action == "weight":
+            assert fix.value is not None
+            if SAMPLE_WEIGHT not in out:
+                out[SAMPLE_WEIGHT] = 1.0
+            out.loc[_rows(out, fix), SAMPLE_WEIGHT] = float(fix.value[1])
     if task is not None:
         out = task.with_labels(out)
     changed = int(((_codes(out, task) != before) & ~drop).sum())
+    weighted = int(((out[SAMPLE_WEIGHT] != 1.0) & ~drop).sum()) if SAMPLE_WEIGHT in out else 0
     return FixOutcome(out.loc[~drop].reset_index(drop=True), changed=changed, dropped=int(drop.sum()),
-                      kept=int((kept & ~drop).sum()), elsewhere=sum(f.scope == "elsewhere" for f in parsed))
+                      kept=int((kept & ~drop).sum()), weighted=weighted,
+                      elsewhere=sum(f.scope == "elsewhere" for f in parsed))
 
 
 def _rows(out: pd.DataFrame, fix: _Fix) -> pd.Series:
