@@ -255,7 +255,10 @@ def test_review_page_choices_round_trip_into_label_fixes(tmp_path):
         undecided = wait_for(tools, session, "document.getElementById('csv').value")
         assert undecided.splitlines()[1:] == ["img_077.png,mask,off,relabel", "img_100.png,age,old,relabel"]
         _choose(tools, session, "p03", "relabel:" + _suggested(audit, "p03"))  # the person's gender
-        _choose(tools, session, "img_040.png", "keep")                        # a mask label checked: right
+        weight = wait_for(tools, session, "[...document.querySelector('select[data-id=\"img_040.png\"]').options]"
+                                          ".map(o => o.value).find(v => v.startsWith('weight:'))")
+        _choose(tools, session, "img_040.png", weight)                        # doubtful: counted less
+        _choose(tools, session, "p07", "keep")                                # the group's ages checked: right
         _choose(tools, session, "img_077.png", "drop")                        # replaces the earlier mask fix
         tools.send("Runtime.evaluate", {"expression": "document.getElementById('export').click()"}, session)
         deadline = time.monotonic() + 30
@@ -268,7 +271,9 @@ def test_review_page_choices_round_trip_into_label_fixes(tmp_path):
     exported = pd.read_csv(downloads / "label_fixes.csv", dtype=str, keep_default_na=False)
     assert sorted(exported.values.tolist()) == sorted([
         ["img_100.png", "age", "old", "relabel"], ["p03", "gender", _suggested(audit, "p03"), "relabel"],
-        ["img_040.png", "mask", "", "keep"], ["img_077.png", "", "", "drop"]])
+        ["img_040.png", "", weight.partition(":")[2], "weight"], ["p07", "age", "", "keep"],
+        ["img_077.png", "", "", "drop"]])
+    assert float(weight.partition(":")[2]) == pytest.approx(_belief(audit, "img_040.png"), rel=0.05)
     # the next run reads them through task.label_fixes: p03 relabelled, img_077 left out
     from podium.data.samples import load_pool
 
@@ -284,6 +289,13 @@ def test_review_page_choices_round_trip_into_label_fixes(tmp_path):
     assert "img_077.png" not in set(frame["id"]) and len(frame) == 119
     assert set(frame.loc[frame["group"] == "p03", "gender"]) == {_suggested(audit, "p03")}
     assert frame.set_index("id").loc["img_100.png", "age"] == "old"
+    weights = frame.set_index("id")["sample_weight"]
+    assert weights["img_040.png"] == float(weight.partition(":")[2]) and (weights.drop("img_040.png") == 1).all()
+
+
+def _belief(audit, ident: str) -> float:
+    row = audit.issues[audit.issues["id"] == ident].iloc[0]
+    return min(1.0, float(row["p_given"]) / float(row["p_suggested"]))
 
 
 def _suggested(audit, ident: str) -> str:

@@ -166,3 +166,20 @@ def test_bad_teachers_get_one_message(noisy_cv, tmp_path):
     with pytest.raises(PodiumError, match="carry labels of another class set: column 'label' has zebra"):
         podium.distill(teacher, unlabeled=pool, overrides=["train.epochs=1"], log=lambda *a: None)
     assert not list((teacher.parent).glob("*-distilled*"))  # nothing trained, nothing left behind
+
+
+def test_weight_fixes_refuse_mixup_in_one_message(tmp_path):
+    from podium.data.samples import PreparedData
+    from podium.model.soft_targets import attach_soft_targets
+    from podium.schema import load_config
+
+    train = pd.DataFrame({"id": ["a.png", "b.png"], "path": ["a.png", "b.png"], "label": ["x", "y"],
+                          "sample_weight": [1.0, 0.3]})
+    prepared = PreparedData(train, train.iloc[:0], ["x", "y"])
+    cfg = load_config(None, ["train.mixup_alpha=0.2", f"task.label_fixes={tmp_path / 'fixes.csv'}"])
+    with pytest.raises(PodiumError, match="weights 1 training image.*set train.mixup_alpha and train.cutmix_alpha to 0"):
+        attach_soft_targets(cfg, prepared, log=lambda *a: None)
+    plain = load_config(None, [f"task.label_fixes={tmp_path / 'fixes.csv'}"])
+    soft = attach_soft_targets(plain, PreparedData(train, train.iloc[:0], ["x", "y"]), log=lambda *a: None).soft
+    assert soft.hard.tolist() == pytest.approx([1.0, 0.3]) and soft.soft.tolist() == [0.0, 0.0]
+    assert soft.record["sample_weights"]["weighted_rows"] == 1

@@ -525,6 +525,14 @@ def _summary(data: AuditData, views: list[View], grouped: list[str], issues: pd.
     }
 
 
+def label_belief(p_given, p_suggested):
+    """How much the folds believe a flagged label against their suggestion, ``min(1, p_given /
+    p_suggested)``: the training weight of `suggested_fixes(action="weight")` and of the review
+    page's weight choice (nan where either probability is unknown)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.minimum(1.0, np.asarray(p_given, float) / np.maximum(np.asarray(p_suggested, float), 1e-12))
+
+
 def suggested_fixes(issues: pd.DataFrame, kinds: tuple[str, ...] = ("label", "group_label"),
                     action: str = "relabel") -> pd.DataFrame:
     """Label-fix rows (id, attribute, new_value, action) for every issue of ``kinds``: its
@@ -544,8 +552,8 @@ def suggested_fixes(issues: pd.DataFrame, kinds: tuple[str, ...] = ("label", "gr
         return pd.DataFrame({"id": chosen["id"].drop_duplicates(), "attribute": "", "new_value": "",
                              "action": "drop"}).reset_index(drop=True)
     if action == "weight":
-        belief = (chosen["p_given"].astype(float) / chosen["p_suggested"].astype(float).clip(lower=1e-12)).clip(upper=1.0)
-        weights = belief.groupby(chosen["id"], sort=False).prod()
+        belief = pd.Series(label_belief(chosen["p_given"].to_numpy(float), chosen["p_suggested"].to_numpy(float)))
+        weights = belief.groupby(chosen["id"].to_numpy(), sort=False).prod()
         return pd.DataFrame({"id": weights.index, "attribute": "", "new_value": [f"{w:.4f}" for w in weights],
                              "action": "weight"}).reset_index(drop=True)
     return pd.DataFrame({"id": chosen["id"], "attribute": chosen["attribute"], "new_value": chosen["suggested"],

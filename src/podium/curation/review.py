@@ -1,5 +1,5 @@
 """The audit's offline review page: one card per issue, thumbnails, given vs suggested label and
-confidence, and a keep / relabel / drop choice per image or group.
+confidence, and a keep / weight / relabel / drop choice per image or group.
 
 Nothing is decided for the reader: every choice starts undecided, and only the
 choices made are exported, as a ``label_fixes.csv`` for `task.label_fixes`
@@ -11,6 +11,7 @@ page's only script inline: it opens from disk with no network.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,12 +65,13 @@ SCRIPT = r"""
   function decision(s) {
     const i = s.value.indexOf(':');
     const action = i < 0 ? s.value : s.value.slice(0, i);
-    return {id: s.dataset.id, attribute: action === 'drop' ? '' : s.dataset.attribute,
-            new_value: action === 'relabel' ? s.value.slice(i + 1) : '', action: action};
+    return {id: s.dataset.id, attribute: action === 'drop' || action === 'weight' ? '' : s.dataset.attribute,
+            new_value: action === 'relabel' || action === 'weight' ? s.value.slice(i + 1) : '', action: action};
   }
   function clash(a, b) {
     if (a.id !== b.id) { return false; }
     if (a.action === 'drop' || b.action === 'drop') { return true; }
+    if (a.action === 'weight' || b.action === 'weight') { return a.action === b.action; }
     return a.attribute === b.attribute || !a.attribute || !b.attribute || a.attribute === 'label' ||
            b.attribute === 'label';
   }
@@ -93,14 +95,14 @@ SCRIPT = r"""
   }
   function refresh() {
     const result = rows();
-    const counts = {keep: 0, relabel: 0, drop: 0};
+    const counts = {keep: 0, weight: 0, relabel: 0, drop: 0};
     selects.forEach(s => {
       s.closest('.card').classList.toggle('decided', selects.some(o => o.value && o.closest('.card') === s.closest('.card')));
       if (s.value) { counts[decision(s).action] += 1; }
     });
     document.getElementById('csv').value = csv(result.rows);
     document.getElementById('status').textContent =
-      `${counts.keep} keep, ${counts.relabel} relabel, ${counts.drop} drop chosen; ${result.rows.length} row(s) to export` +
+      `${counts.keep} keep, ${counts.weight} weight, ${counts.relabel} relabel, ${counts.drop} drop chosen; ${result.rows.length} row(s) to export` +
       (info.baseline.length ? ` (${info.baseline.length} from ${info.fixes_file}, a new choice replacing the same image's row)` : '') +
       (result.replaced.length ? `; later choices replaced earlier ones for: ${[...new Set(result.replaced)].join(', ')}` : '');
     save();
@@ -173,6 +175,7 @@ def _intro(sec: Section, data: AuditData, summary: dict, fixes_file: str | None,
     if data.kind == "run":
         sec.warning("This audit saw only the run's validation images; the training images were not judged.")
     sec.text("Each card says what looks wrong and what the models suggest. Choose keep (the label is right), "
+             "weight (keep the label but let it count less in training, as much as the folds believe it), "
              "relabel, or drop (leave the image or group out) where you are sure; leave the rest undecided. "
              "Export writes label_fixes.csv with exactly the choices made; train the next run with "
              "task.label_fixes=label_fixes.csv. Nothing changes before that, and choices stay in this browser "
@@ -198,7 +201,8 @@ def _card(row, classes: dict[str, list[str]], key: int) -> tuple[str, int]:
         body.append(f'<div class="labels">{esc(row.attribute)}: <span class="given">{esc(row.given)}</span> &rarr; '
                     f'<span class="suggested">{esc(row.suggested)}</span> (p {float(row.p_suggested):.2f})</div>')
     attribute = str(row.attribute) if isinstance(row.attribute, str) and row.attribute else LABEL
-    select, key = _select(row.id, attribute, classes.get(attribute, []), str(row.given), str(row.suggested or ""), key)
+    select, key = _select(row.id, attribute, classes.get(attribute, []), str(row.given), str(row.suggested or ""), key,
+                          weight=_belief(row) if row.kind in ("label", "group_label") else None)
     controls = [select]
     if row.kind == "duplicate" and isinstance(row.other_id, str):
         thumbs += f'<img src="{_thumb(row.other_path)}" alt="{esc(Path(row.other_path).name)}" title="{esc(row.other_path)}">'
@@ -209,11 +213,23 @@ def _card(row, classes: dict[str, list[str]], key: int) -> tuple[str, int]:
     return f'<div class="card kind-{esc(row.kind)}"><div class="thumbs">{thumbs}</div>{"".join(body)}{"".join(controls)}</div>', key
 
 
+def _belief(row) -> float | None:
+    """The training weight the card offers (`label_belief`, what `podium audit --suggest weight`
+    writes), None where the card has no probabilities."""
+    from podium.curation.audit import label_belief
+
+    weight = float(label_belief(float(row.p_given), float(row.p_suggested)))
+    return weight if math.isfinite(weight) else None
+
+
 def _select(ident: str, attribute: str, options: list[str], given: str, suggested: str, key: int,
-            prefix: str = "") -> tuple[str, int]:
-    """An undecided choice: keep / relabel to another class (the suggestion first) / drop."""
+            prefix: str = "", weight: float | None = None) -> tuple[str, int]:
+    """An undecided choice: keep / keep with a training ``weight`` / relabel to another class (the
+    suggestion first) / drop."""
     order = ([suggested] if suggested in options else []) + [c for c in options if c not in (suggested, given)]
     choices = [("", f"{prefix}undecided"), ("keep", f"{prefix}keep as labelled")]
+    if weight is not None:
+        choices.append((f"weight:{weight:.2g}", f"{prefix}keep, counted {weight:.2g}x in training"))
     choices += [(f"relabel:{c}", f"{prefix}relabel {attribute} to {c}") for c in order]
     choices.append(("drop", f"{prefix}drop (leave out)"))
     assert {c.partition(":")[0] for c, _ in choices if c} <= set(ACTIONS)

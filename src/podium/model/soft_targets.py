@@ -58,6 +58,8 @@ def attach_soft_targets(cfg: PodiumConfig, prepared: PreparedData, log=print) ->
     weights = sample_weights(prepared.train)
     if not (cfg.distill.teacher or cfg.data.pseudo_labels or weights is not None):
         return prepared
+    if weights is not None:
+        check_weights_trainable(cfg, int((weights != 1.0).sum()))
     classes = prepared.classes
     train = prepared.train.copy()
     train["origin"] = train.get("origin", "")
@@ -94,6 +96,17 @@ def sample_weights(train: pd.DataFrame) -> np.ndarray | None:
         return None
     weights = pd.to_numeric(train[SAMPLE_WEIGHT], errors="coerce").fillna(1.0).to_numpy(np.float32)
     return weights if (weights != 1.0).any() else None
+
+
+def check_weights_trainable(cfg: PodiumConfig, n: int) -> None:
+    """Per-sample weights travel as soft-target rows: refuse what those rows cannot carry."""
+    where = f"task.label_fixes {cfg.task.label_fixes} weights {n} training image(s) (its `weight` rows)"
+    if cfg.train.mixup_alpha > 0 or cfg.train.cutmix_alpha > 0:
+        raise PodiumError(f"{where}, and weighted rows are not mixed by MixUp/CutMix: set train.mixup_alpha and "
+                          "train.cutmix_alpha to 0, or remove the weight rows")
+    if cfg.task.ordinal:
+        raise PodiumError(f"{where}, which ordinal heads (task.ordinal) cannot take: they learn exact values. "
+                          "Remove task.ordinal or the weight rows")
 
 
 def _temperature(cfg: PodiumConfig) -> float:
