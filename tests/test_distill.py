@@ -177,9 +177,19 @@ def test_weight_fixes_refuse_mixup_in_one_message(tmp_path):
                           "sample_weight": [1.0, 0.3]})
     prepared = PreparedData(train, train.iloc[:0], ["x", "y"])
     cfg = load_config(None, ["train.mixup_alpha=0.2", f"task.label_fixes={tmp_path / 'fixes.csv'}"])
-    with pytest.raises(PodiumError, match="weights 1 training image.*set train.mixup_alpha and train.cutmix_alpha to 0"):
+    with pytest.raises(PodiumError, match="1 training image.*sample weight other than 1.*set train.mixup_alpha and train.cutmix_alpha to 0"):
         attach_soft_targets(cfg, prepared, log=lambda *a: None)
     plain = load_config(None, [f"task.label_fixes={tmp_path / 'fixes.csv'}"])
     soft = attach_soft_targets(plain, PreparedData(train, train.iloc[:0], ["x", "y"]), log=lambda *a: None).soft
     assert soft.hard.tolist() == pytest.approx([1.0, 0.3]) and soft.soft.tolist() == [0.0, 0.0]
     assert soft.record["sample_weights"]["weighted_rows"] == 1
+
+
+def test_a_data_csvs_sample_weight_column_is_checked_and_used():
+    from podium.model.soft_targets import sample_weights
+
+    frame = pd.DataFrame({"id": ["a", "b", "c", "d"], "sample_weight": [1.0, 0.25, None, 2.0]})
+    assert sample_weights(frame).tolist() == [1.0, 0.25, 1.0, 2.0]  # empty = 1
+    assert sample_weights(frame.assign(sample_weight=1)) is None     # nothing to weight
+    with pytest.raises(PodiumError, match=r"2 image\(s\) have a sample_weight that is not a number >= 0: b \('x'\), d \(-1"):
+        sample_weights(frame.assign(sample_weight=[1, "x", "", -1]))

@@ -9,8 +9,8 @@ pseudo-labelled images (`data.pseudo_labels`), in the form the loss reads them
   ``distill.unlabeled`` join with the teacher's prediction (folds averaged) as their
   only target.
 * Sample weights: training images that a ``weight`` label fix names
-  (`podium.tasks.fixes`, e.g. from `podium audit --suggest weight`) weight their hard
-  label by it: a probably-wrong label counts less without the image leaving the data.
+  (`podium.tasks.fixes`, e.g. from `podium audit --suggest weight`), or whose data CSV has
+  a ``sample_weight`` column, weight their hard label by it: a probably-wrong label counts less without the image leaving the data.
   Only the hard label is weighted; a teacher's soft target of the same image is not.
 * Pseudo-labels: the images of the ``data.pseudo_labels`` table join the training part
   only, never validation; one whose group is in the validation part is left out (its
@@ -94,19 +94,33 @@ def sample_weights(train: pd.DataFrame) -> np.ndarray | None:
 
     if SAMPLE_WEIGHT not in train:
         return None
-    weights = pd.to_numeric(train[SAMPLE_WEIGHT], errors="coerce").fillna(1.0).to_numpy(np.float32)
+    raw = train[SAMPLE_WEIGHT]
+    numbers = pd.to_numeric(raw, errors="coerce")
+    bad = (numbers.isna() & raw.notna() & (raw.astype(str).str.strip() != "")) | ~np.isfinite(numbers.fillna(1.0)) \
+        | (numbers < 0)
+    if bad.any():
+        shown = ", ".join(f"{i} ({v!r})" for i, v in zip(train.loc[bad, "id"].head(5), raw[bad].head(5), strict=True))
+        raise PodiumError(f"{int(bad.sum())} image(s) have a sample_weight that is not a number >= 0: {shown}. "
+                          "Give each image's weight in the training loss (1 = as every image; empty = 1)")
+    weights = numbers.fillna(1.0).to_numpy(np.float32)
     return weights if (weights != 1.0).any() else None
 
 
 def check_weights_trainable(cfg: PodiumConfig, n: int) -> None:
     """Per-sample weights travel as soft-target rows: refuse what those rows cannot carry."""
-    where = f"task.label_fixes {cfg.task.label_fixes} weights {n} training image(s) (its `weight` rows)"
+    where = (f"{n} training image(s) have a sample weight other than 1 (from {weight_source(cfg)})")
     if cfg.train.mixup_alpha > 0 or cfg.train.cutmix_alpha > 0:
         raise PodiumError(f"{where}, and weighted rows are not mixed by MixUp/CutMix: set train.mixup_alpha and "
-                          "train.cutmix_alpha to 0, or remove the weight rows")
+                          "train.cutmix_alpha to 0, or remove the weights")
     if cfg.task.ordinal:
         raise PodiumError(f"{where}, which ordinal heads (task.ordinal) cannot take: they learn exact values. "
-                          "Remove task.ordinal or the weight rows")
+                          "Remove task.ordinal or the weights")
+
+
+def weight_source(cfg: PodiumConfig) -> str:
+    """Where a run's sample weights come from, as the messages and summary.json say it."""
+    fixes = f"the weight rows of task.label_fixes {cfg.task.label_fixes}" if cfg.task.label_fixes else ""
+    return " or ".join(filter(None, [fixes, "the data's sample_weight column"]))
 
 
 def _temperature(cfg: PodiumConfig) -> float:
@@ -119,7 +133,7 @@ def _record(cfg: PodiumConfig, train: pd.DataFrame) -> dict:
     record: dict = {}
     weights = sample_weights(train[origin == ""])
     if weights is not None:
-        record["sample_weights"] = {"path": cfg.task.label_fixes, "weighted_rows": int((weights != 1.0).sum()),
+        record["sample_weights"] = {"source": weight_source(cfg), "weighted_rows": int((weights != 1.0).sum()),
                                     "zero_rows": int((weights == 0).sum()), "mean": round(float(weights.mean()), 4)}
     if cfg.distill.teacher:
         record["teacher"] = {"path": cfg.distill.teacher, "alpha": cfg.distill.alpha,
