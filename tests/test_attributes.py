@@ -220,17 +220,22 @@ def test_label_fixes_weight_images_and_groups(tmp_path):
     fixes.write_text(
         "id,attribute,new_value,action\n"
         "000002,,0.5,weight\n"                                       # a whole person at half weight
-        "000002_male_Asian_25/mask1.jpg,,0.1,weight\n"                # one of its images: the image wins
+        "000002_male_Asian_25/mask1.jpg,,0.1,weight\n"                # one of its images: the weights multiply
         "000001_female_Asian_45/normal.jpg,gender,male,\n"            # relabelled and weighted: both apply
         "000001_female_Asian_45/normal.jpg,,0,weight\n"
     )
     outcome = apply_label_fixes(_samples(), fixes, MASK_TASK)
     weights = outcome.frame.set_index("id")["sample_weight"]
-    assert weights["000002_male_Asian_25/mask1.jpg"] == 0.1 and weights["000002_male_Asian_25/normal.jpg"] == 0.5
+    assert weights["000002_male_Asian_25/mask1.jpg"] == pytest.approx(0.05)
+    assert weights["000002_male_Asian_25/normal.jpg"] == 0.5
     assert weights["000001_female_Asian_45/normal.jpg"] == 0.0 and weights["000001_female_Asian_45/mask1.jpg"] == 1.0
     assert outcome.frame.set_index("id").loc["000001_female_Asian_45/normal.jpg", "gender"] == "male"
     assert (outcome.changed, outcome.weighted) == (1, 4)
-    assert "4 image(s) weighted in the training loss" in outcome.describe()
+    assert "4 image(s) with a training weight other than 1" in outcome.describe()
+    own = _samples().assign(sample_weight=["1", "", "0.5", "1", "1", "2"])  # a data CSV's column: read as text
+    fixes.write_text("id,attribute,new_value,action\n000001_female_Asian_45/normal.jpg,,0.5,weight\n")
+    both = apply_label_fixes(own, fixes, MASK_TASK)
+    assert both.frame["sample_weight"].tolist() == [1.0, 1.0, 0.25, 1.0, 1.0, 2.0] and both.weighted == 2
     assert "sample_weight" not in apply_label_fixes(_samples(), _one_relabel(tmp_path), MASK_TASK).frame
     fixes.write_text("id,attribute,new_value,action\n000002,,-1,weight\n000001,,heavy,weight\n"
                      "000001,,0.5,weight\n000002,,,drop\n")

@@ -352,3 +352,5 @@ def test_suggested_weights_train_a_run_that_counts_flagged_labels_less(noisy_cv,
     assert (soft.drop(index=weighted.index)["hard"] == 1).all() and (soft["soft"] == 0).all()
     record = run.summary["soft_targets"]["sample_weights"]
     assert record["weighted_rows"] == int((weighted != 1).sum()) and str(out / "suggested_fixes.csv") in record["source"]
+    resumed = podium.train(resume=run.dir, epochs=2, log=lambda *a: None)  # the weights come back with the run
+    assert resumed.summary["soft_targets"]["sample_weights"] == record

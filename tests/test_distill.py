@@ -77,6 +77,10 @@ def test_per_row_hard_weights_give_the_weighted_losss_gradient():
     assert all(torch.allclose(g, w, atol=1e-6) for g, w in zip(got, want, strict=True))
     plain = F.cross_entropy(module(images)[weights > 0], labels[weights > 0])
     assert torch.allclose(value, weights[weights > 0].mean() * 0.75 * plain, atol=1e-5)
+    module.zero_grad()
+    nothing = module.soft_target_loss(images, rows * torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0, 1.0]))
+    nothing.backward()  # every weight 0: a zero loss that still steps (DDP ranks stay in step)
+    assert nothing.item() == 0 and all((p.grad == 0).all() for p in module.parameters() if p.grad is not None)
 
 
 @pytest.fixture(scope="module")

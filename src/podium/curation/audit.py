@@ -538,7 +538,8 @@ def suggested_fixes(issues: pd.DataFrame, kinds: tuple[str, ...] = ("label", "gr
     """Label-fix rows (id, attribute, new_value, action) for every issue of ``kinds``: its
     suggestion (``relabel``), the image/group left out (``drop``), or kept with a training weight
     (``weight``): how much the folds believe the given label against their suggestion,
-    ``min(1, p_given / p_suggested)``, multiplied over an image's flagged attributes. For
+    ``min(1, p_given / p_suggested)``, multiplied over an id's flagged attributes (a group's
+    weight and its image's multiply when the fixes are applied). For
     notebooks and benchmarks that decide in code what the review page lets a person decide.
 
     Dropping every flagged image is what retrained best on faces_mask3_dev with 15% injected
@@ -551,10 +552,11 @@ def suggested_fixes(issues: pd.DataFrame, kinds: tuple[str, ...] = ("label", "gr
     if action == "drop":
         return pd.DataFrame({"id": chosen["id"].drop_duplicates(), "attribute": "", "new_value": "",
                              "action": "drop"}).reset_index(drop=True)
-    if action == "weight":
+    if action == "weight":  # one row per image or group id; `task.label_fixes` multiplies a group's and an image's
         belief = pd.Series(label_belief(chosen["p_given"].to_numpy(float), chosen["p_suggested"].to_numpy(float)))
-        weights = belief.groupby(chosen["id"].to_numpy(), sort=False).prod()
-        return pd.DataFrame({"id": weights.index, "attribute": "", "new_value": [f"{w:.4f}" for w in weights],
+        known = belief.notna().to_numpy()
+        weights = belief[known].groupby(chosen["id"].to_numpy()[known], sort=False).prod()
+        return pd.DataFrame({"id": weights.index, "attribute": "", "new_value": [f"{w:.4g}" for w in weights],
                              "action": "weight"}).reset_index(drop=True)
     return pd.DataFrame({"id": chosen["id"], "attribute": chosen["attribute"], "new_value": chosen["suggested"],
                          "action": "relabel"}).drop_duplicates(["id", "attribute"]).reset_index(drop=True)

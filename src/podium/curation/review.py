@@ -80,6 +80,9 @@ SCRIPT = r"""
     const replaced = [];
     selects.filter(s => s.value).forEach(s => {
       const d = decision(s);
+      // two weight choices for one id (two attributes in doubt) multiply, as the audit's suggestions do
+      const twin = out.find(r => r.page && r.action === 'weight' && d.action === 'weight' && r.id === d.id);
+      if (twin) { twin.new_value = String(+(Number(twin.new_value) * Number(d.new_value)).toPrecision(2)); return; }
       out = out.filter(r => { const hit = clash(r, d); if (hit && r.page) { replaced.push(r.id); } return !hit; });
       d.page = true;
       out.push(d);

@@ -119,7 +119,8 @@ def scale_row_gradients(outputs: torch.Tensor, weights: torch.Tensor) -> torch.T
     gradient of the per-sample weighted loss ``sum_i w_i * c_i * l_i / sum_i c_i`` (``c``:
     class weights). That holds for every loss, head layout and ordinal head without each
     one learning a ``reduction`` argument; ``f1`` (a batch statistic) gets each row's share of
-    its gradient scaled. The loss's value, as logged, stays the unweighted one."""
+    its gradient scaled. The loss's value is unchanged (`Classifier.soft_target_loss` scales it by
+    the batch's mean weight and the rows' gradients by their weight over that mean)."""
     return _ScaleRowGradients.apply(outputs, weights.detach())
 
 

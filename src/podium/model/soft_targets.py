@@ -90,19 +90,9 @@ def attach_soft_targets(cfg: PodiumConfig, prepared: PreparedData, log=print) ->
 def sample_weights(train: pd.DataFrame) -> np.ndarray | None:
     """(N,) float32 training weights of the labelled rows (the ``weight`` label fixes), or None
     when no row's weight differs from 1 (nothing to weight: the run trains as without them)."""
-    from podium.tasks.fixes import SAMPLE_WEIGHT
+    from podium.tasks.fixes import weight_column
 
-    if SAMPLE_WEIGHT not in train:
-        return None
-    raw = train[SAMPLE_WEIGHT]
-    numbers = pd.to_numeric(raw, errors="coerce")
-    bad = (numbers.isna() & raw.notna() & (raw.astype(str).str.strip() != "")) | ~np.isfinite(numbers.fillna(1.0)) \
-        | (numbers < 0)
-    if bad.any():
-        shown = ", ".join(f"{i} ({v!r})" for i, v in zip(train.loc[bad, "id"].head(5), raw[bad].head(5), strict=True))
-        raise PodiumError(f"{int(bad.sum())} image(s) have a sample_weight that is not a number >= 0: {shown}. "
-                          "Give each image's weight in the training loss (1 = as every image; empty = 1)")
-    weights = numbers.fillna(1.0).to_numpy(np.float32)
+    weights = weight_column(train).astype(np.float32)
     return weights if (weights != 1.0).any() else None
 
 
@@ -119,8 +109,12 @@ def check_weights_trainable(cfg: PodiumConfig, n: int) -> None:
 
 def weight_source(cfg: PodiumConfig) -> str:
     """Where a run's sample weights come from, as the messages and summary.json say it."""
-    fixes = f"the weight rows of task.label_fixes {cfg.task.label_fixes}" if cfg.task.label_fixes else ""
-    return " or ".join(filter(None, [fixes, "the data's sample_weight column"]))
+    from podium.tasks.fixes import ACTION_COLUMN, read_label_fixes
+
+    fixes = cfg.task.label_fixes
+    if fixes and Path(fixes).is_file() and (read_label_fixes(fixes)[ACTION_COLUMN] == "weight").any():
+        return f"the weight rows of task.label_fixes {fixes}"
+    return "the data's sample_weight column"
 
 
 def _temperature(cfg: PodiumConfig) -> float:
@@ -321,7 +315,7 @@ def load_soft_targets(run_dir: Path, cfg: PodiumConfig, prepared: PreparedData) 
     from podium.rundir import SOFT_TARGETS_FILE, read_table
 
     path = Path(run_dir) / SOFT_TARGETS_FILE
-    if not (cfg.distill.teacher or cfg.data.pseudo_labels):
+    if not (cfg.distill.teacher or cfg.data.pseudo_labels or path.is_file()):  # the file: sample weights too
         return prepared
     table = read_table(path, "the run's soft targets").assign(id=lambda t: t["id"].astype(str)).set_index("id")
     ids = prepared.train["id"].astype(str).to_numpy()

@@ -6,8 +6,8 @@ A fixes CSV has the columns ``id, attribute, new_value`` and an optional
 changes nothing and is counted) or ``weight`` (keep the image and label, but let it
 count ``new_value`` times as much in the training loss: a number >= 0, e.g. 0.2 for
 a label that is probably wrong; 1 is the default of every image). Weights land in
-the ``sample_weight`` column, which training reads (`SAMPLE_WEIGHT`); validation
-scores every image as labelled. `podium audit`'s review page writes this file.
+the ``sample_weight`` column (`SAMPLE_WEIGHT`; a data CSV may bring its own), which
+training reads (`weight_column`); validation scores every image as labelled. `podium audit`'s review page writes this file.
 
 ``id`` is an image id (the ``id`` column: one photo) or a group id (the
 ``group`` column, e.g. a person: every photo of that person). ``attribute`` is
@@ -18,7 +18,7 @@ new value may be a number, which sets the number and its bin.
 
 Every row is validated before anything changes, and bad rows raise one
 `PodiumError` listing the first few with the allowed values. Group fixes are
-applied before image fixes, so the more specific one wins; two rows giving
+applied before image fixes, so the more specific one wins (weights multiply); two rows giving
 one id and attribute different values, or dropping an image another row
 relabels, are an error.
 """
@@ -53,7 +53,7 @@ class FixOutcome:
     changed: int = 0    # images whose label changed
     dropped: int = 0    # images left out
     kept: int = 0       # images confirmed as labelled (`keep` rows)
-    weighted: int = 0   # images whose training weight is not 1 (`weight` rows)
+    weighted: int = 0   # images whose training weight is not 1 (`weight` rows, the data's own column)
     elsewhere: int = 0  # rows naming images of other data (validation, another source)
 
     def describe(self) -> str:
@@ -63,7 +63,7 @@ class FixOutcome:
         if self.kept:
             parts.append(f"{self.kept} image(s) kept as labelled")
         if self.weighted:
-            parts.append(f"{self.weighted} image(s) weighted in the training loss")
+            parts.append(f"{self.weighted} image(s) with a training weight other than 1")
         if self.elsewhere:
             parts.append(f"{self.elsewhere} row(s) skipped: they name images that are not in this data "
                          "(another source of the run, or its training images when evaluating)")
@@ -271,18 +271,35 @@ def _apply(df: pd.DataFrame, parsed: list[_Fix], task: AttributeTask | None) -> 
             drop |= _rows(out, fix).to_numpy()
         elif fix.action == "keep":
             kept |= _rows(out, fix).to_numpy()
-        elif fix.action == "weight":
+        elif fix.action == "weight":  # a group's and an image's own weight multiply
             assert fix.value is not None
-            if SAMPLE_WEIGHT not in out:
-                out[SAMPLE_WEIGHT] = 1.0
-            out.loc[_rows(out, fix), SAMPLE_WEIGHT] = float(fix.value[1])
+            if SAMPLE_WEIGHT not in out or out[SAMPLE_WEIGHT].dtype != np.float64:
+                out[SAMPLE_WEIGHT] = weight_column(out)
+            out.loc[_rows(out, fix), SAMPLE_WEIGHT] *= float(fix.value[1])
     if task is not None:
         out = task.with_labels(out)
     changed = int(((_codes(out, task) != before) & ~drop).sum())
-    weighted = int(((out[SAMPLE_WEIGHT] != 1.0) & ~drop).sum()) if SAMPLE_WEIGHT in out else 0
+    weighted = int(((weight_column(out) != 1.0) & ~drop).sum()) if SAMPLE_WEIGHT in out else 0
     return FixOutcome(out.loc[~drop].reset_index(drop=True), changed=changed, dropped=int(drop.sum()),
                       kept=int((kept & ~drop).sum()), weighted=weighted,
                       elsewhere=sum(f.scope == "elsewhere" for f in parsed))
+
+
+def weight_column(frame: pd.DataFrame) -> np.ndarray:
+    """(N,) float64 per-sample training weights: the ``sample_weight`` column (empty = 1), all 1
+    without one; a value that is not a number >= 0 raises, naming the images."""
+    if SAMPLE_WEIGHT not in frame:
+        return np.ones(len(frame))
+    raw = frame[SAMPLE_WEIGHT]
+    numbers = pd.to_numeric(raw, errors="coerce")
+    empty = raw.isna() | (raw.astype(str).str.strip() == "")
+    bad = (numbers.isna() & ~empty) | ~np.isfinite(numbers.fillna(1.0)) | (numbers < 0)
+    if bad.any():
+        ids = frame["id"] if "id" in frame else pd.Series(frame.index.astype(str), index=frame.index)
+        shown = ", ".join(f"{i} ({v!r})" for i, v in zip(ids[bad].head(5), raw[bad].head(5), strict=True))
+        raise PodiumError(f"{int(bad.sum())} image(s) have a sample_weight that is not a number >= 0: {shown}. "
+                          "Give each image's weight in the training loss (1 = as every image; empty = 1)")
+    return numbers.fillna(1.0).to_numpy(np.float64)
 
 
 def _rows(out: pd.DataFrame, fix: _Fix) -> pd.Series:
