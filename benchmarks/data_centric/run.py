@@ -235,7 +235,8 @@ VARIANT_ACTIONS = {"relabelled": "relabel", "cleaned": "drop", "distilled": None
 
 
 def audit_cell(study: Study, dataset: str, seed: int, noise: float, pool: pd.DataFrame, test: Path,
-               method: str = LEGACY_AUDIT_METHOD, variants: tuple[str, ...] = ("relabelled", "cleaned")) -> None:
+               method: str = LEGACY_AUDIT_METHOD, variants: tuple[str, ...] = ("relabelled", "cleaned"),
+               audit_epochs: int | None = None) -> None:
     """One noise level of one seed. ``method`` (the audit's cleanlab filter_by): the first rows of
     results.csv ran cleanlab's default, prune_by_noise_rate, as study ``audit``; another method is
     study ``audit:METHOD`` on the same noisy pool, cv run and noisy run, with its own audit folder
@@ -246,18 +247,25 @@ def audit_cell(study: Study, dataset: str, seed: int, noise: float, pool: pd.Dat
     labels are wrong), ``cleaned-distilled`` (both) and ``downweighted`` (every flagged image kept,
     its label weighted in the loss by how much the folds believe it: `suggested_fixes(action="weight")`). The ``cleaned-cap0.4`` rows (flagged
     images dropped while no class lost more than 40% of its images) ran at commit d685536, whose
-    `suggested_fixes(max_class_share=)` was removed after they scored below ``cleaned``."""
+    `suggested_fixes(max_class_share=)` was removed after they scored below ``cleaned``.
+    ``audit_epochs``: the audit's cv run trains that many epochs instead of the study's (a stronger
+    out-of-fold model, as a user would audit with); study ``audit:METHOD@cvEe``, its own cv run and
+    fixed runs, the same noisy run."""
     import podium
     from podium.curation.audit import load_audit
 
     name, suffix = ("audit", "") if method == LEGACY_AUDIT_METHOD else (f"audit:{method}", f"-{method}")
     tag = f"n{int(noise * 100)}-s{seed}"
+    cv_name, cv_extra = f"audit-cv-{tag}", []
+    if audit_epochs and audit_epochs != study.epochs:
+        name, suffix = f"{name}@cv{audit_epochs}e", f"{suffix}-cv{audit_epochs}e"
+        cv_name, cv_extra = f"audit-cv{audit_epochs}e-{tag}", [f"train.epochs={audit_epochs}"]
     if all(study.done(study=name, dataset=dataset, seed=seed, noise=noise, variant=v) for v in variants):
         return
     noisy, flips = inject_noise(pool, label_views(dataset), noise, seed)
     train = study.csv(dataset, f"noisy-{tag}", noisy)
     t0 = time.time()
-    cv = study.cv(study.config(dataset, train, f"audit-cv-{tag}", seed))
+    cv = study.cv(study.config(dataset, train, cv_name, seed, *cv_extra))
     folder = cv / f"audit-bench{suffix}"
     audit = podium.audit(cv, features=False, out=folder, method=method, log=QUIET) if not (
         folder / "issues.csv").is_file() else load_audit(folder)
@@ -438,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--noise", default="0.15,0.05")
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--audit-epochs", type=int, default=None,
+                        help="epochs of the audit's cv run (default: --epochs); its rows are study audit:METHOD@cvEe")
     parser.add_argument("--audit-method", default=LEGACY_AUDIT_METHOD,
                         help="podium audit --method (cleanlab filter_by) for the audit study")
     parser.add_argument("--audit-variants", default="relabelled,cleaned",
@@ -452,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="only write RESULTS tables from results.csv")
     args = parser.parse_args(argv)
     study = Study(args.work.expanduser(), args.epochs, args.out)
-    bad = [v for v in args.audit_variants.split(",") if v not in VARIANT_ACTIONS]
+    bad = [v for v in filter(None, args.audit_variants.split(",")) if v not in VARIANT_ACTIONS]
     if bad:
         parser.error(f"--audit-variants: unknown {bad}; allowed {', '.join(VARIANT_ACTIONS)}")
     if args.report:
@@ -474,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
                     clean_cell(study, dataset, seed, pool_csv, test_csv)
                     for noise in (float(n) for n in args.noise.split(",")):
                         audit_cell(study, dataset, seed, noise, pool, test_csv, args.audit_method,
-                                   tuple(args.audit_variants.split(",")))
+                                   tuple(filter(None, args.audit_variants.split(","))), args.audit_epochs)
                 elif name == "pseudo":
                     pseudo_cell(study, dataset, seed, pool, test_csv, args.pseudo_precision, args.pseudo_balance)
                 elif name == "distill":
