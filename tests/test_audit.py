@@ -239,35 +239,19 @@ def test_review_page_choices_round_trip_into_label_fixes(tmp_path):
     cfg = load_config(run / "config.yaml", [f"task.label_fixes={old_fixes}"])
     write_text(run / "config.yaml", config_to_yaml(cfg))  # the run was trained with earlier fixes
     audit = run_audit(run, features=False, log=lambda *a: None)
-    page = audit.review_page
-    downloads = tmp_path / "downloads"
-    downloads.mkdir()
-    tools = DevTools(chromium(), tmp_path / "profile")
-    try:
-        target = tools.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = tools.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        for domain in ("Page", "Runtime"):
-            tools.send(f"{domain}.enable", session=session)
-        tools.send("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads),
-                                                   "eventsEnabled": True})
-        tools.send("Page.navigate", {"url": page.as_uri()}, session)
-        wait_for(tools, session, "document.readyState === 'complete' && !!document.getElementById('export')")
+    chosen: dict[str, str] = {}
+
+    def decide(tools, session):
         undecided = wait_for(tools, session, "document.getElementById('csv').value")
         assert undecided.splitlines()[1:] == ["img_077.png,mask,off,relabel", "img_100.png,age,old,relabel"]
         _choose(tools, session, "p03", "relabel:" + _suggested(audit, "p03"))  # the person's gender
-        weight = wait_for(tools, session, "[...document.querySelector('select[data-id=\"img_040.png\"]').options]"
-                                          ".map(o => o.value).find(v => v.startsWith('weight:'))")
-        _choose(tools, session, "img_040.png", weight)                        # doubtful: counted less
+        chosen["weight"] = _weight_option(tools, session, "img_040.png")
+        _choose(tools, session, "img_040.png", chosen["weight"])              # doubtful: counted less
         _choose(tools, session, "p07", "keep")                                # the group's ages checked: right
         _choose(tools, session, "img_077.png", "drop")                        # replaces the earlier mask fix
-        tools.send("Runtime.evaluate", {"expression": "document.getElementById('export').click()"}, session)
-        deadline = time.monotonic() + 30
-        while not (downloads / "label_fixes.csv").is_file() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        errors = [e for e in tools.events if e.get("method") == "Runtime.exceptionThrown"]
-    finally:
-        tools.close()
-    assert not errors, errors
+
+    downloads = _review_and_export(audit.review_page, tmp_path, decide)
+    weight = chosen["weight"]
     exported = pd.read_csv(downloads / "label_fixes.csv", dtype=str, keep_default_na=False)
     assert sorted(exported.values.tolist()) == sorted([
         ["img_100.png", "age", "old", "relabel"], ["p03", "gender", _suggested(audit, "p03"), "relabel"],
@@ -291,6 +275,73 @@ def test_review_page_choices_round_trip_into_label_fixes(tmp_path):
     assert frame.set_index("id").loc["img_100.png", "age"] == "old"
     weights = frame.set_index("id")["sample_weight"]
     assert weights["img_040.png"] == float(weight.partition(":")[2]) and (weights.drop("img_040.png") == 1).all()
+
+
+def _weight_option(tools, session, ident: str, nth: int = 0) -> str:
+    """The value of the weight choice of the ``nth`` card of ``ident``."""
+    return wait_for(tools, session, f"[...[...document.querySelectorAll('select.choice')].filter(s => s.dataset.id === "
+                                    f"{json.dumps(ident)})[{nth}].options].map(o => o.value)"
+                                    ".find(v => v.startsWith('weight:'))")
+
+
+def _review_and_export(page: Path, tmp_path: Path, decide) -> Path:
+    """Open the review page in headless Chromium, let ``decide(tools, session)`` make choices, press
+    Export; the downloads folder (its label_fixes.csv). No script error may have been thrown."""
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    tools = DevTools(chromium(), tmp_path / "profile")
+    try:
+        target = tools.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = tools.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime"):
+            tools.send(f"{domain}.enable", session=session)
+        tools.send("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads),
+                                                   "eventsEnabled": True})
+        tools.send("Page.navigate", {"url": page.as_uri()}, session)
+        wait_for(tools, session, "document.readyState === 'complete' && !!document.getElementById('export')")
+        decide(tools, session)
+        tools.send("Runtime.evaluate", {"expression": "document.getElementById('export').click()"}, session)
+        deadline = time.monotonic() + 30
+        while not (downloads / "label_fixes.csv").is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        errors = [e for e in tools.events if e.get("method") == "Runtime.exceptionThrown"]
+    finally:
+        tools.close()
+    assert not errors, errors
+    return downloads
+
+
+@pytest.mark.skipif(chromium() is None, reason="chromium not installed (apt-get install -y chromium)")
+def test_two_weight_choices_for_one_image_multiply(tmp_path):
+    """Attributes judged per image (no groups): an image whose mask and gender are both doubtful has
+    two cards; weighting both exports one row, the product, as `--suggest weight` writes it."""
+    rng = np.random.default_rng(4)
+    truth = rng.integers(0, 2, (60, 3))
+    given = truth.copy()
+    given[5, :2] = 1 - given[5, :2]  # image 5: mask and gender wrong
+    marginals = [_softmax(4.0 * np.eye(2)[truth[:, j]] + rng.normal(0, 0.5, (60, 2))) for j in range(3)]
+    from podium.tasks.attributes import AttributeTask, joint_from_marginals
+
+    names = list(COMPOSITE)
+    labels = ["/".join(COMPOSITE[n][g[j]] for j, n in enumerate(names)) for g in given]
+    run = plant_cv(tmp_path, labels, joint_from_marginals(marginals), AttributeTask(COMPOSITE).composite_names(),
+                   extra=[f"task.attributes={json.dumps(COMPOSITE)}"])
+    audit = run_audit(run, features=False, method="predicted_neq_given", log=lambda *a: None)  # exactly the flips
+    cards = audit.issues[audit.issues["id"] == "img_005.png"]
+    assert sorted(cards["attribute"]) == ["gender", "mask"]
+    values: list[str] = []
+
+    def decide(tools, session):
+        for nth in (0, 1):
+            values.append(_weight_option(tools, session, "img_005.png", nth))
+            _choose(tools, session, "img_005.png", values[-1], nth)
+
+    downloads = _review_and_export(audit.review_page, tmp_path, decide)
+    exported = pd.read_csv(downloads / "label_fixes.csv", dtype=str, keep_default_na=False)
+    product = float(values[0].partition(":")[2]) * float(values[1].partition(":")[2])
+    assert exported.values.tolist() == [["img_005.png", "", f"{float(f'{product:.2g}'):g}", "weight"]]
+    suggested = audit.suggested_fixes(action="weight").set_index("id")["new_value"]
+    assert float(suggested["img_005.png"]) == pytest.approx(product, rel=0.1)
 
 
 def _belief(audit, ident: str) -> float:
