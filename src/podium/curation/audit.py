@@ -33,7 +33,7 @@ import pandas as pd
 from podium.errors import PodiumError, summarize_list
 from podium.fileio import write_csv, write_json
 from podium.schema import PodiumConfig
-from podium.tasks.fixes import LABEL
+from podium.tasks.fixes import LABEL, belief_weight
 
 AUDIT_FILE = "audit.json"
 ISSUES_FILE = "issues.csv"
@@ -525,14 +525,6 @@ def _summary(data: AuditData, views: list[View], grouped: list[str], issues: pd.
     }
 
 
-def label_belief(p_given, p_suggested):
-    """How much the folds believe a flagged label against their suggestion, ``min(1, p_given /
-    p_suggested)``: the training weight of `suggested_fixes(action="weight")` and of the review
-    page's weight choice (nan where either probability is unknown)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.minimum(1.0, np.asarray(p_given, float) / np.maximum(np.asarray(p_suggested, float), 1e-12))
-
-
 def suggested_fixes(issues: pd.DataFrame, kinds: tuple[str, ...] = ("label", "group_label"),
                     action: str = "relabel") -> pd.DataFrame:
     """Label-fix rows (id, attribute, new_value, action) for every issue of ``kinds``: its
@@ -553,7 +545,7 @@ def suggested_fixes(issues: pd.DataFrame, kinds: tuple[str, ...] = ("label", "gr
         return pd.DataFrame({"id": chosen["id"].drop_duplicates(), "attribute": "", "new_value": "",
                              "action": "drop"}).reset_index(drop=True)
     if action == "weight":  # one row per image or group id; `task.label_fixes` multiplies a group's and an image's
-        belief = pd.Series(label_belief(chosen["p_given"].to_numpy(float), chosen["p_suggested"].to_numpy(float)))
+        belief = pd.Series(belief_weight(chosen["p_given"].to_numpy(float), chosen["p_suggested"].to_numpy(float)))
         known = belief.notna().to_numpy()
         weights = belief[known].groupby(chosen["id"].to_numpy()[known], sort=False).prod()
         return pd.DataFrame({"id": weights.index, "attribute": "", "new_value": [f"{w:.4g}" for w in weights],

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from podium.reports.html import Page, Section, data_uri, esc, rgb_jpeg
-from podium.tasks.fixes import ACTIONS, FIX_COLUMNS, LABEL, read_label_fixes
+from podium.tasks.fixes import ACTIONS, FIX_COLUMNS, LABEL, belief_weight, read_label_fixes
 
 if TYPE_CHECKING:
     from podium.curation.audit import AuditData, View
@@ -217,11 +217,9 @@ def _card(row, classes: dict[str, list[str]], key: int) -> tuple[str, int]:
 
 
 def _belief(row) -> float | None:
-    """The training weight the card offers (`label_belief`, what `podium audit --suggest weight`
+    """The training weight the card offers (`belief_weight`, what `podium audit --suggest weight`
     writes), None where the card has no probabilities."""
-    from podium.curation.audit import label_belief
-
-    weight = float(label_belief(float(row.p_given), float(row.p_suggested)))
+    weight = float(belief_weight(float(row.p_given), float(row.p_suggested)))
     return weight if math.isfinite(weight) else None
 
 

@@ -285,6 +285,14 @@ def _apply(df: pd.DataFrame, parsed: list[_Fix], task: AttributeTask | None) -> 
                       elsewhere=sum(f.scope == "elsewhere" for f in parsed))
 
 
+def belief_weight(p_given, p_suggested):
+    """How much the folds believe a flagged label against their suggestion, ``min(1, p_given /
+    p_suggested)``: the ``weight`` row that `podium audit --suggest weight` and the review page's
+    weight choice write for it (nan where either probability is unknown)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.minimum(1.0, np.asarray(p_given, float) / np.maximum(np.asarray(p_suggested, float), 1e-12))
+
+
 def weight_column(frame: pd.DataFrame) -> np.ndarray:
     """(N,) float64 per-sample training weights: the ``sample_weight`` column (empty = 1), all 1
     without one; a value that is not a number >= 0 raises, naming the images."""
