@@ -76,8 +76,8 @@ def register(sub) -> None:
     p.add_argument("--suggest", choices=("drop", "relabel", "weight"),
                    help="also write suggested_fixes.csv in the audit folder: every flagged image dropped, its "
                         "label set to the suggestion, or kept with a training weight = how much the folds believe "
-                        "its label (not applied: train with task.label_fixes=... to use it; see "
-                        "benchmarks/data_centric for how each retrained)")
+                        "its label (not applied: train with task.label_fixes=... to use it; weight retrained best in "
+                        "benchmarks/data_centric)")
 
 
 def cmd_distill(args) -> int:
