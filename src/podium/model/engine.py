@@ -199,8 +199,8 @@ class Classifier(pl.LightningModule):
         distribution. The hard part is the configured loss on the rows that have a hard label (so
         label smoothing and class weights still apply) times the rows' mean weight, each row's
         gradient scaled by its weight over that mean (`scale_row_gradients`: per-sample weights,
-        `task.label_fixes` rows of action ``weight``); the soft part is Hinton's distillation term at `soft_temperature`.
-        Each part is weighted per row and averaged over the batch."""
+        `task.label_fixes` rows of action ``weight``); the soft part is Hinton's distillation term
+        at `soft_temperature`. Each part is weighted per row and averaged over the batch."""
         from podium.model.losses import distillation_loss
 
         raw = self._run_model(self._prepare(images))

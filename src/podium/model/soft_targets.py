@@ -10,8 +10,9 @@ pseudo-labelled images (`data.pseudo_labels`), in the form the loss reads them
   only target.
 * Sample weights: training images that a ``weight`` label fix names
   (`podium.tasks.fixes`, e.g. from `podium audit --suggest weight`), or whose data CSV has
-  a ``sample_weight`` column, weight their hard label by it: a probably-wrong label counts less without the image leaving the data.
-  Only the hard label is weighted; a teacher's soft target of the same image is not.
+  a ``sample_weight`` column, weight their hard label by it: a probably-wrong label counts
+  less without the image leaving the data. Only the hard label is weighted; a teacher's soft
+  target of the same image is not.
 * Pseudo-labels: the images of the ``data.pseudo_labels`` table join the training part
   only, never validation; one whose group is in the validation part is left out (its
   group would otherwise straddle the split). A table with a ``fold`` column gives each cv
@@ -98,7 +99,7 @@ def sample_weights(train: pd.DataFrame) -> np.ndarray | None:
 
 def check_weights_trainable(cfg: PodiumConfig, n: int) -> None:
     """Per-sample weights travel as soft-target rows: refuse what those rows cannot carry."""
-    where = (f"{n} training image(s) have a sample weight other than 1 (from {weight_source(cfg)})")
+    where = f"{n} training image(s) have a sample weight other than 1 (from {weight_source(cfg)})"
     if cfg.train.mixup_alpha > 0 or cfg.train.cutmix_alpha > 0:
         raise PodiumError(f"{where}, and weighted rows are not mixed by MixUp/CutMix: set train.mixup_alpha and "
                           "train.cutmix_alpha to 0, or remove the weights")

@@ -7,7 +7,8 @@ changes nothing and is counted) or ``weight`` (keep the image and label, but let
 count ``new_value`` times as much in the training loss: a number >= 0, e.g. 0.2 for
 a label that is probably wrong; 1 is the default of every image). Weights land in
 the ``sample_weight`` column (`SAMPLE_WEIGHT`; a data CSV may bring its own), which
-training reads (`weight_column`); validation scores every image as labelled. `podium audit`'s review page writes this file.
+training reads (`weight_column`); validation scores every image as labelled.
+`podium audit`'s review page writes this file.
 
 ``id`` is an image id (the ``id`` column: one photo) or a group id (the
 ``group`` column, e.g. a person: every photo of that person). ``attribute`` is
@@ -18,9 +19,9 @@ new value may be a number, which sets the number and its bin.
 
 Every row is validated before anything changes, and bad rows raise one
 `PodiumError` listing the first few with the allowed values. Group fixes are
-applied before image fixes, so the more specific one wins (weights multiply); two rows giving
-one id and attribute different values, or dropping an image another row
-relabels, are an error.
+applied before image fixes, so the more specific one wins (weights multiply);
+two rows giving one id and attribute different values, or dropping an image
+another row relabels or weights, are an error.
 """
 from __future__ import annotations
 
@@ -266,6 +267,8 @@ def _apply(df: pd.DataFrame, parsed: list[_Fix], task: AttributeTask | None) -> 
             _relabel(out, _rows(out, fix), fix, task)
     drop = np.zeros(len(out), dtype=bool)
     kept = np.zeros(len(out), dtype=bool)
+    if SAMPLE_WEIGHT in out or any(f.action == "weight" for f in ordered):
+        out[SAMPLE_WEIGHT] = weight_column(out)  # numbers (a data CSV's own column is read as text), 1 = unweighted
     for fix in ordered:
         if fix.action == "drop":
             drop |= _rows(out, fix).to_numpy()
@@ -273,13 +276,11 @@ def _apply(df: pd.DataFrame, parsed: list[_Fix], task: AttributeTask | None) -> 
             kept |= _rows(out, fix).to_numpy()
         elif fix.action == "weight":  # a group's and an image's own weight multiply
             assert fix.value is not None
-            if SAMPLE_WEIGHT not in out or out[SAMPLE_WEIGHT].dtype != np.float64:
-                out[SAMPLE_WEIGHT] = weight_column(out)
             out.loc[_rows(out, fix), SAMPLE_WEIGHT] *= float(fix.value[1])
     if task is not None:
         out = task.with_labels(out)
     changed = int(((_codes(out, task) != before) & ~drop).sum())
-    weighted = int(((weight_column(out) != 1.0) & ~drop).sum()) if SAMPLE_WEIGHT in out else 0
+    weighted = int(((out[SAMPLE_WEIGHT] != 1.0) & ~drop).sum()) if SAMPLE_WEIGHT in out else 0
     return FixOutcome(out.loc[~drop].reset_index(drop=True), changed=changed, dropped=int(drop.sum()),
                       kept=int((kept & ~drop).sum()), weighted=weighted,
                       elsewhere=sum(f.scope == "elsewhere" for f in parsed))
